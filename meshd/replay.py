@@ -1,0 +1,71 @@
+"""Replay protection: per-sender boot epoch, 64-bit counter, sliding window.
+
+A sender persists its boot epoch and raises it on every start, so its counter
+can restart at 1 without reusing (epoch, counter) pairs.  A receiver accepts a
+message only if its (epoch, counter) is newer than anything seen or inside the
+window and not seen yet.  No wall clock is involved anywhere.
+
+The receiver's high-water marks are persisted too (`snapshot`/`restore`): after
+a receiver restart, anything at or below the persisted mark is still refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WINDOW = 1024
+
+
+@dataclass
+class _Stream:
+    epoch: int
+    high: int          # highest counter accepted in this epoch
+    seen: int          # bit i set: counter high - i was accepted
+    floor: int = 0     # counters <= floor are refused (restored after restart)
+
+
+class ReplayGuard:
+    """Replay windows keyed by any hashable sender id (e.g. (node, group))."""
+
+    def __init__(self, window: int = WINDOW):
+        self.window = window
+        self.streams: dict[object, _Stream] = {}
+
+    def check(self, sender: object, epoch: int, counter: int) -> str | None:
+        """Return None if fresh, else the reject reason.  Does not record."""
+        s = self.streams.get(sender)
+        if s is None or epoch > s.epoch:
+            return None
+        if epoch < s.epoch:
+            return "old epoch"
+        if counter <= s.floor:
+            return "replayed"
+        if counter > s.high:
+            return None
+        offset = s.high - counter
+        if offset >= self.window:
+            return "outside window"
+        if (s.seen >> offset) & 1:
+            return "replayed"
+        return None
+
+    def accept(self, sender: object, epoch: int, counter: int) -> None:
+        """Record a message that passed check() and its MAC."""
+        s = self.streams.get(sender)
+        if s is None or epoch > s.epoch:
+            self.streams[sender] = _Stream(epoch, counter, 1)
+            return
+        if counter > s.high:
+            shift = counter - s.high
+            s.seen = ((s.seen << shift) | 1) & ((1 << self.window) - 1) if shift < self.window else 1
+            s.high = counter
+        else:
+            s.seen |= 1 << (s.high - counter)
+
+    def snapshot(self) -> dict[object, tuple[int, int]]:
+        return {k: (s.epoch, s.high) for k, s in self.streams.items()}
+
+    def restore(self, marks: dict[object, tuple[int, int]]) -> None:
+        """Refuse anything at or below the persisted marks."""
+        for k, (epoch, high) in marks.items():
+            self.streams[k] = _Stream(epoch, high, 0, floor=high)
