@@ -252,6 +252,8 @@ def parse_config(data: dict, filename: str = "<config>", base_dir: str = ".",
     track_ifs = _parse_track_interfaces(r, top.get("track_interface", []))
     track_scripts = _parse_track_scripts(r, top.get("track_script", []))
     _check_names(r, groups, track_scripts)
+    if groups:
+        _check_track_counters(r, groups, track_ifs, track_scripts)
     secrets: dict[int, bytes] = {}
     if cluster is not None and read_secrets:
         secrets = _read_secrets(r, cluster)
@@ -263,7 +265,7 @@ def parse_config(data: dict, filename: str = "<config>", base_dir: str = ".",
 def _parse_node(r: _Reader, data: Any) -> NodeConfig | None:
     t = r.table(data, "node", NODE_KEYS)
     node_id = r.get(t, "node", "id", "int", lo=1, hi=2**32 - 1)
-    name = r.get(t, "node", "name", "str", default=os.uname().nodename.split(".")[0])
+    name = r.get(t, "node", "name", "str", default=_default_node_name())
     if name is not None and not NAME_RE.match(name):
         r.problem("node.name", f"expected a name of letters, digits, '_.-' (at most 32), found {_describe(name)}")
     state_dir = r.get(t, "node", "state_dir", "str", default="/var/lib/meshd")
@@ -271,6 +273,12 @@ def _parse_node(r: _Reader, data: Any) -> NodeConfig | None:
     if node_id is None:
         return None
     return NodeConfig(node_id, name, state_dir, sock)
+
+
+def _default_node_name() -> str:
+    """The short hostname, trimmed to what NAME_RE accepts."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", os.uname().nodename.split(".")[0]).lstrip("_.-")
+    return host[:32] or "meshd"
 
 
 def _parse_cluster(r: _Reader, data: Any, base_dir: str) -> ClusterConfig | None:
@@ -304,8 +312,12 @@ def _parse_cluster(r: _Reader, data: Any, base_dir: str) -> ClusterConfig | None
                 continue
             keys.append(KeyConfig(kid, os.path.join(base_dir, sf)))
     send_key = r.get(t, "cluster", "send_key", "int", default=None, lo=0, hi=255)
-    if send_key is None and keys:
-        send_key = max(k.id for k in keys)
+    if send_key is None and len(keys) == 2:
+        # Guessing here would let one node sign with a key its peers lack.
+        r.problem("cluster.send_key", "required when two keys are listed (rotation): "
+                  "name the key id this node signs with")
+    elif send_key is None and keys:
+        send_key = keys[0].id
     if send_key is not None and keys and all(k.id != send_key for k in keys):
         r.problem("cluster.send_key", f"key id {send_key} is not in cluster.keys")
     if port is None or not keys or send_key is None:
@@ -433,7 +445,7 @@ def _parse_track_scripts(r: _Reader, data: Any) -> tuple[TrackScriptConfig, ...]
         fall = r.get(t, path, "fall", "int", default=2, lo=1, hi=100)
         weight = r.get(t, path, "weight", "int", default=50, lo=1, hi=1_000_000)
         dg = r.get(t, path, "demotion_group", "str", default=ALL_GROUPS)
-        if name in names:
+        if name is not None and name in names:
             r.problem(f"{path}.name", f"duplicate track script name \"{name}\"")
         names.add(name)
         if None not in (name, command, interval, timeout, rise, fall, weight, dg):
@@ -445,10 +457,25 @@ def _check_names(r: _Reader, groups: tuple[GroupConfig, ...],
                  scripts: tuple[TrackScriptConfig, ...]) -> None:
     group_names = {g.name for g in groups}
     for i, g in enumerate(groups):
+        if g.name == ALL_GROUPS:
+            r.problem(f"group[{i}].name", f"\"{ALL_GROUPS}\" is reserved for the counter every group follows")
         if g.sync_set in group_names:
             r.problem(f"group[{i}].sync_set", f"\"{g.sync_set}\" is also a group name; use a distinct name")
         if g.sync_set == ALL_GROUPS:
             r.problem(f"group[{i}].sync_set", f"\"{ALL_GROUPS}\" is reserved")
+
+
+def _check_track_counters(r: _Reader, groups: tuple[GroupConfig, ...],
+                          track_ifs: tuple[TrackInterfaceConfig, ...],
+                          scripts: tuple[TrackScriptConfig, ...]) -> None:
+    """A track feeding a counter no group follows would have no effect: refuse the typo."""
+    followed = {name for g in groups for name in g.counters()}
+    for kind, tracks in (("track_interface", track_ifs), ("track_script", scripts)):
+        for i, t in enumerate(tracks):
+            if t.demotion_group not in followed:
+                r.problem(f"{kind}[{i}].demotion_group",
+                          f"no group follows counter \"{t.demotion_group}\" "
+                          f"(followed: {', '.join(sorted(followed))})")
 
 
 def _read_secrets(r: _Reader, cluster: ClusterConfig) -> dict[int, bytes]:

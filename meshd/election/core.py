@@ -148,7 +148,10 @@ class ElectionCore:
             if advert.epoch == self.epoch and advert.counter <= self.counter:
                 return self._reject(g, "own advert", "looped back", source)
             return self._reject(g, "duplicate node id", f"another node uses node id {self.node_id} (from {source})", source)
-        if g.config.check_ttl and ttl is not None and ttl != 255:
+        if g.config.peers and source not in g.config.peers:
+            return self._reject(g, "unknown peer", f"{source} is not in the peers of group {g.config.name}", source)
+        if g.config.check_ttl and ttl != 255:
+            # Fail closed: a datagram whose TTL the kernel did not report is not trusted either.
             return self._reject(g, "bad ttl", f"ttl {ttl}, expected 255 (advert was routed)", source)
         if interface is not None and not g.config.peers and interface != g.config.interface:
             return self._reject(g, "wrong interface", f"arrived on {interface}, group is on {g.config.interface}", source)

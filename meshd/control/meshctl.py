@@ -1,0 +1,256 @@
+"""meshctl: the operator's client for the meshd control socket.
+
+The client half is plain blocking sockets, no trio: meshctl is a short-lived
+command, and tests, the lab harness and ad-hoc scripts can call request() /
+request_stream() from any thread without an event loop.
+
+Exit codes: 0 success, 1 meshd answered with an error, 2 usage or
+configuration error, 3 could not talk to meshd (cannot connect, no answer
+within --timeout, connection lost, malformed answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Iterator
+
+from ..config import ConfigError, load_config
+from .protocol import COMMANDS, encode
+
+DEFAULT_SOCKET = "/run/meshd/meshd.sock"
+DEFAULT_TIMEOUT = 5.0
+# Longest answer line read; guards against a runaway peer, far above real answers.
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+class ClientError(Exception):
+    """meshd could not be talked to (exit code 3)."""
+
+
+class ConnectError(ClientError):
+    def __init__(self, path: str, error: OSError):
+        self.path = path
+        self.error = error
+        super().__init__(f"cannot connect to {path}: {error.strerror or error} "
+                         "(is meshd running?)")
+
+
+# ------------------------------------------------------------------- client
+
+
+def request_stream(path: str, obj: dict, timeout: float = DEFAULT_TIMEOUT) -> Iterator[dict]:
+    """Send one request; yield every answer line as received, raw.
+
+    The last line yielded is the one without "more": true -- a normal answer,
+    an error answer, or the stream terminator {"ok": true, "more": false}.
+    `timeout` bounds the connect and each wait for data, not the whole stream,
+    so a long dump that keeps flowing is never cut short.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            raise ConnectError(path, e) from None
+        try:
+            sock.sendall(encode(obj))
+            with sock.makefile("rb") as f:
+                while True:
+                    answer = _read_answer(f, path, timeout)
+                    yield answer
+                    if answer.get("more") is not True:
+                        return
+        except TimeoutError:
+            raise ClientError(f"no answer from {path} within {timeout:g} s") from None
+        except OSError as e:
+            raise ClientError(f"connection to {path} failed: {e.strerror or e}") from None
+    finally:
+        sock.close()
+
+
+def request(path: str, obj: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """Send one request and return its single answer, raw ({"ok": ..., ...}).
+
+    Error answers are returned, not raised: the caller decides.  A streaming
+    answer is a ClientError here; use request_stream() for those commands.
+    """
+    answers = request_stream(path, obj, timeout)
+    try:
+        answer = next(answers)
+        if answer.get("more") is True:
+            raise ClientError(f"{obj.get('cmd')}: meshd sent a streaming answer; "
+                              "use request_stream()")
+        return answer
+    finally:
+        answers.close()
+
+
+def _read_answer(f, path: str, timeout: float) -> dict:
+    line = f.readline(MAX_ANSWER + 1)
+    if not line:
+        raise ClientError(f"meshd closed the connection on {path} without answering")
+    if not line.endswith(b"\n"):
+        if len(line) > MAX_ANSWER:
+            raise ClientError(f"answer from {path} longer than {MAX_ANSWER} bytes")
+        raise ClientError(f"connection to {path} closed in the middle of an answer")
+    try:
+        answer = json.loads(line)
+    except ValueError as e:
+        raise ClientError(f"answer from {path} is not valid JSON: {e}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+        raise ClientError(f"answer from {path} lacks the \"ok\" field: {line[:200]!r}")
+    return answer
+
+
+# ------------------------------------------------------------------ printing
+
+
+def _ago(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "never"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def format_status(answer: dict) -> str:
+    """The human view of a status answer.  Tolerates missing fields (older/newer daemons)."""
+    head = f"node {answer['node']} (id {answer.get('node_id', '?')})" if answer.get("node") \
+        else f"node {answer.get('node_id', '?')}"
+    head += f", epoch {answer.get('epoch', '?')}"
+    if answer.get("version"):
+        head += f", meshd {answer['version']}"
+    out = [head]
+    groups = answer.get("groups") or []
+    rows = [["GROUP", "STATE", "SKEW/DEMOTE", "MASTER", "LAST CHANGE", "ADVERTS sent/recv/rej"]]
+    for g in groups:
+        adv = g.get("adverts") or {}
+        rejected = sum((adv.get("rejected") or {}).values())
+        change = g.get("last_change_ago_s")
+        last = "never" if change is None else f"{_ago(change)} ago"
+        if g.get("last_reason"):
+            last += f": {g['last_reason']}"
+        faults = g.get("faults") or []
+        state = str(g.get("state", "?")) + (f" ({', '.join(faults)})" if faults else "")
+        master = g.get("master")
+        rows.append([str(g.get("name", "?")), state,
+                     f"{g.get('advskew', '?')}/{g.get('demotion', '?')}",
+                     "-" if master is None else
+                     f"{master} (self)" if master == answer.get("node_id") else str(master), last,
+                     f"{adv.get('sent', 0)}/{adv.get('received', 0)}/{rejected}"])
+    out.append(_table(rows) if groups else "no groups")
+    rejected = answer.get("rejected") or {}
+    if rejected:
+        out.append("rejected adverts:")
+        for reason, count in sorted(rejected.items()):
+            where = [f"{g.get('name')} {n}" for g in groups
+                     if (n := ((g.get("adverts") or {}).get("rejected") or {}).get(reason))]
+            out.append(f"  {reason}: {count}" + (f" ({', '.join(where)})" if where else ""))
+    demotions = answer.get("demotions") or {}
+    if demotions:
+        out.append("demotion counters: " + ", ".join(f"{n}={v}" for n, v in sorted(demotions.items())))
+    else:
+        out.append("demotion counters: none set")
+    return "\n".join(out)
+
+
+def format_answer(cmd: str, answer: dict) -> str:
+    if cmd == "status":
+        return format_status(answer)
+    if cmd in ("demote", "promote"):
+        return f"demotion counter {answer.get('name')} is now {answer.get('value')}"
+    if cmd in ("enable", "disable"):
+        return f"group {answer.get('group')} is now {answer.get('state')}"
+    rest = {k: v for k, v in answer.items() if k != "ok"}
+    return json.dumps(rest, indent=2) if rest else "ok"
+
+
+# --------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    # Options are accepted before and after the command (`meshctl --json status`
+    # and `meshctl status --json`).  The subcommand copies default to SUPPRESS
+    # so that they do not overwrite a value given before the command.
+    def options(p: argparse.ArgumentParser, top: bool) -> None:
+        d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+        p.add_argument("--socket", metavar="PATH", default=d(None),
+                       help=f"control socket (default: from --config, else {DEFAULT_SOCKET})")
+        p.add_argument("--config", metavar="FILE", default=d(None),
+                       help="meshd configuration file to read [node] control_socket from")
+        p.add_argument("--json", action="store_true", default=d(False),
+                       help="print the raw answer(s) as JSON, one per line")
+        p.add_argument("--timeout", metavar="SECONDS", type=float, default=d(DEFAULT_TIMEOUT),
+                       help=f"connect/answer timeout (default {DEFAULT_TIMEOUT:g})")
+
+    parser = argparse.ArgumentParser(
+        prog="meshctl", description="Query and steer a running meshd.",
+        epilog="exit codes: 0 ok, 1 meshd answered with an error, 2 usage or "
+               "configuration error, 3 cannot talk to meshd")
+    options(parser, True)
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    args = {"status": [], "demote": [("name", str, "demotion counter"),
+                                     ("by", int, "amount to add (may be negative)")],
+            "promote": [("name", str, "demotion counter")],
+            "enable": [("group", str, "group name")], "disable": [("group", str, "group name")]}
+    for cmd, summary in COMMANDS.items():
+        p = sub.add_parser(cmd, help=summary, description=summary)
+        for name, kind, text in args.get(cmd, []):
+            p.add_argument(name, type=kind, metavar=name.upper() if name != "by" else "N",
+                           help=text)
+        options(p, False)
+    return parser
+
+
+def _socket_path(ns: argparse.Namespace) -> str:
+    if ns.socket:
+        return ns.socket
+    if ns.config:
+        return load_config(ns.config, read_secrets=False).node.control_socket
+    return DEFAULT_SOCKET
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2) and --help (0)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        path = _socket_path(ns)
+    except ConfigError as e:
+        print(f"meshctl: {e}", file=sys.stderr)
+        return 2
+    req = {"cmd": ns.cmd, **{k: getattr(ns, k) for k in ("name", "by", "group") if hasattr(ns, k)}}
+    code = 0
+    try:
+        for answer in request_stream(path, req, ns.timeout):
+            if ns.json:
+                print(json.dumps(answer, ensure_ascii=False), flush=True)
+            if not answer.get("ok"):
+                print(f"meshctl: {ns.cmd}: {answer.get('error', 'unknown error')}", file=sys.stderr)
+                code = 1
+            elif not ns.json and answer.get("more") is not False:
+                print(format_answer(ns.cmd, answer), flush=True)
+    except ClientError as e:
+        print(f"meshctl: {e}", file=sys.stderr)
+        return 3
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""The trio shell: one nursery wiring sockets, kernel, hooks and control to the cores.
+
+The election core decides; this module carries out its actions.  Actions of
+one group run strictly in order on that group's executor (the failover
+ordering: commit, addresses, announce, advert, notify), while groups do not
+wait for each other, so a slow takeover of one group never delays the adverts
+of another.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from functools import partial
+from typing import Any
+
+import trio
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .control.protocol import ControlError, require, unknown_command
+from .control.server import serve_control
+from .crypto import ELECTION_INFO, KeyRing
+from .election.actions import (AddAddresses, AdvertRejected, Announce, DemotionChanged,
+                               PrepareTakeover, RemoveAddresses, RunNotify, SendAdvert,
+                               StateChanged)
+from .election.core import ElectionCore
+from .election.transport import ElectionSockets, TransportError
+from .hooks import HookRun, HookRunner
+from .kernel import addresses as kaddr
+from .kernel.announce import AnnounceError, announce
+from .kernel.links import LinkMonitor, initial_state
+from .log import EventLog, RateLimiter
+from .replay import ReplayGuard
+from .state import StateStore
+from .track.scripts import run_track_script
+
+REPLAY_SAVE_INTERVAL = 10.0
+SHUTDOWN_GRACE = 5.0
+
+
+class StartupError(Exception):
+    pass
+
+
+class GroupExecutor:
+    """Carries out one group's actions in order, in its own task."""
+
+    def __init__(self, daemon: "Daemon", group: str):
+        self.daemon = daemon
+        self.group = group
+        self.send, self.receive = trio.open_memory_channel(math.inf)
+
+    def submit(self, action: Any) -> None:
+        self.send.send_nowait(action)
+
+    async def drain(self) -> None:
+        done = trio.Event()
+        self.send.send_nowait(done)
+        await done.wait()
+
+    async def run(self) -> None:
+        async for action in self.receive:
+            if isinstance(action, trio.Event):
+                action.set()
+                continue
+            try:
+                await self.daemon.carry_out(action)
+            except Exception as e:  # one failed action must not stop the group
+                self.daemon.log("action_failed", level="error", group=self.group,
+                                action=type(action).__name__, error=repr(e))
+
+
+def election_family(group) -> int:
+    """Family the group's adverts use: its peers' if unicast, else its first address's."""
+    if group.peers:
+        import ipaddress
+        return ipaddress.ip_address(group.peers[0]).version
+    return group.family
+
+
+class Daemon:
+    def __init__(self, config: Config, log: EventLog):
+        self.config = config
+        self.log = log
+        self.store = StateStore(config.node.state_dir)
+        self.sockets = ElectionSockets(config.cluster.port, config.cluster.multicast_v4,
+                                       config.cluster.multicast_v6)
+        self.hooks = HookRunner(log)
+        self.executors: dict[str, GroupExecutor] = {}
+        self.reject_log = RateLimiter()
+        self.core: ElectionCore | None = None
+        self.nursery: trio.Nursery | None = None
+        self._rescheduled = trio.Event()
+        self._tracks_scope: trio.CancelScope | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ start
+
+    def _prepare(self) -> None:
+        """Everything that can fail before the daemon touches the network."""
+        cfg = self.config
+        try:
+            self.store.ensure()
+            replay = ReplayGuard()
+            replay.restore(self.store.load_replay_marks())
+            epoch = self.store.next_epoch()
+        except Exception as e:
+            raise StartupError(str(e)) from None
+        keys = KeyRing.from_secrets(cfg.secrets, cfg.cluster.send_key, ELECTION_INFO)
+        self.core = ElectionCore(cfg.node.id, cfg.groups, keys, epoch, replay=replay)
+        try:
+            self.sockets.open({election_family(g) for g in cfg.groups})
+        except TransportError as e:
+            raise StartupError(str(e)) from None
+
+    async def run(self) -> None:
+        self._prepare()
+        cfg = self.config
+        self.log("started", node=cfg.node.name, node_id=cfg.node.id, epoch=self.core.epoch,
+                 version=__version__, groups=",".join(g.name for g in cfg.groups),
+                 config=cfg.path)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            try:
+                await nursery.start(partial(serve_control, log=self.log),
+                                    cfg.node.control_socket, self.handle_control)
+            except OSError as e:
+                raise StartupError(str(e)) from None
+            nursery.start_soon(self.hooks.run)
+            await self._reconcile_addresses(cfg)
+            now = trio.current_time()
+            for name, up in (await trio.to_thread.run_sync(initial_state, self._watched_interfaces())).items():
+                self._on_link(name, up)
+            self._join_all()
+            self.dispatch(self.core.start(now))
+            for family in list(self.sockets.socks):
+                nursery.start_soon(self._receive_loop, family)
+            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._link_loop)
+            nursery.start_soon(self._save_replay_loop)
+            nursery.start_soon(self._signal_loop)
+            self._start_tracks()
+
+    async def _reconcile_addresses(self, cfg: Config) -> None:
+        """A crashed master leaves its addresses behind; a new boot starts without them."""
+        for g in cfg.groups:
+            try:
+                errors = await trio.to_thread.run_sync(kaddr.remove_addresses, g.interface, g.addresses)
+            except kaddr.AddressError:
+                continue  # interface missing: the group starts in FAULT
+            for err in errors:
+                self.log("address_error", level="error", group=g.name, error=err)
+
+    def _watched_interfaces(self) -> list[str]:
+        names = {g.interface for g in self.config.groups}
+        names.update(t.interface for t in self.config.track_interfaces)
+        return sorted(names)
+
+    def _join_all(self) -> None:
+        for g in self.config.groups:
+            if not g.peers:
+                self._join(g)
+
+    def _join(self, g) -> None:
+        try:
+            self.sockets.join(election_family(g), g.interface)
+        except TransportError as e:
+            self.log("multicast_join", level="warning", group=g.name, error=str(e))
+
+    # ------------------------------------------------------------- dispatching
+
+    def dispatch(self, actions: list) -> None:
+        """Log events now; queue everything else on its group's executor."""
+        for action in actions:
+            if isinstance(action, StateChanged):
+                self.log("state", group=action.group, old=action.old.value,
+                         new=action.new.value, reason=action.reason)
+            elif isinstance(action, AdvertRejected):
+                ok, suppressed = self.reject_log.allow((action.reason, action.source),
+                                                      trio.current_time())
+                if ok:
+                    self.log("advert_rejected", level="warning", reason=action.reason,
+                             source=action.source, detail=action.detail,
+                             suppressed=suppressed or None)
+            elif isinstance(action, DemotionChanged):
+                self.log("demotion", name=action.name, value=action.value, reason=action.reason)
+            else:
+                self._executor(action.group).submit(action)
+        self._rescheduled.set()
+
+    def _executor(self, group: str) -> GroupExecutor:
+        ex = self.executors.get(group)
+        if ex is None:
+            ex = self.executors[group] = GroupExecutor(self, group)
+            self.nursery.start_soon(ex.run)
+        return ex
+
+    async def carry_out(self, action: Any) -> None:
+        group = self.core.groups.get(action.group)
+        if isinstance(action, SendAdvert):
+            if group is None:
+                return
+            cfg = group.config
+            try:
+                self.sockets.send(election_family(cfg), cfg.interface, cfg.peers, action.data)
+            except (OSError, TransportError) as e:
+                self.log("send_failed", level="error", group=cfg.name,
+                         error=getattr(e, "strerror", None) or str(e))
+                if not action.bowout:
+                    self.dispatch(self.core.send_failed(cfg.name, trio.current_time(), str(e)))
+        elif isinstance(action, PrepareTakeover):
+            # Step 1 of the failover ordering.  Conntrack replication fills this
+            # in; until it is configured there is no state to commit.
+            pass
+        elif isinstance(action, AddAddresses):
+            await self._addresses(action, kaddr.add_addresses, "addresses_added")
+        elif isinstance(action, RemoveAddresses):
+            await self._addresses(action, kaddr.remove_addresses, "addresses_removed")
+        elif isinstance(action, Announce):
+            self.nursery.start_soon(self._announce, action)
+        elif isinstance(action, RunNotify):
+            cfg = group.config if group else self.config.group(action.group)
+            if cfg is not None:
+                self.hooks.submit(HookRun(cfg.notify, action.group, action.state.value,
+                                          action.priority, cfg.notify_timeout_ms / 1000))
+
+    async def _addresses(self, action, operation, event: str) -> None:
+        start = trio.current_time()
+        try:
+            errors = await trio.to_thread.run_sync(operation, action.interface, action.addresses)
+        except kaddr.AddressError as e:
+            errors = [str(e)]
+        ms = round((trio.current_time() - start) * 1000, 1)
+        if errors:
+            for err in errors:
+                self.log("address_error", level="error", group=action.group, error=err)
+        else:
+            self.log(event, group=action.group, interface=action.interface,
+                     addresses=",".join(action.addresses), ms=ms)
+
+    async def _announce(self, action: Announce) -> None:
+        try:
+            await announce(action.interface, action.addresses, action.count, action.interval_ms)
+        except AnnounceError as e:
+            self.log("announce_failed", level="warning", group=action.group, error=str(e))
+
+    # ------------------------------------------------------------------ loops
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            self._rescheduled = trio.Event()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._rescheduled.wait()
+            now = trio.current_time()
+            deadline = self.core.next_deadline()
+            if deadline is not None and deadline <= now:
+                self.dispatch(self.core.handle_timer(now))
+
+    async def _receive_loop(self, family: int) -> None:
+        while True:
+            try:
+                d = await self.sockets.receive(family)
+            except OSError as e:
+                self.log("receive_error", level="warning", family=family, error=e.strerror or str(e))
+                await trio.sleep(0.01)
+                continue
+            self.dispatch(self.core.receive(d.data, d.source, trio.current_time(),
+                                            ttl=d.ttl, interface=d.interface))
+
+    async def _link_loop(self) -> None:
+        monitor = LinkMonitor()
+        await monitor.run(lambda ev: self._on_link(ev.name, ev.up and not ev.deleted)
+                          if ev.name in self._watched_interfaces() else None)
+
+    def _on_link(self, name: str | None, up: bool) -> None:
+        if name is None:
+            return
+        now = trio.current_time()
+        if up and self.core.started:
+            for g in self.config.groups:
+                if g.interface == name and not g.peers:
+                    self._join(g)
+        actions = self.core.set_interface(name, up, now)
+        for t in self.config.track_interfaces:
+            if t.interface == name:
+                actions += self.core.set_demotion(t.demotion_group, f"link:{name}",
+                                                  0 if up else t.weight, now,
+                                                  f"tracked interface {name} {'up' if up else 'down'}")
+        if actions:
+            self.log("link", interface=name, up=up)
+        self.dispatch(actions)
+
+    def _start_tracks(self) -> None:
+        if self._tracks_scope is not None:
+            self._tracks_scope.cancel()
+        for name, sources in self.core.demotions.items():
+            for source in [s for s in sources if s.startswith("script:")]:
+                self.dispatch(self.core.set_demotion(name, source, 0, trio.current_time(),
+                                                     "track script removed"))
+        scope = self._tracks_scope = trio.CancelScope()
+
+        async def tracks():
+            with scope:
+                async with trio.open_nursery() as n:
+                    for t in self.config.track_scripts:
+                        n.start_soon(run_track_script, t, self._on_script, self.log)
+                    await trio.sleep_forever()
+        self.nursery.start_soon(tracks)
+
+    def _on_script(self, t, healthy: bool, reason: str) -> None:
+        self.dispatch(self.core.set_demotion(t.demotion_group, f"script:{t.name}",
+                                             0 if healthy else t.weight, trio.current_time(),
+                                             f"track script {t.name}: {reason}"))
+
+    async def _save_replay_loop(self) -> None:
+        last = None
+        while True:
+            await trio.sleep(REPLAY_SAVE_INTERVAL)
+            snap = self.core.replay.snapshot()
+            if snap != last:
+                await self._save_replay(snap)
+                last = snap
+
+    async def _save_replay(self, snap: dict) -> None:
+        try:
+            await trio.to_thread.run_sync(self.store.save_replay_marks, snap)
+        except OSError as e:
+            self.log("state_save_failed", level="error", error=e.strerror or str(e))
+
+    async def _signal_loop(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    await self.stop(signal.Signals(signum).name)
+                    return
+
+    async def stop(self, why: str) -> None:
+        """Bow out of every group, drop the addresses, save state, end the nursery."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.log("stopping", reason=why)
+        self.dispatch(self.core.shutdown(trio.current_time(), f"shutting down ({why})"))
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            for ex in list(self.executors.values()):
+                await ex.drain()
+        await self._save_replay(self.core.replay.snapshot())
+        self.log("stopped")
+        self.nursery.cancel_scope.cancel()
+
+    # ---------------------------------------------------------------- reload
+
+    def reload(self) -> None:
+        old = self.config
+        try:
+            new = load_config(old.path)
+        except ConfigError as e:
+            self.log("reload_failed", level="error", errors=e.problems)
+            return
+        if new.node != old.node:
+            self.log("reload_failed", level="error",
+                     errors=[f"{old.path}: node: changes to [node] need a restart"])
+            return
+        if new.cluster.port != old.cluster.port or new.cluster.multicast_v4 != old.cluster.multicast_v4 \
+                or new.cluster.multicast_v6 != old.cluster.multicast_v6:
+            self.log("reload_failed", level="error",
+                     errors=[f"{old.path}: cluster: port and multicast changes need a restart"])
+            return
+        try:
+            self.sockets.open({election_family(g) for g in new.groups})
+        except TransportError as e:
+            self.log("reload_failed", level="error", errors=[str(e)])
+            return
+        for family in self.sockets.socks:
+            if family not in {election_family(g) for g in old.groups}:
+                self.nursery.start_soon(self._receive_loop, family)
+        self.config = new
+        self.core.keys = KeyRing.from_secrets(new.secrets, new.cluster.send_key, ELECTION_INFO)
+        self.dispatch(self.core.reconfigure(new.groups, trio.current_time()))
+        self._join_all()
+        if new.track_scripts != old.track_scripts:
+            self._start_tracks()
+        changed = sorted({g.name for g in new.groups} ^ {g.name for g in old.groups}
+                         | {g.name for g in new.groups if g not in old.groups})
+        self.log("reloaded", config=new.path, changed_groups=",".join(changed) or None)
+
+    # --------------------------------------------------------------- control
+
+    async def handle_control(self, request: dict) -> dict:
+        cmd = request.get("cmd")
+        now = trio.current_time()
+        if cmd == "status":
+            return {"node": self.config.node.name, "version": __version__,
+                    **self.core.status(now)}
+        if cmd in ("demote", "promote"):
+            name = require(request, "name", str)
+            known = self.config.demotion_names()
+            if name not in known:
+                raise ControlError(f"{cmd}: unknown demotion counter \"{name}\" "
+                                   f"(known: {', '.join(sorted(known))})")
+            if cmd == "demote":
+                by = require(request, "by", int, lo=-(2**32), hi=2**32)
+                self.dispatch(self.core.operator_demote(name, by, now))
+            else:
+                self.dispatch(self.core.operator_promote(name, now))
+            return {"name": name, "value": self.core.counter_value(name)}
+        if cmd in ("enable", "disable"):
+            group = require(request, "group", str)
+            if group not in self.core.groups:
+                raise ControlError(f"{cmd}: unknown group \"{group}\" "
+                                   f"(known: {', '.join(sorted(self.core.groups))})")
+            method = self.core.enable if cmd == "enable" else self.core.disable
+            self.dispatch(method(group, now))
+            return {"group": group, "state": self.core.groups[group].state.value}
+        raise unknown_command(cmd)

@@ -1,0 +1,86 @@
+"""Persisted node state: the boot epoch and the replay high-water marks.
+
+The epoch must be on disk before the first advert of a boot is sent: a sender
+that restarts with an old epoch would have its adverts refused as replays.
+Writes are atomic (temporary file, fsync, rename) so a crash mid-write leaves
+the previous value, never a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+class StateError(Exception):
+    pass
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+class StateStore:
+    def __init__(self, directory: str):
+        self.dir = Path(directory)
+        self.epoch_file = self.dir / "epoch"
+        self.replay_file = self.dir / "replay.json"
+
+    def ensure(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StateError(f"cannot create state directory {self.dir}: {e.strerror}") from None
+
+    def next_epoch(self, wall_clock: float | None = None) -> int:
+        """Raise and persist the boot epoch.
+
+        The wall clock is only a floor for when the file was lost: a stored
+        epoch always wins, so a clock stepped backwards cannot reuse epochs.
+        """
+        stored = 0
+        try:
+            stored = int(self.epoch_file.read_text().strip())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            raise StateError(f"{self.epoch_file}: unreadable epoch ({e}); "
+                             "remove it to restart epochs from the clock") from None
+        floor = int(time.time() if wall_clock is None else wall_clock)
+        epoch = max(stored + 1, floor)
+        if epoch >= 2**32:
+            raise StateError(f"{self.epoch_file}: epoch {epoch} exceeds 32 bits")
+        try:
+            _atomic_write(self.epoch_file, f"{epoch}\n")
+        except OSError as e:
+            raise StateError(f"cannot persist epoch to {self.epoch_file}: {e.strerror}") from None
+        return epoch
+
+    def load_replay_marks(self) -> dict[tuple[int, int], tuple[int, int]]:
+        try:
+            raw = json.loads(self.replay_file.read_text())
+            return {(int(n), int(g)): (int(e), int(c)) for n, g, e, c in raw}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError) as e:
+            raise StateError(f"{self.replay_file}: unreadable replay marks ({e}); "
+                             "remove it only if you accept replays from before the restart") from None
+
+    def save_replay_marks(self, marks: dict) -> None:
+        rows = [[n, g, e, c] for (n, g), (e, c) in sorted(marks.items())]
+        _atomic_write(self.replay_file, json.dumps(rows))

@@ -1,0 +1,258 @@
+"""meshctl against a real serve_control running in a background thread."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+
+import pytest
+import trio
+
+from meshd.control import meshctl
+from meshd.control.meshctl import ClientError, ConnectError, main, request, request_stream
+from meshd.control.protocol import ControlError, require
+from meshd.control.server import serve_control
+
+STATUS = {
+    "node_id": 2, "epoch": 7,
+    "groups": [
+        {"name": "lan", "id": 1, "interface": "eth1", "addresses": ["192.0.2.1/24"],
+         "state": "MASTER", "advbase_ms": 100, "advskew": 0, "demotion": 20, "preempt": True,
+         "master": 2, "last_change_ago_s": 12.345,
+         "last_reason": "no advert for 300 ms (master down)", "transitions": 3, "faults": [],
+         "adverts": {"sent": 120, "received": 118, "rejected": {"bad ttl": 3}},
+         "peers": {"1": {"demotion": 0, "advskew": 0, "last_seen_ago_s": 12.4}}},
+        {"name": "wan", "id": 2, "interface": "eth0", "addresses": ["198.51.100.1/24"],
+         "state": "FAULT", "advbase_ms": 1000, "advskew": 10, "demotion": 100, "preempt": True,
+         "master": None, "last_change_ago_s": None, "last_reason": "startup",
+         "transitions": 0, "faults": ["interface down"],
+         "adverts": {"sent": 0, "received": 0, "rejected": {}}, "peers": {}},
+    ],
+    "demotions": {"all": 0, "lan": 20},
+    "rejected": {"bad ttl": 3, "unknown group": 5},
+}
+
+
+class FakeDaemon:
+    """serve_control in a thread with a canned handler; records requests."""
+
+    def __init__(self, path):
+        self.path = path
+        self.requests = []
+        self.counters = {"lan": 0}
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def handler(self, request):
+        self.requests.append(request)
+        cmd = request["cmd"]
+        if cmd == "status":
+            return STATUS
+        if cmd == "demote":
+            name, by = require(request, "name", str), require(request, "by", int)
+            if name not in self.counters:
+                raise ControlError(f'demote: no demotion counter "{name}"')
+            self.counters[name] += by
+            return {"name": name, "value": self.counters[name]}
+        if cmd == "promote":
+            name = require(request, "name", str)
+            self.counters[name] = 0
+            return {"name": name, "value": 0}
+        if cmd in ("enable", "disable"):
+            group = require(request, "group", str)
+            return {"group": group, "state": "BACKUP" if cmd == "enable" else "DISABLED"}
+        if cmd == "hang":
+            await trio.sleep_forever()
+        if cmd == "dump":
+            async def items():
+                for i in range(3):
+                    yield {"flow": i}
+            return items()
+        raise ControlError(f"unknown command {cmd!r}")
+
+    async def _main(self):
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            await nursery.start(lambda task_status: serve_control(
+                self.path, self.handler, log=lambda *a, **k: None, task_status=task_status))
+            self._ready.set()
+
+    def __enter__(self):
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def tmpdir_short():
+    d = tempfile.mkdtemp(prefix="mctl-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(tmpdir_short):
+    with FakeDaemon(os.path.join(tmpdir_short, "meshd.sock")) as d:
+        yield d
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_table(daemon, capsys):
+    code, out, err = run(capsys, "--socket", daemon.path, "status")
+    assert code == 0, err
+    assert daemon.requests == [{"cmd": "status"}]
+    lines = out.splitlines()
+    assert lines[0] == "node 2, epoch 7"
+    header = lines[1]
+    for col in ("GROUP", "STATE", "SKEW/DEMOTE", "MASTER", "LAST CHANGE", "ADVERTS"):
+        assert col in header
+    assert header.index("GROUP") < header.index("STATE") < header.index("SKEW/DEMOTE") \
+        < header.index("MASTER") < header.index("LAST CHANGE") < header.index("ADVERTS")
+    lan = next(line for line in lines if line.startswith("lan "))
+    for text in ("MASTER", "0/20", " 2 (self) ", "12.3s ago: no advert for 300 ms (master down)",
+                 "120/118/3"):
+        assert text in lan
+    wan = next(line for line in lines if line.startswith("wan "))
+    for text in ("FAULT (interface down)", "10/100", " - ", "never: startup", "0/0/0"):
+        assert text in wan
+    assert "  bad ttl: 3 (lan 3)" in lines
+    assert "  unknown group: 5" in lines
+    assert "demotion counters: all=0, lan=20" in lines
+
+
+def test_status_header_with_name_and_version():
+    text = meshctl.format_status({**STATUS, "node": "fw2", "version": "0.1.0"})
+    assert text.splitlines()[0] == "node fw2 (id 2), epoch 7, meshd 0.1.0"
+
+
+def test_status_json(daemon, capsys):
+    code, out, err = run(capsys, "--socket", daemon.path, "status", "--json")
+    assert code == 0
+    assert json.loads(out) == {"ok": True, **STATUS}
+    code, out2, _ = run(capsys, "--json", "--socket", daemon.path, "status")
+    assert code == 0 and out2 == out
+
+
+def test_demote_promote_enable_disable(daemon, capsys):
+    p = daemon.path
+    assert run(capsys, "--socket", p, "demote", "lan", "20")[:2] == \
+        (0, "demotion counter lan is now 20\n")
+    assert run(capsys, "demote", "lan", "-5", "--socket", p)[:2] == \
+        (0, "demotion counter lan is now 15\n")
+    assert run(capsys, "--socket", p, "promote", "lan")[:2] == (0, "demotion counter lan is now 0\n")
+    assert run(capsys, "--socket", p, "disable", "lan")[:2] == (0, "group lan is now DISABLED\n")
+    assert run(capsys, "--socket", p, "enable", "lan")[:2] == (0, "group lan is now BACKUP\n")
+    assert daemon.requests == [
+        {"cmd": "demote", "name": "lan", "by": 20}, {"cmd": "demote", "name": "lan", "by": -5},
+        {"cmd": "promote", "name": "lan"}, {"cmd": "disable", "group": "lan"},
+        {"cmd": "enable", "group": "lan"}]
+
+
+def test_error_answer_exits_1(daemon, capsys):
+    code, out, err = run(capsys, "--socket", daemon.path, "demote", "nope", "3")
+    assert code == 1 and out == ""
+    assert err == 'meshctl: demote: demote: no demotion counter "nope"\n'
+    code, out, err = run(capsys, "--socket", daemon.path, "--json", "demote", "nope", "3")
+    assert code == 1
+    assert json.loads(out) == {"ok": False, "error": 'demote: no demotion counter "nope"'}
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], [], ["demote", "lan"], ["demote", "lan", "x"],
+                                  ["enable"], ["status", "--timeout", "soon"]])
+def test_usage_errors_exit_2(daemon, capsys, argv):
+    code, out, err = run(capsys, "--socket", daemon.path, *argv)
+    assert code == 2
+    assert "usage: meshctl" in err
+    assert daemon.requests == []
+
+
+def test_cannot_connect_exits_3(tmpdir_short, capsys):
+    path = os.path.join(tmpdir_short, "missing.sock")
+    code, out, err = run(capsys, "--socket", path, "status")
+    assert code == 3
+    assert err == (f"meshctl: cannot connect to {path}: No such file or directory "
+                   "(is meshd running?)\n")
+
+
+def test_timeout_exits_3(daemon, capsys, monkeypatch):
+    # No CLI command hangs, so send one through the client the CLI uses.
+    with pytest.raises(ClientError, match="no answer from .* within 0.3 s"):
+        request(daemon.path, {"cmd": "hang"}, timeout=0.3)
+    real = meshctl.request_stream
+    monkeypatch.setattr(meshctl, "request_stream",
+                        lambda path, obj, timeout: real(path, {"cmd": "hang"}, timeout))
+    code, out, err = run(capsys, "--socket", daemon.path, "--timeout", "0.3", "status")
+    assert code == 3 and "no answer" in err
+
+
+def test_socket_from_config(daemon, tmpdir_short, capsys):
+    cfg = os.path.join(tmpdir_short, "meshd.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""
+[node]
+id = 2
+control_socket = "{daemon.path}"
+
+[cluster]
+keys = [{{ id = 1, secret_file = "does-not-exist.key" }}]
+
+[[group]]
+id = 1
+name = "lan"
+interface = "eth1"
+addresses = ["192.0.2.1/24"]
+""")
+    code, out, err = run(capsys, "--config", cfg, "status", "--json")
+    assert code == 0, err
+    assert json.loads(out)["node_id"] == 2
+    # --socket wins over --config.
+    code, out, err = run(capsys, "--config", cfg, "--socket", daemon.path + ".x", "status")
+    assert code == 3
+    # A broken configuration is a configuration error.
+    with open(cfg, "w") as f:
+        f.write("[node]\nid = 0\n")
+    code, out, err = run(capsys, "--config", cfg, "status")
+    assert code == 2 and "node.id" in err
+
+
+def test_default_socket_path():
+    ns = meshctl._parser().parse_args(["status"])
+    assert meshctl._socket_path(ns) == "/run/meshd/meshd.sock"
+
+
+def test_client_api(daemon):
+    assert request(daemon.path, {"cmd": "status"})["node_id"] == 2
+    assert request(daemon.path, {"cmd": "bogus"}) == \
+        {"ok": False, "error": "unknown command 'bogus'"}
+    assert list(request_stream(daemon.path, {"cmd": "dump"})) == [
+        {"ok": True, "more": True, "flow": 0}, {"ok": True, "more": True, "flow": 1},
+        {"ok": True, "more": True, "flow": 2}, {"ok": True, "more": False}]
+    assert list(request_stream(daemon.path, {"cmd": "status"}))[0]["epoch"] == 7
+    with pytest.raises(ClientError, match="streaming answer"):
+        request(daemon.path, {"cmd": "dump"})
+    with pytest.raises(ConnectError):
+        request(daemon.path + ".missing", {"cmd": "status"})
+
+
+def test_streaming_command_human_and_json(daemon, capsys, monkeypatch):
+    # Future dump commands: the CLI prints each item and stops at more=false.
+    real = meshctl.request_stream
+    monkeypatch.setattr(meshctl, "request_stream",
+                        lambda path, obj, timeout: real(path, {"cmd": "dump"}, timeout))
+    code, out, err = run(capsys, "--socket", daemon.path, "--json", "status")
+    assert code == 0
+    assert [json.loads(line) for line in out.splitlines()][-1] == {"ok": True, "more": False}
+    assert len(out.splitlines()) == 4
