@@ -130,6 +130,8 @@ class Daemon:
             nursery.start_soon(self.hooks.run)
             await self._reconcile_addresses(cfg)
             now = trio.current_time()
+            # Subscribe before reading the initial state, so no change falls in between.
+            monitor = LinkMonitor()
             for name, up in (await trio.to_thread.run_sync(initial_state, self._watched_interfaces())).items():
                 self._on_link(name, up)
             self._join_all()
@@ -137,7 +139,7 @@ class Daemon:
             for family in list(self.sockets.socks):
                 nursery.start_soon(self._receive_loop, family)
             nursery.start_soon(self._timer_loop)
-            nursery.start_soon(self._link_loop)
+            nursery.start_soon(self._link_loop, monitor)
             nursery.start_soon(self._save_replay_loop)
             nursery.start_soon(self._signal_loop)
             self._start_tracks()
@@ -269,8 +271,7 @@ class Daemon:
             self.dispatch(self.core.receive(d.data, d.source, trio.current_time(),
                                             ttl=d.ttl, interface=d.interface))
 
-    async def _link_loop(self) -> None:
-        monitor = LinkMonitor()
+    async def _link_loop(self, monitor: LinkMonitor) -> None:
         await monitor.run(lambda ev: self._on_link(ev.name, ev.up and not ev.deleted)
                           if ev.name in self._watched_interfaces() else None)
 

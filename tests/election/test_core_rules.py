@@ -69,3 +69,104 @@ def test_rejected_advert_never_changes_state():
     assert not [a for a in out if isinstance(a, StateChanged)]
     assert core.groups["lan"].state is State.BACKUP
     assert core.status(0.1)["rejected"] == {"bad mac": 1}
+
+
+def become_master(core, now=0.31):
+    core.start(0.0)
+    core.handle_timer(now)
+    assert core.groups["lan"].state is State.MASTER
+
+
+def test_reload_with_unchanged_election_settings_keeps_state():
+    core = ElectionCore(1, [group(), group(id=2, name="wan", interface="eth1",
+                                          addresses=("198.51.100.1/24",))], KEYS, epoch=1)
+    become_master(core)
+    # notify and advskew may change without a flap; the new values take effect
+    out = core.reconfigure((group(advskew=5, notify=("/bin/true",)),
+                            group(id=2, name="wan", interface="eth1", addresses=("198.51.100.1/24",))), 1.0)
+    assert not [a for a in out if isinstance(a, StateChanged)]
+    assert core.groups["lan"].state is State.MASTER
+    assert core.groups["lan"].config.advskew == 5
+
+
+def test_reload_restarts_a_changed_group_and_bows_out_first():
+    core = ElectionCore(1, [group()], KEYS, epoch=1)
+    become_master(core)
+    out = core.reconfigure((group(addresses=("192.0.2.9/24",)),), 1.0)
+    kinds = [type(a).__name__ for a in out]
+    assert kinds.index("SendAdvert") < kinds.index("RemoveAddresses")
+    assert any(isinstance(a, SendAdvert) and a.bowout for a in out)
+    assert core.groups["lan"].state is State.BACKUP
+    assert core.groups["lan"].config.addresses == ("192.0.2.9/24",)
+
+
+def test_reload_removes_and_adds_groups():
+    core = ElectionCore(1, [group()], KEYS, epoch=1)
+    become_master(core)
+    out = core.reconfigure((group(id=3, name="dmz", interface="eth2", addresses=("203.0.113.1/24",)),), 1.0)
+    assert set(core.groups) == {"dmz"}
+    changes = [(a.group, a.new) for a in out if isinstance(a, StateChanged)]
+    assert ("lan", State.INIT) in changes and ("dmz", State.BACKUP) in changes
+
+
+def test_operator_demote_adds_and_promote_clears_only_the_operator_part():
+    core = ElectionCore(1, [group(demotion_groups=("uplink",))], KEYS, epoch=1)
+    become_master(core)
+    core.set_demotion("uplink", "link:eth9", 50, 1.0)
+    out = core.operator_demote("uplink", 20, 1.1)
+    assert any(isinstance(a, SendAdvert) for a in out)  # peers learn at once
+    assert core.counter_value("uplink") == 70
+    core.operator_demote("uplink", -5, 1.2)
+    assert core.counter_value("uplink") == 65
+    core.operator_promote("uplink", 1.3)
+    assert core.counter_value("uplink") == 50
+    assert core.group_demotion(core.groups["lan"]) == 50
+
+
+def test_disable_bows_out_and_enable_rejoins_as_backup():
+    core = ElectionCore(1, [group()], KEYS, epoch=1)
+    become_master(core)
+    out = core.disable("lan", 1.0)
+    assert any(isinstance(a, SendAdvert) and a.bowout for a in out)
+    assert core.groups["lan"].state is State.DISABLED
+    assert core.next_deadline() is None
+    core.enable("lan", 2.0)
+    assert core.groups["lan"].state is State.BACKUP
+
+
+def test_interface_down_faults_the_group_and_raises_its_sync_set():
+    core = ElectionCore(1, [group(sync_set="edge"),
+                            group(id=2, name="wan", interface="eth1", addresses=("198.51.100.1/24",),
+                                  sync_set="edge")], KEYS, epoch=1)
+    core.start(0.0)
+    core.handle_timer(0.31)
+    out = core.set_interface("eth0", False, 1.0)
+    assert core.groups["lan"].state is State.FAULT
+    assert any(type(a).__name__ == "RemoveAddresses" and a.group == "lan" for a in out)
+    assert core.group_demotion(core.groups["wan"]) == 100
+    core.set_interface("eth0", True, 2.0)
+    assert core.groups["lan"].state is State.BACKUP
+    assert core.group_demotion(core.groups["wan"]) == 0
+
+
+def test_send_failure_faults_then_retries():
+    core = ElectionCore(1, [group()], KEYS, epoch=1)
+    become_master(core)
+    core.send_failed("lan", 1.0, "Network is unreachable")
+    g = core.groups["lan"]
+    assert g.state is State.FAULT and "send failed" in g.faults
+    core.handle_timer(core.next_deadline())
+    assert g.state is State.BACKUP
+
+
+def test_own_adverts_and_duplicate_node_ids_are_told_apart():
+    core = ElectionCore(1, [group()], KEYS, epoch=7)
+    become_master(core)
+    mine = next(a.data for a in core.handle_timer(0.5) if isinstance(a, SendAdvert))
+    out = core.receive(mine, "192.0.2.2", 0.6, ttl=255)
+    assert [a.reason for a in out if isinstance(a, AdvertRejected)] == ["own advert"]
+    impostor = ElectionCore(1, [group()], KEYS, epoch=9)
+    impostor.start(0.0)
+    theirs = next(a.data for a in impostor.handle_timer(0.31) if isinstance(a, SendAdvert))
+    out = core.receive(theirs, "192.0.2.9", 0.6, ttl=255)
+    assert [a.reason for a in out if isinstance(a, AdvertRejected)] == ["duplicate node id"]

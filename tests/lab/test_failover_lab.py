@@ -96,7 +96,7 @@ def _start_pair(lab, advbase_ms: int = 100):
     return lab.wait_states({1: "MASTER", 2: "BACKUP"}, GROUP_NAMES, timeout=10)
 
 
-def test_failover_sigkill_within_1s(lab, meshd_ready):
+def test_failover_sigkill_within_1s(meshd_ready, lab):
     result = scenarios.failover(json_out=True, lab=lab.topo, run_dir=os.path.join(lab.run_dir, "failover"),
                                 advbase_ms=100, out=None)
     print(result)
@@ -105,7 +105,7 @@ def test_failover_sigkill_within_1s(lab, meshd_ready):
     assert result["takeover_ms"] < 1000, result
 
 
-def test_graceful_stop_hands_over_within_one_interval(lab, meshd_ready):
+def test_graceful_stop_hands_over_within_one_interval(meshd_ready, lab):
     _start_pair(lab)
     time.sleep(0.5)
     watch = start_watch(lab.procs, lab.fw(2), VIRTUAL_ADDRESSES, name="watch-fw2", timeout=10)
@@ -122,7 +122,7 @@ def test_graceful_stop_hands_over_within_one_interval(lab, meshd_ready):
         assert lab.topo.holders(a) == [lab.fw(2)], f"{a} after fw1's graceful stop"
 
 
-def test_three_nodes_active_active(lab3, meshd_ready):
+def test_three_nodes_active_active(meshd_ready, lab3):
     groups = md.active_active_groups(100)
     addrs = {g["name"]: g["addresses"] for g in groups}
     for n in (1, 2, 3):
@@ -224,7 +224,7 @@ def _rejected(st: dict, group: str | None) -> dict:
     return md.rejected(st, group)
 
 
-def test_replayed_advert_is_rejected(lab, meshd_ready):
+def test_replayed_advert_is_rejected(meshd_ready, lab):
     _start_pair(lab)
     advert = capture_advert(lab, group_id=1, node_id=1)
     time.sleep(0.5)                    # fw1 has sent newer adverts since
@@ -238,7 +238,7 @@ def test_replayed_advert_is_rejected(lab, meshd_ready):
     assert md.group_states(lab.status(1)) == {g: "MASTER" for g in GROUP_NAMES}
 
 
-def test_advert_with_wrong_key_is_rejected(lab, meshd_ready):
+def test_advert_with_wrong_key_is_rejected(meshd_ready, lab):
     from meshd.crypto import ELECTION_INFO, KeyRing
     from meshd.election.wire import Advert, AdvertType, config_digest, encode_advert
     _start_pair(lab)
@@ -253,5 +253,24 @@ def test_advert_with_wrong_key_is_rejected(lab, meshd_ready):
         send_advert(lab, encode_advert(forged, wrong.send_key), ttl=255)
     counts = _wait_rejected(lab, 2, ("bad mac",), before, None)
     print(f"fw2 rejected counters after the forged adverts: {counts}")
+    time.sleep(0.5)
+    assert _snapshot(lab) == before_snap
+
+
+def test_advert_from_previous_epoch_is_rejected(meshd_ready, lab):
+    _start_pair(lab)
+    advert = capture_advert(lab, group_id=1, node_id=1)
+    # fw1 restarts: a new boot epoch; it takes the groups back (preempt).
+    assert lab.procs.kill(md.MESHD_LOG.format(n=1), signal.SIGTERM, wait=10) == 0
+    lab.start_meshd(1)
+    lab.wait_states({1: "MASTER", 2: "BACKUP"}, GROUP_NAMES, timeout=10)
+    capture_advert(lab, group_id=1, node_id=1)          # fw2 has seen the new epoch by now
+    time.sleep(0.3)
+    before_snap = _snapshot(lab)
+    before = sum(_rejected(lab.status(2), "lan").get(r, 0) for r in REPLAY_REASONS)
+    send_advert(lab, advert, ttl=255)
+    counts = _wait_rejected(lab, 2, REPLAY_REASONS, before, "lan")
+    print(f"fw2 rejected counters after replaying an advert of fw1's previous boot: {counts}")
+    assert counts.get("old epoch", 0) >= 1, counts
     time.sleep(0.5)
     assert _snapshot(lab) == before_snap

@@ -12,14 +12,13 @@ What is modelled, and why:
 * Network: an advert goes to every other node that has a group with the same
   id (multicast on one segment).  Each copy is lost, delayed (base + uniform
   jitter, so copies reorder) and duplicated independently.  With fifo=True a
-  link keeps its order (one switched segment does not reorder, it only
-  delays): the same jitter, but no datagram overtakes an earlier one on the
-  same link.  Partitions cut
-  links; they are checked when a datagram arrives (a cable pulled while a
-  frame is in flight loses it).
-* Lifecycle: kill = the host dies (no bow-out, and its addresses vanish with
-  it); stop = graceful shutdown (bow-out adverts go out first); restart = a
-  new core with a new epoch and the replay marks it had persisted.
+  link keeps its order (one switched segment delays but does not reorder).
+  Partitions cut links; they are checked when a datagram arrives (a cable
+  pulled while a frame is in flight loses it).
+* Lifecycle: kill = SIGKILL / power loss: no bow-out, and we count its
+  addresses as gone (the host no longer answers for them); stop = graceful
+  shutdown (bow-out adverts go out first); restart = a new core with a new
+  epoch and the replay marks it had persisted.
 * Attacker: every datagram sent is captured in `captured` and shown to the
   `taps` (callbacks, e.g. to schedule replays); `inject` hands any bytes to a
   node at the current time and returns what the core did.
@@ -37,7 +36,7 @@ from meshd.crypto import ELECTION_INFO, KeyRing
 from meshd.election.actions import (AddAddresses, AdvertRejected, RemoveAddresses,
                                     SendAdvert, State, StateChanged)
 from meshd.election.core import ElectionCore
-from meshd.election.wire import HEADER, decode_advert, encode_advert
+from meshd.election.wire import decode_advert, encode_advert
 from meshd.replay import ReplayGuard
 
 SECRET = b"meshd simulated cluster secret!!"          # 32 bytes
@@ -315,5 +314,3 @@ def expected_flip_reason(bit: int) -> str:
         return "unknown key"
     return "bad mac"
 
-
-MAC_OFFSET = HEADER.size

@@ -297,7 +297,7 @@ def test_forged_adverts_are_rejected_by_reason(seed):
         data, reason = forge(kind, dg.data, rng)
         to = rng.choice(sorted(c.nodes))
         actions = c.inject(to, data)
-        assert actions == [AdvertRejected(reason, actions[0].detail, "10.0.0.66")], (
+        assert [(type(a), getattr(a, "reason", None)) for a in actions] == [(AdvertRejected, reason)], (
             f"{kind} forgery to node {to}: expected one rejection '{reason}', got {actions}")
         expected[to][reason] += 1
     assert not c.changes(t0), f"a forgery changed state\n{c.timeline(t0)}"
@@ -507,15 +507,19 @@ def test_stale_advert_does_not_undo_demotion():
 
 
 @pytest.mark.xfail(strict=True, reason=STALE)
-def test_replay_of_an_advert_the_target_lost_is_rejected():
-    """A passive sniffer replays an advert the target had lost, after newer ones."""
+def test_replay_of_an_advert_the_target_lost_has_no_effect():
+    """A passive sniffer replays an advert the target had lost, after newer ones:
+    the window takes it as fresh, and it must not count as a sign of life."""
     a, b, _ = master_and_backup()
     lost = adverts(a.handle_timer(a.next_deadline()))
     t = a.next_deadline()
     for d in adverts(a.handle_timer(t)):
         recv(b, d, t + 0.001)
-    out = recv(b, lost[0], t + 0.01)
-    assert len(out) == 1 and isinstance(out[0], AdvertRejected), f"accepted: {out}"
+    deadline = b.next_deadline()
+    out = recv(b, lost[0], t + 0.05)
+    assert not states(out) and b.next_deadline() == deadline, (
+        f"the replayed advert re-armed the master-down timer: {deadline:.3f} -> "
+        f"{b.next_deadline():.3f}")
 
 
 @pytest.mark.xfail(strict=True, reason=STALE)
@@ -532,7 +536,8 @@ def test_bowout_survives_reordering(seeds):
         interval, _ = c.timing(2, "g1")
         c.run_until(t_stop + interval + max_delay(c))
         if c.masters("g1") != [2]:
-            failures.append(f"seed {seed}:\n{c.timeline(t_stop)}")
+            c.run_for(1.0)
+            failures.append(f"seed {seed}: stopped at {t_stop:.4f}s\n{c.timeline(t_stop - 1e-6)}")
     assert not failures, "bow-out cancelled:\n" + "\n".join(failures)
 
 
