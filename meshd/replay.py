@@ -49,6 +49,16 @@ class ReplayGuard:
             return "replayed"
         return None
 
+    def is_newest(self, sender: object, epoch: int, counter: int) -> bool:
+        """Whether (epoch, counter) is newer than anything accepted from sender.
+
+        A fresh but older message (reordered, or replayed after the target lost
+        the original) passes check() yet carries outdated content: callers that
+        act on the latest state should not act on it.
+        """
+        s = self.streams.get(sender)
+        return s is None or epoch > s.epoch or (epoch == s.epoch and counter > s.high)
+
     def accept(self, sender: object, epoch: int, counter: int) -> None:
         """Record a message that passed check() and its MAC."""
         s = self.streams.get(sender)

@@ -57,6 +57,8 @@ class GroupRuntime:
     transitions: int = 0
     sent: int = 0
     received: int = 0
+    stale: int = 0
+    armed_down: float = 0.0          # the master-down wait last armed (for the reason text)
     rejected: Counter = field(default_factory=Counter)
     peers: dict[int, dict] = field(default_factory=dict)
 
@@ -72,6 +74,17 @@ class GroupRuntime:
     @property
     def master_down(self) -> float:
         return 3 * self.interval + self.skew
+
+    def master_down_after(self, advbase_ms: int, advskew: int) -> float:
+        """Silence tolerated after an advert from a master with these timings.
+
+        Three of the *master's* intervals (a master with a larger advskew
+        advertises more slowly than our own interval), plus our skew so backups
+        stay ordered, plus a quarter interval so that the third advert does not
+        race the deadline: a takeover needs three adverts lost, not two.
+        """
+        master_interval = advbase_ms * (1 + advskew / 256) / 1000
+        return 3 * master_interval + self.skew + master_interval / 4
 
 
 class ElectionCore:
@@ -123,7 +136,7 @@ class ElectionCore:
                     reason = f"master node {g.bowout_from} bowed out"
                     previous = g.bowout_from
                 else:
-                    reason = f"no advert for {round(g.master_down * 1000)} ms (master down)"
+                    reason = f"no advert for {round(g.armed_down * 1000)} ms (master down)"
                     previous = g.master_node
                 out += self._become_master(g, now, reason, from_node=previous)
             elif g.state is State.FAULT and "send failed" in g.faults:
@@ -145,7 +158,7 @@ class ElectionCore:
         if g is None:
             return self._reject(None, "unknown group", f"group id {advert.group_id} from node {advert.node_id}", source)
         if advert.node_id == self.node_id:
-            if advert.epoch == self.epoch and advert.counter <= self.counter:
+            if advert.epoch < self.epoch or (advert.epoch == self.epoch and advert.counter <= self.counter):
                 return self._reject(g, "own advert", "looped back", source)
             return self._reject(g, "duplicate node id", f"another node uses node id {self.node_id} (from {source})", source)
         if g.config.peers and source not in g.config.peers:
@@ -159,10 +172,16 @@ class ElectionCore:
         why = self.replay.check(sender, advert.epoch, advert.counter)
         if why:
             return self._reject(g, why, f"node {advert.node_id} epoch {advert.epoch} counter {advert.counter}", source)
+        newest = self.replay.is_newest(sender, advert.epoch, advert.counter)
         self.replay.accept(sender, advert.epoch, advert.counter)
         if advert.config_digest != g.digest:
             return self._reject(g, "peer config differs",
                                 f"node {advert.node_id} has other addresses or advbase for group {g.config.name}", source)
+        if not newest:
+            # Authentic but older than what we already acted on (reordered copy,
+            # or replayed after we lost the original): its content is outdated.
+            g.stale += 1
+            return []
         g.received += 1
         g.peers[advert.node_id] = {"demotion": advert.demotion, "advskew": advert.advskew,
                                    "last_seen": now, "bowout": advert.type is AdvertType.BOWOUT,
@@ -294,7 +313,8 @@ class ElectionCore:
                 "last_change_ago_s": None if g.last_change is None else round(now - g.last_change, 3),
                 "last_reason": g.last_reason, "transitions": g.transitions,
                 "faults": sorted(g.faults),
-                "adverts": {"sent": g.sent, "received": g.received, "rejected": dict(g.rejected)},
+                "adverts": {"sent": g.sent, "received": g.received, "stale": g.stale,
+                            "rejected": dict(g.rejected)},
                 "peers": {str(n): {**p, "last_seen_ago_s": round(now - p["last_seen"], 3)}
                           for n, p in g.peers.items()},
             })
@@ -342,7 +362,7 @@ class ElectionCore:
         g.master_node = a.node_id
         g.master_demotion = a.demotion
         g.bowout_from = None
-        g.deadline = now + g.master_down
+        self._arm_master_down(g, now, g.master_down_after(a.advbase_ms, a.advskew))
         return []
 
     def _next_counter(self) -> int:
@@ -381,7 +401,7 @@ class ElectionCore:
         out = self._transition(g, State.BACKUP, now, reason)
         g.master_node = None
         g.bowout_from = None
-        g.deadline = now + g.master_down
+        self._arm_master_down(g, now, g.master_down)
         out += self._sync_set_fault(g, False, now)
         return out + [self._notify(g)]
 
@@ -407,8 +427,12 @@ class ElectionCore:
         out.append(RemoveAddresses(c.name, c.interface, c.addresses))
         g.master_node = a.node_id
         g.master_demotion = a.demotion
-        g.deadline = now + g.master_down
+        self._arm_master_down(g, now, g.master_down_after(a.advbase_ms, a.advskew))
         return out + [self._notify(g)]
+
+    def _arm_master_down(self, g: GroupRuntime, now: float, wait: float) -> None:
+        g.armed_down = wait
+        g.deadline = now + wait
 
     def _to_fault(self, g: GroupRuntime, now: float, reason: str) -> list[Action]:
         if g.state is State.FAULT:
