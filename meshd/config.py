@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_sync import SyncConfig, parse_sync
+from .configreader import Reader, describe
+
 DEFAULT_PORT = 7112
 DEFAULT_MCAST_V4 = "224.0.0.18"
 DEFAULT_MCAST_V6 = "ff02::12"
@@ -116,6 +119,7 @@ class Config:
     groups: tuple[GroupConfig, ...]
     track_interfaces: tuple[TrackInterfaceConfig, ...] = ()
     track_scripts: tuple[TrackScriptConfig, ...] = ()
+    sync: SyncConfig | None = None
     secrets: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def group(self, name: str) -> GroupConfig | None:
@@ -128,84 +132,6 @@ class Config:
         names.update(t.demotion_group for t in self.track_interfaces)
         names.update(t.demotion_group for t in self.track_scripts)
         return names
-
-
-# --------------------------------------------------------------------------
-# The reader: a small typed walker that records problems instead of raising.
-
-
-class _Reader:
-    def __init__(self, filename: str):
-        self.filename = filename
-        self.problems: list[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{self.filename}: {path}: {message}")
-
-    def table(self, data: Any, path: str, allowed: set[str]) -> dict:
-        if not isinstance(data, dict):
-            self.problem(path, f"expected a table, found {_describe(data)}")
-            return {}
-        for key in data:
-            if key not in allowed:
-                known = ", ".join(sorted(allowed))
-                self.problem(_join(path, key), f"unknown key (known keys: {known})")
-        return data
-
-    def get(self, data: dict, path: str, key: str, kind: str, default: Any = ...,
-            lo: int | None = None, hi: int | None = None) -> Any:
-        """Read data[key] checking its type; return default (or None) when bad."""
-        where = _join(path, key)
-        if key not in data:
-            if default is ...:
-                self.problem(where, f"missing (expected {_expected(kind, lo, hi)})")
-                return None
-            return default
-        value = data[key]
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "str": isinstance(value, str),
-            "strlist": isinstance(value, list) and all(isinstance(v, str) for v in value),
-            "list": isinstance(value, list),
-        }[kind]
-        if ok and kind == "int" and ((lo is not None and value < lo) or (hi is not None and value > hi)):
-            ok = False
-        if ok and kind == "str" and value == "":
-            ok = False
-        if not ok:
-            self.problem(where, f"expected {_expected(kind, lo, hi)}, found {_describe(value)}")
-            return None if default is ... else default
-        return tuple(value) if kind == "strlist" else value
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _expected(kind: str, lo: int | None, hi: int | None) -> str:
-    if kind == "int":
-        if lo is not None and hi is not None:
-            return f"an integer from {lo} to {hi}"
-        if lo is not None:
-            return f"an integer of at least {lo}"
-        return "an integer"
-    return {"bool": "true or false", "str": "a non-empty string",
-            "strlist": "a list of strings", "list": "a list"}[kind]
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return f'"{value}"' if len(value) < 60 else f'"{value[:57]}..."'
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
 
 
 # --------------------------------------------------------------------------
@@ -222,7 +148,7 @@ GROUP_KEYS = {
 TRACK_IF_KEYS = {"interface", "weight", "demotion_group"}
 TRACK_SCRIPT_KEYS = {"name", "command", "interval_ms", "timeout_ms", "rise", "fall",
                      "weight", "demotion_group"}
-TOP_KEYS = {"node", "cluster", "group", "track_interface", "track_script"}
+TOP_KEYS = {"node", "cluster", "group", "track_interface", "track_script", "sync"}
 
 
 def load_config(path: str | os.PathLike, read_secrets: bool = True) -> Config:
@@ -244,7 +170,7 @@ def load_config(path: str | os.PathLike, read_secrets: bool = True) -> Config:
 
 def parse_config(data: dict, filename: str = "<config>", base_dir: str = ".",
                  read_secrets: bool = True) -> Config:
-    r = _Reader(filename)
+    r = Reader(filename)
     top = r.table(data, "", TOP_KEYS)
     node = _parse_node(r, top.get("node", {}))
     cluster = _parse_cluster(r, top.get("cluster", {}), base_dir)
@@ -254,20 +180,23 @@ def parse_config(data: dict, filename: str = "<config>", base_dir: str = ".",
     _check_names(r, groups, track_scripts)
     if groups:
         _check_track_counters(r, groups, track_ifs, track_scripts)
+    sync = None
+    if "sync" in top:
+        sync = parse_sync(r, top["sync"], node.id if node else None)
     secrets: dict[int, bytes] = {}
     if cluster is not None and read_secrets:
         secrets = _read_secrets(r, cluster)
     if r.problems or node is None or cluster is None:
         raise ConfigError(r.problems or [f"{filename}: invalid configuration"])
-    return Config(filename, node, cluster, groups, track_ifs, track_scripts, secrets)
+    return Config(filename, node, cluster, groups, track_ifs, track_scripts, sync, secrets)
 
 
-def _parse_node(r: _Reader, data: Any) -> NodeConfig | None:
+def _parse_node(r: Reader, data: Any) -> NodeConfig | None:
     t = r.table(data, "node", NODE_KEYS)
     node_id = r.get(t, "node", "id", "int", lo=1, hi=2**32 - 1)
     name = r.get(t, "node", "name", "str", default=_default_node_name())
     if name is not None and not NAME_RE.match(name):
-        r.problem("node.name", f"expected a name of letters, digits, '_.-' (at most 32), found {_describe(name)}")
+        r.problem("node.name", f"expected a name of letters, digits, '_.-' (at most 32), found {describe(name)}")
     state_dir = r.get(t, "node", "state_dir", "str", default="/var/lib/meshd")
     sock = r.get(t, "node", "control_socket", "str", default="/run/meshd/meshd.sock")
     if node_id is None:
@@ -281,7 +210,7 @@ def _default_node_name() -> str:
     return host[:32] or "meshd"
 
 
-def _parse_cluster(r: _Reader, data: Any, base_dir: str) -> ClusterConfig | None:
+def _parse_cluster(r: Reader, data: Any, base_dir: str) -> ClusterConfig | None:
     t = r.table(data, "cluster", CLUSTER_KEYS)
     port = r.get(t, "cluster", "port", "int", default=DEFAULT_PORT, lo=1, hi=65535)
     mc4 = r.get(t, "cluster", "multicast_v4", "str", default=DEFAULT_MCAST_V4)
@@ -294,7 +223,7 @@ def _parse_cluster(r: _Reader, data: Any, base_dir: str) -> ClusterConfig | None
             if addr.version != version or not addr.is_multicast:
                 raise ValueError
         except ValueError:
-            r.problem(f"cluster.{key}", f"expected an IPv{version} multicast address, found {_describe(value)}")
+            r.problem(f"cluster.{key}", f"expected an IPv{version} multicast address, found {describe(value)}")
     keys: list[KeyConfig] = []
     raw_keys = r.get(t, "cluster", "keys", "list")
     if raw_keys is not None:
@@ -325,7 +254,7 @@ def _parse_cluster(r: _Reader, data: Any, base_dir: str) -> ClusterConfig | None
     return ClusterConfig(port, mc4 or DEFAULT_MCAST_V4, mc6 or DEFAULT_MCAST_V6, tuple(keys), send_key)
 
 
-def _parse_groups(r: _Reader, data: Any, cluster: ClusterConfig | None) -> tuple[GroupConfig, ...]:
+def _parse_groups(r: Reader, data: Any, cluster: ClusterConfig | None) -> tuple[GroupConfig, ...]:
     if not isinstance(data, list) or not data:
         r.problem("group", "expected at least one [[group]] table")
         return ()
@@ -359,7 +288,7 @@ def _parse_groups(r: _Reader, data: Any, cluster: ClusterConfig | None) -> tuple
             seen_ids[gid] = path
         if name is not None:
             if not NAME_RE.match(name):
-                r.problem(f"{path}.name", f"expected a name of letters, digits, '_.-' (at most 32), found {_describe(name)}")
+                r.problem(f"{path}.name", f"expected a name of letters, digits, '_.-' (at most 32), found {describe(name)}")
             elif name in seen_names:
                 r.problem(f"{path}.name", f"duplicate group name \"{name}\" (also {seen_names[name]})")
             seen_names[name] = path
@@ -371,7 +300,7 @@ def _parse_groups(r: _Reader, data: Any, cluster: ClusterConfig | None) -> tuple
                 try:
                     ifa = ipaddress.ip_interface(a)
                 except ValueError:
-                    r.problem(f"{path}.addresses[{j}]", f"expected an address with prefix length like 192.0.2.1/24, found {_describe(a)}")
+                    r.problem(f"{path}.addresses[{j}]", f"expected an address with prefix length like 192.0.2.1/24, found {describe(a)}")
                     continue
                 if "/" not in a:
                     ifa = ipaddress.ip_interface(f"{a}/{ifa.max_prefixlen}")
@@ -384,13 +313,13 @@ def _parse_groups(r: _Reader, data: Any, cluster: ClusterConfig | None) -> tuple
             try:
                 ipaddress.ip_address(p)
             except ValueError:
-                r.problem(f"{path}.peers[{j}]", f"expected an IP address, found {_describe(p)}")
+                r.problem(f"{path}.peers[{j}]", f"expected an IP address, found {describe(p)}")
         for key in ("demotion_groups",):
             for j, n in enumerate(kw[key] or ()):
                 if not NAME_RE.match(n):
-                    r.problem(f"{path}.{key}[{j}]", f"expected a name, found {_describe(n)}")
+                    r.problem(f"{path}.{key}[{j}]", f"expected a name, found {describe(n)}")
         if kw["sync_set"] is not None and not NAME_RE.match(kw["sync_set"]):
-            r.problem(f"{path}.sync_set", f"expected a name, found {_describe(kw['sync_set'])}")
+            r.problem(f"{path}.sync_set", f"expected a name, found {describe(kw['sync_set'])}")
         if None in (gid, name, iface, addrs) or not parsed_addrs:
             continue
         families = {ipaddress.ip_interface(a).version for a in parsed_addrs}
@@ -409,7 +338,7 @@ def _is_ip(text: str) -> bool:
         return False
 
 
-def _parse_track_interfaces(r: _Reader, data: Any) -> tuple[TrackInterfaceConfig, ...]:
+def _parse_track_interfaces(r: Reader, data: Any) -> tuple[TrackInterfaceConfig, ...]:
     out = []
     if not isinstance(data, list):
         r.problem("track_interface", "expected a list of [[track_interface]] tables")
@@ -425,7 +354,7 @@ def _parse_track_interfaces(r: _Reader, data: Any) -> tuple[TrackInterfaceConfig
     return tuple(out)
 
 
-def _parse_track_scripts(r: _Reader, data: Any) -> tuple[TrackScriptConfig, ...]:
+def _parse_track_scripts(r: Reader, data: Any) -> tuple[TrackScriptConfig, ...]:
     out = []
     if not isinstance(data, list):
         r.problem("track_script", "expected a list of [[track_script]] tables")
@@ -453,7 +382,7 @@ def _parse_track_scripts(r: _Reader, data: Any) -> tuple[TrackScriptConfig, ...]
     return tuple(out)
 
 
-def _check_names(r: _Reader, groups: tuple[GroupConfig, ...],
+def _check_names(r: Reader, groups: tuple[GroupConfig, ...],
                  scripts: tuple[TrackScriptConfig, ...]) -> None:
     group_names = {g.name for g in groups}
     for i, g in enumerate(groups):
@@ -465,7 +394,7 @@ def _check_names(r: _Reader, groups: tuple[GroupConfig, ...],
             r.problem(f"group[{i}].sync_set", f"\"{ALL_GROUPS}\" is reserved")
 
 
-def _check_track_counters(r: _Reader, groups: tuple[GroupConfig, ...],
+def _check_track_counters(r: Reader, groups: tuple[GroupConfig, ...],
                           track_ifs: tuple[TrackInterfaceConfig, ...],
                           scripts: tuple[TrackScriptConfig, ...]) -> None:
     """A track feeding a counter no group follows would have no effect: refuse the typo."""
@@ -478,7 +407,7 @@ def _check_track_counters(r: _Reader, groups: tuple[GroupConfig, ...],
                           f"(followed: {', '.join(sorted(followed))})")
 
 
-def _read_secrets(r: _Reader, cluster: ClusterConfig) -> dict[int, bytes]:
+def _read_secrets(r: Reader, cluster: ClusterConfig) -> dict[int, bytes]:
     secrets = {}
     for i, key in enumerate(cluster.keys):
         path = f"cluster.keys[{i}].secret_file"

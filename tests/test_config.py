@@ -219,7 +219,7 @@ def test_relative_path_is_reported_as_given(confdir, monkeypatch):
 def test_unknown_top_level_key(confdir):
     msg = only_problem(confdir, "colour = 1\n" + MINIMAL)
     assert msg.endswith("meshd.toml: colour: unknown key (known keys: cluster, group, node, "
-                        "track_interface, track_script)")
+                        "sync, track_interface, track_script)")
 
 
 def test_unknown_nested_keys(confdir):
@@ -512,3 +512,51 @@ def test_track_counter_followed_by_a_group_is_accepted(confdir):
     text = MINIMAL + 'demotion_groups = ["uplink"]\n\n[[track_script]]\nname = "bgp"\ncommand = ["/bin/true"]\ndemotion_group = "uplink"\n'
     c = load(confdir, text)
     assert c.track_scripts[0].demotion_group == "uplink"
+
+
+SYNC = '''
+[sync]
+interface = "sync0"
+peers = [{ id = 2, address = "203.0.113.2" }, { id = 3, address = "203.0.113.3" }]
+commit = "continuous"
+[sync.filter]
+ignore_protocols = ["udp"]
+ignore_addresses = ["10.0.0.0/8"]
+ignore_tcp_states = ["time_wait"]
+only_assured = true
+'''
+
+
+def test_sync_section_absent_means_no_replication(confdir):
+    assert load(confdir, MINIMAL).sync is None
+
+
+def test_sync_section_parses_with_defaults(confdir):
+    c = load(confdir, MINIMAL + SYNC)
+    s = c.sync
+    assert [p.id for p in s.peers] == [2, 3] and s.peers[0].address == "203.0.113.2"
+    assert (s.port, s.max_datagram, s.commit, s.commit_scope) == (7113, 1400, "continuous", "all")
+    assert s.event_buffer_bytes == 32 * 1024 * 1024
+    assert s.filter.ignore_protocols == (17,) and s.filter.ignore_tcp_states == ("TIME_WAIT",)
+    assert s.filter.only_assured
+
+
+def test_sync_errors_name_the_key(confdir):
+    text = MINIMAL + '''
+[sync]
+peers = [{ id = 1, address = "203.0.113.2" }, { id = 2, address = "nope" }]
+commit = "sometimes"
+[sync.filter]
+ignore_protocols = ["tcp", "ipx"]
+ignore_tcp_states = ["HALF_OPEN"]
+'''
+    found = problems(confdir, text)
+    assert any(p.endswith("sync.peers[0].id: 1 is this node's own id") for p in found)
+    assert any(p.endswith('sync.peers[1].address: expected an IP address, found "nope"') for p in found)
+    assert any(p.endswith('sync.commit: expected one of takeover, continuous, found "sometimes"') for p in found)
+    assert any('sync.filter.ignore_protocols[1]: expected one of' in p for p in found)
+    assert any('sync.filter.ignore_tcp_states[0]: expected one of' in p for p in found)
+
+
+def test_sync_disabled_explicitly(confdir):
+    assert load(confdir, MINIMAL + "[sync]\nenabled = false\n").sync is None

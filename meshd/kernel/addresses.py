@@ -57,6 +57,15 @@ def _parse(address: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     return ipaddress.ip_interface(address)
 
 
+def _parsed(verb: str, interface: str, addresses, errors: list[str]):
+    """Yield (text, parsed) for each valid address; note the invalid ones in errors."""
+    for a in addresses:
+        try:
+            yield a, _parse(a)
+        except ValueError:
+            errors.append(f"{verb} {a} on {interface}: not an address with prefix length")
+
+
 def _dump(ipr: IPRoute, index: int) -> dict[str, int]:
     """Present addresses of one interface: canonical "addr/prefix" -> flags."""
     out: dict[str, int] = {}
@@ -88,12 +97,7 @@ def add_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
     index = _ifindex(interface)
     errors: list[str] = []
     with IPRoute() as ipr:
-        for a in addresses:
-            try:
-                ifa = _parse(a)
-            except ValueError:
-                errors.append(f"add {a} on {interface}: not an address with prefix length")
-                continue
+        for a, ifa in _parsed("add", interface, addresses, errors):
             if ifa.ip.is_unspecified:  # the kernel "succeeds" at adding 0.0.0.0 but ignores it
                 errors.append(f"add {a} on {interface}: the unspecified address cannot be added")
                 continue
@@ -140,12 +144,7 @@ def remove_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
     index = _ifindex(interface)
     errors: list[str] = []
     with IPRoute() as ipr:
-        for a in addresses:
-            try:
-                ifa = _parse(a)
-            except ValueError:
-                errors.append(f"remove {a} on {interface}: not an address with prefix length")
-                continue
+        for a, ifa in _parsed("remove", interface, addresses, errors):
             try:
                 ipr.addr("del", index=index, address=str(ifa.ip),
                          prefixlen=ifa.network.prefixlen,

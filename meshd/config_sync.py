@@ -1,0 +1,156 @@
+"""The `[sync]` section: the conntrack state mesh.
+
+Absent section: no replication (the election runs alone).  Every key is
+documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from .configreader import Reader, describe
+
+SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
+             "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
+             "digest_interval_ms", "resend_queue", "sync_timeout_ms", "filter"}
+PEER_KEYS = {"id", "address"}
+FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured"}
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
+             "dccp": 33, "gre": 47}
+TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
+              "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2")
+COMMIT_MODES = ("takeover", "continuous")
+COMMIT_SCOPES = ("all", "group")
+
+
+@dataclass(frozen=True)
+class SyncPeer:
+    id: int
+    address: str
+
+
+@dataclass(frozen=True)
+class SyncFilter:
+    ignore_protocols: tuple[int, ...] = ()
+    ignore_addresses: tuple[str, ...] = ()          # CIDRs, on top of the always-ignored ones
+    ignore_tcp_states: tuple[str, ...] = ()
+    only_assured: bool = False
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    peers: tuple[SyncPeer, ...]
+    interface: str | None = None
+    port: int = 7113
+    multicast_group: str | None = None
+    max_datagram: int = 1400
+    event_buffer_bytes: int = 32 * 1024 * 1024
+    commit: str = "takeover"
+    commit_scope: str = "all"
+    heartbeat_ms: int = 200
+    digest_interval_ms: int = 5000
+    resend_queue: int = 131072
+    sync_timeout_ms: int = 10000
+    filter: SyncFilter = SyncFilter()
+
+    def peer(self, node_id: int) -> SyncPeer | None:
+        return next((p for p in self.peers if p.id == node_id), None)
+
+
+def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
+    t = r.table(data, "sync", SYNC_KEYS)
+    if not r.get(t, "sync", "enabled", "bool", default=True):
+        return None
+    kw: dict[str, Any] = {}
+    kw["interface"] = r.get(t, "sync", "interface", "str", default=None)
+    kw["port"] = r.get(t, "sync", "port", "int", default=7113, lo=1, hi=65535)
+    kw["max_datagram"] = r.get(t, "sync", "max_datagram", "int", default=1400, lo=576, hi=65000)
+    kw["event_buffer_bytes"] = r.get(t, "sync", "event_buffer_bytes", "int",
+                                     default=32 * 1024 * 1024, lo=4096, hi=2**31 - 1)
+    kw["commit"] = _choice(r, t, "commit", COMMIT_MODES, "takeover")
+    kw["commit_scope"] = _choice(r, t, "commit_scope", COMMIT_SCOPES, "all")
+    kw["heartbeat_ms"] = r.get(t, "sync", "heartbeat_ms", "int", default=200, lo=10, hi=60000)
+    kw["digest_interval_ms"] = r.get(t, "sync", "digest_interval_ms", "int", default=5000,
+                                     lo=100, hi=3_600_000)
+    kw["resend_queue"] = r.get(t, "sync", "resend_queue", "int", default=131072, lo=64, hi=10**8)
+    kw["sync_timeout_ms"] = r.get(t, "sync", "sync_timeout_ms", "int", default=10000,
+                                  lo=100, hi=3_600_000)
+    mcast = r.get(t, "sync", "multicast_group", "str", default=None)
+    if mcast is not None:
+        try:
+            if not ipaddress.ip_address(mcast).is_multicast:
+                raise ValueError
+        except ValueError:
+            r.problem("sync.multicast_group", f"expected a multicast address, found {describe(mcast)}")
+        if kw["interface"] is None:
+            r.problem("sync.interface", "required with sync.multicast_group (the interface to join on)")
+    kw["multicast_group"] = mcast
+    peers = _parse_peers(r, t.get("peers"), node_id, need_address=mcast is None)
+    kw["filter"] = _parse_filter(r, t.get("filter", {}))
+    optional = {"interface", "multicast_group"}
+    if peers is None or any(v is None for k, v in kw.items() if k not in optional):
+        return None
+    return SyncConfig(peers, **kw)
+
+
+def _choice(r: Reader, t: dict, key: str, allowed: tuple[str, ...], default: str) -> str | None:
+    value = r.get(t, "sync", key, "str", default=default)
+    if value is not None and value not in allowed:
+        r.problem(f"sync.{key}", f"expected one of {', '.join(allowed)}, found {describe(value)}")
+        return None
+    return value
+
+
+def _parse_peers(r: Reader, data: Any, node_id: int | None,
+                 need_address: bool) -> tuple[SyncPeer, ...] | None:
+    if not isinstance(data, list) or not data:
+        r.problem("sync.peers", "expected a list of peers like [{ id = 2, address = \"203.0.113.2\" }]")
+        return None
+    peers: list[SyncPeer] = []
+    for i, item in enumerate(data):
+        path = f"sync.peers[{i}]"
+        pt = r.table(item, path, PEER_KEYS)
+        pid = r.get(pt, path, "id", "int", lo=1, hi=2**32 - 1)
+        addr = r.get(pt, path, "address", "str", default=None if not need_address else ...)
+        if addr is not None:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                r.problem(f"{path}.address", f"expected an IP address, found {describe(addr)}")
+        if pid is None:
+            continue
+        if pid == node_id:
+            r.problem(f"{path}.id", f"{pid} is this node's own id")
+        elif any(p.id == pid for p in peers):
+            r.problem(f"{path}.id", f"duplicate peer id {pid}")
+        else:
+            peers.append(SyncPeer(pid, addr or ""))
+    return tuple(peers)
+
+
+def _parse_filter(r: Reader, data: Any) -> SyncFilter | None:
+    t = r.table(data, "sync.filter", FILTER_KEYS)
+    protos = r.get(t, "sync.filter", "ignore_protocols", "strlist", default=())
+    numbers = []
+    for j, p in enumerate(protos or ()):
+        if p.lower() not in PROTOCOLS:
+            r.problem(f"sync.filter.ignore_protocols[{j}]",
+                      f"expected one of {', '.join(PROTOCOLS)}, found {describe(p)}")
+        else:
+            numbers.append(PROTOCOLS[p.lower()])
+    addrs = r.get(t, "sync.filter", "ignore_addresses", "strlist", default=())
+    for j, a in enumerate(addrs or ()):
+        try:
+            ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            r.problem(f"sync.filter.ignore_addresses[{j}]", f"expected an address or CIDR, found {describe(a)}")
+    states = r.get(t, "sync.filter", "ignore_tcp_states", "strlist", default=())
+    for j, s in enumerate(states or ()):
+        if s.upper() not in TCP_STATES:
+            r.problem(f"sync.filter.ignore_tcp_states[{j}]",
+                      f"expected one of {', '.join(TCP_STATES)}, found {describe(s)}")
+    only_assured = r.get(t, "sync.filter", "only_assured", "bool", default=False)
+    return SyncFilter(tuple(numbers), tuple(addrs or ()), tuple(s.upper() for s in states or ()),
+                      bool(only_assured))

@@ -1,0 +1,85 @@
+"""The typed TOML walker behind every configuration section.
+
+It records problems instead of raising, so a file is refused with all of its
+errors listed at once, each named by file and key path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Reader:
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{self.filename}: {path}: {message}")
+
+    def table(self, data: Any, path: str, allowed: set[str]) -> dict:
+        if not isinstance(data, dict):
+            self.problem(path, f"expected a table, found {describe(data)}")
+            return {}
+        for key in data:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                self.problem(_join(path, key), f"unknown key (known keys: {known})")
+        return data
+
+    def get(self, data: dict, path: str, key: str, kind: str, default: Any = ...,
+            lo: int | None = None, hi: int | None = None) -> Any:
+        """Read data[key] checking its type; return default (or None) when bad."""
+        where = _join(path, key)
+        if key not in data:
+            if default is ...:
+                self.problem(where, f"missing (expected {_expected(kind, lo, hi)})")
+                return None
+            return default
+        value = data[key]
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+            "strlist": isinstance(value, list) and all(isinstance(v, str) for v in value),
+            "list": isinstance(value, list),
+        }[kind]
+        if ok and kind == "int" and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            ok = False
+        if ok and kind == "str" and value == "":
+            ok = False
+        if not ok:
+            self.problem(where, f"expected {_expected(kind, lo, hi)}, found {describe(value)}")
+            return None if default is ... else default
+        return tuple(value) if kind == "strlist" else value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _expected(kind: str, lo: int | None, hi: int | None) -> str:
+    if kind == "int":
+        if lo is not None and hi is not None:
+            return f"an integer from {lo} to {hi}"
+        if lo is not None:
+            return f"an integer of at least {lo}"
+        return "an integer"
+    return {"bool": "true or false", "str": "a non-empty string",
+            "strlist": "a list of strings", "list": "a list"}[kind]
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) < 60 else f'"{value[:57]}..."'
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
