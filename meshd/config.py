@@ -326,6 +326,8 @@ def _parse_groups(r: Reader, data: Any, cluster: ClusterConfig | None) -> tuple[
         if kw["peers"] and any(ipaddress.ip_address(p).version not in families
                                for p in kw["peers"] if _is_ip(p)):
             r.problem(f"{path}.peers", "peers must use an address family of the group's addresses")
+        # Canonical text, so that 2001:DB8::2 matches the source the kernel reports.
+        kw["peers"] = tuple(str(ipaddress.ip_address(p)) for p in kw["peers"] if _is_ip(p))
         groups.append(GroupConfig(gid, name, iface, tuple(parsed_addrs), **kw))
     return tuple(groups)
 

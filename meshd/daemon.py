@@ -201,9 +201,9 @@ class Daemon:
     async def carry_out(self, action: Any) -> None:
         group = self.core.groups.get(action.group)
         if isinstance(action, SendAdvert):
-            if group is None:
+            cfg = action.config or (group.config if group else None)
+            if cfg is None:
                 return
-            cfg = group.config
             try:
                 self.sockets.send(election_family(cfg), cfg.interface, cfg.peers, action.data)
             except (OSError, TransportError) as e:
@@ -222,7 +222,7 @@ class Daemon:
         elif isinstance(action, Announce):
             self.nursery.start_soon(self._announce, action)
         elif isinstance(action, RunNotify):
-            cfg = group.config if group else self.config.group(action.group)
+            cfg = action.config or (group.config if group else None)
             if cfg is not None:
                 self.hooks.submit(HookRun(cfg.notify, action.group, action.state.value,
                                           action.priority, cfg.notify_timeout_ms / 1000))
@@ -276,6 +276,7 @@ class Daemon:
                           if ev.name in self._watched_interfaces() else None)
 
     def _on_link(self, name: str | None, up: bool) -> None:
+        """A watched link changed (or was read afresh: the core ignores repeats)."""
         if name is None:
             return
         now = trio.current_time()
@@ -292,6 +293,18 @@ class Daemon:
         if actions:
             self.log("link", interface=name, up=up)
         self.dispatch(actions)
+
+    async def _refresh_links(self, old: Config) -> None:
+        """After a reload: drop demotions of tracks that are gone, learn the state of new links."""
+        wanted = {(t.demotion_group, f"link:{t.interface}") for t in self.config.track_interfaces}
+        now = trio.current_time()
+        for t in old.track_interfaces:
+            key = (t.demotion_group, f"link:{t.interface}")
+            if key not in wanted:
+                self.dispatch(self.core.set_demotion(*key, 0, now, f"track of {t.interface} removed"))
+        state = await trio.to_thread.run_sync(initial_state, self._watched_interfaces())
+        for name, up in state.items():
+            self._on_link(name, up)
 
     def _start_tracks(self) -> None:
         if self._tracks_scope is not None:
@@ -385,6 +398,9 @@ class Daemon:
         self._join_all()
         if new.track_scripts != old.track_scripts:
             self._start_tracks()
+        if new.track_interfaces != old.track_interfaces or \
+                {g.interface for g in new.groups} != {g.interface for g in old.groups}:
+            self.nursery.start_soon(self._refresh_links, old)
         changed = sorted({g.name for g in new.groups} ^ {g.name for g in old.groups}
                          | {g.name for g in new.groups if g not in old.groups})
         self.log("reloaded", config=new.path, changed_groups=",".join(changed) or None)

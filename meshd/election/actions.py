@@ -9,7 +9,9 @@ SendAdvert, RunNotify.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..config import GroupConfig
 
 
 class State(enum.Enum):
@@ -25,6 +27,9 @@ class SendAdvert:
     group: str
     data: bytes
     bowout: bool = False
+    # The group's settings when the advert was made: a bow-out of a group that
+    # a reload removed or moved must still leave on the old interface/peers.
+    config: GroupConfig | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class RunNotify:
     group: str
     state: State
     priority: int
+    config: GroupConfig | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

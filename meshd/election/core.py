@@ -161,7 +161,7 @@ class ElectionCore:
             if advert.epoch < self.epoch or (advert.epoch == self.epoch and advert.counter <= self.counter):
                 return self._reject(g, "own advert", "looped back", source)
             return self._reject(g, "duplicate node id", f"another node uses node id {self.node_id} (from {source})", source)
-        if g.config.peers and source not in g.config.peers:
+        if g.config.peers and _normal_ip(source) not in g.config.peers:
             return self._reject(g, "unknown peer", f"{source} is not in the peers of group {g.config.name}", source)
         if g.config.check_ttl and ttl != 255:
             # Fail closed: a datagram whose TTL the kernel did not report is not trusted either.
@@ -381,8 +381,8 @@ class ElectionCore:
         # of three adverts lost, which keeps a lossy link from flapping the group.
         copies = g.config.advert_copies
         g.sent += copies
-        return [SendAdvert(g.config.name, self._advert_bytes(g, kind), kind is AdvertType.BOWOUT)
-                for _ in range(copies)]
+        return [SendAdvert(g.config.name, self._advert_bytes(g, kind), kind is AdvertType.BOWOUT,
+                           g.config) for _ in range(copies)]
 
     def _transition(self, g: GroupRuntime, new: State, now: float, reason: str) -> list[Action]:
         old = g.state
@@ -393,7 +393,7 @@ class ElectionCore:
         return [StateChanged(g.config.name, old, new, reason)]
 
     def _notify(self, g: GroupRuntime) -> RunNotify:
-        return RunNotify(g.config.name, g.state, 255 - g.config.advskew)
+        return RunNotify(g.config.name, g.state, 255 - g.config.advskew, g.config)
 
     def _leave_init(self, g: GroupRuntime, now: float, reason: str) -> list[Action]:
         if g.faults:
@@ -480,3 +480,11 @@ def _same_election(a: GroupConfig, b: GroupConfig) -> bool:
                      sorted(str(ipaddress.ip_interface(x)) for x in c.addresses),
                      tuple(sorted(c.peers)))
     return key(a) == key(b)
+
+
+def _normal_ip(text: str) -> str:
+    """Canonical text of an address as the config stores peers (no %scope, lower case)."""
+    try:
+        return str(ipaddress.ip_address(text.split("%", 1)[0]))
+    except ValueError:
+        return text

@@ -38,6 +38,14 @@ IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 
 
+# IPv6 virtual addresses are also added *deprecated* (preferred lifetime 0,
+# valid forever): Linux then never picks them as the source of the node's own
+# packets, as an IPv4 secondary address is not picked either.  Without it the
+# master's unicast adverts would leave from the virtual address, which its
+# peers do not know as a peer address.  Traffic to the address is unaffected.
+V6_VIRTUAL = {"flags": IFA_F_NODAD, "preferred_lft": 0, "valid_lft": 0xFFFFFFFF}
+
+
 class AddressError(Exception):
     """The interface does not exist (nothing could be added or removed)."""
 
@@ -103,10 +111,10 @@ def add_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
                 continue
             v6 = ifa.version == 6
             try:
+                extra = V6_VIRTUAL if v6 else {}
                 ipr.addr("add", index=index, address=str(ifa.ip),
                          prefixlen=ifa.network.prefixlen,
-                         family=AF_INET6 if v6 else AF_INET,
-                         flags=IFA_F_NODAD if v6 else 0)
+                         family=AF_INET6 if v6 else AF_INET, **extra)
             except NetlinkError as e:
                 if e.code == errno.ENODEV:
                     raise AddressError(f"interface {interface!r} disappeared while adding {a}") from None

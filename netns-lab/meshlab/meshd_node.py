@@ -122,8 +122,15 @@ def control_socket(run_dir: str, n: int) -> str:
 
 
 def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = None,
-                 advbase_ms: int = 100, extra_cluster: dict[str, Any] | None = None) -> str:
-    """Write RUN_DIR/fwN/meshd.toml for node n; return its path."""
+                 advbase_ms: int = 100, extra_cluster: dict[str, Any] | None = None, *,
+                 track_interfaces: list[dict[str, Any]] | None = None,
+                 track_scripts: list[dict[str, Any]] | None = None) -> str:
+    """Write RUN_DIR/fwN/meshd.toml for node n; return its path.
+
+    Group, track_interface and track_script tables are dicts of keys; a value that
+    is itself a dict {node: value} is resolved for node n (per-node advskew, peers,
+    notify, command...).
+    """
     groups = groups if groups is not None else default_groups(advbase_ms)
     d = node_dir(run_dir, n)
     os.makedirs(os.path.join(d, "state"), exist_ok=True)
@@ -140,9 +147,12 @@ def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = Non
     ]
     for k, v in (extra_cluster or {}).items():
         lines.append(f"{k} = {_toml_value(v)}")
-    for g in groups:
-        lines += ["", "[[group]]"]
-        for k, v in _for_node(g, n).items():
+    tables = [("group", g) for g in groups]
+    tables += [("track_interface", t) for t in track_interfaces or ()]
+    tables += [("track_script", t) for t in track_scripts or ()]
+    for kind, table in tables:
+        lines += ["", f"[[{kind}]]"]
+        for k, v in _for_node(table, n).items():
             if v is not None:
                 lines.append(f"{k} = {_toml_value(v)}")
     path = os.path.join(d, "meshd.toml")
@@ -155,9 +165,13 @@ def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = Non
 
 
 def start_meshd(procs, lab: Lab, n: int, groups: list[dict[str, Any]] | None = None,
-                advbase_ms: int = 100, log_format: str | None = "json"):
+                advbase_ms: int = 100, log_format: str | None = "json", *,
+                extra_cluster: dict[str, Any] | None = None,
+                track_interfaces: list[dict[str, Any]] | None = None,
+                track_scripts: list[dict[str, Any]] | None = None):
     """Write node n's config and start meshd in lab.fw(n) under `procs` (name meshd-fwN)."""
-    config = write_config(procs.run_dir, n, groups, advbase_ms)
+    config = write_config(procs.run_dir, n, groups, advbase_ms, extra_cluster,
+                          track_interfaces=track_interfaces, track_scripts=track_scripts)
     sock = control_socket(procs.run_dir, n)
     if os.path.exists(sock):
         os.unlink(sock)
@@ -165,6 +179,14 @@ def start_meshd(procs, lab: Lab, n: int, groups: list[dict[str, Any]] | None = N
     if log_format:
         argv += ["--log-format", log_format]
     return procs.start(MESHD_LOG.format(n=n), lab.fw(n), argv, env=child_env(), cwd=REPO)
+
+
+def meshctl(run_dir: str, n: int, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
+    """Run `meshctl --socket <node n's socket> ARGS...`; the completed process (never raises on exit code)."""
+    env = dict(os.environ, **child_env())
+    return subprocess.run([sys.executable, "-m", "meshd.control.meshctl", "--socket",
+                           control_socket(run_dir, n), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
 
 
 def status(run_dir: str, n: int, timeout: float = 5.0) -> dict[str, Any]:
