@@ -349,7 +349,7 @@ def _parse_track_interfaces(r: Reader, data: Any) -> tuple[TrackInterfaceConfig,
         path = f"track_interface[{i}]"
         t = r.table(item, path, TRACK_IF_KEYS)
         iface = r.get(t, path, "interface", "str")
-        weight = r.get(t, path, "weight", "int", default=50, lo=1, hi=1_000_000)
+        weight = r.get(t, path, "weight", "int", default=50, lo=0, hi=1_000_000)
         dg = r.get(t, path, "demotion_group", "str", default=ALL_GROUPS)
         if None not in (iface, weight, dg):
             out.append(TrackInterfaceConfig(iface, weight, dg))
@@ -374,7 +374,7 @@ def _parse_track_scripts(r: Reader, data: Any) -> tuple[TrackScriptConfig, ...]:
         timeout = r.get(t, path, "timeout_ms", "int", default=1000, lo=10, hi=3_600_000)
         rise = r.get(t, path, "rise", "int", default=2, lo=1, hi=100)
         fall = r.get(t, path, "fall", "int", default=2, lo=1, hi=100)
-        weight = r.get(t, path, "weight", "int", default=50, lo=1, hi=1_000_000)
+        weight = r.get(t, path, "weight", "int", default=50, lo=0, hi=1_000_000)
         dg = r.get(t, path, "demotion_group", "str", default=ALL_GROUPS)
         if name is not None and name in names:
             r.problem(f"{path}.name", f"duplicate track script name \"{name}\"")

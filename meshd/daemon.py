@@ -287,9 +287,8 @@ class Daemon:
         actions = self.core.set_interface(name, up, now)
         for t in self.config.track_interfaces:
             if t.interface == name:
-                actions += self.core.set_demotion(t.demotion_group, f"link:{name}",
-                                                  0 if up else t.weight, now,
-                                                  f"tracked interface {name} {'up' if up else 'down'}")
+                actions += self._track_changed(t.demotion_group, f"link:{name}", t.weight, not up,
+                                               f"tracked interface {name} {'up' if up else 'down'}")
         if actions:
             self.log("link", interface=name, up=up)
         self.dispatch(actions)
@@ -301,18 +300,18 @@ class Daemon:
         for t in old.track_interfaces:
             key = (t.demotion_group, f"link:{t.interface}")
             if key not in wanted:
-                self.dispatch(self.core.set_demotion(*key, 0, now, f"track of {t.interface} removed"))
+                self.dispatch(self._track_changed(*key, t.weight, False, f"track of {t.interface} removed"))
         state = await trio.to_thread.run_sync(initial_state, self._watched_interfaces())
         for name, up in state.items():
             self._on_link(name, up)
 
-    def _start_tracks(self) -> None:
+    def _start_tracks(self, previous: tuple = ()) -> None:
+        """(Re)start the track scripts; what the previous ones had raised is cleared."""
         if self._tracks_scope is not None:
             self._tracks_scope.cancel()
-        for name, sources in self.core.demotions.items():
-            for source in [s for s in sources if s.startswith("script:")]:
-                self.dispatch(self.core.set_demotion(name, source, 0, trio.current_time(),
-                                                     "track script removed"))
+        for t in previous:
+            self.dispatch(self._track_changed(t.demotion_group, f"script:{t.name}", t.weight,
+                                              False, "track script restarted by reload"))
         scope = self._tracks_scope = trio.CancelScope()
 
         async def tracks():
@@ -324,9 +323,17 @@ class Daemon:
         self.nursery.start_soon(tracks)
 
     def _on_script(self, t, healthy: bool, reason: str) -> None:
-        self.dispatch(self.core.set_demotion(t.demotion_group, f"script:{t.name}",
-                                             0 if healthy else t.weight, trio.current_time(),
-                                             f"track script {t.name}: {reason}"))
+        self.dispatch(self._track_changed(t.demotion_group, f"script:{t.name}", t.weight,
+                                          not healthy, f"track script {t.name}: {reason}"))
+
+    def _track_changed(self, counter: str, source: str, weight: int, failed: bool,
+                       reason: str) -> list:
+        """A track's weight demotes; weight 0 means FAULT instead (keepalived's convention)."""
+        now = trio.current_time()
+        if weight == 0:
+            label = source.replace("link:", "tracked interface ").replace("script:", "track script ")
+            return self.core.set_tracked_fault(counter, f"{label} failed", failed, now)
+        return self.core.set_demotion(counter, source, weight if failed else 0, now, reason)
 
     async def _save_replay_loop(self) -> None:
         last = None
@@ -397,7 +404,7 @@ class Daemon:
         self.dispatch(self.core.reconfigure(new.groups, trio.current_time()))
         self._join_all()
         if new.track_scripts != old.track_scripts:
-            self._start_tracks()
+            self._start_tracks(old.track_scripts)
         if new.track_interfaces != old.track_interfaces or \
                 {g.interface for g in new.groups} != {g.interface for g in old.groups}:
             self.nursery.start_soon(self._refresh_links, old)

@@ -241,6 +241,26 @@ class ElectionCore:
                 out += self._advertise(g)
         return out
 
+    def set_tracked_fault(self, name: str, source: str, failed: bool, now: float) -> list[Action]:
+        """A track with weight 0 failed or recovered: FAULT every group following `name`.
+
+        keepalived's convention: a tracked interface or script without a weight
+        does not lower the priority, it takes the instance out of service.
+        """
+        out: list[Action] = []
+        for g in self.groups.values():
+            if name not in g.config.counters() or g.state is State.DISABLED:
+                continue
+            if failed and source not in g.faults:
+                g.faults.add(source)
+                if self.started:
+                    out += self._to_fault(g, now, source)
+            elif not failed and source in g.faults:
+                g.faults.discard(source)
+                if self.started and not g.faults and g.state is State.FAULT:
+                    out += self._leave_init(g, now, f"{source} recovered")
+        return out
+
     def operator_demote(self, name: str, delta: int, now: float) -> list[Action]:
         current = self.demotions.get(name, {}).get(SOURCE_OPERATOR, 0)
         return self.set_demotion(name, SOURCE_OPERATOR, current + delta, now,

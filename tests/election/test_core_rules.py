@@ -170,3 +170,18 @@ def test_own_adverts_and_duplicate_node_ids_are_told_apart():
     theirs = next(a.data for a in impostor.handle_timer(0.31) if isinstance(a, SendAdvert))
     out = core.receive(theirs, "192.0.2.9", 0.6, ttl=255)
     assert [a.reason for a in out if isinstance(a, AdvertRejected)] == ["duplicate node id"]
+
+
+def test_track_with_weight_0_faults_the_groups_following_its_counter():
+    core = ElectionCore(1, [group(demotion_groups=("uplink",)),
+                            group(id=2, name="wan", interface="eth1", addresses=("198.51.100.1/24",))],
+                        KEYS, epoch=1)
+    core.start(0.0)
+    core.handle_timer(0.31)
+    out = core.set_tracked_fault("uplink", "tracked interface eth9 failed", True, 1.0)
+    assert core.groups["lan"].state is State.FAULT
+    assert core.groups["wan"].state is State.MASTER        # does not follow "uplink"
+    assert any(type(a).__name__ == "RemoveAddresses" for a in out)
+    assert core.group_demotion(core.groups["lan"]) == 0    # a fault, not a demotion
+    core.set_tracked_fault("uplink", "tracked interface eth9 failed", False, 2.0)
+    assert core.groups["lan"].state is State.BACKUP

@@ -522,6 +522,22 @@ def test_track_script_and_track_interface_move_both_groups(meshd_ready, lab):
     wait_holders(lab, VIRTUAL_ADDRESSES, [lab.fw(1)])
 
 
+def test_track_interface_with_weight_0_faults_the_groups(meshd_ready, lab):
+    """keepalived's convention: a track without weight takes the groups out of service."""
+    groups = md.default_groups(ADVBASE)
+    start(lab, 1, groups, track_interfaces=[{"interface": "sync0", "weight": 0, "demotion_group": "all"}])
+    start(lab, 2, groups)
+    lab.wait_states({1: "MASTER", 2: "BACKUP"}, GROUPS, timeout=15)
+    lab.topo.ip(lab.fw(1), "link", "set", "sync0", "down")
+    sts = lab.wait_states({1: "FAULT", 2: "MASTER"}, GROUPS, timeout=10)
+    assert all("tracked interface sync0 failed" in group_status(sts[1], g)["faults"] for g in GROUPS)
+    assert sts[1].get("demotions", {}).get("all", 0) == 0   # a fault, not a demotion
+    wait_holders(lab, VIRTUAL_ADDRESSES, [lab.fw(2)])
+    lab.topo.ip(lab.fw(1), "link", "set", "sync0", "up")
+    lab.wait_states({1: "MASTER", 2: "BACKUP"}, GROUPS, timeout=10)
+    wait_holders(lab, VIRTUAL_ADDRESSES, [lab.fw(1)])
+
+
 # --------------------------------------------------------------------------- 6. meshctl
 
 
