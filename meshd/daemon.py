@@ -37,6 +37,10 @@ from .track.scripts import run_track_script
 
 REPLAY_SAVE_INTERVAL = 10.0
 SHUTDOWN_GRACE = 5.0
+# While the state mesh is not in sync (start-up, resync), every group is demoted
+# by this much, so the node never becomes master with half of its peers' flows.
+SYNC_DEMOTION = 200
+SYNC_COMMANDS = ("dump", "flush", "commit", "resync", "stats")
 
 
 class StartupError(Exception):
@@ -94,6 +98,7 @@ class Daemon:
         self._rescheduled = trio.Event()
         self._tracks_scope: trio.CancelScope | None = None
         self._stopping = False
+        self.sync = None
 
     # ------------------------------------------------------------------ start
 
@@ -109,6 +114,14 @@ class Daemon:
             raise StartupError(str(e)) from None
         keys = KeyRing.from_secrets(cfg.secrets, cfg.cluster.send_key, ELECTION_INFO)
         self.core = ElectionCore(cfg.node.id, cfg.groups, keys, epoch, replay=replay)
+        if cfg.sync is not None:
+            from .sync.service import SyncService  # conntrack needs root: only when configured
+            try:
+                self.sync = SyncService(cfg, epoch, self.log, self._on_sync_state)
+                self.sync.open()
+            except OSError as e:
+                raise StartupError(f"state mesh: cannot open its sockets: {e.strerror or e}") from None
+            self.core.set_demotion("all", "sync", SYNC_DEMOTION, 0.0, "state mesh not in sync yet")
         try:
             self.sockets.open({election_family(g) for g in cfg.groups})
         except TransportError as e:
@@ -135,6 +148,10 @@ class Daemon:
             for name, up in (await trio.to_thread.run_sync(initial_state, self._watched_interfaces())).items():
                 self._on_link(name, up)
             self._join_all()
+            if self.sync is not None:
+                vips = {a.split("/")[0] for g in cfg.groups for a in g.addresses}
+                self.sync.set_local_addresses(vips | await trio.to_thread.run_sync(kaddr.node_addresses))
+                await self.sync.run(nursery)
             self.dispatch(self.core.start(now))
             for family in list(self.sockets.socks):
                 nursery.start_soon(self._receive_loop, family)
@@ -212,9 +229,10 @@ class Daemon:
                 if not action.bowout:
                     self.dispatch(self.core.send_failed(cfg.name, trio.current_time(), str(e)))
         elif isinstance(action, PrepareTakeover):
-            # Step 1 of the failover ordering.  Conntrack replication fills this
-            # in; until it is configured there is no state to commit.
-            pass
+            # Step 1 of the failover ordering: the replicated flows go into the
+            # kernel before the addresses move.
+            if self.sync is not None and group is not None:
+                await self.sync.commit_for_takeover(group.config, action.from_node)
         elif isinstance(action, AddAddresses):
             await self._addresses(action, kaddr.add_addresses, "addresses_added")
         elif isinstance(action, RemoveAddresses):
@@ -414,9 +432,17 @@ class Daemon:
 
     # --------------------------------------------------------------- control
 
+    def _on_sync_state(self, in_sync: bool, reason: str) -> None:
+        self.dispatch(self.core.set_demotion("all", "sync", 0 if in_sync else SYNC_DEMOTION,
+                                             trio.current_time(), f"state mesh: {reason}"))
+
     async def handle_control(self, request: dict) -> dict:
         cmd = request.get("cmd")
         now = trio.current_time()
+        if cmd in SYNC_COMMANDS:
+            if self.sync is None:
+                raise ControlError(f"{cmd}: the state mesh is not configured (no [sync] section)")
+            return await self.sync.handle_control(cmd, request)
         if cmd == "status":
             return {"node": self.config.node.name, "version": __version__,
                     **self.core.status(now)}

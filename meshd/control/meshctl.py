@@ -175,8 +175,46 @@ def format_answer(cmd: str, answer: dict) -> str:
         return f"demotion counter {answer.get('name')} is now {answer.get('value')}"
     if cmd in ("enable", "disable"):
         return f"group {answer.get('group')} is now {answer.get('state')}"
+    if cmd == "dump":
+        return format_entry(answer)
+    if cmd == "commit":
+        errors = ", ".join(f"{k} {v}" for k, v in (answer.get("errors") or {}).items())
+        return (f"committed {answer.get('committed', 0)} entries in {answer.get('seconds', 0):.3f} s"
+                f", {answer.get('failed', 0)} failed" + (f" ({errors})" if errors else ""))
+    if cmd == "flush":
+        return f"flushed {answer.get('what')}: {answer.get('removed', 0)} entries"
+    if cmd == "resync":
+        return "resync requested from peers " + ", ".join(str(p) for p in answer.get("peers", []))
     rest = {k: v for k, v in answer.items() if k != "ok"}
     return json.dumps(rest, indent=2) if rest else "ok"
+
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+
+
+def format_entry(answer: dict) -> str:
+    """One cached flow, conntrack -L style: origin node, protocol, state, tuples, flags."""
+    e = answer.get("entry") or {}
+    orig = e.get("orig") or {}
+    proto = orig.get("proto")
+    parts = [f"[node {answer.get('origin', '?')}]", PROTO_NAMES.get(proto, str(proto)),
+             str(e.get("timeout", "-"))]
+    if (e.get("tcp") or {}).get("state"):
+        parts.append(e["tcp"]["state"])
+    for side in ("orig", "reply"):
+        t = e.get(side) or {}
+        for k in ("src", "dst", "sport", "dport", "type", "code", "id"):
+            if t.get(k) is not None:
+                parts.append(f"{k}={t[k]}")
+    for k in ("mark", "zone"):
+        if e.get(k):
+            parts.append(f"{k}={e[k]}")
+    flags = [f for f in e.get("status_flags", []) if f in ("ASSURED", "SEEN_REPLY", "SRC_NAT", "DST_NAT")]
+    if flags:
+        parts.append("[" + ",".join(flags) + "]")
+    if e.get("error"):
+        parts.append(f"(undecodable: {e['error']})")
+    return " ".join(parts)
 
 
 # --------------------------------------------------------------------- main
@@ -207,11 +245,19 @@ def _parser() -> argparse.ArgumentParser:
                                      ("by", int, "amount to add (may be negative)")],
             "promote": [("name", str, "demotion counter")],
             "enable": [("group", str, "group name")], "disable": [("group", str, "group name")]}
+    choices = {"dump": ("cache", ("internal", "external")),
+               "flush": ("what", ("internal", "external", "kernel"))}
     for cmd, summary in COMMANDS.items():
         p = sub.add_parser(cmd, help=summary, description=summary)
         for name, kind, text in args.get(cmd, []):
             p.add_argument(name, type=kind, metavar=name.upper() if name != "by" else "N",
                            help=text)
+        if cmd in choices:
+            name, allowed = choices[cmd]
+            p.add_argument(name, choices=allowed)
+        if cmd in ("dump", "commit", "flush"):
+            p.add_argument("--peer", type=int, metavar="NODE", default=None,
+                           help="only the external cache of this peer node id")
         options(p, False)
     return parser
 
@@ -235,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"meshctl: {e}", file=sys.stderr)
         return 2
-    req = {"cmd": ns.cmd, **{k: getattr(ns, k) for k in ("name", "by", "group") if hasattr(ns, k)}}
+    req = {"cmd": ns.cmd, **{k: getattr(ns, k) for k in ("name", "by", "group", "cache", "what", "peer")
+                             if getattr(ns, k, None) is not None}}
     code = 0
     try:
         for answer in request_stream(path, req, ns.timeout):

@@ -29,6 +29,11 @@ COMMANDS: dict[str, str] = {
     "promote": "remove the operator's share of demotion counter NAME",
     "enable": "let GROUP take part in elections again",
     "disable": "take GROUP out of elections (bows out if master)",
+    "dump": "list the internal cache (this node's flows) or the external caches (the peers')",
+    "flush": "empty the internal or external caches, or this node's kernel conntrack table",
+    "commit": "inject the external cache (of one peer, or all) into the kernel now",
+    "resync": "ask every peer for a full resend of its flows",
+    "stats": "state mesh counters: events, frames, per-peer lag and loss, caches, last commit",
 }
 
 _MISSING = object()

@@ -164,3 +164,14 @@ def remove_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
                     continue
                 errors.append(f"remove {a} on {interface}: {_errtext(e.code)}")
     return errors
+
+
+def node_addresses() -> set[str]:
+    """Every address on every interface of this network namespace (no prefix)."""
+    out: set[str] = set()
+    with IPRoute() as ipr:
+        for msg in ipr.addr("dump"):
+            ip = msg.get("local") or msg.get("address")
+            if ip:
+                out.add(str(ipaddress.ip_address(ip)))
+    return out

@@ -1,0 +1,344 @@
+"""The trio shell of the state mesh: kernel events in, frames out, commits at takeover.
+
+Tasks (all in the daemon's nursery):
+- the conntrack event reader puts one list per burst on a bounded channel;
+  the consumer filters the burst and feeds it to the core in one call;
+  an Overrun marker makes it dump the table (in a thread) and diff;
+- the UDP receive loop feeds frames to the core;
+- the timer loop wakes the core at its next deadline;
+- with `commit = "continuous"`, an applier injects external changes into the
+  kernel in batches as they arrive, so a takeover has nothing left to commit.
+
+The committer's socket is registered with the reader: events caused by our
+own injections are dropped there, never sent back out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket
+import time
+from typing import Any
+
+import trio
+
+from ..config import Config, GroupConfig
+from ..config_sync import SyncConfig
+from ..control.protocol import ControlError
+from ..crypto import SYNC_INFO, KeyRing
+from ..kernel import conntrack as kct
+from ..kernel import ctnetlink as ct
+from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
+from .core import SyncCore
+from .filters import EventFilter
+
+EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
+APPLY_BATCH = 4096
+DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
+
+
+class SyncService:
+    def __init__(self, config: Config, epoch: int, log, on_sync_state):
+        sync: SyncConfig = config.sync
+        self.config = config
+        self.sync = sync
+        self.log = log
+        self.on_sync_state = on_sync_state
+        keys = KeyRing.from_secrets(config.secrets, config.cluster.send_key, SYNC_INFO)
+        self.core = SyncCore(
+            config.node.id, [p.id for p in sync.peers], keys, epoch,
+            max_datagram=sync.max_datagram, heartbeat_s=sync.heartbeat_ms / 1000,
+            resend_queue=sync.resend_queue, digest_interval_s=sync.digest_interval_ms / 1000,
+            peer_timeout_s=max(sync.sync_timeout_ms / 1000, 2 * sync.heartbeat_ms / 1000),
+            report_external_changes=sync.commit == "continuous")
+        self.filter = EventFilter(sync.filter)
+        self.peer_by_address = {_norm(p.address): p.id for p in sync.peers if p.address}
+        self.family = socket.AF_INET6 if any(":" in p.address for p in sync.peers) or \
+            (sync.multicast_group and ":" in sync.multicast_group) else socket.AF_INET
+        self.sock: trio.socket.SocketType | None = None
+        self.committer: kct.CtCommitter | None = None
+        self.reader: kct.CtEventReader | None = None
+        self.last_commit: dict = {}
+        self.send_errors = 0
+        self._rescheduled = trio.Event()
+        self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
+        self._commit_lock = trio.Lock()
+        self._takeover_lock = trio.Lock()
+
+    # ------------------------------------------------------------------ start
+
+    def open(self) -> None:
+        """Sockets first (errors here stop the start-up with a clear message)."""
+        self.committer = kct.CtCommitter(log=self.log)
+        self.reader = kct.CtEventReader(rcvbuf=self.sync.event_buffer_bytes,
+                                        own_portids={self.committer.portid}, log=self.log)
+        s = trio.socket.socket(self.family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        if self.sync.interface:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.sync.interface.encode())
+        s._sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.sync.port))
+        if self.sync.multicast_group:
+            index = socket.if_nametoindex(self.sync.interface)
+            group = ipaddress.ip_address(self.sync.multicast_group).packed
+            if self.family == socket.AF_INET:
+                import struct
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                             group + struct.pack("=4si", b"\0" * 4, index))
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            else:
+                import struct
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("=I", index))
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        self.sock = s
+
+    def set_local_addresses(self, addresses: set[str]) -> None:
+        self.filter.set_local_addresses(addresses)
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        events_send, events_receive = trio.open_memory_channel(EVENT_QUEUE_BURSTS)
+        nursery.start_soon(self.reader.run, events_send)
+        nursery.start_soon(self._consume_events, events_receive)
+        nursery.start_soon(self._receive_loop)
+        nursery.start_soon(self._timer_loop)
+        nursery.start_soon(self._apply_loop)
+        # The internal cache starts from the kernel's table, as after an overrun.
+        await self._resync_from_kernel("start")
+        self.dispatch(self.core.start(trio.current_time()))
+
+    # --------------------------------------------------------------- dispatch
+
+    def dispatch(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, SendFrame):
+                self._send(a)
+            elif isinstance(a, ExternalChanged):
+                self._apply_send.send_nowait(a)
+            elif isinstance(a, SyncState):
+                self.log("sync_state", in_sync=a.in_sync, reason=a.reason)
+                self.on_sync_state(a.in_sync, a.reason)
+            elif isinstance(a, PeerChanged):
+                self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
+            elif isinstance(a, FrameRejected):
+                self.log("sync_frame_rejected", level="warning", reason=a.reason,
+                         detail=a.detail, peer=a.peer)
+        self._rescheduled.set()
+
+    def _send(self, frame: SendFrame) -> None:
+        if frame.peer is None and self.sync.multicast_group:
+            targets = [self.sync.multicast_group]
+        elif frame.peer is None:
+            targets = [p.address for p in self.sync.peers]
+        else:
+            peer = self.sync.peer(frame.peer)
+            targets = [peer.address] if peer and peer.address else []
+        for address in targets:
+            try:
+                self.sock._sock.sendto(frame.data, (address, self.sync.port))
+            except OSError as e:
+                # A full socket buffer or a down link: the reliability layer
+                # resends what the peer reports missing, so count and go on.
+                self.send_errors += 1
+                if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
+                    self.log("sync_send_failed", level="warning", peer=address,
+                             error=e.strerror or str(e), total=self.send_errors)
+
+    # ------------------------------------------------------------------ loops
+
+    async def _consume_events(self, channel) -> None:
+        keep = self.filter.keep
+        async for burst in channel:
+            if isinstance(burst, kct.Overrun):
+                self.log("ct_overrun", level="warning", overruns=self.reader.overruns,
+                         action="dump and diff against the internal cache")
+                await self._resync_from_kernel("overrun")
+                continue
+            events = [(e.kind, e.key, e.attrs) for e in burst if keep(e)]
+            if events:
+                self.dispatch(self.core.local_events(events, trio.current_time()))
+
+    async def _resync_from_kernel(self, why: str) -> None:
+        start = time.perf_counter()
+        table = await trio.to_thread.run_sync(kct.dump_table)
+        keep = self.filter.keep
+        snapshot = {e.key: e.attrs for e in table if keep(e)}
+        self.dispatch(self.core.local_resync(snapshot, trio.current_time()))
+        self.log("ct_resync", reason=why, entries=len(snapshot), kernel_entries=len(table),
+                 ms=round((time.perf_counter() - start) * 1000, 1))
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                data, addr = await self.sock.recvfrom(65536)
+            except OSError as e:
+                self.log("sync_receive_error", level="warning", error=e.strerror or str(e))
+                await trio.sleep(0.01)
+                continue
+            hint = self.peer_by_address.get(_norm(addr[0]))
+            self.dispatch(self.core.receive(data, hint, trio.current_time()))
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            self._rescheduled = trio.Event()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._rescheduled.wait()
+            now = trio.current_time()
+            deadline = self.core.next_deadline()
+            if deadline is not None and deadline <= now:
+                self.dispatch(self.core.handle_timer(now))
+
+    async def _apply_loop(self) -> None:
+        """commit = "continuous": keep the kernel table populated with the peers' flows."""
+        while True:
+            first = await self._apply_receive.receive()
+            batch = [first]
+            while len(batch) < APPLY_BATCH:
+                try:
+                    batch.append(self._apply_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            upserts = [attrs for change in batch for _key, attrs in change.upserts]
+            deletes = [attrs for change in batch for _key, attrs in change.deletes]
+            async with self._commit_lock:
+                if deletes:
+                    await self.committer.delete_async(deletes)
+                if upserts:
+                    result = await self.committer.commit_async(upserts)
+                    if result.failed:
+                        self.log("ct_apply_errors", level="warning", failed=result.failed,
+                                 errors=result.errors_by_reason)
+
+    # ----------------------------------------------------------------- takeover
+
+    async def commit_for_takeover(self, group: GroupConfig, from_node: int | None) -> None:
+        """Step 1 of the failover ordering: the flows of the node we replace, into the kernel."""
+        # Groups of a sync set take over at once, each on its own executor:
+        # one at a time, so the second sees that the first committed.
+        async with self._takeover_lock:
+            await self._commit_for_takeover(group, from_node)
+
+    async def _commit_for_takeover(self, group: GroupConfig, from_node: int | None) -> None:
+        if self.sync.commit == "continuous":
+            # Already in the kernel; wait for changes still queued to be applied.
+            async with self._commit_lock:
+                while self._apply_receive.statistics().current_buffer_used:
+                    await trio.sleep(0.001)
+            self.log("takeover_commit", group=group.name, mode="continuous", committed=0)
+            return
+        origin = from_node if from_node in self.core.peers else None
+        if origin is not None and self.sync.commit_scope == "all" and self._already_adopted(origin):
+            # Another group (of the same sync set, usually) just committed this
+            # origin's flows, and the origin has said nothing since.
+            self.log("takeover_commit", group=group.name, from_node=origin, committed=0,
+                     reason="already committed for another group")
+            return
+        entries = list(self.core.external_entries(origin))
+        if self.sync.commit_scope == "group":
+            entries = [a for a in entries if _touches(a, group.addresses)]
+        result = await self.commit(entries)
+        for peer in ([origin] if origin is not None else list(self.core.peers)):
+            self.dispatch(self.core.adopt(peer, trio.current_time()))
+        self.log("takeover_commit", group=group.name, from_node=origin, committed=result.ok,
+                 failed=result.failed, ms=round(result.seconds * 1000, 1),
+                 errors=result.errors_by_reason or None)
+
+    def _already_adopted(self, origin: int) -> bool:
+        p = self.core.peers[origin]
+        return p.adopted and (p.last_heard is None or p.last_heard <= p.adopted_at)
+
+    async def commit(self, entries: list[bytes]):
+        async with self._commit_lock:
+            result = await self.committer.commit_async(entries)
+        self.last_commit = {"entries": len(entries), "ok": result.ok, "failed": result.failed,
+                            "seconds": round(result.seconds, 4), "errors": result.errors_by_reason,
+                            "at": time.time()}
+        return result
+
+    # ------------------------------------------------------------------ control
+
+    async def handle_control(self, cmd: str, request: dict) -> Any:
+        now = trio.current_time()
+        peer = request.get("peer")
+        if peer is not None and peer not in self.core.peers:
+            raise ControlError(f"{cmd}: unknown peer {peer!r} (peers: "
+                               f"{', '.join(str(p) for p in self.core.peers)})")
+        if cmd == "stats":
+            return {"sync": self.core.stats(now), "kernel": self.reader.stats(),
+                    "filter": self.filter.stats.as_dict(), "last_commit": self.last_commit,
+                    "send_errors": self.send_errors}
+        if cmd == "resync":
+            self.dispatch(self.core.request_resync(now))
+            return {"peers": list(self.core.peers)}
+        if cmd == "commit":
+            result = await self.commit(list(self.core.external_entries(peer)))
+            return {"committed": result.ok, "failed": result.failed,
+                    "seconds": round(result.seconds, 4), "errors": result.errors_by_reason}
+        if cmd == "flush":
+            what = request.get("what")
+            if what == "internal":
+                removed = self.core.flush_internal()
+                await self._resync_from_kernel("operator flush")
+            elif what == "external":
+                before = sum(1 for _ in self.core.external_entries(peer))
+                self.dispatch(self.core.flush_external(peer))
+                removed = before
+            elif what == "kernel":
+                table = await trio.to_thread.run_sync(kct.dump_table)
+                await self.committer.flush_async()
+                removed = len(table)
+            else:
+                raise ControlError(f'flush: "what" must be internal, external or kernel, found {what!r}')
+            return {"what": what, "removed": removed}
+        if cmd == "dump":
+            cache = request.get("cache")
+            if cache not in ("internal", "external"):
+                raise ControlError(f'dump: "cache" must be internal or external, found {cache!r}')
+            return self._dump(cache, peer)
+        raise ControlError(f"unknown command {cmd!r}")
+
+    async def _dump(self, cache: str, peer: int | None):
+        """Stream entries; a snapshot of the keys first, so the caches may change meanwhile."""
+        if cache == "internal":
+            sources = [(self.config.node.id, dict(self.core.dump_internal()))]
+        else:
+            origins = [peer] if peer is not None else list(self.core.peers)
+            sources = [(o, dict(self.core.dump_external(o))) for o in origins]
+        n = 0
+        for origin, items in sources:
+            for _key, attrs in items.items():
+                try:
+                    entry = ct.parse_entry(attrs)
+                except ct.CtDecodeError as e:
+                    entry = {"error": str(e)}
+                yield {"origin": origin, "entry": entry}
+                n += 1
+                if n % DUMP_CHECKPOINT == 0:
+                    await trio.sleep(0)
+
+
+def _norm(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address.split("%", 1)[0]))
+    except ValueError:
+        return address
+
+
+def _touches(attrs: bytes, addresses: tuple[str, ...]) -> bool:
+    """Whether a flow's tuples involve one of a group's networks (commit_scope = "group")."""
+    nets = [ipaddress.ip_interface(a).network for a in addresses]
+    try:
+        entry = ct.parse_entry(attrs)
+    except ct.CtDecodeError:
+        return True
+    for side in ("orig", "reply"):
+        for k in ("src", "dst"):
+            value = (entry.get(side) or {}).get(k)
+            if value:
+                ip = ipaddress.ip_address(value)
+                if any(ip.version == n.version and ip in n for n in nets):
+                    return True
+    return False

@@ -1,0 +1,51 @@
+"""The replication filter: what is always ignored, and the configured filters."""
+
+import ipaddress
+from collections import namedtuple
+
+from meshd.config_sync import SyncFilter
+from meshd.sync.filters import EventFilter
+
+Ev = namedtuple("Ev", "kind key attrs portid l4proto src dst status tcp_state")
+NEW, UPDATE, DESTROY = 1, 2, 3
+ASSURED, DST_NAT = 1 << 2, 1 << 5
+ESTABLISHED, TIME_WAIT = 3, 7
+
+
+def ev(src, dst, proto=6, kind=NEW, status=0, state=ESTABLISHED):
+    return Ev(kind, b"k", b"a", 0, proto, ipaddress.ip_address(src).packed,
+              ipaddress.ip_address(dst).packed, status, state if proto == 6 else None)
+
+
+def test_flows_ending_at_the_node_are_ignored_unless_natted():
+    f = EventFilter(SyncFilter())
+    f.set_local_addresses({"192.0.2.2/24", "192.0.2.1", "2001:db8:1::1"})
+    assert f.keep(ev("192.0.2.100", "198.51.100.100"))          # forwarded
+    assert not f.keep(ev("192.0.2.100", "192.0.2.1"))            # to the virtual address
+    assert not f.keep(ev("192.0.2.2", "192.0.2.3", proto=17))    # the node's own (sync) traffic
+    assert not f.keep(ev("127.0.0.1", "127.0.0.1"))
+    assert not f.keep(ev("::1", "::1"))
+    assert not f.keep(ev("2001:db8:1::100", "2001:db8:1::1"))
+    assert f.keep(ev("192.0.2.100", "192.0.2.1", status=DST_NAT))  # redirect: passes through
+    assert f.stats.local == 5 and f.stats.passed == 2
+
+
+def test_configured_protocol_address_and_state_filters():
+    f = EventFilter(SyncFilter(ignore_protocols=(17,), ignore_addresses=("10.0.0.0/8", "198.51.100.7"),
+                               ignore_tcp_states=("TIME_WAIT",)))
+    assert not f.keep(ev("192.0.2.100", "198.51.100.100", proto=17))
+    assert not f.keep(ev("10.1.2.3", "198.51.100.100"))
+    assert not f.keep(ev("192.0.2.100", "198.51.100.7"))
+    assert f.keep(ev("192.0.2.100", "198.51.100.8"))
+    assert not f.keep(ev("192.0.2.100", "198.51.100.8", state=TIME_WAIT))
+    # a flow that was replicated must still be removed when it ends
+    assert f.keep(ev("192.0.2.100", "198.51.100.8", kind=DESTROY, state=TIME_WAIT))
+    assert f.stats.as_dict() == {"passed": 2, "local": 0, "protocol": 1, "address": 2,
+                                 "tcp_state": 1, "not_assured": 0}
+
+
+def test_only_assured():
+    f = EventFilter(SyncFilter(only_assured=True))
+    assert not f.keep(ev("192.0.2.100", "198.51.100.8", status=0))
+    assert f.keep(ev("192.0.2.100", "198.51.100.8", kind=UPDATE, status=ASSURED))
+    assert f.keep(ev("192.0.2.100", "198.51.100.8", kind=DESTROY, status=0))
