@@ -29,7 +29,7 @@ from ..control.protocol import ControlError
 from ..crypto import SYNC_INFO, KeyRing
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
-from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
+from .actions import UPDATE, ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 from .core import SyncCore
 from .filters import EventFilter
 
@@ -150,13 +150,26 @@ class SyncService:
 
     async def _consume_events(self, channel) -> None:
         keep = self.filter.keep
+        get = self.core.internal.get
+        merge = ct.merge_attrs
         async for burst in channel:
             if isinstance(burst, kct.Overrun):
                 self.log("ct_overrun", level="warning", overruns=self.reader.overruns,
                          action="dump and diff against the internal cache")
                 await self._resync_from_kernel("overrun")
                 continue
-            events = [(e.kind, e.key, e.attrs) for e in burst if keep(e)]
+            events = []
+            for e in burst:
+                if not keep(e):
+                    continue
+                attrs = e.attrs
+                if e.kind == UPDATE:
+                    # UPDATE events are partial (protoinfo, labels, seq-adjust and
+                    # helper come only when they change): merge into what we hold.
+                    old = get(e.key)
+                    if old is not None:
+                        attrs = merge(old, attrs)
+                events.append((e.kind, e.key, attrs))
             if events:
                 self.dispatch(self.core.local_events(events, trio.current_time()))
 

@@ -1,0 +1,71 @@
+"""What the sync core asks its shell to do, and what it reports.
+
+Actions are frozen dataclasses, as everywhere in meshd.  `SendFrame` is by far
+the most frequent one (one per datagram), so it is slotted and carries only
+what the shell needs: a destination and the sealed bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class EventKind(enum.IntEnum):
+    """Kinds of local conntrack events (ctnetlink NEW / UPDATE / DESTROY)."""
+    NEW = 1
+    UPDATE = 2
+    DESTROY = 3
+
+
+NEW, UPDATE, DESTROY = EventKind.NEW, EventKind.UPDATE, EventKind.DESTROY
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrame:
+    """Send `data` as one UDP datagram to peer `peer`, or to all peers when None
+    (one multicast datagram, or one unicast copy per peer)."""
+    peer: int | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalChanged:
+    """The external cache of `origin` changed (only emitted with report_external_changes).
+
+    upserts: (key, attrs) now present; deletes: (key, attrs it had) now gone.
+    A daemon that keeps a backup kernel table populated applies these.
+    """
+    origin: int
+    upserts: tuple[tuple[bytes, bytes], ...]
+    deletes: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    """Whether this node holds every peer's state (startup / operator resync).
+
+    The daemon maps in_sync=False to a demotion, so a node never becomes
+    master with half of its peers' flows (pfsync does the same with carp).
+    """
+    in_sync: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChanged:
+    """A peer restarted (new epoch), was first heard, or was declared absent; for the log."""
+    peer: int
+    state: str       # "restarted", "first contact", "absent", "back"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    """A datagram was dropped; `reason` is the stats counter name (proto/sync.md, section 9)."""
+    reason: str
+    detail: str
+    peer: int | None
+
+
+Action = SendFrame | ExternalChanged | SyncState | PeerChanged | FrameRejected
