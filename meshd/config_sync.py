@@ -14,7 +14,7 @@ from .configreader import Reader, describe
 
 SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
              "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
-             "digest_interval_ms", "resend_queue", "sync_timeout_ms", "filter"}
+             "digest_interval_ms", "resend_queue", "peer_timeout_ms", "filter"}
 PEER_KEYS = {"id", "address"}
 FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured"}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
@@ -52,7 +52,7 @@ class SyncConfig:
     heartbeat_ms: int = 200
     digest_interval_ms: int = 5000
     resend_queue: int = 131072
-    sync_timeout_ms: int = 10000
+    peer_timeout_ms: int = 3000
     filter: SyncFilter = SyncFilter()
 
     def peer(self, node_id: int) -> SyncPeer | None:
@@ -75,7 +75,7 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     kw["digest_interval_ms"] = r.get(t, "sync", "digest_interval_ms", "int", default=5000,
                                      lo=100, hi=3_600_000)
     kw["resend_queue"] = r.get(t, "sync", "resend_queue", "int", default=131072, lo=64, hi=10**8)
-    kw["sync_timeout_ms"] = r.get(t, "sync", "sync_timeout_ms", "int", default=10000,
+    kw["peer_timeout_ms"] = r.get(t, "sync", "peer_timeout_ms", "int", default=3000,
                                   lo=100, hi=3_600_000)
     mcast = r.get(t, "sync", "multicast_group", "str", default=None)
     if mcast is not None:

@@ -50,7 +50,7 @@ class SyncService:
             config.node.id, [p.id for p in sync.peers], keys, epoch,
             max_datagram=sync.max_datagram, heartbeat_s=sync.heartbeat_ms / 1000,
             resend_queue=sync.resend_queue, digest_interval_s=sync.digest_interval_ms / 1000,
-            peer_timeout_s=max(sync.sync_timeout_ms / 1000, 2 * sync.heartbeat_ms / 1000),
+            peer_timeout_s=max(sync.peer_timeout_ms / 1000, 2 * sync.heartbeat_ms / 1000),
             report_external_changes=sync.commit == "continuous")
         self.filter = EventFilter(sync.filter)
         self.peer_by_address = {_norm(p.address): p.id for p in sync.peers if p.address}
