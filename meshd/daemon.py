@@ -41,6 +41,8 @@ SHUTDOWN_GRACE = 5.0
 # by this much, so the node never becomes master with half of its peers' flows.
 SYNC_DEMOTION = 200
 SYNC_COMMANDS = ("dump", "flush", "commit", "resync", "stats")
+SYNC_REPLAY_FILE = "sync-replay.json"
+SYNC_REPLAY_WINDOW = 4096
 
 
 class StartupError(Exception):
@@ -117,7 +119,12 @@ class Daemon:
         if cfg.sync is not None:
             from .sync.service import SyncService  # conntrack needs root: only when configured
             try:
-                self.sync = SyncService(cfg, epoch, self.log, self._on_sync_state)
+                sync_replay = ReplayGuard(window=SYNC_REPLAY_WINDOW)
+                sync_replay.restore(self.store.load_replay_marks(SYNC_REPLAY_FILE))
+            except Exception as e:
+                raise StartupError(str(e)) from None
+            try:
+                self.sync = SyncService(cfg, epoch, self.log, self._on_sync_state, sync_replay)
                 self.sync.open()
             except OSError as e:
                 raise StartupError(f"state mesh: cannot open its sockets: {e.strerror or e}") from None
@@ -353,18 +360,25 @@ class Daemon:
             return self.core.set_tracked_fault(counter, f"{label} failed", failed, now)
         return self.core.set_demotion(counter, source, weight if failed else 0, now, reason)
 
+    def _replay_guards(self) -> list[tuple[str, ReplayGuard]]:
+        guards = [("replay.json", self.core.replay)]
+        if self.sync is not None:
+            guards.append((SYNC_REPLAY_FILE, self.sync.core.replay))
+        return guards
+
     async def _save_replay_loop(self) -> None:
-        last = None
+        last: dict[str, dict] = {}
         while True:
             await trio.sleep(REPLAY_SAVE_INTERVAL)
-            snap = self.core.replay.snapshot()
-            if snap != last:
-                await self._save_replay(snap)
-                last = snap
+            for name, guard in self._replay_guards():
+                snap = guard.snapshot()
+                if snap != last.get(name):
+                    await self._save_replay(snap, name)
+                    last[name] = snap
 
-    async def _save_replay(self, snap: dict) -> None:
+    async def _save_replay(self, snap: dict, name: str = "replay.json") -> None:
         try:
-            await trio.to_thread.run_sync(self.store.save_replay_marks, snap)
+            await trio.to_thread.run_sync(self.store.save_replay_marks, snap, name)
         except OSError as e:
             self.log("state_save_failed", level="error", error=e.strerror or str(e))
 
@@ -387,7 +401,8 @@ class Daemon:
         with trio.move_on_after(SHUTDOWN_GRACE):
             for ex in list(self.executors.values()):
                 await ex.drain()
-        await self._save_replay(self.core.replay.snapshot())
+        for name, guard in self._replay_guards():
+            await self._save_replay(guard.snapshot(), name)
         self.log("stopped")
         self.nursery.cancel_scope.cancel()
 

@@ -71,16 +71,20 @@ class StateStore:
             raise StateError(f"cannot persist epoch to {self.epoch_file}: {e.strerror}") from None
         return epoch
 
-    def load_replay_marks(self) -> dict[tuple[int, int], tuple[int, int]]:
+    def load_replay_marks(self, name: str = "replay.json") -> dict:
+        """Marks keyed (node, group) for the election, or node id for the state mesh."""
+        path = self.dir / name
         try:
-            raw = json.loads(self.replay_file.read_text())
-            return {(int(n), int(g)): (int(e), int(c)) for n, g, e, c in raw}
+            raw = json.loads(path.read_text())
+            return {(tuple(int(x) for x in k) if len(k) > 1 else int(k[0])): (int(e), int(c))
+                    for k, e, c in raw}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, TypeError) as e:
-            raise StateError(f"{self.replay_file}: unreadable replay marks ({e}); "
+            raise StateError(f"{path}: unreadable replay marks ({e}); "
                              "remove it only if you accept replays from before the restart") from None
 
-    def save_replay_marks(self, marks: dict) -> None:
-        rows = [[n, g, e, c] for (n, g), (e, c) in sorted(marks.items())]
-        _atomic_write(self.replay_file, json.dumps(rows))
+    def save_replay_marks(self, marks: dict, name: str = "replay.json") -> None:
+        rows = [[list(k) if isinstance(k, tuple) else [k], e, c]
+                for k, (e, c) in sorted(marks.items(), key=lambda kv: str(kv[0]))]
+        _atomic_write(self.dir / name, json.dumps(rows))

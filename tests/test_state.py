@@ -49,3 +49,11 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(StateError, match="cannot create state directory"):
         StateStore(str(blocker / "sub")).ensure()
+
+
+def test_sync_marks_keyed_by_node_id_round_trip(tmp_path):
+    store = StateStore(str(tmp_path))
+    store.ensure()
+    store.save_replay_marks({2: (1000, 77), 3: (1001, 5)}, "sync-replay.json")
+    assert store.load_replay_marks("sync-replay.json") == {2: (1000, 77), 3: (1001, 5)}
+    assert store.load_replay_marks() == {}   # the election's file is separate

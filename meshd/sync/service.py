@@ -39,7 +39,7 @@ DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
 
 
 class SyncService:
-    def __init__(self, config: Config, epoch: int, log, on_sync_state):
+    def __init__(self, config: Config, epoch: int, log, on_sync_state, replay=None):
         sync: SyncConfig = config.sync
         self.config = config
         self.sync = sync
@@ -51,7 +51,7 @@ class SyncService:
             max_datagram=sync.max_datagram, heartbeat_s=sync.heartbeat_ms / 1000,
             resend_queue=sync.resend_queue, digest_interval_s=sync.digest_interval_ms / 1000,
             peer_timeout_s=max(sync.peer_timeout_ms / 1000, 2 * sync.heartbeat_ms / 1000),
-            report_external_changes=sync.commit == "continuous")
+            report_external_changes=sync.commit == "continuous", replay=replay)
         self.filter = EventFilter(sync.filter)
         self.peer_by_address = {_norm(p.address): p.id for p in sync.peers if p.address}
         self.family = socket.AF_INET6 if any(":" in p.address for p in sync.peers) or \
