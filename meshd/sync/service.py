@@ -178,6 +178,13 @@ class SyncService:
         table = await trio.to_thread.run_sync(kct.dump_table)
         keep = self.filter.keep
         snapshot = {e.key: e.attrs for e in table if keep(e)}
+        if self.sync.commit == "continuous":
+            # The table also holds the peers' flows we injected; they are not
+            # ours unless the kernel already reported them as ours (traffic).
+            internal = self.core.internal.get
+            for key in {k for p in self.core.peers.values() for k, _ in p.ext.items()}:
+                if key in snapshot and internal(key) is None:
+                    del snapshot[key]
         self.dispatch(self.core.local_resync(snapshot, trio.current_time()))
         self.log("ct_resync", reason=why, entries=len(snapshot), kernel_entries=len(table),
                  ms=round((time.perf_counter() - start) * 1000, 1))
