@@ -33,6 +33,7 @@ from .kernel.links import LinkMonitor, initial_state
 from .log import EventLog, RateLimiter
 from .replay import ReplayGuard
 from .state import StateStore
+from .timers import CoreTimer
 from .track.scripts import run_track_script
 
 REPLAY_SAVE_INTERVAL = 10.0
@@ -97,7 +98,6 @@ class Daemon:
         self.reject_log = RateLimiter()
         self.core: ElectionCore | None = None
         self.nursery: trio.Nursery | None = None
-        self._rescheduled = trio.Event()
         self._tracks_scope: trio.CancelScope | None = None
         self._stopping = False
         self.sync = None
@@ -116,6 +116,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         keys = KeyRing.from_secrets(cfg.secrets, cfg.cluster.send_key, ELECTION_INFO)
         self.core = ElectionCore(cfg.node.id, cfg.groups, keys, epoch, replay=replay)
+        self.timer = CoreTimer(self.core, self.dispatch)
         if cfg.sync is not None:
             from .sync.service import SyncService  # conntrack needs root: only when configured
             try:
@@ -162,7 +163,7 @@ class Daemon:
             self.dispatch(self.core.start(now))
             for family in list(self.sockets.socks):
                 nursery.start_soon(self._receive_loop, family)
-            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self.timer.run)
             nursery.start_soon(self._link_loop, monitor)
             nursery.start_soon(self._save_replay_loop)
             nursery.start_soon(self._signal_loop)
@@ -213,7 +214,7 @@ class Daemon:
                 self.log("demotion", name=action.name, value=action.value, reason=action.reason)
             else:
                 self._executor(action.group).submit(action)
-        self._rescheduled.set()
+        self.timer.kick()
 
     def _executor(self, group: str) -> GroupExecutor:
         ex = self.executors.get(group)
@@ -274,17 +275,6 @@ class Daemon:
 
     # ------------------------------------------------------------------ loops
 
-    async def _timer_loop(self) -> None:
-        while True:
-            deadline = self.core.next_deadline()
-            self._rescheduled = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._rescheduled.wait()
-            now = trio.current_time()
-            deadline = self.core.next_deadline()
-            if deadline is not None and deadline <= now:
-                self.dispatch(self.core.handle_timer(now))
-
     async def _receive_loop(self, family: int) -> None:
         while True:
             try:
@@ -321,7 +311,6 @@ class Daemon:
     async def _refresh_links(self, old: Config) -> None:
         """After a reload: drop demotions of tracks that are gone, learn the state of new links."""
         wanted = {(t.demotion_group, f"link:{t.interface}") for t in self.config.track_interfaces}
-        now = trio.current_time()
         for t in old.track_interfaces:
             key = (t.demotion_group, f"link:{t.interface}")
             if key not in wanted:

@@ -1,6 +1,5 @@
 """Notify hooks and track scripts run real processes (no root needed)."""
 
-import os
 import stat
 
 import trio

@@ -29,6 +29,7 @@ from ..control.protocol import ControlError
 from ..crypto import SYNC_INFO, KeyRing
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
+from ..timers import CoreTimer
 from .actions import UPDATE, ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 from .core import SyncCore
 from .filters import EventFilter
@@ -52,6 +53,7 @@ class SyncService:
             resend_queue=sync.resend_queue, digest_interval_s=sync.digest_interval_ms / 1000,
             peer_timeout_s=max(sync.peer_timeout_ms / 1000, 2 * sync.heartbeat_ms / 1000),
             report_external_changes=sync.commit == "continuous", replay=replay)
+        self.timer = CoreTimer(self.core, self.dispatch)
         self.filter = EventFilter(sync.filter)
         self.peer_by_address = {_norm(p.address): p.id for p in sync.peers if p.address}
         self.family = socket.AF_INET6 if any(":" in p.address for p in sync.peers) or \
@@ -61,7 +63,6 @@ class SyncService:
         self.reader: kct.CtEventReader | None = None
         self.last_commit: dict = {}
         self.send_errors = 0
-        self._rescheduled = trio.Event()
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
         self._commit_lock = trio.Lock()
         self._takeover_lock = trio.Lock()
@@ -103,7 +104,7 @@ class SyncService:
         nursery.start_soon(self.reader.run, events_send)
         nursery.start_soon(self._consume_events, events_receive)
         nursery.start_soon(self._receive_loop)
-        nursery.start_soon(self._timer_loop)
+        nursery.start_soon(self.timer.run)
         nursery.start_soon(self._apply_loop)
         # The internal cache starts from the kernel's table, as after an overrun.
         await self._resync_from_kernel("start")
@@ -125,7 +126,7 @@ class SyncService:
             elif isinstance(a, FrameRejected):
                 self.log("sync_frame_rejected", level="warning", reason=a.reason,
                          detail=a.detail, peer=a.peer)
-        self._rescheduled.set()
+        self.timer.kick()
 
     def _send(self, frame: SendFrame) -> None:
         if frame.peer is None and self.sync.multicast_group:
@@ -199,17 +200,6 @@ class SyncService:
                 continue
             hint = self.peer_by_address.get(_norm(addr[0]))
             self.dispatch(self.core.receive(data, hint, trio.current_time()))
-
-    async def _timer_loop(self) -> None:
-        while True:
-            deadline = self.core.next_deadline()
-            self._rescheduled = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._rescheduled.wait()
-            now = trio.current_time()
-            deadline = self.core.next_deadline()
-            if deadline is not None and deadline <= now:
-                self.dispatch(self.core.handle_timer(now))
 
     async def _apply_loop(self) -> None:
         """commit = "continuous": keep the kernel table populated with the peers' flows."""

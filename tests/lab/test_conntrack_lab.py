@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import struct
-import threading
 import time
 from pathlib import Path
 

@@ -8,7 +8,6 @@ and what its neighbour cache learned from it.
 
 import json
 import os
-import subprocess
 
 import pytest
 

@@ -136,7 +136,7 @@ class Cluster:
 
     def kill(self, node_id: int) -> None:
         """The host dies: no bow-out; its addresses disappear with it."""
-        node = self._down(node_id)
+        self._down(node_id)
         for holders in self.holders.values():
             holders.discard(node_id)
 
