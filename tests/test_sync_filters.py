@@ -49,3 +49,11 @@ def test_only_assured():
     assert not f.keep(ev("192.0.2.100", "198.51.100.8", status=0))
     assert f.keep(ev("192.0.2.100", "198.51.100.8", kind=UPDATE, status=ASSURED))
     assert f.keep(ev("192.0.2.100", "198.51.100.8", kind=DESTROY, status=0))
+
+
+def test_link_local_multicast_and_broadcast_are_never_replicated():
+    f = EventFilter(SyncFilter())
+    assert not f.keep(ev("192.0.2.2", "224.0.0.18", proto=17))      # election adverts
+    assert not f.keep(ev("192.0.2.2", "255.255.255.255", proto=17))
+    assert not f.keep(ev("fe80::1", "ff02::12", proto=17))
+    assert f.keep(ev("192.0.2.100", "239.1.2.3", proto=17))          # routed multicast passes

@@ -1,8 +1,9 @@
 """Which kernel conntrack events are replicated.
 
 Always ignored, whatever the configuration says: flows that *end at this
-node* (an original-tuple address that is loopback, one of the node's own
-addresses or a virtual address), unless the flow is NATed, because then it
+node* (an original-tuple address that is loopback, link-local multicast such
+as the election's adverts, broadcast, one of the node's own addresses or a
+virtual address), unless the flow is NATed, because then it
 only passes through (a redirect DNATs the virtual address to a backend; that
 flow must survive a takeover).  Replicating the node's own flows would, among
 other things, replicate the sync traffic itself, an endless loop.
@@ -84,7 +85,12 @@ class EventFilter:
         return True
 
     def _local(self, addr: bytes) -> bool:
-        return addr in self.local_addresses or (len(addr) == 4 and addr[0] == 127)
+        if addr in self.local_addresses:
+            return True
+        if len(addr) == 4:
+            # loopback, link-local multicast (the election's adverts), broadcast
+            return addr[0] == 127 or addr[:3] == b"\xe0\0\0" or addr == b"\xff\xff\xff\xff"
+        return addr[0] == 0xFF and addr[1] & 0x0F <= 2    # ff01::/16, ff02::/16 scopes
 
     def _ignored(self, addr: bytes) -> bool:
         if addr in self.exact:

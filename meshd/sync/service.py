@@ -30,12 +30,13 @@ from ..crypto import SYNC_INFO, KeyRing
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
 from ..timers import CoreTimer
-from .actions import UPDATE, ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
+from .actions import NEW, UPDATE, ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 from .core import SyncCore
 from .filters import EventFilter
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
+ADOPT_CHUNK = 2000            # taken-over flows moved to the internal cache per checkpoint
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
 
 
@@ -63,6 +64,7 @@ class SyncService:
         self.reader: kct.CtEventReader | None = None
         self.last_commit: dict = {}
         self.send_errors = 0
+        self.nursery: trio.Nursery | None = None
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
         self._commit_lock = trio.Lock()
         self._takeover_lock = trio.Lock()
@@ -100,6 +102,7 @@ class SyncService:
         self.filter.set_local_addresses(addresses)
 
     async def run(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
         events_send, events_receive = trio.open_memory_channel(EVENT_QUEUE_BURSTS)
         nursery.start_soon(self.reader.run, events_send)
         nursery.start_soon(self._consume_events, events_receive)
@@ -212,7 +215,10 @@ class SyncService:
                 except trio.WouldBlock:
                     break
             upserts = [attrs for change in batch for _key, attrs in change.upserts]
-            deletes = [attrs for change in batch for _key, attrs in change.deletes]
+            # A flow we carry now (adopted at a takeover) stays, whatever the
+            # old origin's bulk says: it is ours to replicate.
+            mine = self.core.internal.get
+            deletes = [attrs for change in batch for key, attrs in change.deletes if mine(key) is None]
             async with self._commit_lock:
                 if deletes:
                     await self.committer.delete_async(deletes)
@@ -232,29 +238,43 @@ class SyncService:
             await self._commit_for_takeover(group, from_node)
 
     async def _commit_for_takeover(self, group: GroupConfig, from_node: int | None) -> None:
-        if self.sync.commit == "continuous":
-            # Already in the kernel; wait for changes still queued to be applied.
-            async with self._commit_lock:
-                while self._apply_receive.statistics().current_buffer_used:
-                    await trio.sleep(0.001)
-            self.log("takeover_commit", group=group.name, mode="continuous", committed=0)
-            return
         origin = from_node if from_node in self.core.peers else None
+        origins = [origin] if origin is not None else list(self.core.peers)
         if origin is not None and self.sync.commit_scope == "all" and self._already_adopted(origin):
             # Another group (of the same sync set, usually) just committed this
             # origin's flows, and the origin has said nothing since.
             self.log("takeover_commit", group=group.name, from_node=origin, committed=0,
                      reason="already committed for another group")
             return
-        entries = list(self.core.external_entries(origin))
+        pairs = [kv for o in origins for kv in self.core.dump_external(o)]
         if self.sync.commit_scope == "group":
-            entries = [a for a in entries if _touches(a, group.addresses)]
-        result = await self.commit(entries)
-        for peer in ([origin] if origin is not None else list(self.core.peers)):
-            self.dispatch(self.core.adopt(peer, trio.current_time()))
-        self.log("takeover_commit", group=group.name, from_node=origin, committed=result.ok,
-                 failed=result.failed, ms=round(result.seconds * 1000, 1),
-                 errors=result.errors_by_reason or None)
+            pairs = [(k, a) for k, a in pairs if _touches(a, group.addresses)]
+        if self.sync.commit == "continuous":
+            # Already in the kernel; wait for changes still queued to be applied.
+            async with self._commit_lock:
+                while self._apply_receive.statistics().current_buffer_used:
+                    await trio.sleep(0.001)
+            self.log("takeover_commit", group=group.name, mode="continuous", committed=0)
+        else:
+            result = await self.commit([a for _k, a in pairs])
+            self.log("takeover_commit", group=group.name, from_node=origin, committed=result.ok,
+                     failed=result.failed, ms=round(result.seconds * 1000, 1),
+                     errors=result.errors_by_reason or None)
+        for o in origins:
+            self.dispatch(self.core.adopt(o, trio.current_time()))
+        # After the addresses have moved (this runs in the background): the
+        # flows now pass here, so they become this node's, and its peers learn
+        # them, above all the old master when it comes back with an empty table.
+        self.nursery.start_soon(self._adopt_flows, pairs)
+
+    async def _adopt_flows(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        get = self.core.internal.get
+        for i in range(0, len(pairs), ADOPT_CHUNK):
+            events = [(NEW, k, a) for k, a in pairs[i:i + ADOPT_CHUNK] if get(k) is None]
+            if events:
+                self.dispatch(self.core.local_events(events, trio.current_time()))
+            await trio.sleep(0)
+        self.log("flows_adopted", entries=len(pairs))
 
     def _already_adopted(self, origin: int) -> bool:
         p = self.core.peers[origin]
