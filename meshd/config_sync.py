@@ -47,7 +47,7 @@ class SyncConfig:
     multicast_group: str | None = None
     max_datagram: int = 1400
     event_buffer_bytes: int = 32 * 1024 * 1024
-    commit: str = "takeover"
+    commit: str = "continuous"
     commit_scope: str = "all"
     heartbeat_ms: int = 200
     digest_interval_ms: int = 5000
@@ -69,7 +69,7 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     kw["max_datagram"] = r.get(t, "sync", "max_datagram", "int", default=1400, lo=576, hi=65000)
     kw["event_buffer_bytes"] = r.get(t, "sync", "event_buffer_bytes", "int",
                                      default=32 * 1024 * 1024, lo=4096, hi=2**31 - 1)
-    kw["commit"] = _choice(r, t, "commit", COMMIT_MODES, "takeover")
+    kw["commit"] = _choice(r, t, "commit", COMMIT_MODES, "continuous")
     kw["commit_scope"] = _choice(r, t, "commit_scope", COMMIT_SCOPES, "all")
     kw["heartbeat_ms"] = r.get(t, "sync", "heartbeat_ms", "int", default=200, lo=10, hi=60000)
     kw["digest_interval_ms"] = r.get(t, "sync", "digest_interval_ms", "int", default=5000,

@@ -160,7 +160,9 @@ class Daemon:
                 vips = {a.split("/")[0] for g in cfg.groups for a in g.addresses}
                 self.sync.set_local_addresses(vips | await trio.to_thread.run_sync(kaddr.node_addresses))
                 await self.sync.run(nursery)
-            self.dispatch(self.core.start(now))
+            # Not the `now` from before the state mesh's start-up: its table dump
+            # can take a while, and a stale `now` arms an expired master-down timer.
+            self.dispatch(self.core.start(trio.current_time()))
             for family in list(self.sockets.socks):
                 nursery.start_soon(self._receive_loop, family)
             nursery.start_soon(self.timer.run)
@@ -243,6 +245,8 @@ class Daemon:
                 await self.sync.commit_for_takeover(group.config, action.from_node)
         elif isinstance(action, AddAddresses):
             await self._addresses(action, kaddr.add_addresses, "addresses_added")
+            if self.sync is not None:
+                self.sync.addresses_moved()
         elif isinstance(action, RemoveAddresses):
             await self._addresses(action, kaddr.remove_addresses, "addresses_removed")
         elif isinstance(action, Announce):

@@ -36,7 +36,7 @@ from .filters import EventFilter
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
-ADOPT_CHUNK = 2000            # taken-over flows moved to the internal cache per checkpoint
+ADOPT_CHUNK = 500             # taken-over flows moved to the internal cache per checkpoint
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
 
 
@@ -65,6 +65,8 @@ class SyncService:
         self.last_commit: dict = {}
         self.send_errors = 0
         self.nursery: trio.Nursery | None = None
+        self._pending_adoption: list[tuple[bytes, bytes]] = []
+        self._dump_when_in_sync = False
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
         self._commit_lock = trio.Lock()
         self._takeover_lock = trio.Lock()
@@ -109,8 +111,13 @@ class SyncService:
         nursery.start_soon(self._receive_loop)
         nursery.start_soon(self.timer.run)
         nursery.start_soon(self._apply_loop)
-        # The internal cache starts from the kernel's table, as after an overrun.
-        await self._resync_from_kernel("start")
+        # The internal cache starts from the kernel's table, as after an overrun;
+        # with continuous commits only once the peers' bulk has arrived: until
+        # then the table's injected peer flows cannot be told from our own.
+        if self.sync.commit != "continuous":
+            await self._resync_from_kernel("start")
+        else:
+            self._dump_when_in_sync = True
         self.dispatch(self.core.start(trio.current_time()))
 
     # --------------------------------------------------------------- dispatch
@@ -123,6 +130,9 @@ class SyncService:
                 self._apply_send.send_nowait(a)
             elif isinstance(a, SyncState):
                 self.log("sync_state", in_sync=a.in_sync, reason=a.reason)
+                if a.in_sync and self._dump_when_in_sync:
+                    self._dump_when_in_sync = False
+                    self.nursery.start_soon(self._resync_from_kernel, "start (after the peers' bulk)")
                 self.on_sync_state(a.in_sync, a.reason)
             elif isinstance(a, PeerChanged):
                 self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
@@ -262,10 +272,19 @@ class SyncService:
                      errors=result.errors_by_reason or None)
         for o in origins:
             self.dispatch(self.core.adopt(o, trio.current_time()))
-        # After the addresses have moved (this runs in the background): the
-        # flows now pass here, so they become this node's, and its peers learn
-        # them, above all the old master when it comes back with an empty table.
-        self.nursery.start_soon(self._adopt_flows, pairs)
+        self._pending_adoption.extend(pairs)
+
+    def addresses_moved(self) -> None:
+        """The takeover's addresses are up: now adopt the taken-over flows.
+
+        They pass here now, so they become this node's and its peers learn
+        them, above all the old master when it comes back with an empty table.
+        Not before the addresses move: moving 100k flows costs event-loop time
+        that the takeover itself must not wait for.
+        """
+        if self._pending_adoption:
+            pairs, self._pending_adoption = self._pending_adoption, []
+            self.nursery.start_soon(self._adopt_flows, pairs)
 
     async def _adopt_flows(self, pairs: list[tuple[bytes, bytes]]) -> None:
         get = self.core.internal.get

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from .topology import LAN4, LAN6, LAN_VIRTUAL, SRV_VIRTUAL, Lab, LabError
+from .topology import LAN4, LAN6, LAN_VIRTUAL, SRV_VIRTUAL, SYNC4, Lab, LabError
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # netns-lab/
 REPO = os.path.dirname(HERE)
@@ -85,6 +85,13 @@ def _for_node(group: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: (v[n] if isinstance(v, dict) else v) for k, v in group.items()}
 
 
+def _for_node_sync(table: dict[str, Any], n: int) -> dict[str, Any]:
+    """Like _for_node, for the [sync] table: only dicts keyed by node numbers are per-node
+    (`filter` is an inline table of its own)."""
+    return {k: (v[n] if isinstance(v, dict) and v and all(isinstance(x, int) for x in v) else v)
+            for k, v in table.items()}
+
+
 # ---------------------------------------------------------------------- files
 
 
@@ -124,12 +131,14 @@ def control_socket(run_dir: str, n: int) -> str:
 def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = None,
                  advbase_ms: int = 100, extra_cluster: dict[str, Any] | None = None, *,
                  track_interfaces: list[dict[str, Any]] | None = None,
-                 track_scripts: list[dict[str, Any]] | None = None) -> str:
+                 track_scripts: list[dict[str, Any]] | None = None,
+                 sync: dict[str, Any] | None = None) -> str:
     """Write RUN_DIR/fwN/meshd.toml for node n; return its path.
 
     Group, track_interface and track_script tables are dicts of keys; a value that
     is itself a dict {node: value} is resolved for node n (per-node advskew, peers,
-    notify, command...).
+    notify, command...).  `sync` (None: no state mesh) is the `[sync]` table, for
+    example `sync_section(nodes)`; its values may be per-node dicts as well.
     """
     groups = groups if groups is not None else default_groups(advbase_ms)
     d = node_dir(run_dir, n)
@@ -147,6 +156,11 @@ def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = Non
     ]
     for k, v in (extra_cluster or {}).items():
         lines.append(f"{k} = {_toml_value(v)}")
+    if sync is not None:
+        lines += ["", "[sync]"]
+        for k, v in _for_node_sync(sync, n).items():
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
     tables = [("group", g) for g in groups]
     tables += [("track_interface", t) for t in track_interfaces or ()]
     tables += [("track_script", t) for t in track_scripts or ()]
@@ -168,10 +182,14 @@ def start_meshd(procs, lab: Lab, n: int, groups: list[dict[str, Any]] | None = N
                 advbase_ms: int = 100, log_format: str | None = "json", *,
                 extra_cluster: dict[str, Any] | None = None,
                 track_interfaces: list[dict[str, Any]] | None = None,
-                track_scripts: list[dict[str, Any]] | None = None):
-    """Write node n's config and start meshd in lab.fw(n) under `procs` (name meshd-fwN)."""
+                track_scripts: list[dict[str, Any]] | None = None,
+                sync: dict[str, Any] | None = None):
+    """Write node n's config and start meshd in lab.fw(n) under `procs` (name meshd-fwN).
+
+    `sync`: the `[sync]` table (see sync_section()); None runs the election alone.
+    """
     config = write_config(procs.run_dir, n, groups, advbase_ms, extra_cluster,
-                          track_interfaces=track_interfaces, track_scripts=track_scripts)
+                          track_interfaces=track_interfaces, track_scripts=track_scripts, sync=sync)
     sock = control_socket(procs.run_dir, n)
     if os.path.exists(sock):
         os.unlink(sock)
@@ -338,3 +356,113 @@ def record_time_ms(rec: dict, t_kill_mono: float, t_kill_wall: float) -> float |
                 continue
             return (ts - t_kill_wall) * 1000
     return None
+
+
+# ---------------------------------------------------------------------- state mesh
+
+SYNC_PORT = 7113
+
+
+def sync_peers(n: int, nodes=(1, 2)) -> list[dict[str, Any]]:
+    """Node n's state-mesh peers: every other node, by its sync0 address 203.0.113.M."""
+    return [{"id": m, "address": f"{SYNC4}.{m}"} for m in nodes if m != n]
+
+
+def sync_section(nodes=(1, 2), **overrides: Any) -> dict[str, Any]:
+    """A `[sync]` table for write_config/start_meshd: unicast peers on the sync link.
+
+    Keys of `overrides` are [sync] keys (commit, event_buffer_bytes, heartbeat_ms,
+    filter...); a value {node: value} applies per node.
+    """
+    table: dict[str, Any] = {"interface": "sync0", "port": SYNC_PORT,
+                             "peers": {n: sync_peers(n, nodes) for n in nodes}}
+    table.update(overrides)
+    return table
+
+
+def control(run_dir: str, n: int, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One control request to node n, in-process (no meshctl start-up): the raw answer, or
+    {"ok": False, "error": ...} when the daemon cannot be reached."""
+    from meshd.control.meshctl import ClientError, request
+    sock = control_socket(run_dir, n)
+    if not os.path.exists(sock):
+        return {"ok": False, "error": f"no control socket {sock} yet"}
+    try:
+        return request(sock, req, timeout)
+    except ClientError as e:
+        return {"ok": False, "error": str(e)}
+
+
+def control_stream(run_dir: str, n: int, req: dict[str, Any], timeout: float = 10.0):
+    """Every answer line of a streaming request (dump), terminator excluded."""
+    from meshd.control.meshctl import request_stream
+    for answer in request_stream(control_socket(run_dir, n), req, timeout):
+        if not answer.get("ok"):
+            raise LabError(f"fw{n}: {req.get('cmd')}: {answer.get('error')}")
+        if answer.get("more") is not True:
+            return
+        yield answer
+
+
+def sync_stats(run_dir: str, n: int, timeout: float = 5.0) -> dict[str, Any]:
+    """`meshctl stats` of node n ({"ok": False, ...} when unreadable)."""
+    return control(run_dir, n, {"cmd": "stats"}, timeout)
+
+
+def peer_stats(stats: dict[str, Any], origin: int) -> dict[str, Any]:
+    """Per-peer block of a stats answer (JSON keys are strings)."""
+    peers = (stats.get("sync") or {}).get("peers") or {}
+    return peers.get(str(origin)) or peers.get(origin) or {}
+
+
+def external_count(stats: dict[str, Any], origin: int) -> int:
+    """Entries in a node's external cache of `origin`, from its stats answer (-1 if unknown)."""
+    return int((peer_stats(stats, origin).get("in") or {}).get("external_entries", -1))
+
+
+def internal_count(stats: dict[str, Any]) -> int:
+    return int(((stats.get("sync") or {}).get("internal") or {}).get("entries", -1))
+
+
+def in_sync(stats: dict[str, Any]) -> bool:
+    return bool((stats.get("sync") or {}).get("in_sync"))
+
+
+def wait_external(run_dir: str, n: int, want: dict[int, int], timeout: float, poll: float = 0.05,
+                  at_least: bool = True) -> tuple[bool, float, dict[int, int]]:
+    """Poll node n until its external cache of each origin holds want[origin] entries.
+
+    Returns (reached, monotonic time reached or last poll, {origin: count seen last}).
+    """
+    deadline = time.monotonic() + timeout
+    seen: dict[int, int] = {}
+    while True:
+        st = sync_stats(run_dir, n)
+        now = time.monotonic()
+        if st.get("ok"):
+            seen = {o: external_count(st, o) for o in want}
+            if all((seen[o] >= w) if at_least else (seen[o] == w) for o, w in want.items()):
+                return True, now, seen
+        if now >= deadline:
+            return False, now, seen
+        time.sleep(poll)
+
+
+def wait_in_sync(run_dir: str, nodes, timeout: float = 15.0, procs=None) -> dict[int, dict[str, Any]]:
+    """Poll until every node's state mesh reports in sync; LabError (with logs) otherwise."""
+    deadline = time.monotonic() + timeout
+    last: dict[int, dict[str, Any]] = {}
+    while True:
+        last = {n: sync_stats(run_dir, n) for n in nodes}
+        if all(in_sync(st) for st in last.values()):
+            return last
+        if time.monotonic() >= deadline:
+            seen = {n: (st.get("sync") or {}).get("sync_reason", st.get("error")) for n, st in last.items()}
+            raise LabError(f"state mesh not in sync after {timeout:g} s: {seen}"
+                           + (f"\n{procs.logs(25)}" if procs is not None else ""))
+        time.sleep(0.1)
+
+
+def log_events(path: str, event: str) -> list[dict[str, Any]]:
+    """Every JSON log record of a daemon log whose "event" (or "msg") is `event`."""
+    return [rec for rec, _ in find_log_event(path, lambda rec, line: rec.get("event", rec.get("msg")) == event)]
