@@ -150,7 +150,6 @@ class Daemon:
                 raise StartupError(str(e)) from None
             nursery.start_soon(self.hooks.run)
             await self._reconcile_addresses(cfg)
-            now = trio.current_time()
             # Subscribe before reading the initial state, so no change falls in between.
             monitor = LinkMonitor()
             for name, up in (await trio.to_thread.run_sync(initial_state, self._watched_interfaces())).items():
