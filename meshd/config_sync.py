@@ -87,7 +87,9 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
         if kw["interface"] is None:
             r.problem("sync.interface", "required with sync.multicast_group (the interface to join on)")
     kw["multicast_group"] = mcast
-    peers = _parse_peers(r, t.get("peers"), node_id, need_address=mcast is None)
+    # Addresses are needed with multicast too: acknowledgements, repairs and
+    # bulk resyncs go to one peer, by unicast.
+    peers = _parse_peers(r, t.get("peers"), node_id, need_address=True)
     kw["filter"] = _parse_filter(r, t.get("filter", {}))
     optional = {"interface", "multicast_group"}
     if peers is None or any(v is None for k, v in kw.items() if k not in optional):

@@ -562,3 +562,9 @@ ignore_tcp_states = ["HALF_OPEN"]
 
 def test_sync_disabled_explicitly(confdir):
     assert load(confdir, MINIMAL + "[sync]\nenabled = false\n").sync is None
+
+
+def test_sync_peer_address_is_required_even_with_multicast(confdir):
+    text = MINIMAL + '[sync]\ninterface = "sync0"\nmulticast_group = "239.255.71.13"\npeers = [{ id = 2 }]\n'
+    assert any(p.endswith("sync.peers[0].address: missing (expected a non-empty string)")
+               for p in problems(confdir, text))

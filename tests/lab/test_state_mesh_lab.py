@@ -440,3 +440,22 @@ def test_continuous_commit_fills_the_backups_kernel_and_a_restart_keeps_ownershi
     s2 = md.sync_stats(lab.run_dir, 2)
     assert md.internal_count(s2) < 100, f"fw2 took fw1's injected flows for its own: {md.internal_count(s2)}"
     assert md.external_count(s2, 1) >= 2000
+
+
+@pytest.mark.parametrize("transport", ["ipv4 multicast", "ipv6 unicast", "ipv6 multicast"])
+def test_sync_transports(meshd_ready, lab, transport):
+    """The frames travel by IPv4 multicast, IPv6 unicast or IPv6 multicast on the sync link."""
+    options: dict = {}
+    if transport.startswith("ipv6"):
+        for n in (1, 2):
+            lab.topo.ip(lab.fw(n), "addr", "add", f"2001:db8:3::{n}/64", "dev", "sync0", "nodad")
+        options["peers"] = {1: [{"id": 2, "address": "2001:db8:3::2"}],
+                            2: [{"id": 1, "address": "2001:db8:3::1"}]}
+    if transport.endswith("multicast"):
+        options["multicast_group"] = "ff12::7113" if transport.startswith("ipv6") else "239.255.71.13"
+    _start(lab, **options)
+    sc.run_preload(lab.procs, lab.topo, 1, 2000)
+    w = sc.wait_caught_up(lab.run_dir, 1, (2,), 30, want=2000)
+    assert w["reached"], w
+    s2 = md.sync_stats(lab.run_dir, 2)
+    assert not s2["sync"].get("rejected"), s2["sync"].get("rejected")
