@@ -65,7 +65,7 @@ class SyncService:
         self.last_commit: dict = {}
         self.send_errors = 0
         self.nursery: trio.Nursery | None = None
-        self._pending_adoption: list[tuple[bytes, bytes]] = []
+        self._pending_adoption: list[tuple[list[int], GroupConfig]] = []
         self._dump_when_in_sync = False
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
         self._commit_lock = trio.Lock()
@@ -256,23 +256,28 @@ class SyncService:
             self.log("takeover_commit", group=group.name, from_node=origin, committed=0,
                      reason="already committed for another group")
             return
-        pairs = [kv for o in origins for kv in self.core.dump_external(o)]
-        if self.sync.commit_scope == "group":
-            pairs = [(k, a) for k, a in pairs if _touches(a, group.addresses)]
         if self.sync.commit == "continuous":
             # Already in the kernel; wait for changes still queued to be applied.
+            # Nothing proportional to the table happens before the addresses move.
             async with self._commit_lock:
                 while self._apply_receive.statistics().current_buffer_used:
                     await trio.sleep(0.001)
             self.log("takeover_commit", group=group.name, mode="continuous", committed=0)
         else:
+            pairs = self._taken_over(origins, group)
             result = await self.commit([a for _k, a in pairs])
             self.log("takeover_commit", group=group.name, from_node=origin, committed=result.ok,
                      failed=result.failed, ms=round(result.seconds * 1000, 1),
                      errors=result.errors_by_reason or None)
         for o in origins:
             self.dispatch(self.core.adopt(o, trio.current_time()))
-        self._pending_adoption.extend(pairs)
+        self._pending_adoption.append((origins, group))
+
+    def _taken_over(self, origins: list[int], group: GroupConfig) -> list[tuple[bytes, bytes]]:
+        pairs = [kv for o in origins for kv in self.core.dump_external(o)]
+        if self.sync.commit_scope == "group":
+            pairs = [(k, a) for k, a in pairs if _touches(a, group.addresses)]
+        return pairs
 
     def addresses_moved(self) -> None:
         """The takeover's addresses are up: now adopt the taken-over flows.
@@ -283,10 +288,12 @@ class SyncService:
         that the takeover itself must not wait for.
         """
         if self._pending_adoption:
-            pairs, self._pending_adoption = self._pending_adoption, []
-            self.nursery.start_soon(self._adopt_flows, pairs)
+            pending, self._pending_adoption = self._pending_adoption, []
+            self.nursery.start_soon(self._adopt_flows, pending)
 
-    async def _adopt_flows(self, pairs: list[tuple[bytes, bytes]]) -> None:
+    async def _adopt_flows(self, pending: list) -> None:
+        await trio.sleep(0)   # let the takeover's announce and advert go first
+        pairs = [kv for origins, group in pending for kv in self._taken_over(origins, group)]
         get = self.core.internal.get
         for i in range(0, len(pairs), ADOPT_CHUNK):
             events = [(NEW, k, a) for k, a in pairs[i:i + ADOPT_CHUNK] if get(k) is None]
