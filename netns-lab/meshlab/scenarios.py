@@ -20,6 +20,7 @@ from . import meshd_node as md
 from .nsutil import EchoServer, tcp_connect
 from .procs import Procs
 from .topology import SERVER4, VIRTUAL_ADDRESSES, Lab, LabError, nsexec
+from .watch import JsonLines as BaseJsonLines
 from .watch import start_watch
 
 
@@ -227,37 +228,8 @@ FLOW_PORT = 7010
 LOSS_TABLE = "meshlab_loss"
 
 
-class JsonLines:
-    """JSON lines on the stdout of a Proc started with stdout_pipe=True."""
-
-    def __init__(self, proc):
-        self.proc = proc
-        self._buf = b""
-        self.events: list[dict] = []
-
-    def next(self, timeout: float) -> dict | None:
-        import os
-        import select
-        fd = self.proc.popen.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" in self._buf:
-                line, self._buf = self._buf.split(b"\n", 1)
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                self.events.append(ev)
-                return ev
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            r, _, _ = select.select([fd], [], [], left)
-            if r:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    return None
-                self._buf += chunk
+class JsonLines(BaseJsonLines):
+    """JSON lines of a lab process, waited for by event name."""
 
     def wait_for(self, event: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

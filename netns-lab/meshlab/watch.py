@@ -140,15 +140,16 @@ def watch(addresses: list[str], absent: bool = False, timeout: float = 30.0,
 # ---------------------------------------------------------------------- parent side
 
 
-class Watch:
-    """A running watcher process (see start_watch)."""
+class JsonLines:
+    """JSON lines on the stdout of a Proc started with stdout_pipe=True."""
 
     def __init__(self, proc):
         self.proc = proc
         self.events: list[dict] = []
         self._buf = b""
 
-    def _read_event(self, timeout: float) -> dict | None:
+    def next(self, timeout: float) -> dict | None:
+        """The next JSON line within `timeout` seconds, or None (timeout or end of output)."""
         # Raw reads with our own line buffer: a buffered text stream could hold a
         # second line that select() would never report.
         fd = self.proc.popen.stdout.fileno()
@@ -172,15 +173,19 @@ class Watch:
                     return None
                 self._buf += chunk
 
+
+class Watch(JsonLines):
+    """A running watcher process (see start_watch)."""
+
     def wait_ready(self, timeout: float = 10.0) -> dict:
-        ev = self._read_event(timeout)
+        ev = self.next(timeout)
         if not ev or ev.get("event") != "ready":
             raise RuntimeError(f"address watcher in {self.proc.ns} did not start: {ev}\n{self.proc.log_tail()}")
         return ev
 
     def wait_result(self, timeout: float = 30.0) -> dict:
         """The final event: present/absent (with "time"), or timeout."""
-        ev = self._read_event(timeout)
+        ev = self.next(timeout)
         if ev is None:
             return {"event": "timeout", "time": time.monotonic()}
         return ev
