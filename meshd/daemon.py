@@ -9,6 +9,7 @@ of another.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import signal
 from functools import partial
@@ -81,7 +82,6 @@ class GroupExecutor:
 def election_family(group) -> int:
     """Family the group's adverts use: its peers' if unicast, else its first address's."""
     if group.peers:
-        import ipaddress
         return ipaddress.ip_address(group.peers[0]).version
     return group.family
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
+import struct
 import time
 from typing import Any
 
@@ -89,12 +90,10 @@ class SyncService:
             index = socket.if_nametoindex(self.sync.interface)
             group = ipaddress.ip_address(self.sync.multicast_group).packed
             if self.family == socket.AF_INET:
-                import struct
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
                              group + struct.pack("=4si", b"\0" * 4, index))
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
             else:
-                import struct
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("=I", index))
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
