@@ -392,11 +392,15 @@ class CtCommitter:
 
     # --- blocking API (call from a worker thread) --------------------------------------
 
-    def commit(self, entries: Iterable[bytes], timeouts: Iterable[int | None] | int | None = None) -> CommitResult:
+    def commit(self, entries: Iterable[bytes], timeouts: Iterable[int | None] | int | None = None,
+               pipeline: bool | None = None) -> CommitResult:
         """Create or update each entry (attrs as from the event reader / a peer).
 
         timeouts: None (keep each entry's CTA_TIMEOUT), one int for all, or one
         value per entry (the remaining lifetime in seconds; None keeps it).
+        pipeline: override the committer's setting for this call (False for the
+        small batches the daemon commits inline on its event loop: a second
+        thread would only contend for the GIL).
         """
         entries = list(entries)
         if timeouts is None or isinstance(timeouts, int):
@@ -427,7 +431,7 @@ class CtCommitter:
                         else:
                             yield i, m
 
-            failed = self._send(encoded())
+            failed = self._send(encoded(), pipeline)
             if bad[0]:
                 errors["EBADMSG"] = bad[0]
             ok = len(entries) - bad[0] - len(failed)
@@ -444,7 +448,7 @@ class CtCommitter:
                     drop, create = _PLANS[reason][step]
                     msgs.append((i, encode(entries[i], self._next_seq(), timeout=tos[i], liberal_tcp=liberal,
                                            drop=drop, flags=(_CREATE if create else _UPDATE) | self._ack)))
-                failed = self._send(msgs)
+                failed = self._send(msgs, pipeline)
                 ok += len(msgs) - len(failed)
                 nxt = {}
                 for i, err in failed.items():
@@ -460,7 +464,8 @@ class CtCommitter:
                 plans = nxt
         return CommitResult(ok, sum(errors.values()), errors, time.perf_counter() - t0, retried)
 
-    def delete(self, entries: Iterable[bytes] = (), keys: Iterable[bytes] = ()) -> CommitResult:
+    def delete(self, entries: Iterable[bytes] = (), keys: Iterable[bytes] = (),
+               pipeline: bool | None = None) -> CommitResult:
         """Delete entries given by attrs and/or keys. ENOENT (already gone) counts as failed."""
         t0 = time.perf_counter()
         flags = ct.NLM_F_REQUEST | self._ack
@@ -477,7 +482,7 @@ class CtCommitter:
                     msgs.append((len(msgs), ct.encode_delete(None, self._next_seq(), key=key, flags=flags)))
                 except ct.CtDecodeError:
                     errors["EBADMSG"] = errors.get("EBADMSG", 0) + 1
-            failed = self._send(msgs)
+            failed = self._send(msgs, pipeline)
         for err in failed.values():
             errors[errno_name(err)] = errors.get(errno_name(err), 0) + 1
         return CommitResult(len(msgs) - len(failed), sum(errors.values()), errors, time.perf_counter() - t0, {})
@@ -513,7 +518,7 @@ class CtCommitter:
         self._seq = (self._seq + n) & 0xFFFFFFFF
         return first
 
-    def _send(self, msgs: Iterable[tuple[int, bytes]]) -> dict[int, int]:
+    def _send(self, msgs: Iterable[tuple[int, bytes]], pipeline: bool | None = None) -> dict[int, int]:
         """Send (index, message) pairs in batches; {index: errno} of those that failed.
 
         Every message carries a fresh sequence number (_next_seq), so an
@@ -526,7 +531,8 @@ class CtCommitter:
         of the GIL can wait for the interpreter's switch interval.
         """
         failed: dict[int, int] = {}
-        if self.pipeline:
+        pipeline = self.pipeline if pipeline is None else pipeline
+        if pipeline:
             q: queue.SimpleQueue = queue.SimpleQueue()
             crash: list[BaseException] = []
 
@@ -558,10 +564,10 @@ class CtCommitter:
             if batch:
                 flush(batch, by_seq, failed)
         finally:
-            if self.pipeline:
+            if pipeline:
                 q.put(None)
                 thread.join()
-        if self.pipeline and crash:
+        if pipeline and crash:
             raise crash[0]
         self._barrier(failed)
         return failed

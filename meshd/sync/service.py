@@ -37,6 +37,8 @@ from .filters import EventFilter
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
+RECV_BURST = 64               # datagrams received per wake-up of the receive loop
+APPLY_CHUNK = 512            # entries committed per step of the apply loop
 ADOPT_CHUNK = 500             # taken-over flows moved to the internal cache per checkpoint
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
 
@@ -203,18 +205,47 @@ class SyncService:
                  ms=round((time.perf_counter() - start) * 1000, 1))
 
     async def _receive_loop(self) -> None:
+        """Drain the socket in bursts: one wake-up per burst, not per datagram
+        (the per-call overhead of an await is a good part of a record's cost)."""
+        raw = self.sock._sock                 # non-blocking, as trio keeps it
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        receive = self.core.receive
+        hints: dict[str, int | None] = {}     # source address as received -> peer id (a hint only)
+
+        def peer_of(address: str) -> int | None:
+            hint = hints.get(address, -1)
+            if hint == -1:
+                if len(hints) > 1024:         # bounded: sources are not trusted
+                    hints.clear()
+                hint = hints[address] = self.peer_by_address.get(_norm(address))
+            return hint
+
         while True:
-            try:
-                data, addr = await self.sock.recvfrom(65536)
-            except OSError as e:
-                self.log("sync_receive_error", level="warning", error=e.strerror or str(e))
-                await trio.sleep(0.01)
-                continue
-            hint = self.peer_by_address.get(_norm(addr[0]))
-            self.dispatch(self.core.receive(data, hint, trio.current_time()))
+            await trio.lowlevel.wait_readable(raw)
+            now = trio.current_time()
+            actions: list = []
+            for _ in range(RECV_BURST):
+                try:
+                    n, addr = raw.recvfrom_into(buf)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    self.log("sync_receive_error", level="warning", error=e.strerror or str(e))
+                    await trio.sleep(0.01)
+                    break
+                actions += receive(bytes(view[:n]), peer_of(addr[0]), now)
+            if actions:
+                self.dispatch(actions)
 
     async def _apply_loop(self) -> None:
-        """commit = "continuous": keep the kernel table populated with the peers' flows."""
+        """commit = "continuous": keep the kernel table populated with the peers' flows.
+
+        Committed inline on the event loop in chunks of APPLY_CHUNK entries
+        (a few milliseconds each, with a checkpoint between): in a worker
+        thread, the encoding would hold the GIL against the receive loop, whose
+        every recv then waits a switch interval, and the socket overflows.
+        """
         while True:
             first = await self._apply_receive.receive()
             batch = [first]
@@ -229,13 +260,15 @@ class SyncService:
             mine = self.core.internal.get
             deletes = [attrs for change in batch for key, attrs in change.deletes if mine(key) is None]
             async with self._commit_lock:
-                if deletes:
-                    await self.committer.delete_async(deletes)
-                if upserts:
-                    result = await self.committer.commit_async(upserts)
+                for lo in range(0, len(deletes), APPLY_CHUNK):
+                    self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False)
+                    await trio.sleep(0)
+                for lo in range(0, len(upserts), APPLY_CHUNK):
+                    result = self.committer.commit(upserts[lo:lo + APPLY_CHUNK], pipeline=False)
                     if result.failed:
                         self.log("ct_apply_errors", level="warning", failed=result.failed,
                                  errors=result.errors_by_reason)
+                    await trio.sleep(0)
 
     # ----------------------------------------------------------------- takeover
 
@@ -343,7 +376,8 @@ class SyncService:
                 removed = before
             elif what == "kernel":
                 table = await trio.to_thread.run_sync(kct.dump_table)
-                await self.committer.flush_async()
+                async with self._commit_lock:     # the apply loop commits inline
+                    await self.committer.flush_async()
                 removed = len(table)
             else:
                 raise ControlError(f'flush: "what" must be internal, external or kernel, found {what!r}')
