@@ -32,8 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .procs import Procs
-from .topology import (LAN_VIRTUAL, SRV_VIRTUAL, SYNC4, VIRTUAL_ADDRESSES, Lab, LabError, nsexec,
-                       run)
+from .topology import (
+    LAN_VIRTUAL,
+    SRV_VIRTUAL,
+    SYNC4,
+    VIRTUAL_ADDRESSES,
+    Lab,
+    LabError,
+    nsexec,
+    run,
+)
 
 SYNC_PORT = 3780                    # conntrackd's documented default UDP port
 PACKAGES = {"keepalived": "keepalived", "conntrackd": "conntrackd"}    # binary -> Debian package

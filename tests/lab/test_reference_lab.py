@@ -14,7 +14,6 @@ import json
 import time
 
 import pytest
-
 from meshlab import reference as ref_mod
 from meshlab import scenarios as sc
 from meshlab.nsutil import in_netns
