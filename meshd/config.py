@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_health import HealthConfig, parse_health
 from .config_sync import SyncConfig, parse_sync
 from .configreader import Reader, describe
 
@@ -120,6 +121,7 @@ class Config:
     track_interfaces: tuple[TrackInterfaceConfig, ...] = ()
     track_scripts: tuple[TrackScriptConfig, ...] = ()
     sync: SyncConfig | None = None
+    health: HealthConfig | None = None
     secrets: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def group(self, name: str) -> GroupConfig | None:
@@ -148,7 +150,7 @@ GROUP_KEYS = {
 TRACK_IF_KEYS = {"interface", "weight", "demotion_group"}
 TRACK_SCRIPT_KEYS = {"name", "command", "interval_ms", "timeout_ms", "rise", "fall",
                      "weight", "demotion_group"}
-TOP_KEYS = {"node", "cluster", "group", "track_interface", "track_script", "sync"}
+TOP_KEYS = {"node", "cluster", "group", "track_interface", "track_script", "sync", "health"}
 
 
 def load_config(path: str | os.PathLike, read_secrets: bool = True) -> Config:
@@ -183,12 +185,16 @@ def parse_config(data: dict, filename: str = "<config>", base_dir: str = ".",
     sync = None
     if "sync" in top:
         sync = parse_sync(r, top["sync"], node.id if node else None)
+    health = None
+    if "health" in top:
+        followed = {name for g in groups for name in g.counters()} if groups else None
+        health = parse_health(r, top["health"], followed)
     secrets: dict[int, bytes] = {}
     if cluster is not None and read_secrets:
         secrets = _read_secrets(r, cluster)
     if r.problems or node is None or cluster is None:
         raise ConfigError(r.problems or [f"{filename}: invalid configuration"])
-    return Config(filename, node, cluster, groups, track_ifs, track_scripts, sync, secrets)
+    return Config(filename, node, cluster, groups, track_ifs, track_scripts, sync, health, secrets)
 
 
 def _parse_node(r: Reader, data: Any) -> NodeConfig | None:
