@@ -43,6 +43,9 @@ SHUTDOWN_GRACE = 5.0
 # by this much, so the node never becomes master with half of its peers' flows.
 SYNC_DEMOTION = 200
 SYNC_COMMANDS = ("dump", "flush", "commit", "resync", "stats")
+# A redirect with no live host raises its `demote` counter by this much: as a
+# failed sync set, enough to hand the addresses to a node that can still serve.
+HEALTH_DEMOTION = 100
 SYNC_REPLAY_FILE = "sync-replay.json"
 SYNC_REPLAY_WINDOW = 4096
 
@@ -101,6 +104,7 @@ class Daemon:
         self._tracks_scope: trio.CancelScope | None = None
         self._stopping = False
         self.sync = None
+        self.health = None
 
     # ------------------------------------------------------------------ start
 
@@ -130,6 +134,15 @@ class Daemon:
             except OSError as e:
                 raise StartupError(f"state mesh: cannot open its sockets: {e.strerror or e}") from None
             self.core.set_demotion("all", "sync", SYNC_DEMOTION, 0.0, "state mesh not in sync yet")
+        if cfg.health is not None:
+            from .health.service import HealthService
+            from .kernel.nft import NftError
+            try:
+                self.health = HealthService(cfg, self.log, self._on_health_demote)
+                self.health.open()
+            except (NftError, OSError) as e:
+                raise StartupError(f"health: cannot set up nftables table "
+                                   f"{cfg.health.nft_table!r}: {e}") from None
         try:
             self.sockets.open({election_family(g) for g in cfg.groups})
         except TransportError as e:
@@ -159,6 +172,8 @@ class Daemon:
                 vips = {a.split("/")[0] for g in cfg.groups for a in g.addresses}
                 self.sync.set_local_addresses(vips | await trio.to_thread.run_sync(kaddr.node_addresses))
                 await self.sync.run(nursery)
+            if self.health is not None:
+                await self.health.run(nursery)
             # Not the `now` from before the state mesh's start-up: its table dump
             # can take a while, and a stale `now` arms an expired master-down timer.
             self.dispatch(self.core.start(trio.current_time()))
@@ -395,6 +410,9 @@ class Daemon:
                 await ex.drain()
         for name, guard in self._replay_guards():
             await self._save_replay(guard.snapshot(), name)
+        if self.health is not None:
+            with trio.move_on_after(SHUTDOWN_GRACE):
+                await self.health.close()
         self.log("stopped")
         self.nursery.cancel_scope.cancel()
 
@@ -416,6 +434,10 @@ class Daemon:
             self.log("reload_failed", level="error",
                      errors=[f"{old.path}: cluster: port and multicast changes need a restart"])
             return
+        if (new.health is None) != (old.health is None):
+            self.log("reload_failed", level="error",
+                     errors=[f"{old.path}: health: adding or removing [health] needs a restart"])
+            return
         try:
             self.sockets.open({election_family(g) for g in new.groups})
         except TransportError as e:
@@ -427,6 +449,8 @@ class Daemon:
         self.config = new
         self.core.keys = KeyRing.from_secrets(new.secrets, new.cluster.send_key, ELECTION_INFO)
         self.dispatch(self.core.reconfigure(new.groups, trio.current_time()))
+        if self.health is not None and new.health != old.health:
+            self.nursery.start_soon(self.health.reload, new)
         self._join_all()
         if new.track_scripts != old.track_scripts:
             self._start_tracks(old.track_scripts)
@@ -443,9 +467,17 @@ class Daemon:
         self.dispatch(self.core.set_demotion("all", "sync", 0 if in_sync else SYNC_DEMOTION,
                                              trio.current_time(), f"state mesh: {reason}"))
 
+    def _on_health_demote(self, counter: str, on: bool, reason: str) -> None:
+        self.dispatch(self.core.set_demotion(counter, "health", HEALTH_DEMOTION if on else 0,
+                                             trio.current_time(), f"health: {reason}"))
+
     async def handle_control(self, request: dict) -> dict:
         cmd = request.get("cmd")
         now = trio.current_time()
+        if cmd in ("show", "host", "table", "redirect"):
+            if self.health is None:
+                raise ControlError(f"{cmd}: health checks are not configured (no [health] section)")
+            return await self.health.handle_control(cmd, request)
         if cmd in SYNC_COMMANDS:
             if self.sync is None:
                 raise ControlError(f"{cmd}: the state mesh is not configured (no [sync] section)")

@@ -185,6 +185,12 @@ def format_answer(cmd: str, answer: dict) -> str:
         return f"flushed {answer.get('what')}: {answer.get('removed', 0)} entries"
     if cmd == "resync":
         return "resync requested from peers " + ", ".join(str(p) for p in answer.get("peers", []))
+    if cmd == "show":
+        from ..health.report import format_hosts, format_summary
+        rows = answer.get("rows") or []
+        return (format_hosts(rows) if answer.get("what") == "hosts" else format_summary(rows)).rstrip("\n")
+    if cmd in ("host", "table", "redirect"):
+        return f"{cmd} {answer.get('name')} is now {'enabled' if answer.get('enabled') else 'disabled'}"
     rest = {k: v for k, v in answer.items() if k != "ok"}
     return json.dumps(rest, indent=2) if rest else "ok"
 
@@ -246,7 +252,8 @@ def _parser() -> argparse.ArgumentParser:
             "promote": [("name", str, "demotion counter")],
             "enable": [("group", str, "group name")], "disable": [("group", str, "group name")]}
     choices = {"dump": ("cache", ("internal", "external")),
-               "flush": ("what", ("internal", "external", "kernel"))}
+               "flush": ("what", ("internal", "external", "kernel")),
+               "show": ("what", ("summary", "hosts"))}
     for cmd, summary in COMMANDS.items():
         p = sub.add_parser(cmd, help=summary, description=summary)
         for name, kind, text in args.get(cmd, []):
@@ -255,6 +262,9 @@ def _parser() -> argparse.ArgumentParser:
         if cmd in choices:
             name, allowed = choices[cmd]
             p.add_argument(name, choices=allowed)
+        if cmd in ("host", "table", "redirect"):
+            p.add_argument("action", choices=("enable", "disable"))
+            p.add_argument("name", metavar="NAME", help=f"{cmd} name, as in the [health] configuration")
         if cmd in ("dump", "commit", "flush"):
             p.add_argument("--peer", type=int, metavar="NODE", default=None,
                            help="only the external cache of this peer node id")
@@ -281,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"meshctl: {e}", file=sys.stderr)
         return 2
-    req = {"cmd": ns.cmd, **{k: getattr(ns, k) for k in ("name", "by", "group", "cache", "what", "peer")
+    req = {"cmd": ns.cmd, **{k: getattr(ns, k) for k in ("name", "by", "group", "cache", "what", "peer", "action")
                              if getattr(ns, k, None) is not None}}
     code = 0
     try:

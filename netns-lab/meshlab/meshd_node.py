@@ -132,8 +132,10 @@ def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = Non
                  advbase_ms: int = 100, extra_cluster: dict[str, Any] | None = None, *,
                  track_interfaces: list[dict[str, Any]] | None = None,
                  track_scripts: list[dict[str, Any]] | None = None,
-                 sync: dict[str, Any] | None = None) -> str:
+                 sync: dict[str, Any] | None = None, extra_toml: str | None = None) -> str:
     """Write RUN_DIR/fwN/meshd.toml for node n; return its path.
+
+    `extra_toml` is appended as is (e.g. a [health] section).
 
     Group, track_interface and track_script tables are dicts of keys; a value that
     is itself a dict {node: value} is resolved for node n (per-node advskew, peers,
@@ -169,6 +171,8 @@ def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = Non
         for k, v in _for_node(table, n).items():
             if v is not None:
                 lines.append(f"{k} = {_toml_value(v)}")
+    if extra_toml:
+        lines += ["", extra_toml.strip()]
     path = os.path.join(d, "meshd.toml")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -183,13 +187,14 @@ def start_meshd(procs, lab: Lab, n: int, groups: list[dict[str, Any]] | None = N
                 extra_cluster: dict[str, Any] | None = None,
                 track_interfaces: list[dict[str, Any]] | None = None,
                 track_scripts: list[dict[str, Any]] | None = None,
-                sync: dict[str, Any] | None = None):
+                sync: dict[str, Any] | None = None, extra_toml: str | None = None):
     """Write node n's config and start meshd in lab.fw(n) under `procs` (name meshd-fwN).
 
     `sync`: the `[sync]` table (see sync_section()); None runs the election alone.
     """
     config = write_config(procs.run_dir, n, groups, advbase_ms, extra_cluster,
-                          track_interfaces=track_interfaces, track_scripts=track_scripts, sync=sync)
+                          track_interfaces=track_interfaces, track_scripts=track_scripts, sync=sync,
+                          extra_toml=extra_toml)
     sock = control_socket(procs.run_dir, n)
     if os.path.exists(sock):
         os.unlink(sock)

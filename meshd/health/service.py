@@ -1,0 +1,189 @@
+"""The health shell: runs the health core's checks, keeps meshd's nftables
+table in step with it, feeds it the resets the backends send, and answers
+the operator's `show` / `host|table|redirect enable|disable` commands.
+
+Every node of a cluster runs its own checks and keeps its own table, so the
+node that holds a redirect's virtual address (whichever it is after a
+failover) forwards only to hosts it has seen alive.
+
+Ordering: nftables changes go through one task, in the order the core asked
+for them (SetBackends before the DeleteStates that follow it), each in a
+worker thread (a netlink round trip must not stall the election's adverts).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import trio
+
+from ..config import Config
+from ..config_health import HealthConfig
+from ..control.protocol import ControlError, require
+from ..kernel.nft import Backend, LbRedirect, LoadBalancer, NftError
+from ..timers import CoreTimer
+from . import report
+from .actions import CancelCheck, DeleteStates, Demote, Log, SetBackends, StartCheck
+from .checks import CheckRunner
+from .core import HealthCore, UnknownName
+from .scriptpool import ScriptPool
+
+HEALTH_COMMANDS = ("show", "host", "table", "redirect")
+NFT_QUEUE = 1024            # nftables changes waiting for the worker (a burst of health changes)
+SCRIPT_POOL = 8             # script checks running at once
+
+
+def lb_redirects(cfg: HealthConfig) -> list[LbRedirect]:
+    """The configuration's redirects as the load balancer's table describes them."""
+    watch = cfg.rst_burst > 0
+    return [LbRedirect(name=r.name, address=r.address, port=r.port, protocol=r.protocol, mode=r.mode,
+                       slots=r.slots, sticky_timeout_s=r.sticky_timeout_s,
+                       nflog_group=cfg.nflog_group if watch and r.protocol == "tcp" else None)
+            for r in cfg.redirects]
+
+
+class HealthService:
+    def __init__(self, config: Config, log, demote: Callable[[str, bool, str], None],
+                 lb: LoadBalancer | None = None, rng: random.Random | None = None):
+        self.cfg: HealthConfig = config.health
+        self.log = log
+        self.demote = demote
+        self.core = HealthCore(self.cfg, rng or random.Random())
+        self.lb = lb if lb is not None else LoadBalancer(self.cfg.nft_table, log=self._log_fields)
+        self.scripts = ScriptPool(SCRIPT_POOL)
+        self.runner: CheckRunner | None = None
+        self.timer = CoreTimer(self.core, self.dispatch)
+        self._nft_send, self._nft_receive = trio.open_memory_channel(NFT_QUEUE)
+        self.nft_errors = 0
+        self.using_backup: dict[str, bool] = {}
+        self.nflog = None
+
+    def _log_fields(self, event: str, level: str = "info", **fields) -> None:
+        self.log(event, level=level, **fields)
+
+    # ------------------------------------------------------------------ start / stop
+
+    def open(self) -> None:
+        """Build meshd's table (blocking; before the daemon runs): every redirect
+        refuses new connections until its first checks answer."""
+        self.lb.reconcile(lb_redirects(self.cfg))
+        if self.cfg.rst_burst > 0 and any(r.protocol == "tcp" for r in self.cfg.redirects):
+            from ..kernel.nflog import NflogReader
+            self.nflog = NflogReader(self.cfg.nflog_group, log=self._log_fields)
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        self.runner = CheckRunner(nursery, self._on_result, scripts=self.scripts)
+        nursery.start_soon(self._nft_loop)
+        nursery.start_soon(self.timer.run)
+        if self.nflog is not None:
+            nursery.start_soon(self._reset_loop)
+        self.dispatch(self.core.start(trio.current_time()))
+
+    async def close(self) -> None:
+        """On stop: remove meshd's table unless the configuration keeps it."""
+        if self.nflog is not None:
+            self.nflog.close()
+        if self.cfg.keep_table_on_stop:
+            self.log("lb_table_kept", table=self.cfg.nft_table)
+            return
+        try:
+            await trio.to_thread.run_sync(self.lb.remove)
+            self.log("lb_table_removed", table=self.cfg.nft_table)
+        except NftError as e:
+            self.log("lb_table_remove_failed", level="error", table=self.cfg.nft_table, error=str(e))
+
+    async def reload(self, config: Config) -> None:
+        new = config.health
+        if lb_redirects(new) != lb_redirects(self.cfg):
+            try:
+                await trio.to_thread.run_sync(self.lb.reconcile, lb_redirects(new))
+            except NftError as e:
+                self.log("lb_reconcile_failed", level="error", error=str(e))
+        self.cfg = new
+        self.dispatch(self.core.reload(new, trio.current_time()))
+
+    # ------------------------------------------------------------------ the core's actions
+
+    def dispatch(self, actions: list) -> None:
+        now = None
+        for a in actions:
+            if isinstance(a, StartCheck):
+                if not self.runner.start(a.check_id, a.target):
+                    now = now or trio.current_time()
+                    self.dispatch(self.core.check_refused(a.check_id, now))
+            elif isinstance(a, CancelCheck):
+                self.runner.cancel(a.check_id)
+            elif isinstance(a, (SetBackends, DeleteStates)):
+                try:
+                    self._nft_send.send_nowait(a)
+                except trio.WouldBlock:
+                    # Cannot happen unless nftables hangs: say so, the next change
+                    # of this redirect carries its whole backend list again.
+                    self.nft_errors += 1
+                    self.log("lb_queue_full", level="error", action=type(a).__name__)
+            elif isinstance(a, Demote):
+                self.demote(a.counter, a.on, a.reason)
+            elif isinstance(a, Log):
+                self.log(a.event, level=a.level, message=a.message, **a.fields)
+        self.timer.kick()
+
+    def _on_result(self, check_id, outcome) -> None:
+        self.dispatch(self.core.check_done(check_id, outcome, trio.current_time()))
+
+    async def _nft_loop(self) -> None:
+        async for a in self._nft_receive:
+            try:
+                if isinstance(a, SetBackends):
+                    backends = [Backend(addr, port, weight) for addr, port, weight in a.backends]
+                    await trio.to_thread.run_sync(self.lb.set_backends, a.redirect, backends)
+                    self.using_backup[a.redirect] = a.using_backup
+                    self.log("lb_backends", redirect=a.redirect, using_backup=a.using_backup,
+                             backends=",".join(b.text() for b in backends) or None)
+                else:
+                    n = await trio.to_thread.run_sync(self.lb.delete_states, a.address, a.port,
+                                                      self._protocol(a.redirect))
+                    self.log("lb_states_deleted", redirect=a.redirect, host=a.address, port=a.port,
+                             deleted=n)
+            except (NftError, OSError, ValueError, KeyError) as e:
+                self.nft_errors += 1
+                self.log("lb_update_failed", level="error", action=type(a).__name__,
+                         redirect=a.redirect, error=str(e))
+
+    def _protocol(self, redirect: str) -> str:
+        for r in self.cfg.redirects:
+            if r.name == redirect:
+                return r.protocol
+        return "tcp"
+
+    async def _reset_loop(self) -> None:
+        while True:
+            resets = await self.nflog.receive()
+            now = trio.current_time()
+            actions = []
+            for r in resets:
+                actions += self.core.rst_seen(r.address, r.port, now)
+            if actions:
+                self.dispatch(actions)
+
+    # ------------------------------------------------------------------ control
+
+    async def handle_control(self, cmd: str, request: dict) -> dict:
+        now = trio.current_time()
+        if cmd == "show":
+            what = request.get("what", "summary")
+            if what == "summary":
+                return {"what": "summary", "rows": report.summary(self.core)}
+            if what == "hosts":
+                return {"what": "hosts", "rows": report.hosts(self.core, now)}
+            raise ControlError(f'show: "what" must be summary or hosts, found {what!r}')
+        action = require(request, "action", str)
+        if action not in ("enable", "disable"):
+            raise ControlError(f'{cmd}: "action" must be enable or disable, found {action!r}')
+        name = require(request, "name", str)
+        try:
+            self.dispatch(self.core.set_enabled(cmd, name, action == "enable", now))
+        except UnknownName as e:
+            raise ControlError(f"{cmd} {action}: {e}") from None
+        return {"kind": cmd, "name": name, "enabled": action == "enable"}
+
