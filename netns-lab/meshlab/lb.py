@@ -33,7 +33,7 @@ REDIRECT = "www"
 
 def health_toml(interval_ms: int = 500, fall: int = 2, rise: int = 2, rst_burst: int = 3,
                 timeout_ms: int = 300, fast_interval_ms: int | None = None,
-                down_interval_ms: int | None = None) -> str:
+                down_interval_ms: int | None = None, demote: str | None = None) -> str:
     """The [health] section every lab firewall runs."""
     fast = fast_interval_ms or max(100, interval_ms // 5)
     down = down_interval_ms or interval_ms
@@ -70,7 +70,7 @@ port = {PORT}
 table = "web"
 backup_table = "sorry"
 mode = "round-robin"
-"""
+""" + (f'demote = "{demote}"\n' if demote else "")
 
 
 class LbRun:

@@ -36,6 +36,18 @@ def last_check_ago(run_dir: str, n: int, host: str) -> float | None:
     return next((r["last_check_ago_s"] for r in answer.get("rows", []) if r["host"] == host), None)
 
 
+def settle(lab, names) -> None:
+    """Both nodes' demotion released and fw1 master again: while the first checks
+    answer, a node whose hosts are still unknown is demoted, and the other may
+    hold the addresses for that moment."""
+    deadline = time.monotonic() + 15
+    while any(md.status(lab.run_dir, n)["demotions"].get("all", 0) for n in (1, 2)):
+        assert time.monotonic() < deadline, "health demotion not released"
+        time.sleep(0.05)
+    lab.wait_states({1: "MASTER", 2: "BACKUP"}, names, timeout=10)
+    time.sleep(0.3)                             # neighbours follow the last move (GARP)
+
+
 def summary(run_dir: str, n: int) -> dict[str, str]:
     """`meshctl show summary` of fw n as {"type name": status}."""
     answer = md.control(run_dir, n, {"cmd": "show", "what": "summary"})
@@ -45,7 +57,7 @@ def summary(run_dir: str, n: int) -> dict[str, str]:
 
 def test_redirect_follows_backend_health_across_a_failover(lab):
     run = LbRun(lab.procs, lab.topo, interval_ms=INTERVAL_MS, fall=FALL, rise=RISE,
-                fast_interval_ms=FAST_MS, down_interval_ms=DOWN_MS)
+                fast_interval_ms=FAST_MS, down_interval_ms=DOWN_MS, demote="all")
     try:
         run.add_backend_addresses()
         for name in {**WEB, **SORRY}:
@@ -55,6 +67,7 @@ def test_redirect_follows_backend_health_across_a_failover(lab):
         web = set(WEB.values())
         run.wait_slots(1, web, timeout=15)
         run.wait_slots(2, web, timeout=15)          # the backup checks too
+        settle(lab, names)
 
         # New connections are spread over the three live hosts.
         before = run.counts(30)
@@ -88,6 +101,23 @@ def test_redirect_follows_backend_health_across_a_failover(lab):
         run.wait_slots(1, set(SORRY.values()), timeout=DETECT_BOUND_S)
         assert run.counts(6) == {"sorry1": 6}
         assert summary(lab.run_dir, 1)["redirect www"] == "active (using backup table)"
+        assert md.status(lab.run_dir, 1)["demotions"].get("all", 0) == 0
+
+        # Nothing left: new connections are refused and the redirect's demotion
+        # counter is raised (relayd's carp demote), until a host is back.
+        # (Both nodes demote; fw2 may preempt for the moment it sees the hosts
+        # alive while fw1 does not: wait until both agree and fw1 is back.)
+        run.kill_backend("sorry1")
+        run.wait_slots(1, set(), timeout=DETECT_BOUND_S)
+        run.wait_slots(2, set(), timeout=DETECT_BOUND_S)
+        lab.wait_states({1: "MASTER", 2: "BACKUP"}, names, timeout=10)
+        for n in (1, 2):
+            assert md.status(lab.run_dir, n)["demotions"]["all"] >= 100
+        assert summary(lab.run_dir, 1)["redirect www"] == "down"
+        assert run.counts(3) == {"refused": 3}
+        run.start_backend("sorry1")
+        run.wait_slots(1, set(SORRY.values()), timeout=DETECT_BOUND_S)
+        assert md.status(lab.run_dir, 1)["demotions"].get("all", 0) == 0
 
         # A host brought back returns after `rise` good checks.
         for name in ("web1", "web2", "web3"):
