@@ -97,6 +97,35 @@ class Overrun:
         return f"Overrun({self.reason!r})"
 
 
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
+_NLMSG_PID_OFFSET = 12
+
+
+def _portid_filter(portids: list[int]) -> bytes:
+    """struct sock_fprog of a classic BPF program: drop messages whose nlmsg_pid is in portids.
+
+    Events come one per datagram, so the first header's pid is the event's.
+    BPF loads words big-endian; nlmsg_pid is in host order, hence the swap.
+    """
+    import ctypes
+    n = len(portids)
+    insns = [(_BPF_LD_W_ABS, 0, 0, _NLMSG_PID_OFFSET)]
+    for i, pid in enumerate(portids):
+        swapped = int.from_bytes(pid.to_bytes(4, "little"), "big")
+        insns.append((_BPF_JEQ_K, n - i, 0, swapped))     # jump to "drop" (after "accept")
+    insns += [(_BPF_RET_K, 0, 0, 0xFFFFFFFF), (_BPF_RET_K, 0, 0, 0)]
+    code = b"".join(struct.pack("HBBI", *insn) for insn in insns)
+    buf = ctypes.create_string_buffer(code, len(code))
+    _FILTER_BUFFERS.append(buf)          # the kernel copies the program; keep it until then at least
+    del _FILTER_BUFFERS[:-4]
+    return struct.pack("HxxxxxxP", len(insns), ctypes.addressof(buf))
+
+
+_FILTER_BUFFERS: list = []
+
+
 class CtEventReader:
     """Conntrack events from the kernel, in bursts, for one trio task.
 
@@ -143,6 +172,8 @@ class CtEventReader:
         except BaseException:
             self.sock.close()
             raise
+        self.own_filter = False      # own events dropped by the kernel (a socket filter)
+        self._filter_own()
 
     @property
     def portid(self) -> int:
@@ -150,9 +181,32 @@ class CtEventReader:
 
     def register_own(self, portid: int) -> None:
         self.own_portids.add(portid)
+        self._filter_own()
 
     def unregister_own(self, portid: int) -> None:
         self.own_portids.discard(portid)
+        self._filter_own()
+
+    def _filter_own(self) -> None:
+        """Have the kernel drop the events of our own injections before they are queued.
+
+        A node that injects its peers' flows (continuous commit) would
+        otherwise wake up, copy and look at one event per injected entry, only
+        to drop it: with a classic BPF filter on the nlmsg_pid field they cost
+        nothing here and take no receive-buffer space.  read_burst still checks
+        the portid, for kernels that refuse the filter.
+        """
+        try:
+            if self.own_portids:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                                     _portid_filter(sorted(self.own_portids)))
+                self.own_filter = True
+            elif self.own_filter:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                self.own_filter = False
+        except OSError as e:
+            self.own_filter = False
+            self.log("ct_events_filter_failed", level="warning", error=e.strerror or str(e))
 
     def read_burst(self) -> tuple[list, Overrun | None]:
         """Read up to `burst` datagrams without blocking: (events, Overrun marker or None).
@@ -230,7 +284,7 @@ class CtEventReader:
     def stats(self) -> dict:
         return {"events": self.events, "datagrams": self.datagrams, "bursts": self.bursts,
                 "overruns": self.overruns, "own_skipped": self.own_skipped, "discarded": self.discarded,
-                "decode_errors": self.decode_errors}
+                "decode_errors": self.decode_errors, "own_filtered_by_kernel": self.own_filter}
 
     def close(self) -> None:
         try:
