@@ -89,6 +89,42 @@ def election_family(group) -> int:
     return group.family
 
 
+class _ReadFirst:
+    """The election core as its timer sees it: before a deadline is acted upon,
+    the adverts already queued on the sockets are read.
+
+    After the event loop was busy (a big commit, a starved CPU), the timer and
+    the receive task become runnable together; if the timer ran first, a
+    backup would take over from a master whose adverts sit unread in its
+    socket buffer.
+    """
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+
+    def next_deadline(self) -> float | None:
+        return self.daemon.core.next_deadline()
+
+    def handle_timer(self, now: float) -> list:
+        d = self.daemon
+        actions: list = []
+        for family in list(d.sockets.socks):
+            for _ in range(64):
+                try:
+                    dg = d.sockets.receive_nowait(family)
+                except OSError:
+                    break
+                if dg is None:
+                    break
+                actions += d.core.receive(dg.data, dg.source, now, ttl=dg.ttl, interface=dg.interface)
+        if actions:
+            # Handled first: the deadline may have moved (an advert re-arms it).
+            d.dispatch(actions)
+            if (deadline := d.core.next_deadline()) is None or deadline > now:
+                return []
+        return d.core.handle_timer(now)
+
+
 class Daemon:
     def __init__(self, config: Config, log: EventLog):
         self.config = config
@@ -120,7 +156,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         keys = KeyRing.from_secrets(cfg.secrets, cfg.cluster.send_key, ELECTION_INFO)
         self.core = ElectionCore(cfg.node.id, cfg.groups, keys, epoch, replay=replay)
-        self.timer = CoreTimer(self.core, self.dispatch)
+        self.timer = CoreTimer(_ReadFirst(self), self.dispatch)
         if cfg.sync is not None:
             from .sync.service import SyncService  # conntrack needs root: only when configured
             try:

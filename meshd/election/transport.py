@@ -122,29 +122,41 @@ class ElectionSockets:
             s._sock.sendto(data, (self.mcast[6], self.port, 0, index))
 
     async def receive(self, family: int) -> Datagram:
-        s = self.socks[family]
-        data, ancillary, _flags, addr = await s.recvmsg(MAX_DATAGRAM, 256)
-        ttl = index = None
-        for level, kind, payload in ancillary:
-            if family == 4 and level == socket.IPPROTO_IP:
-                if kind == IP_TTL_CMSG and len(payload) >= 4:
-                    ttl = struct.unpack("=i", payload[:4])[0]
-                elif kind == IP_PKTINFO and len(payload) >= 12:
-                    index = struct.unpack("=i", payload[:4])[0]
-            elif family == 6 and level == socket.IPPROTO_IPV6:
-                if kind == socket.IPV6_HOPLIMIT and len(payload) >= 4:
-                    ttl = struct.unpack("=i", payload[:4])[0]
-                elif kind == socket.IPV6_PKTINFO and len(payload) >= 20:
-                    index = struct.unpack("=I", payload[16:20])[0]
-        name = None
-        if index:
-            try:
-                name = socket.if_indextoname(index)
-            except OSError:
-                pass
-        return Datagram(data, addr[0], ttl, name)
+        data, ancillary, _flags, addr = await self.socks[family].recvmsg(MAX_DATAGRAM, 256)
+        return _datagram(family, data, ancillary, addr)
+
+    def receive_nowait(self, family: int) -> Datagram | None:
+        """A datagram already queued, or None: for a timer that must not act on
+        silence while adverts wait unread (the event loop was busy)."""
+        try:
+            data, ancillary, _flags, addr = self.socks[family]._sock.recvmsg(MAX_DATAGRAM, 256)
+        except BlockingIOError:
+            return None
+        return _datagram(family, data, ancillary, addr)
 
     def close(self) -> None:
         for s in self.socks.values():
             s.close()
         self.socks.clear()
+
+
+def _datagram(family: int, data: bytes, ancillary, addr) -> Datagram:
+    ttl = index = None
+    for level, kind, payload in ancillary:
+        if family == 4 and level == socket.IPPROTO_IP:
+            if kind == IP_TTL_CMSG and len(payload) >= 4:
+                ttl = struct.unpack("=i", payload[:4])[0]
+            elif kind == IP_PKTINFO and len(payload) >= 12:
+                index = struct.unpack("=i", payload[:4])[0]
+        elif family == 6 and level == socket.IPPROTO_IPV6:
+            if kind == socket.IPV6_HOPLIMIT and len(payload) >= 4:
+                ttl = struct.unpack("=i", payload[:4])[0]
+            elif kind == socket.IPV6_PKTINFO and len(payload) >= 20:
+                index = struct.unpack("=I", payload[16:20])[0]
+    name = None
+    if index:
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            pass
+    return Datagram(data, addr[0], ttl, name)

@@ -325,14 +325,20 @@ class SyncService:
 
     async def _adopt_flows(self, pending: list) -> None:
         await trio.sleep(0)   # let the takeover's announce and advert go first
+        t0 = time.perf_counter()
+        t = time.perf_counter()
         pairs = [kv for origins, group in pending for kv in self._taken_over(origins, group)]
+        worst = time.perf_counter() - t
         get = self.core.internal.get
         for i in range(0, len(pairs), ADOPT_CHUNK):
+            t = time.perf_counter()
             events = [(NEW, k, a) for k, a in pairs[i:i + ADOPT_CHUNK] if get(k) is None]
             if events:
                 self.dispatch(self.core.local_events(events, trio.current_time()))
+            worst = max(worst, time.perf_counter() - t)
             await trio.sleep(0)
-        self.log("flows_adopted", entries=len(pairs))
+        self.log("flows_adopted", entries=len(pairs), ms=round((time.perf_counter() - t0) * 1000, 1),
+                 longest_step_ms=round(worst * 1000, 1))
 
     def _already_adopted(self, origin: int) -> bool:
         p = self.core.peers[origin]
