@@ -40,7 +40,7 @@ from ..crypto import KeyRing
 from ..replay import ReplayGuard
 from .actions import (Action, ExternalChanged, FrameRejected, PeerChanged, SendFrame,
                       SyncState)
-from .cache import InternalCache
+from .cache import STAMP_LEN, InternalCache
 from .digest import DIGEST_BYTES, NBUCKETS, bitmap_to_buckets, buckets_to_bitmap, pack_digests, \
     unpack_digests
 from .frames import (CTL_BULK_BEGIN, CTL_SWEEP, MIN_DATAGRAM, OVERHEAD, STREAM_DIRECT,
@@ -349,6 +349,11 @@ class SyncCore:
     def dump_external(self, origin: int):
         """(key, attrs) of one origin's external cache.  KeyError for an unknown origin."""
         return self.peers[origin].ext.items()
+
+    def external_bucket(self, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
+        """A snapshot of one bucket of one origin's external cache: a small piece
+        of the table, for work that must checkpoint between pieces."""
+        return [(k, v[:-STAMP_LEN]) for k, v in self.peers[origin].ext.buckets[bucket].items()]
 
     def stats(self, now: float | None = None) -> dict:
         peers = {}

@@ -33,13 +33,14 @@ from ..kernel import ctnetlink as ct
 from ..timers import CoreTimer
 from .actions import NEW, UPDATE, ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 from .core import SyncCore
+from .digest import NBUCKETS
 from .filters import EventFilter
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
 RECV_BURST = 64               # datagrams received per wake-up of the receive loop
 APPLY_CHUNK = 512            # entries committed per step of the apply loop
-ADOPT_CHUNK = 500             # taken-over flows moved to the internal cache per checkpoint
+ADOPT_DELAY = 0.5             # s after the addresses moved before the taken-over flows are adopted
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
 
 
@@ -324,20 +325,34 @@ class SyncService:
             self.nursery.start_soon(self._adopt_flows, pending)
 
     async def _adopt_flows(self, pending: list) -> None:
-        await trio.sleep(0)   # let the takeover's announce and advert go first
+        """Move the taken-over flows into the internal cache (and so to the peers).
+
+        After ADOPT_DELAY (the takeover's other groups, announcements and
+        adverts go first), one cache bucket at a time with a checkpoint after
+        each: with 100k flows the whole move costs seconds of CPU, and no step
+        of it may hold the event loop.
+        """
+        await trio.sleep(ADOPT_DELAY)
         t0 = time.perf_counter()
-        t = time.perf_counter()
-        pairs = [kv for origins, group in pending for kv in self._taken_over(origins, group)]
-        worst = time.perf_counter() - t
+        worst = 0.0
+        moved = 0
         get = self.core.internal.get
-        for i in range(0, len(pairs), ADOPT_CHUNK):
-            t = time.perf_counter()
-            events = [(NEW, k, a) for k, a in pairs[i:i + ADOPT_CHUNK] if get(k) is None]
-            if events:
-                self.dispatch(self.core.local_events(events, trio.current_time()))
-            worst = max(worst, time.perf_counter() - t)
-            await trio.sleep(0)
-        self.log("flows_adopted", entries=len(pairs), ms=round((time.perf_counter() - t0) * 1000, 1),
+        for origins, group in pending:
+            for origin in origins:
+                if origin not in self.core.peers:
+                    continue
+                for bucket in range(NBUCKETS):
+                    t = time.perf_counter()
+                    pairs = self.core.external_bucket(origin, bucket)
+                    if self.sync.commit_scope == "group":
+                        pairs = [(k, a) for k, a in pairs if _touches(a, group.addresses)]
+                    events = [(NEW, k, a) for k, a in pairs if get(k) is None]
+                    if events:
+                        self.dispatch(self.core.local_events(events, trio.current_time()))
+                        moved += len(events)
+                    worst = max(worst, time.perf_counter() - t)
+                    await trio.sleep(0)
+        self.log("flows_adopted", entries=moved, ms=round((time.perf_counter() - t0) * 1000, 1),
                  longest_step_ms=round(worst * 1000, 1))
 
     def _already_adopted(self, origin: int) -> bool:
