@@ -42,6 +42,9 @@ SEND_RETRY_INTERVALS = 3  # a send failure is retried after this many intervals
 SOURCE_OPERATOR = "operator"
 
 
+MIN_SLACK = 0.002      # s: timer and scheduling jitter the master's third advert may have
+
+
 @dataclass
 class GroupRuntime:
     config: GroupConfig
@@ -80,11 +83,13 @@ class GroupRuntime:
 
         Three of the *master's* intervals (a master with a larger advskew
         advertises more slowly than our own interval), plus our skew so backups
-        stay ordered, plus a quarter interval so that the third advert does not
-        race the deadline: a takeover needs three adverts lost, not two.
+        stay ordered: CARP's and VRRP's master-down, so that a takeover is as
+        fast as theirs at equal settings.  The master's third advert is due
+        right at the deadline; our skew is the slack it has, and never less
+        than MIN_SLACK (a backup with advskew 0).
         """
         master_interval = advbase_ms * (1 + advskew / 256) / 1000
-        return 3 * master_interval + self.skew + master_interval / 4
+        return 3 * master_interval + max(self.skew, MIN_SLACK)
 
 
 class ElectionCore:

@@ -1,4 +1,4 @@
-"""Add and remove virtual addresses through rtnetlink (pyroute2).
+"""Add and remove virtual addresses through rtnetlink (adds raw, the rest with pyroute2).
 
 Blocking functions; the daemon calls them through trio.to_thread.run_sync.
 
@@ -24,6 +24,7 @@ import errno
 import ipaddress
 import os
 import socket
+import struct
 from socket import AF_INET, AF_INET6
 
 from pyroute2 import IPRoute
@@ -101,33 +102,98 @@ def interface_addresses(interface: str) -> set[str]:
 
 
 def add_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
-    """Add addresses; already present is fine. Returns one error string per failure."""
+    """Add addresses; already present is fine. Returns one error string per failure.
+
+    The adds go out as raw RTM_NEWADDR requests in one sendmsg (a takeover
+    waits for them: ~0.2 ms instead of ~3 ms through pyroute2's encoders);
+    pyroute2 is used only for the rare "already there?" check.
+    """
     index = _ifindex(interface)
-    errors: list[str] = []
-    with IPRoute() as ipr:
-        for a, ifa in _parsed("add", interface, addresses, errors):
+    found: dict[int, str] = {}           # position in `addresses` -> error (errors keep that order)
+    todo = []
+    for i, a in enumerate(addresses):
+        parse_errors: list[str] = []
+        for _a, ifa in _parsed("add", interface, (a,), parse_errors):
             if ifa.ip.is_unspecified:  # the kernel "succeeds" at adding 0.0.0.0 but ignores it
-                errors.append(f"add {a} on {interface}: the unspecified address cannot be added")
-                continue
-            v6 = ifa.version == 6
-            try:
-                extra = V6_VIRTUAL if v6 else {}
-                ipr.addr("add", index=index, address=str(ifa.ip),
-                         prefixlen=ifa.network.prefixlen,
-                         family=AF_INET6 if v6 else AF_INET, **extra)
-            except NetlinkError as e:
-                if e.code == errno.ENODEV:
-                    raise AddressError(f"interface {interface!r} disappeared while adding {a}") from None
-                if e.code == errno.EEXIST:
-                    # IPv4 says EEXIST only for the same address+prefix, but
-                    # IPv6 says it for the same address with *any* prefix, so
-                    # check before calling it done (rare path: costs a dump).
-                    problem = _check_present(ipr, index, ifa)
-                    if problem:
-                        errors.append(f"add {a} on {interface}: {problem}")
-                    continue
-                errors.append(f"add {a} on {interface}: {_errtext(e.code)}")
-    return errors
+                found[i] = f"add {a} on {interface}: the unspecified address cannot be added"
+            else:
+                todo.append((i, a, ifa))
+        if parse_errors:
+            found[i] = parse_errors[0]
+    exists = []
+    if todo:
+        for (i, a, ifa), code in zip(todo, _newaddr(index, [ifa for _i, _a, ifa in todo])):
+            if code == errno.ENODEV:
+                raise AddressError(f"interface {interface!r} disappeared while adding {a}")
+            if code == errno.EEXIST:
+                exists.append((i, a, ifa))
+            elif code:
+                found[i] = f"add {a} on {interface}: {_errtext(code)}"
+    if exists:
+        # IPv4 says EEXIST only for the same address+prefix, but IPv6 says it
+        # for the same address with *any* prefix, so check before calling it
+        # done (rare path: costs a dump).
+        with IPRoute() as ipr:
+            for i, a, ifa in exists:
+                problem = _check_present(ipr, index, ifa)
+                if problem:
+                    found[i] = f"add {a} on {interface}: {problem}"
+    return [found[i] for i in sorted(found)]
+
+
+RTM_NEWADDR = 20
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLMSG_ERROR = 2
+IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO, IFA_FLAGS = 1, 2, 6, 8
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+
+
+def _rta(kind: int, payload: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) & 3)
+
+
+def newaddr_message(index: int, ifa: ipaddress.IPv4Interface | ipaddress.IPv6Interface, seq: int) -> bytes:
+    """One RTM_NEWADDR request (create, exclusive, acked), as pyroute2's addr("add") builds it."""
+    v6 = ifa.version == 6
+    packed = ifa.ip.packed
+    attrs = _rta(IFA_ADDRESS, packed)
+    if v6:
+        # V6_VIRTUAL: no DAD, deprecated (preferred 0), valid forever.
+        attrs += _rta(IFA_FLAGS, struct.pack("=I", V6_VIRTUAL["flags"]))
+        attrs += _rta(IFA_CACHEINFO, struct.pack("=IIII", V6_VIRTUAL["preferred_lft"],
+                                                 V6_VIRTUAL["valid_lft"], 0, 0))
+    else:
+        attrs = _rta(IFA_LOCAL, packed) + attrs
+    body = _IFADDRMSG.pack(AF_INET6 if v6 else AF_INET, ifa.network.prefixlen,
+                           V6_VIRTUAL["flags"] if v6 else 0, 0, index) + attrs
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWADDR, flags, seq, 0) + body
+
+
+def _newaddr(index: int, ifas: list) -> list[int]:
+    """Send the adds in one batch; the errno of each (0 = added), in order."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    try:
+        sock.bind((0, 0))
+        sock.settimeout(5)
+        sock.sendall(b"".join(newaddr_message(index, ifa, seq) for seq, ifa in enumerate(ifas, 1)))
+        results: dict[int, int] = {}
+        while len(results) < len(ifas):
+            data = sock.recv(65536)
+            pos = 0
+            while pos + _NLMSGHDR.size <= len(data):
+                mlen, mtype, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, pos)
+                if mlen < _NLMSGHDR.size:
+                    break
+                if mtype == NLMSG_ERROR and 1 <= seq <= len(ifas):
+                    results[seq] = -struct.unpack_from("=i", data, pos + _NLMSGHDR.size)[0]
+                pos += (mlen + 3) & ~3
+        return [results[seq] for seq in range(1, len(ifas) + 1)]
+    except socket.timeout:
+        raise OSError(errno.ETIMEDOUT, "no answer from rtnetlink to RTM_NEWADDR") from None
+    finally:
+        sock.close()
 
 
 def _check_present(ipr: IPRoute, index: int, ifa) -> str | None:

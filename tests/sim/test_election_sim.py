@@ -6,7 +6,7 @@ properties are stated in intervals, so the base does not matter.
 
 Two groups of tests pin down bugs found by this simulation and since fixed in
 the core: stale adverts (older than one already acted upon) and the master-down
-timer (now 3 of the master's intervals + own skew + a quarter interval).
+timer (now 3 of the master's intervals + own skew, at least 2 ms).
 """
 
 from __future__ import annotations
