@@ -141,6 +141,7 @@ class Daemon:
         self._stopping = False
         self.sync = None
         self.health = None
+        self._announcing: dict[str, trio.CancelScope] = {}   # group -> its GARP/NA burst
 
     # ------------------------------------------------------------------ start
 
@@ -298,9 +299,18 @@ class Daemon:
             if self.sync is not None:
                 self.sync.addresses_moved()
         elif isinstance(action, RemoveAddresses):
+            # A burst still announcing these addresses as ours would point the
+            # neighbours back at us after the new master's own announcements.
+            scope = self._announcing.pop(action.group, None)
+            if scope is not None:
+                scope.cancel()
             await self._addresses(action, kaddr.remove_addresses, "addresses_removed")
         elif isinstance(action, Announce):
-            self.nursery.start_soon(self._announce, action)
+            old = self._announcing.pop(action.group, None)
+            if old is not None:
+                old.cancel()
+            scope = self._announcing[action.group] = trio.CancelScope()
+            self.nursery.start_soon(self._announce, action, scope)
         elif isinstance(action, RunNotify):
             cfg = action.config or (group.config if group else None)
             if cfg is not None:
@@ -328,11 +338,16 @@ class Daemon:
             self.log(event, group=action.group, interface=action.interface,
                      addresses=",".join(action.addresses), ms=ms)
 
-    async def _announce(self, action: Announce) -> None:
-        try:
-            await announce(action.interface, action.addresses, action.count, action.interval_ms)
-        except AnnounceError as e:
-            self.log("announce_failed", level="warning", group=action.group, error=str(e))
+    async def _announce(self, action: Announce, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await announce(action.interface, action.addresses, action.count, action.interval_ms)
+            except AnnounceError as e:
+                self.log("announce_failed", level="warning", group=action.group, error=str(e))
+        if scope.cancelled_caught:
+            self.log("announce_cancelled", group=action.group, reason="no longer master")
+        if self._announcing.get(action.group) is scope:
+            del self._announcing[action.group]
 
     # ------------------------------------------------------------------ loops
 

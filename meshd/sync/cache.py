@@ -109,16 +109,23 @@ class InternalCache:
 
     def diff(self, table: dict[bytes, bytes]) -> list[tuple[int, bytes, bytes | None]]:
         """Events that turn this cache into `table` (after a kernel overrun)."""
-        events: list[tuple[int, bytes, bytes | None]] = []
-        for d in self.buckets:
-            for key, attrs in d.items():
-                want = table.get(key)
-                if want is None:
-                    events.append((DESTROY, key, None))
-                elif want != attrs:
-                    events.append((UPDATE, key, want))
+        parts: list[dict[bytes, bytes]] = [{} for _ in range(NBUCKETS)]
         for key, attrs in table.items():
-            if self.get(key) is None:
+            parts[zlib.crc32(key) & BUCKET_MASK][key] = attrs
+        return [e for b in range(NBUCKETS) for e in self.diff_bucket(b, parts[b])]
+
+    def diff_bucket(self, bucket: int, part: dict[bytes, bytes]) -> list[tuple[int, bytes, bytes | None]]:
+        """diff() for one bucket: `part` holds the table's entries of that bucket only."""
+        d = self.buckets[bucket]
+        events: list[tuple[int, bytes, bytes | None]] = []
+        for key, attrs in d.items():
+            want = part.get(key)
+            if want is None:
+                events.append((DESTROY, key, None))
+            elif want != attrs:
+                events.append((UPDATE, key, want))
+        for key, attrs in part.items():
+            if key not in d:
                 events.append((NEW, key, attrs))
         return events
 

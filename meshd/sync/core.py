@@ -195,6 +195,16 @@ class SyncCore:
         self.counters["local resync differences"] += len(events)
         return self.local_events(events, now)
 
+    def local_resync_bucket(self, bucket: int, part: dict[bytes, bytes], now: float) -> list[Action]:
+        """local_resync one bucket at a time (`part`: the dump's entries of that bucket),
+        so that a shell can checkpoint between buckets; local_resync_done() at the end."""
+        events = self.internal.diff_bucket(bucket, part)
+        self.counters["local resync differences"] += len(events)
+        return self.local_events(events, now) if events else []
+
+    def local_resync_done(self) -> None:
+        self.counters["local resyncs"] += 1
+
     def receive(self, data: bytes, source_peer_hint: int | None, now: float) -> list[Action]:
         """A datagram arrived.  `source_peer_hint`: the peer its source address maps to."""
         self._now = now

@@ -33,14 +33,16 @@ from ..kernel import ctnetlink as ct
 from ..timers import CoreTimer
 from .actions import NEW, UPDATE, ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 from .core import SyncCore
-from .digest import NBUCKETS
+from .digest import NBUCKETS, bucket_of
 from .filters import EventFilter
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
+TAKEOVER_APPLY_WAIT = 1.0     # s a continuous-mode takeover waits for queued changes at most
 RECV_BURST = 64               # datagrams received per wake-up of the receive loop
 APPLY_CHUNK = 512            # entries committed per step of the apply loop
 ADOPT_DELAY = 0.5             # s after the addresses moved before the taken-over flows are adopted
+RESYNC_CHECKPOINT = 5000      # dumped entries split into buckets between two checkpoints
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
 
 
@@ -73,6 +75,8 @@ class SyncService:
         self._dump_when_in_sync = False
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
         self._commit_lock = trio.Lock()
+        self._apply_pending = 0          # changes taken from the apply queue, not yet committed
+        self._resync_lock = trio.Lock()  # held by a dump-and-diff of the internal cache
         self._takeover_lock = trio.Lock()
 
     # ------------------------------------------------------------------ start
@@ -174,6 +178,9 @@ class SyncService:
                          action="dump and diff against the internal cache")
                 await self._resync_from_kernel("overrun")
                 continue
+            if self._resync_lock.locked():
+                async with self._resync_lock:     # a resync is diffing the cache bucket by bucket
+                    pass
             events = []
             for e in burst:
                 if not keep(e):
@@ -190,19 +197,49 @@ class SyncService:
                 self.dispatch(self.core.local_events(events, trio.current_time()))
 
     async def _resync_from_kernel(self, why: str) -> None:
+        """Dump the table and send what differs from the internal cache.
+
+        One cache bucket at a time with a checkpoint after each (and every
+        RESYNC_CHECKPOINT entries while splitting the dump): after an overrun
+        under a flood, the table holds hundreds of thousands of entries, and
+        the election's adverts share this event loop.  The event consumer
+        waits meanwhile (it called us, or it waits for _resync_lock), so the
+        cache changes only here.
+        """
+        async with self._resync_lock:
+            await self._resync_locked(why)
+
+    async def _resync_locked(self, why: str) -> None:
         start = time.perf_counter()
         table = await trio.to_thread.run_sync(kct.dump_table)
         keep = self.filter.keep
-        snapshot = {e.key: e.attrs for e in table if keep(e)}
-        if self.sync.commit == "continuous":
-            # The table also holds the peers' flows we injected; they are not
-            # ours unless the kernel already reported them as ours (traffic).
-            internal = self.core.internal.get
-            for key in {k for p in self.core.peers.values() for k, _ in p.ext.items()}:
-                if key in snapshot and internal(key) is None:
-                    del snapshot[key]
-        self.dispatch(self.core.local_resync(snapshot, trio.current_time()))
-        self.log("ct_resync", reason=why, entries=len(snapshot), kernel_entries=len(table),
+        parts: list[dict[bytes, bytes]] = [{} for _ in range(NBUCKETS)]
+        kept = 0
+        for i, e in enumerate(table):
+            if keep(e):
+                parts[bucket_of(e.key)][e.key] = e.attrs
+                kept += 1
+            if i % RESYNC_CHECKPOINT == RESYNC_CHECKPOINT - 1:
+                await trio.sleep(0)
+        continuous = self.sync.commit == "continuous"
+        internal = self.core.internal.get
+        for b in range(NBUCKETS):
+            part = parts[b]
+            if continuous:
+                # The table also holds the peers' flows we injected; they are not
+                # ours unless the kernel already reported them as ours (traffic).
+                for p in self.core.peers.values():
+                    for key in p.ext.buckets[b]:
+                        if key in part and internal(key) is None:
+                            del part[key]
+                            kept -= 1
+            actions = self.core.local_resync_bucket(b, part, trio.current_time())
+            if actions:
+                self.dispatch(actions)
+            parts[b] = None
+            await trio.sleep(0)
+        self.core.local_resync_done()
+        self.log("ct_resync", reason=why, entries=kept, kernel_entries=len(table),
                  ms=round((time.perf_counter() - start) * 1000, 1))
 
     async def _receive_loop(self) -> None:
@@ -255,21 +292,25 @@ class SyncService:
                     batch.append(self._apply_receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            self._apply_pending = len(batch)
             upserts = [attrs for change in batch for _key, attrs in change.upserts]
             # A flow we carry now (adopted at a takeover) stays, whatever the
             # old origin's bulk says: it is ours to replicate.
             mine = self.core.internal.get
             deletes = [attrs for change in batch for key, attrs in change.deletes if mine(key) is None]
-            async with self._commit_lock:
-                for lo in range(0, len(deletes), APPLY_CHUNK):
-                    self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False)
-                    await trio.sleep(0)
-                for lo in range(0, len(upserts), APPLY_CHUNK):
-                    result = self.committer.commit(upserts[lo:lo + APPLY_CHUNK], pipeline=False)
-                    if result.failed:
-                        self.log("ct_apply_errors", level="warning", failed=result.failed,
-                                 errors=result.errors_by_reason)
-                    await trio.sleep(0)
+            try:
+                async with self._commit_lock:
+                    for lo in range(0, len(deletes), APPLY_CHUNK):
+                        self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False)
+                        await trio.sleep(0)
+                    for lo in range(0, len(upserts), APPLY_CHUNK):
+                        result = self.committer.commit(upserts[lo:lo + APPLY_CHUNK], pipeline=False)
+                        if result.failed:
+                            self.log("ct_apply_errors", level="warning", failed=result.failed,
+                                     errors=result.errors_by_reason)
+                        await trio.sleep(0)
+            finally:
+                self._apply_pending = 0
 
     # ----------------------------------------------------------------- takeover
 
@@ -290,12 +331,13 @@ class SyncService:
                      reason="already committed for another group")
             return
         if self.sync.commit == "continuous":
-            # Already in the kernel; wait for changes still queued to be applied.
-            # Nothing proportional to the table happens before the addresses move.
-            async with self._commit_lock:
-                while self._apply_receive.statistics().current_buffer_used:
-                    await trio.sleep(0.001)
-            self.log("takeover_commit", group=group.name, mode="continuous", committed=0)
+            # Already in the kernel; wait (boundedly) for changes still queued to
+            # be applied.  Not holding the commit lock while waiting: the apply
+            # loop needs it to make progress.
+            waited = await self._wait_applied(TAKEOVER_APPLY_WAIT)
+            self.log("takeover_commit", group=group.name, mode="continuous", committed=0,
+                     waited_ms=round(waited * 1000, 1),
+                     unapplied=self._apply_pending + self._apply_receive.statistics().current_buffer_used)
         else:
             pairs = self._taken_over(origins, group)
             result = await self.commit([a for _k, a in pairs])
@@ -305,6 +347,14 @@ class SyncService:
         for o in origins:
             self.dispatch(self.core.adopt(o, trio.current_time()))
         self._pending_adoption.append((origins, group))
+
+    async def _wait_applied(self, limit: float) -> float:
+        """Until every change received from the peers is in the kernel, or `limit` s."""
+        start = trio.current_time()
+        while (self._apply_pending or self._apply_receive.statistics().current_buffer_used) \
+                and trio.current_time() - start < limit:
+            await trio.sleep(0.001)
+        return trio.current_time() - start
 
     def _taken_over(self, origins: list[int], group: GroupConfig) -> list[tuple[bytes, bytes]]:
         pairs = [kv for o in origins for kv in self.core.dump_external(o)]

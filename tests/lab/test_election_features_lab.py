@@ -636,3 +636,23 @@ def test_notify_hooks_after_failover_and_restart(meshd_ready, lab):
     expect(out1, {g: [f"GROUP {g} BACKUP 255", f"GROUP {g} MASTER 255 vip=yes"] * 2 for g in GROUPS})
     expect(out2, {g: [f"GROUP {g} BACKUP 245", f"GROUP {g} MASTER 245 vip=yes",
                       f"GROUP {g} BACKUP 245"] for g in GROUPS})
+
+
+def test_announcements_stop_when_the_group_stops_being_master(meshd_ready, lab):
+    """A node that loses mastership mid-burst stops announcing the addresses as its own
+    (otherwise its late GARPs would point the neighbours back at it)."""
+    groups = md.default_groups(100)
+    for g in groups:
+        g.update({"garp_count": 40, "garp_interval_ms": 100})     # 4 s of announcements
+    md.start_meshd(lab.procs, lab.topo, 2, groups, 100)
+    names = [g["name"] for g in groups]
+    lab.wait_states({2: "MASTER"}, names, timeout=10)
+    md.start_meshd(lab.procs, lab.topo, 1, groups, 100)           # preferred: preempts at once
+    lab.wait_states({1: "MASTER", 2: "BACKUP"}, names, timeout=10)
+    deadline = time.monotonic() + 5
+    while True:
+        cancelled = {r.get("group") for r in md.log_events(lab.procs.get("meshd-fw2").log, "announce_cancelled")}
+        if cancelled == set(names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert cancelled == set(names)
