@@ -15,6 +15,8 @@ from . import __version__
 from .config import ConfigError, load_config
 from .log import EventLog
 
+SWITCH_INTERVAL_S = 0.001     # s: see main()
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshd", description="High-availability daemon for Linux firewalls.")
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     log = EventLog(fmt=args.log_format, level=args.log_level)
     from .daemon import Daemon, StartupError  # imports trio-heavy modules only when running
     try:
+        # Worker threads (big commits, table dumps) hold the GIL for pure-Python
+        # encoding; at the default 5 ms switch interval the commit's sender
+        # thread and the event loop each wait up to 5 ms per hand-over (commit
+        # of 100k measured 120k/s at 5 ms, 150k/s and more at 1 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         trio.run(Daemon(config, log).run)
     except BaseException as e:  # trio wraps task errors in exception groups
         startup = _find(e, StartupError)
