@@ -64,6 +64,12 @@ class FakeDaemon:
         if cmd in ("enable", "disable"):
             group = require(request, "group", str)
             return {"group": group, "state": "BACKUP" if cmd == "enable" else "DISABLED"}
+        if cmd in ("host", "table", "redirect"):
+            return {"kind": cmd, "name": request["name"], "enabled": request["action"] == "enable"}
+        if cmd == "show":
+            rows = [{"id": 0, "type": "redirect", "name": "www", "availability": None, "status": "active"},
+                    {"id": 0, "type": "host", "name": "web1", "availability": 99.5, "status": "up"}]
+            return {"what": request.get("what"), "rows": rows}
         if cmd == "hang":
             await trio.sleep_forever()
         if cmd == "dump":
@@ -256,3 +262,18 @@ def test_streaming_command_human_and_json(daemon, capsys, monkeypatch):
     assert code == 0
     assert [json.loads(line) for line in out.splitlines()][-1] == {"ok": True, "more": False}
     assert len(out.splitlines()) == 4
+
+
+def test_health_commands(daemon, capsys):
+    p = daemon.path
+    assert run(capsys, "--socket", p, "host", "disable", "web3")[:2] == (0, "host web3 is now disabled\n")
+    assert run(capsys, "--socket", p, "redirect", "enable", "www")[:2] == (0, "redirect www is now enabled\n")
+    code, out, _ = run(capsys, "--socket", p, "show", "summary")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["Id", "Type", "Name", "Avlblty", "Status"]
+    assert out.splitlines()[2].split() == ["0", "host", "web1", "99.50%", "up"]
+    assert run(capsys, "--socket", p, "host", "pause", "web3")[0] == 2      # enable|disable only
+    assert daemon.requests == [
+        {"cmd": "host", "action": "disable", "name": "web3"},
+        {"cmd": "redirect", "action": "enable", "name": "www"},
+        {"cmd": "show", "what": "summary"}]
