@@ -210,12 +210,12 @@ def test_only_repetitions_after_the_first_can_be_cut_by_the_budget():
 
 
 def test_plan_runs_only_what_the_rows_need():
-    assert bench.kinds_for_rows([1]) == ["gap0"]
+    assert bench.kinds_for_rows([1]) == ["gap0", "gap100k", "gap200k"]    # every kill times a takeover
     assert bench.kinds_for_rows([4]) == ["repl"]
     assert bench.kinds_for_rows([5]) == ["repl", "mem500k"]
     assert bench.kinds_for_rows([6, 7]) == ["loss20", "loss50", "three"]
     assert plan_runs([7], ["reference"], 2) == []
-    assert plan_runs([1], ["meshd"], 2) == [("gap0", "meshd", 1), ("gap0", "meshd", 2)]
+    assert plan_runs([1], ["meshd"], 1) == [("gap0", "meshd", 1), ("gap100k", "meshd", 1), ("gap200k", "meshd", 1)]
 
 
 # --------------------------------------------------------------------------- output
@@ -272,3 +272,12 @@ def test_stalled_sockets_are_the_retransmitting_ones():
 
 def test_cpu_delta_counts_new_processes_from_zero():
     assert bench.cpu_delta({10: 1.0, 11: 2.0}, {10: 1.5, 11: 2.25, 12: 0.5}) == pytest.approx(1.25)
+
+
+def test_takeover_row_takes_every_kill():
+    results = [{"kind": k, "system": s, "rep": 1, "takeover_ms": v, "median_gap_ms": 400.0, "max_gap_ms": 400.0}
+               for k, s, v in (("gap0", "meshd", 300.0), ("gap100k", "meshd", 200.0), ("gap200k", "meshd", 210.0),
+                               ("gap0", "reference", 250.0), ("gap100k", "reference", 260.0),
+                               ("gap200k", "reference", 270.0))]
+    row = next(r for r in bench.build_rows(results, ["meshd", "reference"], [1]) if r["key"] == "takeover_ms")
+    assert row["meshd"] == 210 and row["reference"] == 260 and row["met"] is True
