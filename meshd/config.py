@@ -19,7 +19,7 @@ from typing import Any
 
 from .config_health import HealthConfig, parse_health
 from .config_sync import SyncConfig, parse_sync
-from .configreader import Reader, describe
+from .configreader import Reader, describe, is_ip
 
 DEFAULT_PORT = 7112
 DEFAULT_MCAST_V4 = "224.0.0.18"
@@ -330,20 +330,12 @@ def _parse_groups(r: Reader, data: Any, cluster: ClusterConfig | None) -> tuple[
             continue
         families = {ipaddress.ip_interface(a).version for a in parsed_addrs}
         if kw["peers"] and any(ipaddress.ip_address(p).version not in families
-                               for p in kw["peers"] if _is_ip(p)):
+                               for p in kw["peers"] if is_ip(p)):
             r.problem(f"{path}.peers", "peers must use an address family of the group's addresses")
         # Canonical text, so that 2001:DB8::2 matches the source the kernel reports.
-        kw["peers"] = tuple(str(ipaddress.ip_address(p)) for p in kw["peers"] if _is_ip(p))
+        kw["peers"] = tuple(str(ipaddress.ip_address(p)) for p in kw["peers"] if is_ip(p))
         groups.append(GroupConfig(gid, name, iface, tuple(parsed_addrs), **kw))
     return tuple(groups)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _parse_track_interfaces(r: Reader, data: Any) -> tuple[TrackInterfaceConfig, ...]:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .configreader import Reader, describe
+from .configreader import Reader, describe, is_ip
 from .health.checkspec import METHODS, CheckSpec, CheckTarget
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -207,7 +207,7 @@ def _parse_hosts(r: Reader, items: list, broken: set[tuple[str, str]]) -> dict[s
         path = f"health.host[{i}]"
         t = r.table(item, path, HOST_KEYS)
         name = _name(r, t, path, "host", names)
-        if name is not None and _is_ip(name):
+        if name is not None and is_ip(name):
             # A name that reads as an address would shadow the bare-address form in tables.
             r.problem(f"{path}.name", f"\"{name}\" is an address; give the host a name such as \"web1\"")
             name = None
@@ -225,14 +225,6 @@ def _parse_hosts(r: Reader, items: list, broken: set[tuple[str, str]]) -> dict[s
         elif isinstance(t.get("name"), str):
             broken.add(("host", t["name"]))
     return hosts
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _resolve_host(r: Reader, where: str, ref: str, hosts: dict[str, HealthHost],

@@ -6,6 +6,7 @@ errors listed at once, each named by file and key path.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 
@@ -83,3 +84,12 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+
+
+def is_ip(text: str) -> bool:
+    """Whether text is an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False

@@ -43,6 +43,7 @@ SHUTDOWN_GRACE = 5.0
 # by this much, so the node never becomes master with half of its peers' flows.
 SYNC_DEMOTION = 200
 SYNC_COMMANDS = ("dump", "flush", "commit", "resync", "stats")
+HEALTH_COMMANDS = ("show", "host", "table", "redirect")
 # A redirect with no live host raises its `demote` counter by this much: as a
 # failed sync set, enough to hand the addresses to a node that can still serve.
 HEALTH_DEMOTION = 100
@@ -116,7 +117,7 @@ class _ReadFirst:
                     break
                 if dg is None:
                     break
-                actions += d.core.receive(dg.data, dg.source, now, ttl=dg.ttl, interface=dg.interface)
+                actions += d.advert_received(dg, now)
         if actions:
             # Handled first: the deadline may have moved (an advert re-arms it).
             d.dispatch(actions)
@@ -295,7 +296,9 @@ class Daemon:
             if self.sync is not None and group is not None:
                 await self.sync.commit_for_takeover(group.config, action.from_node)
         elif isinstance(action, AddAddresses):
-            await self._addresses(action, kaddr.add_addresses, "addresses_added")
+            # Raw rtnetlink, well under a millisecond: inline, since a hand-over
+            # to a worker thread costs more than that on a busy 2-core box.
+            await self._addresses(action, kaddr.add_addresses, "addresses_added", inline=True)
             if self.sync is not None:
                 self.sync.addresses_moved()
         elif isinstance(action, RemoveAddresses):
@@ -317,12 +320,10 @@ class Daemon:
                 self.hooks.submit(HookRun(cfg.notify, action.group, action.state.value,
                                           action.priority, cfg.notify_timeout_ms / 1000))
 
-    async def _addresses(self, action, operation, event: str) -> None:
+    async def _addresses(self, action, operation, event: str, inline: bool = False) -> None:
         start = trio.current_time()
         try:
-            if operation is kaddr.add_addresses:
-                # Raw rtnetlink, well under a millisecond: inline, since a hand-over
-                # to a worker thread costs more than that on a busy 2-core box.
+            if inline:
                 errors = operation(action.interface, action.addresses)
             else:
                 errors = await trio.to_thread.run_sync(operation, action.interface, action.addresses)
@@ -359,8 +360,10 @@ class Daemon:
                 self.log("receive_error", level="warning", family=family, error=e.strerror or str(e))
                 await trio.sleep(0.01)
                 continue
-            self.dispatch(self.core.receive(d.data, d.source, trio.current_time(),
-                                            ttl=d.ttl, interface=d.interface))
+            self.dispatch(self.advert_received(d, trio.current_time()))
+
+    def advert_received(self, d, now: float) -> list:
+        return self.core.receive(d.data, d.source, now, ttl=d.ttl, interface=d.interface)
 
     async def _link_loop(self, monitor: LinkMonitor) -> None:
         await monitor.run(lambda ev: self._on_link(ev.name, ev.up and not ev.deleted)
@@ -532,7 +535,7 @@ class Daemon:
     async def handle_control(self, request: dict) -> dict:
         cmd = request.get("cmd")
         now = trio.current_time()
-        if cmd in ("show", "host", "table", "redirect"):
+        if cmd in HEALTH_COMMANDS:
             if self.health is None:
                 raise ControlError(f"{cmd}: health checks are not configured (no [health] section)")
             return await self.health.handle_control(cmd, request)

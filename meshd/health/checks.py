@@ -33,6 +33,7 @@ from typing import Callable, Hashable
 import trio
 from cryptography import x509
 
+from meshd.configreader import is_ip
 from meshd.health import icmp
 from meshd.health.checkspec import METHODS, CheckOutcome, CheckSpec, CheckTarget
 from meshd.health.scriptpool import ScriptPool, describe_exit, milliseconds, run_script
@@ -146,14 +147,6 @@ def _tls_context(verify: bool, ca_file: str | None, check_hostname: bool) -> ssl
     return ctx
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
 def _sni(target: CheckTarget) -> str | None:
     spec = target.spec
     if spec.sni:
@@ -165,7 +158,7 @@ def _sni(target: CheckTarget) -> str | None:
         return None
     if host.count(":") == 1:
         host = host.split(":")[0]
-    return None if _is_ip(host) else host
+    return None if is_ip(host) else host
 
 
 async def _tls_handshake(target: CheckTarget, progress: _Progress) -> tuple[trio.SSLStream, str | None]:

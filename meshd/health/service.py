@@ -29,7 +29,6 @@ from .checks import CheckRunner
 from .core import HealthCore, UnknownName
 from .scriptpool import ScriptPool
 
-HEALTH_COMMANDS = ("show", "host", "table", "redirect")
 NFT_QUEUE = 1024            # nftables changes waiting for the worker (a burst of health changes)
 SCRIPT_POOL = 8             # script checks running at once
 
@@ -55,8 +54,6 @@ class HealthService:
         self.runner: CheckRunner | None = None
         self.timer = CoreTimer(self.core, self.dispatch)
         self._nft_send, self._nft_receive = trio.open_memory_channel(NFT_QUEUE)
-        self.nft_errors = 0
-        self.using_backup: dict[str, bool] = {}
         self.nflog = None
 
     def _log_fields(self, event: str, level: str = "info", **fields) -> None:
@@ -106,12 +103,10 @@ class HealthService:
     # ------------------------------------------------------------------ the core's actions
 
     def dispatch(self, actions: list) -> None:
-        now = None
         for a in actions:
             if isinstance(a, StartCheck):
                 if not self.runner.start(a.check_id, a.target):
-                    now = now or trio.current_time()
-                    self.dispatch(self.core.check_refused(a.check_id, now))
+                    self.dispatch(self.core.check_refused(a.check_id, trio.current_time()))
             elif isinstance(a, CancelCheck):
                 self.runner.cancel(a.check_id)
             elif isinstance(a, (SetBackends, DeleteStates)):
@@ -120,7 +115,6 @@ class HealthService:
                 except trio.WouldBlock:
                     # Cannot happen unless nftables hangs: say so, the next change
                     # of this redirect carries its whole backend list again.
-                    self.nft_errors += 1
                     self.log("lb_queue_full", level="error", action=type(a).__name__)
             elif isinstance(a, Demote):
                 self.demote(a.counter, a.on, a.reason)
@@ -137,7 +131,6 @@ class HealthService:
                 if isinstance(a, SetBackends):
                     backends = [Backend(addr, port, weight) for addr, port, weight in a.backends]
                     await trio.to_thread.run_sync(self.lb.set_backends, a.redirect, backends)
-                    self.using_backup[a.redirect] = a.using_backup
                     self.log("lb_backends", redirect=a.redirect, using_backup=a.using_backup,
                              backends=",".join(b.text() for b in backends) or None)
                 else:
@@ -146,7 +139,6 @@ class HealthService:
                     self.log("lb_states_deleted", redirect=a.redirect, host=a.address, port=a.port,
                              deleted=n)
             except (NftError, OSError, ValueError, KeyError) as e:
-                self.nft_errors += 1
                 self.log("lb_update_failed", level="error", action=type(a).__name__,
                          redirect=a.redirect, error=str(e))
 

@@ -35,6 +35,7 @@ from typing import Callable, Iterable, NamedTuple
 import trio
 
 from meshd.kernel import ctnetlink as ct
+from meshd.kernel.closing import close_socket
 
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS, NETLINK_CAP_ACK = 5, 10
@@ -103,11 +104,12 @@ _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
 _NLMSG_PID_OFFSET = 12
 
 
-def _portid_filter(portids: list[int]) -> bytes:
-    """struct sock_fprog of a classic BPF program: drop messages whose nlmsg_pid is in portids.
+def _attach_portid_filter(sock: socket.socket, portids: list[int]) -> None:
+    """Attach a classic BPF program that drops messages whose nlmsg_pid is in portids.
 
     Events come one per datagram, so the first header's pid is the event's.
     BPF loads words big-endian; nlmsg_pid is in host order, hence the swap.
+    The kernel copies the program during the call.
     """
     import ctypes
     n = len(portids)
@@ -117,13 +119,9 @@ def _portid_filter(portids: list[int]) -> bytes:
         insns.append((_BPF_JEQ_K, n - i, 0, swapped))     # jump to "drop" (after "accept")
     insns += [(_BPF_RET_K, 0, 0, 0xFFFFFFFF), (_BPF_RET_K, 0, 0, 0)]
     code = b"".join(struct.pack("HBBI", *insn) for insn in insns)
-    buf = ctypes.create_string_buffer(code, len(code))
-    _FILTER_BUFFERS.append(buf)          # the kernel copies the program; keep it until then at least
-    del _FILTER_BUFFERS[:-4]
-    return struct.pack("HxxxxxxP", len(insns), ctypes.addressof(buf))
-
-
-_FILTER_BUFFERS: list = []
+    program = ctypes.create_string_buffer(code, len(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HxxxxxxP", len(insns), ctypes.addressof(program)))
 
 
 class CtEventReader:
@@ -198,8 +196,7 @@ class CtEventReader:
         """
         try:
             if self.own_portids:
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
-                                     _portid_filter(sorted(self.own_portids)))
+                _attach_portid_filter(self.sock, sorted(self.own_portids))
                 self.own_filter = True
             elif self.own_filter:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
@@ -287,12 +284,7 @@ class CtEventReader:
                 "decode_errors": self.decode_errors, "own_filtered_by_kernel": self.own_filter}
 
     def close(self) -> None:
-        try:
-            trio.lowlevel.current_task()
-            trio.lowlevel.notify_closing(self.sock)
-        except RuntimeError:
-            pass
-        self.sock.close()
+        close_socket(self.sock)
 
     def __enter__(self) -> "CtEventReader":
         return self

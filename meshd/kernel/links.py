@@ -24,6 +24,8 @@ from typing import Callable, Iterable
 
 import trio
 
+from .closing import close_socket
+
 log = logging.getLogger(__name__)
 
 NLMSG_HDR = struct.Struct("=IHHII")      # len, type, flags, seq, pid (host order)
@@ -240,9 +242,7 @@ class LinkMonitor:
                 await trio.sleep(1)
 
     def close(self) -> None:
-        if _in_trio():  # wake a task blocked in wait_readable on this socket
-            trio.lowlevel.notify_closing(self.sock)
-        self.sock.close()
+        close_socket(self.sock)
 
     def __enter__(self) -> "LinkMonitor":
         return self
@@ -251,9 +251,3 @@ class LinkMonitor:
         self.close()
 
 
-def _in_trio() -> bool:
-    try:
-        trio.lowlevel.current_task()
-        return True
-    except RuntimeError:
-        return False

@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple
 
 import trio
 
+from .closing import close_socket
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
@@ -283,12 +285,7 @@ class NflogReader:
         return {"resets": self.resets, "skipped": self.skipped, "overruns": self.overruns}
 
     def close(self) -> None:
-        try:
-            trio.lowlevel.current_task()
-            trio.lowlevel.notify_closing(self.sock)
-        except RuntimeError:
-            pass
-        self.sock.close()       # the kernel unbinds the group with the socket
+        close_socket(self.sock)     # the kernel unbinds the group with the socket
 
     def __enter__(self) -> "NflogReader":
         return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshd.daemon import _ReadFirst
+from meshd.daemon import Daemon, _ReadFirst
 from meshd.election.transport import Datagram
 
 
@@ -42,6 +42,8 @@ class FakeDaemon:
 
     def dispatch(self, actions):
         self.dispatched += actions
+
+    advert_received = Daemon.advert_received      # the real one, on the fake core
 
 
 def test_a_queued_advert_stops_a_stale_takeover():
