@@ -50,6 +50,8 @@ class NodeConfig:
     name: str
     state_dir: str
     control_socket: str
+    run_dir: str = "/run/meshd"
+    address_lifetime_s: int = 1
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,9 @@ class Config:
 # --------------------------------------------------------------------------
 
 
-NODE_KEYS = {"id", "name", "state_dir", "control_socket"}
+NODE_KEYS = {"id", "name", "state_dir", "control_socket", "run_dir", "address_lifetime_s"}
+# sun_path is 108 bytes with its terminating NUL.
+MAX_SOCKET_PATH = 107
 CLUSTER_KEYS = {"port", "multicast_v4", "multicast_v6", "keys", "send_key"}
 KEY_KEYS = {"id", "secret_file"}
 GROUP_KEYS = {
@@ -204,10 +208,22 @@ def _parse_node(r: Reader, data: Any) -> NodeConfig | None:
     if name is not None and not NAME_RE.match(name):
         r.problem("node.name", f"expected a name of letters, digits, '_.-' (at most 32), found {describe(name)}")
     state_dir = r.get(t, "node", "state_dir", "str", default="/var/lib/meshd")
-    sock = r.get(t, "node", "control_socket", "str", default="/run/meshd/meshd.sock")
-    if node_id is None:
+    run_dir = r.get(t, "node", "run_dir", "str", default="/run/meshd")
+    sock = r.get(t, "node", "control_socket", "str",
+                 default=os.path.join(run_dir, "meshd.sock") if run_dir else None)
+    # The kernel drops the addresses of a node whose renewals stop (a crash)
+    # this long after the last one; 0 keeps them forever (see docs/architecture.md).
+    lifetime = r.get(t, "node", "address_lifetime_s", "int", default=1, lo=0, hi=3600)
+    for key, path in (("state_dir", state_dir), ("run_dir", run_dir), ("control_socket", sock)):
+        # Relative paths would depend on the directory meshd happens to start in.
+        if path is not None and not os.path.isabs(path):
+            r.problem(f"node.{key}", f"expected an absolute path, found {describe(path)}")
+    if sock is not None and len(os.fsencode(sock)) > MAX_SOCKET_PATH:
+        r.problem("node.control_socket", f"{describe(sock)} is {len(os.fsencode(sock))} bytes long; "
+                  f"a Unix socket path holds at most {MAX_SOCKET_PATH}")
+    if node_id is None or None in (state_dir, run_dir, sock, lifetime):
         return None
-    return NodeConfig(node_id, name, state_dir, sock)
+    return NodeConfig(node_id, name, state_dir, sock, run_dir, lifetime)
 
 
 def _default_node_name() -> str:

@@ -228,7 +228,7 @@ def test_unknown_nested_keys(confdir):
     text = text.replace('secret_file = "k1.key"', 'secret_file = "k1.key"\nsecret = "x"')
     found = problems(confdir, text)
     assert len(found) == 4, found
-    assert any(": node.nmae: unknown key (known keys: control_socket, id, name, state_dir)" in p
+    assert any(": node.nmae: unknown key (known keys: address_lifetime_s, control_socket, id, name, run_dir, state_dir)" in p
                for p in found)
     assert any(": cluster.keys[0].secret: unknown key (known keys: id, secret_file)" in p for p in found)
     assert any(": group[0].advskw: unknown key (known keys: " in p and "advskew" in p for p in found)
@@ -568,3 +568,23 @@ def test_sync_peer_address_is_required_even_with_multicast(confdir):
     text = MINIMAL + '[sync]\ninterface = "sync0"\nmulticast_group = "239.255.71.13"\npeers = [{ id = 2 }]\n'
     assert any(p.endswith("sync.peers[0].address: missing (expected a non-empty string)")
                for p in problems(confdir, text))
+
+
+def test_node_defaults_follow_run_dir(confdir):
+    c = load(confdir, MINIMAL.replace("id = 1\n\n[[cluster", 'id = 1\nrun_dir = "/run/fw"\n\n[[cluster', 1))
+    assert c.node.run_dir == "/run/fw"
+    assert c.node.control_socket == "/run/fw/meshd.sock"
+    assert c.node.address_lifetime_s == 1
+
+
+@pytest.mark.parametrize("line, path, expected", [
+    ('state_dir = "var/lib/meshd"', "node.state_dir", 'expected an absolute path, found "var/lib/meshd"'),
+    ('run_dir = "run"', "node.run_dir", 'expected an absolute path, found "run"'),
+    ('control_socket = "meshd.sock"', "node.control_socket", "expected an absolute path"),
+    ('control_socket = "/' + "s" * 107 + '"', "node.control_socket",
+     "is 108 bytes long; a Unix socket path holds at most 107"),
+    ("address_lifetime_s = -1", "node.address_lifetime_s", "expected an integer from 0 to 3600"),
+])
+def test_node_paths_and_lifetime(confdir, line, path, expected):
+    found = problems(confdir, MINIMAL.replace("id = 1\n\n[[cluster", f"id = 1\n{line}\n\n[[cluster", 1))
+    assert any(f": {path}: " in p and expected in p for p in found), found
