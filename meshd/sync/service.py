@@ -71,7 +71,7 @@ class SyncService:
         self.last_commit: dict = {}
         self.send_errors = 0
         self.nursery: trio.Nursery | None = None
-        self._pending_adoption: list[tuple[list[int], GroupConfig]] = []
+        self._pending_adoption: list[tuple[list[int], GroupConfig, bool]] = []
         self._dump_when_in_sync = False
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
         self._commit_lock = trio.Lock()
@@ -346,7 +346,9 @@ class SyncService:
                      errors=result.errors_by_reason or None)
         for o in origins:
             self.dispatch(self.core.adopt(o, trio.current_time()))
-        self._pending_adoption.append((origins, group))
+        # Without a known origin every peer is a candidate; those heard again
+        # after the grace are alive and keep their own flows (see _adopt_flows).
+        self._pending_adoption.append((origins, group, origin is None))
 
     async def _wait_applied(self, limit: float) -> float:
         """Until every change received from the peers is in the kernel, or `limit` s."""
@@ -382,16 +384,29 @@ class SyncService:
         each: with 100k flows the whole move costs seconds of CPU, and no step
         of it may hold the event loop.
         """
-        await trio.sleep(ADOPT_DELAY)
+        guessed = any(unknown for _o, _g, unknown in pending)
+        # A guessed origin must have had the chance to be heard after the
+        # core's adoption grace (a heartbeat or two) before its flows are taken.
+        await trio.sleep(max(ADOPT_DELAY, self.core.adopt_grace_s + 2 * self.core.heartbeat_s)
+                         if guessed else ADOPT_DELAY)
         t0 = time.perf_counter()
         worst = 0.0
         moved = 0
         get = self.core.internal.get
-        for origins, group in pending:
+        for origins, group, unknown in pending:
             for origin in origins:
-                if origin not in self.core.peers:
+                peer = self.core.peers.get(origin)
+                if peer is None:
+                    continue
+                if unknown and not peer.adopted:
+                    # The node replaced was not known, and this peer is alive:
+                    # its flows are its own, not taken over.
+                    self.log("flows_not_adopted", group=group.name, peer=origin,
+                             reason="peer alive (heard after the takeover)")
                     continue
                 for bucket in range(NBUCKETS):
+                    if unknown and not peer.adopted:
+                        break                 # heard meanwhile: the rest stays its own
                     t = time.perf_counter()
                     pairs = self.core.external_bucket(origin, bucket)
                     if self.sync.commit_scope == "group":
