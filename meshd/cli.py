@@ -1,50 +1,111 @@
 """`meshd`: run the daemon in the foreground, or `--check` a configuration.
 
 Exit codes: 0 clean stop or valid config, 1 runtime failure at start-up
-(socket busy, state directory unwritable), 2 invalid configuration.
+(socket busy, state directory unwritable, log target unusable) or a crash
+(logged as event=crashed), 2 invalid configuration (with --check: also a
+finding of preflight at level error).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 import trio
 
 from . import __version__
-from .config import ConfigError, load_config
-from .log import EventLog
+from .config import Config, ConfigError, load_config
+from .log import TARGETS, EventLog, LogTargetError, open_event_log, parse_log_target
+from .logbridge import LibraryLogBridge
+from .preflight import preflight
 
-SWITCH_INTERVAL_S = 0.001     # s: see main()
+SWITCH_INTERVAL_S = 0.001     # s: see _run()
+
+
+def _log_target(text: str) -> str:
+    try:
+        parse_log_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshd", description="High-availability daemon for Linux firewalls.")
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="configuration file (TOML)")
     p.add_argument("--check", action="store_true",
-                   help="validate the configuration and exit (0 valid, 2 invalid); touches nothing")
+                   help="validate the configuration, and what a start would trip on (scripts, "
+                        "CA files, interfaces), then exit (0 valid, 2 invalid); touches nothing")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="one line per event: key=value text (default) or JSON")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--log-target", type=_log_target, default="stderr", metavar="TARGET",
+                   help=f"where lines go: {TARGETS} (appended; reopened on SIGHUP); "
+                        "default stderr, with priorities for journald when it is the journal")
     p.add_argument("--version", action="version", version=f"meshd {__version__}")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.check:
+        return check(args.config)
     try:
-        config = load_config(args.config)
+        log = open_event_log(args.log_target, args.log_format, args.log_level)
+    except LogTargetError as e:
+        print(f"meshd: --log-target {args.log_target}: {e}; not starting", file=sys.stderr)
+        return 1
+    try:
+        with LibraryLogBridge(log, args.log_level):
+            return _run(args.config, log)
+    finally:
+        log.close()
+
+
+def check(path: str) -> int:
+    """`meshd --check`: the file's problems, then the machine's (preflight)."""
+    try:
+        config = load_config(path)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
-        print(f"meshd: {len(e.problems)} problem(s) in {args.config}; not starting", file=sys.stderr)
+        print(f"meshd: {len(e.problems)} problem(s) in {path}; not starting", file=sys.stderr)
         return 2
-    if args.check:
-        groups = ", ".join(f"{g.name} (id {g.id}, {g.interface})" for g in config.groups)
-        print(f"{args.config}: OK: node {config.node.name} (id {config.node.id}), groups: {groups}")
-        return 0
-    log = EventLog(fmt=args.log_format, level=args.log_level)
-    from .daemon import Daemon, StartupError  # imports trio-heavy modules only when running
+    findings = preflight(config)
+    for finding in findings:
+        print(finding, file=sys.stderr)
+    errors = sum(f.level == "error" for f in findings)
+    if errors:
+        print(f"meshd: {errors} problem(s) a start of {path} would trip on", file=sys.stderr)
+        return 2
+    groups = ", ".join(f"{g.name} (id {g.id}, {g.interface})" for g in config.groups)
+    print(f"{path}: OK: node {config.node.name} (id {config.node.id}), groups: {groups}")
+    return 0
+
+
+def _load(path: str, log: EventLog) -> Config | None:
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        for problem in e.problems:
+            log("config_invalid", level="error", problem=problem)
+        log("start_failed", level="error",
+            error=f"{len(e.problems)} problem(s) in {path}; not starting")
+        return None
+    # Logged, not refused: a hook or interface fixed later works from then on.
+    for finding in preflight(config):
+        log("preflight", level=finding.level, key=finding.key, message=finding.message,
+            config=finding.config)
+    return config
+
+
+def _run(path: str, log: EventLog) -> int:
+    config = _load(path, log)
+    if config is None:
+        return 2
+    # The daemon's trio-heavy modules are imported only when running.
+    from .daemon import Daemon, StartupError
     try:
         # Worker threads (big commits, table dumps) hold the GIL for pure-Python
         # encoding; at the default 5 ms switch interval the commit's sender
@@ -59,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if _find(e, KeyboardInterrupt) is not None:
             return 0
-        raise
+        if not isinstance(e, Exception):
+            raise       # SystemExit and the like: not a crash of ours
+        # Through the event log, so that the journal, syslog or the log file
+        # get the traceback as one entry at level error.
+        log("crashed", level="error", error=f"{type(e).__name__}: {e}",
+            traceback="".join(traceback.format_exception(e)).rstrip())
+        return 1
     return 0
 
 

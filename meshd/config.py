@@ -144,6 +144,8 @@ class Config:
 NODE_KEYS = {"id", "name", "state_dir", "control_socket", "run_dir", "address_lifetime_s"}
 # sun_path is 108 bytes with its terminating NUL.
 MAX_SOCKET_PATH = 107
+DEFAULT_RUN_DIR = "/run/meshd"
+CONTROL_SOCKET_NAME = "meshd.sock"       # in run_dir, unless control_socket says otherwise
 CLUSTER_KEYS = {"port", "multicast_v4", "multicast_v6", "keys", "send_key"}
 KEY_KEYS = {"id", "secret_file"}
 GROUP_KEYS = {
@@ -160,18 +162,22 @@ TOP_KEYS = {"node", "cluster", "group", "track_interface", "track_script", "sync
 def load_config(path: str | os.PathLike, read_secrets: bool = True) -> Config:
     """Parse and validate a configuration file; raise ConfigError listing every problem."""
     filename = str(path)
+    return parse_config(read_toml(filename), filename, base_dir=str(Path(filename).resolve().parent),
+                        read_secrets=read_secrets)
+
+
+def read_toml(filename: str) -> dict:
+    """The file's TOML document, unvalidated; ConfigError if it cannot be read or parsed."""
     try:
         raw = Path(filename).read_bytes()
     except OSError as e:
         raise ConfigError([f"{filename}: cannot read: {e.strerror}"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError([f"{filename}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{filename}: TOML syntax: {e}"]) from None
-    return parse_config(data, filename, base_dir=str(Path(filename).resolve().parent),
-                        read_secrets=read_secrets)
 
 
 def parse_config(data: dict, filename: str = "<config>", base_dir: str = ".",
@@ -208,22 +214,37 @@ def _parse_node(r: Reader, data: Any) -> NodeConfig | None:
     if name is not None and not NAME_RE.match(name):
         r.problem("node.name", f"expected a name of letters, digits, '_.-' (at most 32), found {describe(name)}")
     state_dir = r.get(t, "node", "state_dir", "str", default="/var/lib/meshd")
-    run_dir = r.get(t, "node", "run_dir", "str", default="/run/meshd")
-    sock = r.get(t, "node", "control_socket", "str",
-                 default=os.path.join(run_dir, "meshd.sock") if run_dir else None)
+    _require_absolute(r, "node.state_dir", state_dir)
+    run_dir, sock = parse_control_socket(r, t)
     # The kernel drops the addresses of a node whose renewals stop (a crash)
     # this long after the last one; 0 keeps them forever (see docs/architecture.md).
     lifetime = r.get(t, "node", "address_lifetime_s", "int", default=1, lo=0, hi=3600)
-    for key, path in (("state_dir", state_dir), ("run_dir", run_dir), ("control_socket", sock)):
-        # Relative paths would depend on the directory meshd happens to start in.
-        if path is not None and not os.path.isabs(path):
-            r.problem(f"node.{key}", f"expected an absolute path, found {describe(path)}")
-    if sock is not None and len(os.fsencode(sock)) > MAX_SOCKET_PATH:
-        r.problem("node.control_socket", f"{describe(sock)} is {len(os.fsencode(sock))} bytes long; "
-                  f"a Unix socket path holds at most {MAX_SOCKET_PATH}")
     if node_id is None or None in (state_dir, run_dir, sock, lifetime):
         return None
     return NodeConfig(node_id, name, state_dir, sock, run_dir, lifetime)
+
+
+def parse_control_socket(r: Reader, node: dict) -> tuple[str | None, str | None]:
+    """[node].run_dir and [node].control_socket, defaults applied and checked.
+
+    Shared with `meshctl --config`, which reads only these two keys so that it
+    finds the socket of a file whose other parts do not validate.
+    """
+    run_dir = r.get(node, "node", "run_dir", "str", default=DEFAULT_RUN_DIR)
+    sock = r.get(node, "node", "control_socket", "str",
+                 default=os.path.join(run_dir, CONTROL_SOCKET_NAME) if run_dir else None)
+    _require_absolute(r, "node.run_dir", run_dir)
+    _require_absolute(r, "node.control_socket", sock)
+    if sock is not None and len(os.fsencode(sock)) > MAX_SOCKET_PATH:
+        r.problem("node.control_socket", f"{describe(sock)} is {len(os.fsencode(sock))} bytes long; "
+                  f"a Unix socket path holds at most {MAX_SOCKET_PATH}")
+    return run_dir, sock
+
+
+def _require_absolute(r: Reader, where: str, path: str | None) -> None:
+    # Relative paths would depend on the directory meshd happens to start in.
+    if path is not None and not os.path.isabs(path):
+        r.problem(where, f"expected an absolute path, found {describe(path)}")
 
 
 def _default_node_name() -> str:

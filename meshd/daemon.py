@@ -202,7 +202,7 @@ class Daemon:
             nursery.start_soon(self.hooks.run)
             await self._reconcile_addresses(cfg)
             # Subscribe before reading the initial state, so no change falls in between.
-            monitor = LinkMonitor()
+            monitor = LinkMonitor(log=self.log)
             for name, up in (await trio.to_thread.run_sync(initial_state, self._watched_interfaces())).items():
                 self._on_link(name, up)
             self._join_all()

@@ -1,18 +1,31 @@
-"""One line per event: `key=value` text (default) or JSON.
+"""One line per event: `key=value` text (default) or JSON, with a syslog priority.
 
 Values with spaces, quotes or `=` are quoted so a line stays machine-readable
 (`grep event=state`, `jq`).  The logger never raises: a logging failure must
-not take the daemon down.
+not take the daemon down; lines that could not be written are counted and
+reported by the next line that could (event=log_lines_dropped).
+
+It is called from the trio loop and from worker threads (address renewal,
+trio.to_thread): a line is formatted and written under a lock, whole.
+Where the lines go is a sink (meshd/logsinks.py), chosen by --log-target.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import threading
 import time
 from typing import Any, TextIO
 
+from .logsinks import FileSink, LogTargetError, StreamSink, SyslogSink
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# syslog severities (RFC 5424): what journald and syslog daemons file the line under.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3}
+TARGETS = "stderr, syslog or file:PATH"
+
+__all__ = ["LEVELS", "PRIORITIES", "EventLog", "LogTargetError", "RateLimiter",
+           "open_event_log", "parse_log_target"]
 
 
 def _fmt_value(value: Any) -> str:
@@ -22,30 +35,98 @@ def _fmt_value(value: Any) -> str:
     return text
 
 
+def parse_log_target(text: str) -> tuple[str, str | None]:
+    """("stderr", None), ("syslog", None) or ("file", PATH); ValueError names what is wrong."""
+    if text in ("stderr", "syslog"):
+        return text, None
+    kind, sep, path = text.partition(":")
+    if kind == "file" and sep:
+        if not path:
+            raise ValueError("file: needs a path, as in file:/var/log/meshd.log")
+        return "file", path
+    raise ValueError(f"expected {TARGETS}, found {text!r}")
+
+
+def open_event_log(target: str = "stderr", fmt: str = "text", level: str = "info",
+                   syslog_address: str | None = None) -> EventLog:
+    """The EventLog for a --log-target; LogTargetError if it cannot be opened.
+
+    syslog_address: the syslog socket (default /dev/log, logsinks.DEV_LOG).
+    """
+    kind, path = parse_log_target(target)
+    if kind == "syslog":
+        sink: StreamSink | FileSink | SyslogSink = SyslogSink(syslog_address)
+    elif kind == "file":
+        sink = FileSink(path)
+    else:
+        sink = StreamSink()
+    return EventLog(fmt=fmt, level=level, sink=sink)
+
+
 class EventLog:
-    def __init__(self, stream: TextIO | None = None, fmt: str = "text", level: str = "info"):
+    """`log(event, level="info", **fields)` writes one line; see the module docstring."""
+
+    def __init__(self, stream: TextIO | None = None, fmt: str = "text", level: str = "info", *,
+                 sink: StreamSink | FileSink | SyslogSink | None = None):
         if fmt not in ("text", "json"):
             raise ValueError(f"log format must be text or json, not {fmt!r}")
-        self.stream = stream or sys.stderr
+        if level not in LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+        self.sink = sink if sink is not None else StreamSink(stream)
         self.fmt = fmt
         self.threshold = LEVELS[level]
+        self.dropped = 0             # lines lost since the last one written
+        # Reentrant: a signal handler or a logging call made while writing
+        # (same thread) must not deadlock the daemon.
+        self._lock = threading.RLock()
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS.get(level, LEVELS["info"]) >= self.threshold
 
     def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
-        if LEVELS.get(level, 20) < self.threshold:
+        if not self.enabled(level):
             return
+        with self._lock:
+            try:
+                line = self.format(event, level, fields)
+                if self.dropped:
+                    self.sink.write(PRIORITIES["warning"], self.format(
+                        "log_lines_dropped", "warning",
+                        {"count": self.dropped, "target": self.sink.describe()}))
+                    self.dropped = 0
+                self.sink.write(PRIORITIES.get(level, PRIORITIES["info"]), line)
+            except Exception:  # noqa: BLE001 -- a logging failure must not take the daemon down
+                self.dropped += 1
+
+    def format(self, event: str, level: str, fields: dict[str, Any]) -> str:
         now = time.time()
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        try:
-            if self.fmt == "json":
-                line = json.dumps({"ts": ts, "level": level, "event": event, **fields}, default=str)
-            else:
-                parts = [f"ts={ts}", f"level={level}", f"event={event}"]
-                parts += [f"{k}={_fmt_value(v)}" for k, v in fields.items() if v is not None]
-                line = " ".join(parts)
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        if self.fmt == "json":
+            return json.dumps({"ts": ts, "level": level, "event": event, **fields}, default=str)
+        parts = [f"ts={ts}", f"level={level}", f"event={event}"]
+        parts += [f"{k}={_fmt_value(v)}" for k, v in fields.items() if v is not None]
+        return " ".join(parts)
+
+    def reopen(self) -> bool:
+        """Reopen the target (a file after logrotate, on SIGHUP); never raises.
+
+        On failure the old file stays in use and event=log_reopen_failed says why.
+        """
+        with self._lock:
+            try:
+                self.sink.reopen()
+                return True
+            except Exception as e:  # noqa: BLE001 -- LogTargetError, or anything else: never raise
+                error = str(e)
+        self("log_reopen_failed", level="error", target=self.sink.describe(), error=error)
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.sink.close()
+            except OSError:
+                pass
 
 
 class RateLimiter:

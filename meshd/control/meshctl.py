@@ -13,15 +13,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 from collections.abc import Iterator
 
-from ..config import ConfigError, load_config
+from .. import __version__
+from ..config import (
+    CONTROL_SOCKET_NAME,
+    DEFAULT_RUN_DIR,
+    ConfigError,
+    parse_control_socket,
+    read_toml,
+)
+from ..configreader import Reader, describe
 from .protocol import COMMANDS, encode
 
-DEFAULT_SOCKET = "/run/meshd/meshd.sock"
+DEFAULT_SOCKET = os.path.join(DEFAULT_RUN_DIR, CONTROL_SOCKET_NAME)
 DEFAULT_TIMEOUT = 5.0
+# Commands whose answer comes after real work: a reload re-reads the file and
+# may restart sockets and checks.  Waiting less would report "no answer" for a
+# reload that then completes anyway.
+SLOW_COMMAND_TIMEOUTS = {"reload": 30.0}
 # Longest answer line read; guards against a runaway peer, far above real answers.
 MAX_ANSWER = 16 * 1024 * 1024
 
@@ -191,6 +204,9 @@ def format_answer(cmd: str, answer: dict) -> str:
         return (format_hosts(rows) if answer.get("what") == "hosts" else format_summary(rows)).rstrip("\n")
     if cmd in ("host", "table", "redirect"):
         return f"{cmd} {answer.get('name')} is now {'enabled' if answer.get('enabled') else 'disabled'}"
+    if cmd == "reload":
+        applied = answer.get("applied") or []
+        return "\n".join(f"applied: {item}" for item in applied) if applied else "nothing changed"
     rest = {k: v for k, v in answer.items() if k != "ok"}
     return json.dumps(rest, indent=2) if rest else "ok"
 
@@ -238,14 +254,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="meshd configuration file to read [node] control_socket from")
         p.add_argument("--json", action="store_true", default=d(False),
                        help="print the raw answer(s) as JSON, one per line")
-        p.add_argument("--timeout", metavar="SECONDS", type=float, default=d(DEFAULT_TIMEOUT),
-                       help=f"connect/answer timeout (default {DEFAULT_TIMEOUT:g})")
+        p.add_argument("--timeout", metavar="SECONDS", type=float, default=d(None),
+                       help=f"connect/answer timeout (default {DEFAULT_TIMEOUT:g}, "
+                            + ", ".join(f"{c} {t:g}" for c, t in SLOW_COMMAND_TIMEOUTS.items()) + ")")
 
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Query and steer a running meshd.",
         epilog="exit codes: 0 ok, 1 meshd answered with an error, 2 usage or "
                "configuration error, 3 cannot talk to meshd")
     options(parser, True)
+    parser.add_argument("--version", action="version", version=f"meshctl {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     args = {"status": [], "demote": [("name", str, "demotion counter"),
                                      ("by", int, "amount to add (may be negative)")],
@@ -276,8 +294,31 @@ def _socket_path(ns: argparse.Namespace) -> str:
     if ns.socket:
         return ns.socket
     if ns.config:
-        return load_config(ns.config, read_secrets=False).node.control_socket
+        return socket_from_config(ns.config)
     return DEFAULT_SOCKET
+
+
+def socket_from_config(filename: str) -> str:
+    """[node].control_socket of a meshd configuration file (default run_dir/meshd.sock).
+
+    Only the [node] paths are read and checked: meshctl must still reach a
+    daemon whose file has since been edited into something invalid elsewhere
+    (that is often when the operator needs `meshctl reload` to say what is wrong).
+    """
+    node = read_toml(filename).get("node", {})
+    if not isinstance(node, dict):
+        raise ConfigError([f"{filename}: node: expected a table, found {describe(node)}"])
+    r = Reader(filename)
+    _run_dir, sock = parse_control_socket(r, node)
+    if r.problems:
+        raise ConfigError(r.problems)
+    return sock
+
+
+def _print_error(cmd: str, answer: dict) -> None:
+    print(f"meshctl: {cmd}: {answer.get('error', 'unknown error')}", file=sys.stderr)
+    for item in answer.get("refused") or []:
+        print(f"  refused: {item}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,17 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = _socket_path(ns)
     except ConfigError as e:
-        print(f"meshctl: {e}", file=sys.stderr)
+        for problem in e.problems:
+            print(f"meshctl: {problem}", file=sys.stderr)
         return 2
+    timeout = ns.timeout if ns.timeout is not None else SLOW_COMMAND_TIMEOUTS.get(ns.cmd, DEFAULT_TIMEOUT)
     req = {"cmd": ns.cmd, **{k: getattr(ns, k) for k in ("name", "by", "group", "cache", "what", "peer", "action")
                              if getattr(ns, k, None) is not None}}
     code = 0
     try:
-        for answer in request_stream(path, req, ns.timeout):
+        for answer in request_stream(path, req, timeout):
             if ns.json:
                 print(json.dumps(answer, ensure_ascii=False), flush=True)
             if not answer.get("ok"):
-                print(f"meshctl: {ns.cmd}: {answer.get('error', 'unknown error')}", file=sys.stderr)
+                _print_error(ns.cmd, answer)
                 code = 1
             elif not ns.json and answer.get("more") is not False:
                 print(format_answer(ns.cmd, answer), flush=True)

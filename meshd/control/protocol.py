@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "promote": "remove the operator's share of demotion counter NAME",
     "enable": "let GROUP take part in elections again",
     "disable": "take GROUP out of elections (bows out if master)",
+    "reload": "re-read the configuration file and apply it, or refuse it naming what cannot change",
     "dump": "list the internal cache (this node's flows) or the external caches (the peers')",
     "flush": "empty the internal or external caches, or this node's kernel conntrack table",
     "commit": "inject the external cache (of one peer, or all) into the kernel now",
@@ -147,7 +148,7 @@ def _matches(value: Any, kind: type) -> bool:
 
 
 def require(request: dict, key: str, kind: type, *, default: Any = _MISSING,
-            lo: int | float | None = None, hi: int | float | None = None) -> Any:
+            lo: float | None = None, hi: float | None = None) -> Any:
     """Fetch request[key], checking its JSON type (and range for numbers).
 
     Messages name the command: `demote: "by" must be an integer, found "x"`.

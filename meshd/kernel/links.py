@@ -16,17 +16,16 @@ between is then both in the snapshot and queued on the socket, never lost.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Self
 
 import trio
 
+from ..log import EventLog
 from .closing import close_socket
-
-log = logging.getLogger(__name__)
 
 NLMSG_HDR = struct.Struct("=IHHII")      # len, type, flags, seq, pid (host order)
 IFINFOMSG = struct.Struct("=BxHiII")     # family, pad, type, index, flags, change
@@ -36,6 +35,7 @@ IFLA_IFNAME, IFLA_OPERSTATE = 3, 16
 NLA_TYPE_MASK = 0x3FFF                   # strip NLA_F_NESTED / NLA_F_NET_BYTEORDER
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
 RTMGRP_LINK = 1
+RECV_SIZE = 1 << 16                      # per datagram; a longer one comes MSG_TRUNC: a resync
 AF_UNSPEC = 0
 
 
@@ -159,9 +159,18 @@ class LinkMonitor:
 
     Events are reported for every interface; the caller filters by name. A
     rename shows up under the new name only (the old name gets no event).
+
+    `log(event, level=..., **fields)` (an EventLog; default: one on stderr)
+    receives event=link_monitor_resync (level warning, reason overflow,
+    truncated or undecodable) and event=link_monitor_error (level error:
+    the state cannot be read, retried every RETRY_S).
     """
 
-    def __init__(self, names: Iterable[str] | None = None, rcvbuf: int = 1 << 20):
+    RETRY_S = 1.0
+
+    def __init__(self, names: Iterable[str] | None = None, rcvbuf: int = 1 << 20,
+                 log: Callable[..., None] | None = None):
+        self.log = log if log is not None else EventLog()
         self.names = None if names is None else tuple(names)
         self.resyncs = 0
         self._seen: set[str] = set()  # names met so far (names=None mode)
@@ -185,25 +194,29 @@ class LinkMonitor:
         lost = False
         for _ in range(limit):
             try:
-                data, _anc, msg_flags, _addr = self.sock.recvmsg(1 << 16)
+                data, _anc, msg_flags, _addr = self.sock.recvmsg(RECV_SIZE)
             except BlockingIOError:
                 return events, lost, True
             except OSError as e:
                 if e.errno != errno.ENOBUFS:
                     raise
-                log.warning("link monitor: netlink overflow (ENOBUFS), re-reading link state")
+                self._lost("overflow", "the kernel dropped link notifications (ENOBUFS)")
                 lost = True
                 continue
             if msg_flags & socket.MSG_TRUNC:
-                log.warning("link monitor: truncated netlink datagram, re-reading link state")
+                self._lost("truncated", f"a netlink datagram longer than {RECV_SIZE} bytes")
                 lost = True
                 continue
             try:
                 events.extend(parse_link_messages(data))
             except LinkDecodeError as e:
-                log.warning("link monitor: undecodable netlink data (%s), re-reading link state", e)
+                self._lost("undecodable", str(e))
                 lost = True
         return events, lost, False
+
+    def _lost(self, reason: str, detail: str) -> None:
+        self.log("link_monitor_resync", level="warning", reason=reason, detail=detail,
+                 action="re-reading the state of the watched interfaces")
 
     async def run(self, callback: Callable[[LinkEvent], None]) -> None:
         """Call callback(event) for every link event, forever (until cancelled)."""
@@ -237,14 +250,15 @@ class LinkMonitor:
         while True:
             try:
                 return await trio.to_thread.run_sync(_read_links, self.names)
-            except Exception as e:  # NetlinkError is not an OSError
-                log.error("link monitor: cannot read link state (%s), retrying in 1 s", e)
-                await trio.sleep(1)
+            except Exception as e:  # noqa: BLE001 -- NetlinkError is not an OSError
+                self.log("link_monitor_error", level="error",
+                         error=f"cannot read the link state: {e}", retry_s=self.RETRY_S)
+                await trio.sleep(self.RETRY_S)
 
     def close(self) -> None:
         close_socket(self.sock)
 
-    def __enter__(self) -> "LinkMonitor":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 
 import pytest
 import trio
 
+from meshd.config import ConfigError
 from meshd.control import meshctl
-from meshd.control.meshctl import ClientError, ConnectError, main, request, request_stream
+from meshd.control.meshctl import (
+    ClientError,
+    ConnectError,
+    main,
+    request,
+    request_stream,
+)
 from meshd.control.protocol import ControlError, require
 from meshd.control.server import serve_control
 
@@ -145,7 +153,7 @@ def test_status_header_with_name_and_version():
 
 
 def test_status_json(daemon, capsys):
-    code, out, err = run(capsys, "--socket", daemon.path, "status", "--json")
+    code, out, _err = run(capsys, "--socket", daemon.path, "status", "--json")
     assert code == 0
     assert json.loads(out) == {"ok": True, **STATUS}
     code, out2, _ = run(capsys, "--json", "--socket", daemon.path, "status")
@@ -179,7 +187,7 @@ def test_error_answer_exits_1(daemon, capsys):
 @pytest.mark.parametrize("argv", [["frobnicate"], [], ["demote", "lan"], ["demote", "lan", "x"],
                                   ["enable"], ["status", "--timeout", "soon"]])
 def test_usage_errors_exit_2(daemon, capsys, argv):
-    code, out, err = run(capsys, "--socket", daemon.path, *argv)
+    code, _out, err = run(capsys, "--socket", daemon.path, *argv)
     assert code == 2
     assert "usage: meshctl" in err
     assert daemon.requests == []
@@ -187,7 +195,7 @@ def test_usage_errors_exit_2(daemon, capsys, argv):
 
 def test_cannot_connect_exits_3(tmpdir_short, capsys):
     path = os.path.join(tmpdir_short, "missing.sock")
-    code, out, err = run(capsys, "--socket", path, "status")
+    code, _out, err = run(capsys, "--socket", path, "status")
     assert code == 3
     assert err == (f"meshctl: cannot connect to {path}: No such file or directory "
                    "(is meshd running?)\n")
@@ -200,7 +208,7 @@ def test_timeout_exits_3(daemon, capsys, monkeypatch):
     real = meshctl.request_stream
     monkeypatch.setattr(meshctl, "request_stream",
                         lambda path, obj, timeout: real(path, {"cmd": "hang"}, timeout))
-    code, out, err = run(capsys, "--socket", daemon.path, "--timeout", "0.3", "status")
+    code, _out, err = run(capsys, "--socket", daemon.path, "--timeout", "0.3", "status")
     assert code == 3 and "no answer" in err
 
 
@@ -227,11 +235,58 @@ addresses = ["192.0.2.1/24"]
     # --socket wins over --config.
     code, out, err = run(capsys, "--config", cfg, "--socket", daemon.path + ".x", "status")
     assert code == 3
-    # A broken configuration is a configuration error.
+    # Another part of the file does not validate: meshctl still finds the socket.
     with open(cfg, "w") as f:
-        f.write("[node]\nid = 0\n")
+        f.write(f'[node]\nid = 0\ncontrol_socket = "{daemon.path}"\n[[group]]\nadvbase_ms = "fast"\n')
+    code, out, err = run(capsys, "--config", cfg, "status", "--json")
+    assert code == 0, err
+    # The socket's own keys are still checked, as meshd checks them.
+    with open(cfg, "w") as f:
+        f.write('[node]\ncontrol_socket = "meshd.sock"\n')
     code, out, err = run(capsys, "--config", cfg, "status")
-    assert code == 2 and "node.id" in err
+    assert (code, out) == (2, "")
+    assert err == f'meshctl: {cfg}: node.control_socket: expected an absolute path, found "meshd.sock"\n'
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("", None, None),
+    ('[node]\nid = 1\n', None, None),
+    ('[node]\nrun_dir = "/run/fw"\n', "/run/fw/meshd.sock", None),
+    ('[node]\nrun_dir = "/run/fw"\ncontrol_socket = "/run/x.sock"\n', "/run/x.sock", None),
+    ('node = 3\n', None, "node: expected a table, found 3"),
+    ('[node]\ncontrol_socket = 7\n', None, "node.control_socket: expected a non-empty string, found 7"),
+    ('[node]\nrun_dir = "run"\n', None, 'node.run_dir: expected an absolute path, found "run"'),
+    ('[node\n', None, "TOML syntax: "),
+])
+def test_socket_from_config_reads_only_the_node_paths(tmp_path, text, where, problem):
+    cfg = tmp_path / "meshd.toml"
+    cfg.write_text(text)
+    if problem is None:
+        assert meshctl.socket_from_config(str(cfg)) == (where or "/run/meshd/meshd.sock")
+        return
+    with pytest.raises(ConfigError) as e:
+        meshctl.socket_from_config(str(cfg))
+    assert e.value.problems[0].startswith(f"{cfg}: {problem}")
+
+
+def test_unreadable_or_binary_config_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nope.toml"
+    assert run(capsys, "--config", str(missing), "status") == \
+        (2, "", f"meshctl: {missing}: cannot read: No such file or directory\n")
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe[node]")
+    code, _out, err = run(capsys, "--config", str(binary), "status")
+    assert code == 2 and err.startswith(f"meshctl: {binary}: not UTF-8 text")
+
+
+def test_version(capsys):
+    from meshd import __version__
+    with pytest.raises(SystemExit) as e:
+        meshctl._parser().parse_args(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"meshctl {__version__}\n"
+    code, out, _ = run(capsys, "--version")
+    assert (code, out) == (0, f"meshctl {__version__}\n")
 
 
 def test_default_socket_path():
@@ -246,7 +301,7 @@ def test_client_api(daemon):
     assert list(request_stream(daemon.path, {"cmd": "dump"})) == [
         {"ok": True, "more": True, "flow": 0}, {"ok": True, "more": True, "flow": 1},
         {"ok": True, "more": True, "flow": 2}, {"ok": True, "more": False}]
-    assert list(request_stream(daemon.path, {"cmd": "status"}))[0]["epoch"] == 7
+    assert next(iter(request_stream(daemon.path, {"cmd": "status"})))["epoch"] == 7
     with pytest.raises(ClientError, match="streaming answer"):
         request(daemon.path, {"cmd": "dump"})
     with pytest.raises(ConnectError):
@@ -258,7 +313,7 @@ def test_streaming_command_human_and_json(daemon, capsys, monkeypatch):
     real = meshctl.request_stream
     monkeypatch.setattr(meshctl, "request_stream",
                         lambda path, obj, timeout: real(path, {"cmd": "dump"}, timeout))
-    code, out, err = run(capsys, "--socket", daemon.path, "--json", "status")
+    code, out, _err = run(capsys, "--socket", daemon.path, "--json", "status")
     assert code == 0
     assert [json.loads(line) for line in out.splitlines()][-1] == {"ok": True, "more": False}
     assert len(out.splitlines()) == 4
@@ -277,3 +332,93 @@ def test_health_commands(daemon, capsys):
         {"cmd": "host", "action": "disable", "name": "web3"},
         {"cmd": "redirect", "action": "enable", "name": "www"},
         {"cmd": "show", "what": "summary"}]
+
+
+# ------------------------------------------------------------------- reload
+
+
+class CannedServer:
+    """A plain Unix socket server answering each request line with the next canned answer.
+
+    Written by hand (no serve_control): a refused reload answers "ok": false
+    with a "refused" list, which the daemon side builds itself.
+    """
+
+    def __init__(self, path, answers):
+        self.path = path
+        self.answers = list(answers)
+        self.requests = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self):
+        for answer in self.answers:
+            conn, _ = self.sock.accept()
+            with conn, conn.makefile("rwb") as f:
+                self.requests.append(json.loads(f.readline()))
+                f.write(json.dumps(answer).encode() + b"\n")
+                f.flush()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(5)
+        self.sock.close()
+
+
+RELOAD_APPLIED = {"ok": True, "applied": ["cluster.send_key: 1 -> 2", "sync.peers: added node 3"]}
+RELOAD_NOTHING = {"ok": True, "applied": []}
+RELOAD_REFUSED = {"ok": False, "error": "reload refused: 2 key(s) need a restart",
+                  "refused": ["meshd.toml: node.id: 1 -> 2: needs a restart",
+                              "meshd.toml: cluster.port: 7112 -> 7000: needs a restart"]}
+RELOAD_BROKEN = {"ok": False, "error": "meshd.toml: TOML syntax: Expected '=' (at line 3, column 5)"}
+
+
+def test_reload_prints_what_was_applied(tmpdir_short, capsys):
+    path = os.path.join(tmpdir_short, "r.sock")
+    with CannedServer(path, [RELOAD_APPLIED, RELOAD_NOTHING]) as server:
+        assert run(capsys, "--socket", path, "reload") == \
+            (0, "applied: cluster.send_key: 1 -> 2\napplied: sync.peers: added node 3\n", "")
+        assert run(capsys, "--socket", path, "reload") == (0, "nothing changed\n", "")
+    assert server.requests == [{"cmd": "reload"}, {"cmd": "reload"}]
+
+
+def test_reload_refused_prints_the_error_and_every_refused_key(tmpdir_short, capsys):
+    path = os.path.join(tmpdir_short, "r.sock")
+    with CannedServer(path, [RELOAD_REFUSED, RELOAD_BROKEN]):
+        code, out, err = run(capsys, "--socket", path, "reload")
+        assert (code, out) == (1, "")
+        assert err == ("meshctl: reload: reload refused: 2 key(s) need a restart\n"
+                       "  refused: meshd.toml: node.id: 1 -> 2: needs a restart\n"
+                       "  refused: meshd.toml: cluster.port: 7112 -> 7000: needs a restart\n")
+        code, out, err = run(capsys, "--socket", path, "reload")
+        assert (code, out) == (1, "")
+        assert err == f"meshctl: reload: {RELOAD_BROKEN['error']}\n"
+
+
+@pytest.mark.parametrize("answer, code", [(RELOAD_APPLIED, 0), (RELOAD_NOTHING, 0),
+                                          (RELOAD_REFUSED, 1), (RELOAD_BROKEN, 1)])
+def test_reload_json_prints_the_answer_as_is(tmpdir_short, capsys, answer, code):
+    path = os.path.join(tmpdir_short, "r.sock")
+    with CannedServer(path, [answer]):
+        got, out, _ = run(capsys, "--socket", path, "reload", "--json")
+    assert got == code
+    assert json.loads(out) == answer
+
+
+def test_reload_waits_longer_than_other_commands(daemon, capsys, monkeypatch):
+    seen = []
+    real = meshctl.request_stream
+
+    def spy(path, obj, timeout):
+        seen.append((obj["cmd"], timeout))
+        return real(path, {"cmd": "status"}, timeout)
+    monkeypatch.setattr(meshctl, "request_stream", spy)
+    run(capsys, "--socket", daemon.path, "reload")
+    run(capsys, "--socket", daemon.path, "status")
+    run(capsys, "--socket", daemon.path, "reload", "--timeout", "2")
+    assert seen == [("reload", 30.0), ("status", 5.0), ("reload", 2.0)]

@@ -1,0 +1,186 @@
+"""What a valid configuration would still trip on once meshd runs.
+
+load_config() checks the file itself.  preflight() looks at the machine: the
+programs meshd will run (notify hooks, track scripts, health script checks),
+the CA files the TLS checks will load, the interfaces the groups use.  Each
+problem is a Finding; `meshd --check` prints them, and the daemon logs them
+at start without refusing to start (a hook fixed later works from then on).
+
+Programs follow keepalived's enable_script_security: meshd runs them as
+root, so whoever can change one, or rename a directory on its path, runs
+code as root.  Every path component (of the name as written and of the file
+it resolves to) must be owned by root or by the user meshd runs as, and
+writable by nobody else, except a directory with the sticky bit (/tmp):
+there, others cannot replace a file they do not own.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import stat
+from dataclasses import dataclass
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str        # "error": meshd would fail at it; "warning": it may, on this machine
+    key: str          # key path in the configuration file, as in config errors
+    message: str      # names the file or interface concerned
+    config: str = ""  # the configuration file
+
+    def __str__(self) -> str:
+        text = f"{self.config}: {self.key}: {self.message}"
+        return f"warning: {text}" if self.level == "warning" else text
+
+
+def preflight(config: Config) -> list[Finding]:
+    """Every finding for `config` on this machine, in file order."""
+    found: list[tuple[str, str, str]] = []
+    for i, g in enumerate(config.groups):
+        for j, program in enumerate(g.notify):
+            found += _program(f"group[{i}].notify[{j}]", program)
+    for i, t in enumerate(config.track_scripts):
+        found += _program(f"track_script[{i}].command[0]", t.command[0])
+    if config.health is not None:
+        for i, table in enumerate(config.health.tables):
+            where = f"health.table[{i}].check"
+            if table.check.script:
+                found += _program(f"{where}.script", table.check.script)
+            if table.check.ca_file:
+                found += _ca_file(f"{where}.ca_file", table.check.ca_file)
+    for i, g in enumerate(config.groups):
+        found += _interface(f"group[{i}].interface", g.interface,
+                            "the group would stay in FAULT until it appears")
+    for i, t in enumerate(config.track_interfaces):
+        found += _interface(f"track_interface[{i}].interface", t.interface,
+                            "it would count as down, adding its weight")
+    if config.sync is not None and config.sync.interface:
+        found += _interface("sync.interface", config.sync.interface,
+                            "the state mesh could not bind to it and meshd would not start")
+    return [Finding(level, key, message, config.path) for level, key, message in found]
+
+
+# ---------------------------------------------------------------- programs
+
+
+def _program(key: str, program: str) -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    if "/" not in program:
+        # Resolved as the daemon will (subprocess searches PATH); a service
+        # manager may give meshd another PATH than this shell has.
+        found = shutil.which(program)
+        if found is None:
+            return [("error", key, (f"no executable \"{program}\" found in PATH "
+                                    f"({os.environ.get('PATH', os.defpath)})"))]
+        path = found
+    elif not os.path.isabs(program):
+        path = os.path.abspath(program)
+        out.append(("warning", key, (f"{program} is a relative path: found here as {path}, but "
+                                     "meshd resolves it from the directory it starts in "
+                                     "(/ under systemd)")))
+    else:
+        path = program
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return [*out, ("error", key, f"{path}: {e.strerror}")]
+    if not stat.S_ISREG(st.st_mode):
+        return [*out, ("error", key, f"{path} is not a regular file")]
+    if not st.st_mode & 0o111 or not os.access(path, os.X_OK):
+        out.append(("error", key, f"{path} is not executable (mode {_mode(st)}); chmod +x it"))
+    out += [("error", key, problem) for problem in _unsafe(path)]
+    return out
+
+
+def _unsafe(path: str) -> list[str]:
+    """Why someone other than root or us could change what `path` runs ([] when safe)."""
+    problems = []
+    trusted = {0, os.geteuid()}
+    given, real = os.path.abspath(path), os.path.realpath(path)
+    # By inode: /bin and /usr/bin (merged /usr) are one directory, checked once;
+    # a symbolic link's own mode means nothing, its directory and target do.
+    seen: set[tuple[int, int]] = set()
+    for component in [*_components(given)[:-1], *_components(real)]:
+        try:
+            st = os.stat(component)
+        except OSError as e:
+            problems.append(f"{component}: {e.strerror}")
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        if component == real:
+            what = path if real == given else f"{real} (where {path} leads)"
+            how = ""
+        else:
+            what = f"directory {component}"
+            how = f", so others could replace {path}"
+        if st.st_uid not in trusted:
+            problems.append(f"{what} is owned by {_user(st.st_uid)}, not by root or the user "
+                            f"meshd runs as{how}; chown it")
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if writable and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+            by = {stat.S_IWGRP: ("group", "g-w"), stat.S_IWOTH: ("others", "o-w"),
+                  stat.S_IWGRP | stat.S_IWOTH: ("group and others", "go-w")}[writable]
+            problems.append(f"{what} is writable by {by[0]} (mode {_mode(st)}){how}; "
+                            f"chmod {by[1]} {'it' if not how else component}")
+    return problems
+
+
+def _components(path: str) -> list[str]:
+    """/usr/lib/x -> ["/", "/usr", "/usr/lib", "/usr/lib/x"]."""
+    parts = [p for p in path.split("/") if p]
+    return ["/"] + ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+
+
+def _mode(st: os.stat_result) -> str:
+    return f"{stat.S_IMODE(st.st_mode):o}"
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+# ---------------------------------------------------------------- CA files
+
+
+def _ca_file(key: str, path: str) -> list[tuple[str, str, str]]:
+    """The file the TLS check loads as its trust store: readable, and certificates in it."""
+    out: list[tuple[str, str, str]] = []
+    if not os.path.isabs(path):
+        out.append(("warning", key, (f"{path} is a relative path: meshd opens it from the "
+                                     "directory it starts in (/ under systemd)")))
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):   # before open(): a FIFO would block it
+            return [*out, ("error", key, f"{path} is not a regular file")]
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        return [*out, ("error", key, f"cannot read {path}: {e.strerror}")]
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except ssl.SSLError as e:
+        out.append(("error", key, f"{path} holds no certificate the TLS check can use: {e.reason or e}"))
+    return out
+
+
+# --------------------------------------------------------------- interfaces
+
+
+def _interface(key: str, name: str, consequence: str) -> list[tuple[str, str, str]]:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        # A warning: --check may run on another machine than the one it is for.
+        return [("warning", key, f"no interface \"{name}\" on this machine; {consequence}")]
+    return []
