@@ -30,6 +30,7 @@ from .election.transport import ElectionSockets, TransportError
 from .hooks import HookRun, HookRunner
 from .kernel import addresses as kaddr
 from .kernel.announce import AnnounceError, announce
+from .kernel.leases import AddressLeases
 from .kernel.links import LinkMonitor, initial_state
 from .log import EventLog, RateLimiter
 from .replay import ReplayGuard
@@ -143,6 +144,8 @@ class Daemon:
         self.sync = None
         self.health = None
         self._announcing: dict[str, trio.CancelScope] = {}   # group -> its GARP/NA burst
+        lifetime = config.node.address_lifetime_s
+        self.leases = AddressLeases(lifetime, log) if lifetime else None
 
     # ------------------------------------------------------------------ start
 
@@ -188,6 +191,30 @@ class Daemon:
 
     async def run(self) -> None:
         self._prepare()
+        if self.leases is not None:
+            self.leases.start()
+        try:
+            await self._run()
+        finally:
+            self._drop_held_addresses()
+
+    def _drop_held_addresses(self) -> None:
+        """Whatever ended the daemon (a stop has released them already), drop what
+        it still holds now rather than when the lifetimes run out."""
+        if self.leases is None:
+            return
+        held = self.leases.held()
+        self.leases.close()
+        for interface, addresses in held.items():
+            try:
+                errors = kaddr.remove_addresses(interface, addresses)
+            except (kaddr.AddressError, OSError) as e:
+                errors = [str(e)]
+            self.log("addresses_dropped", level="warning", interface=interface,
+                     addresses=",".join(addresses), reason="daemon ended without a stop",
+                     errors=errors or None)
+
+    async def _run(self) -> None:
         cfg = self.config
         self.log("started", node=cfg.node.name, node_id=cfg.node.id, epoch=self.core.epoch,
                  version=__version__, groups=",".join(g.name for g in cfg.groups),
@@ -220,18 +247,31 @@ class Daemon:
             nursery.start_soon(self.timer.run)
             nursery.start_soon(self._link_loop, monitor)
             nursery.start_soon(self._save_replay_loop)
+            nursery.start_soon(self._liveness_loop)
             nursery.start_soon(self._signal_loop)
             self._start_tracks()
 
     async def _reconcile_addresses(self, cfg: Config) -> None:
-        """A crashed master leaves its addresses behind; a new boot starts without them."""
+        """An earlier instance may have left addresses behind (a crash with
+        address_lifetime_s = 0, or a restart within the lifetime); a new boot
+        starts without them, before it joins any group."""
         for g in cfg.groups:
             try:
-                errors = await trio.to_thread.run_sync(kaddr.remove_addresses, g.interface, g.addresses)
-            except kaddr.AddressError:
+                present = await trio.to_thread.run_sync(kaddr.interface_addresses, g.interface)
+            except (kaddr.AddressError, OSError):
                 continue  # interface missing: the group starts in FAULT
+            stale = tuple(a for a in g.addresses if a in present)
+            if not stale:
+                continue
+            try:
+                errors = await trio.to_thread.run_sync(kaddr.remove_addresses, g.interface, stale)
+            except kaddr.AddressError:
+                continue
             for err in errors:
                 self.log("address_error", level="error", group=g.name, error=err)
+            self.log("stale_addresses_removed", level="warning", group=g.name, interface=g.interface,
+                     addresses=",".join(stale), reason="left behind by an earlier meshd",
+                     failed=len(errors) or None)
 
     def _watched_interfaces(self) -> list[str]:
         names = {g.interface for g in self.config.groups}
@@ -298,7 +338,7 @@ class Daemon:
         elif isinstance(action, AddAddresses):
             # Raw rtnetlink, well under a millisecond: inline, since a hand-over
             # to a worker thread costs more than that on a busy 2-core box.
-            await self._addresses(action, kaddr.add_addresses, "addresses_added", inline=True)
+            await self._addresses(action, self._add_and_hold, "addresses_added", inline=True)
             if self.sync is not None:
                 self.sync.addresses_moved()
         elif isinstance(action, RemoveAddresses):
@@ -307,6 +347,8 @@ class Daemon:
             scope = self._announcing.pop(action.group, None)
             if scope is not None:
                 scope.cancel()
+            if self.leases is not None:
+                self.leases.release(action.interface, action.addresses)
             await self._addresses(action, kaddr.remove_addresses, "addresses_removed")
         elif isinstance(action, Announce):
             old = self._announcing.pop(action.group, None)
@@ -319,6 +361,14 @@ class Daemon:
             if cfg is not None:
                 self.hooks.submit(HookRun(cfg.notify, action.group, action.state.value,
                                           action.priority, cfg.notify_timeout_ms / 1000))
+
+    def _add_and_hold(self, interface: str, addresses: tuple[str, ...]) -> list[str]:
+        """Add with the configured lifetime, then keep renewing what was added."""
+        if self.leases is None:
+            return kaddr.add_addresses(interface, addresses)
+        failed = kaddr.add_addresses_detail(interface, addresses, self.leases.lifetime_s)
+        self.leases.hold(interface, tuple(a for a in addresses if a not in failed))
+        return list(failed.values())
 
     async def _addresses(self, action, operation, event: str, inline: bool = False) -> None:
         start = trio.current_time()
@@ -427,6 +477,14 @@ class Daemon:
             label = source.replace("link:", "tracked interface ").replace("script:", "track script ")
             return self.core.set_tracked_fault(counter, f"{label} failed", failed, now)
         return self.core.set_demotion(counter, source, weight if failed else 0, now, reason)
+
+    async def _liveness_loop(self) -> None:
+        """Tell the address leases that the event loop runs (see kernel/leases.py)."""
+        if self.leases is None:
+            return
+        while True:
+            self.leases.feed()
+            await trio.sleep(self.leases.interval / 2)
 
     def _replay_guards(self) -> list[tuple[str, ReplayGuard]]:
         guards = [("replay.json", self.core.replay)]

@@ -39,12 +39,13 @@ IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 
 
-# IPv6 virtual addresses are also added *deprecated* (preferred lifetime 0,
-# valid forever): Linux then never picks them as the source of the node's own
-# packets, as an IPv4 secondary address is not picked either.  Without it the
-# master's unicast adverts would leave from the virtual address, which its
-# peers do not know as a peer address.  Traffic to the address is unaffected.
-V6_VIRTUAL = {"flags": IFA_F_NODAD, "preferred_lft": 0, "valid_lft": 0xFFFFFFFF}
+# IPv6 virtual addresses are also added *deprecated* (preferred lifetime 0):
+# Linux then never picks them as the source of the node's own packets, as an
+# IPv4 secondary address is not picked either.  Without it the master's unicast
+# adverts would leave from the virtual address, which its peers do not know as
+# a peer address.  Traffic to the address is unaffected.
+V6_FLAGS = IFA_F_NODAD
+FOREVER = 0xFFFFFFFF          # IFA_CACHEINFO's "infinite" lifetime
 
 
 class AddressError(Exception):
@@ -101,13 +102,21 @@ def interface_addresses(interface: str) -> set[str]:
         return set(_dump(ipr, index))
 
 
-def add_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
+def add_addresses(interface: str, addresses: tuple[str, ...], lifetime_s: int = 0) -> list[str]:
     """Add addresses; already present is fine. Returns one error string per failure.
 
+    lifetime_s > 0 gives them that valid lifetime (see kernel/leases.py: the
+    kernel drops them unless they are renewed); 0 adds them for good.
     The adds go out as raw RTM_NEWADDR requests in one sendmsg (a takeover
     waits for them: ~0.2 ms instead of ~3 ms through pyroute2's encoders);
     pyroute2 is used only for the rare "already there?" check.
     """
+    return list(add_addresses_detail(interface, addresses, lifetime_s).values())
+
+
+def add_addresses_detail(interface: str, addresses: tuple[str, ...],
+                         lifetime_s: int = 0) -> dict[str, str]:
+    """As add_addresses, keyed: address -> its error (only the failed ones, in order)."""
     index = _ifindex(interface)
     found: dict[int, str] = {}           # position in `addresses` -> error (errors keep that order)
     todo = []
@@ -122,7 +131,7 @@ def add_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
             found[i] = parse_errors[0]
     exists = []
     if todo:
-        for (i, a, ifa), code in zip(todo, _newaddr(index, [ifa for _i, _a, ifa in todo])):
+        for (i, a, ifa), code in zip(todo, newaddr(index, [ifa for _i, _a, ifa in todo], lifetime_s)):
             if code == errno.ENODEV:
                 raise AddressError(f"interface {interface!r} disappeared while adding {a}")
             if code == errno.EEXIST:
@@ -138,11 +147,11 @@ def add_addresses(interface: str, addresses: tuple[str, ...]) -> list[str]:
                 problem = _check_present(ipr, index, ifa)
                 if problem:
                     found[i] = f"add {a} on {interface}: {problem}"
-    return [found[i] for i in sorted(found)]
+    return {addresses[i]: found[i] for i in sorted(found)}
 
 
 RTM_NEWADDR = 20
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 NLMSG_ERROR = 2
 IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO, IFA_FLAGS = 1, 2, 6, 8
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -153,31 +162,55 @@ def _rta(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) & 3)
 
 
-def newaddr_message(index: int, ifa: ipaddress.IPv4Interface | ipaddress.IPv6Interface, seq: int) -> bytes:
-    """One RTM_NEWADDR request (create, exclusive, acked), as pyroute2's addr("add") builds it."""
+def newaddr_message(index: int, ifa: ipaddress.IPv4Interface | ipaddress.IPv6Interface, seq: int,
+                    lifetime_s: int = 0, renew: bool = False) -> bytes:
+    """One acked RTM_NEWADDR request, as pyroute2's addr("add") builds it.
+
+    An add is exclusive (EEXIST tells an address already there); a renewal
+    replaces the lifetime of a present address (and creates it if it is not:
+    the kernel does not honour a missing NLM_F_CREATE for addresses).
+    lifetime_s 0 means valid forever.
+    """
     v6 = ifa.version == 6
     packed = ifa.ip.packed
+    valid = lifetime_s or FOREVER
     attrs = _rta(IFA_ADDRESS, packed)
     if v6:
-        # V6_VIRTUAL: no DAD, deprecated (preferred 0), valid forever.
-        attrs += _rta(IFA_FLAGS, struct.pack("=I", V6_VIRTUAL["flags"]))
-        attrs += _rta(IFA_CACHEINFO, struct.pack("=IIII", V6_VIRTUAL["preferred_lft"],
-                                                 V6_VIRTUAL["valid_lft"], 0, 0))
+        attrs += _rta(IFA_FLAGS, struct.pack("=I", V6_FLAGS))
+        attrs += _rta(IFA_CACHEINFO, struct.pack("=IIII", 0, valid, 0, 0))    # deprecated
     else:
         attrs = _rta(IFA_LOCAL, packed) + attrs
+        if lifetime_s:
+            attrs += _rta(IFA_CACHEINFO, struct.pack("=IIII", valid, valid, 0, 0))
     body = _IFADDRMSG.pack(AF_INET6 if v6 else AF_INET, ifa.network.prefixlen,
-                           V6_VIRTUAL["flags"] if v6 else 0, 0, index) + attrs
-    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
+                           V6_FLAGS if v6 else 0, 0, index) + attrs
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | (NLM_F_REPLACE if renew else NLM_F_EXCL)
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWADDR, flags, seq, 0) + body
 
 
-def _newaddr(index: int, ifas: list) -> list[int]:
-    """Send the adds in one batch; the errno of each (0 = added), in order."""
+def open_rtnetlink(timeout: float = 5.0) -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
     try:
         sock.bind((0, 0))
-        sock.settimeout(5)
-        sock.sendall(b"".join(newaddr_message(index, ifa, seq) for seq, ifa in enumerate(ifas, 1)))
+        sock.settimeout(timeout)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def newaddr(index: int, ifas: list, lifetime_s: int = 0, renew: bool = False,
+            sock: socket.socket | None = None) -> list[int]:
+    """Send the requests in one batch; the errno of each (0 = done), in order.
+
+    With `sock`, that (blocking, bound) rtnetlink socket is used and kept open.
+    """
+    own = sock is None
+    if own:
+        sock = open_rtnetlink()
+    try:
+        sock.sendall(b"".join(newaddr_message(index, ifa, seq, lifetime_s, renew)
+                              for seq, ifa in enumerate(ifas, 1)))
         results: dict[int, int] = {}
         while len(results) < len(ifas):
             data = sock.recv(65536)
@@ -193,7 +226,8 @@ def _newaddr(index: int, ifas: list) -> list[int]:
     except socket.timeout:
         raise OSError(errno.ETIMEDOUT, "no answer from rtnetlink to RTM_NEWADDR") from None
     finally:
-        sock.close()
+        if own:
+            sock.close()
 
 
 def _check_present(ipr: IPRoute, index: int, ifa) -> str | None:
