@@ -114,7 +114,7 @@ def test_shipped_unit_passes_verify_as_it_is(tmp_path):
     (("WatchdogSec=", "WatchdogSecs="), "Unknown key"),
     (("Type=notify", "Type=notifyy"), "Failed to parse service type"),
     (("RestrictAddressFamilies=AF_UNIX", "RestrictAddressFamilies=AF_UNIXX"), "Failed to parse address family"),
-    (("@system-service", "@system-servic"), "Unknown system call group"),
+    (("SystemCallFilter=@system-service", "SystemCallFilter=@system-servic"), "Unknown system call group"),
 ])
 def test_verify_rejects_a_broken_copy(tmp_path, broken, said):
     old, new = broken
