@@ -150,7 +150,12 @@ class HealthService:
 
     async def _reset_loop(self) -> None:
         while True:
-            resets = await self.nflog.receive()
+            try:
+                resets = await self.nflog.receive()
+            except trio.ClosedResourceError:
+                # close() at stop closed the socket under this wait: the watcher
+                # ends with it (raising here made a clean SIGTERM exit 1).
+                return
             now = trio.current_time()
             actions = []
             for r in resets:
