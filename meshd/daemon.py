@@ -9,8 +9,10 @@ of another.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import math
+import os
 import signal
 from functools import partial
 from typing import Any
@@ -32,8 +34,11 @@ from .kernel import addresses as kaddr
 from .kernel.announce import AnnounceError, announce
 from .kernel.leases import AddressLeases
 from .kernel.links import LinkMonitor, initial_state
+from .lifecycle import (DUMP_SIGNALS, HANDLED_SIGNALS, IGNORED_SIGNALS, RELOAD_SIGNALS, Readiness,
+                        signal_name, status_line, write_dump)
 from .log import EventLog, RateLimiter
 from .replay import ReplayGuard
+from .sdnotify import Notifier
 from .state import StateStore
 from .timers import CoreTimer
 from .track.scripts import run_track_script
@@ -128,9 +133,14 @@ class _ReadFirst:
 
 
 class Daemon:
-    def __init__(self, config: Config, log: EventLog):
+    def __init__(self, config: Config, log: EventLog, notifier: Notifier | None = None):
         self.config = config
         self.log = log
+        # Read (and scrubbed from the environment) before any hook is started.
+        self.notifier = notifier if notifier is not None else Notifier.from_environment()
+        self.readiness = Readiness(with_sync=config.sync is not None)
+        self._status_sent: str | None = None
+        self._in_sync: bool | None = None
         self.store = StateStore(config.node.state_dir)
         self.sockets = ElectionSockets(config.cluster.port, config.cluster.multicast_v4,
                                        config.cluster.multicast_v6)
@@ -152,6 +162,10 @@ class Daemon:
     def _prepare(self) -> None:
         """Everything that can fail before the daemon touches the network."""
         cfg = self.config
+        try:
+            os.makedirs(cfg.node.run_dir, mode=0o750, exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"cannot create run directory {cfg.node.run_dir}: {e.strerror}") from None
         try:
             self.store.ensure()
             replay = ReplayGuard()
@@ -242,6 +256,10 @@ class Daemon:
             # Not the `now` from before the state mesh's start-up: its table dump
             # can take a while, and a stale `now` arms an expired master-down timer.
             self.dispatch(self.core.start(trio.current_time()))
+            self.readiness.groups_started(trio.current_time())
+            self._tell_supervisor()
+            if self.notifier.last_error:
+                self.log("notify_problem", level="warning", error=self.notifier.last_error)
             for family in list(self.sockets.socks):
                 nursery.start_soon(self._receive_loop, family)
             nursery.start_soon(self.timer.run)
@@ -293,10 +311,12 @@ class Daemon:
 
     def dispatch(self, actions: list) -> None:
         """Log events now; queue everything else on its group's executor."""
+        status_changed = False
         for action in actions:
             if isinstance(action, StateChanged):
                 self.log("state", group=action.group, old=action.old.value,
                          new=action.new.value, reason=action.reason)
+                status_changed = True
             elif isinstance(action, AdvertRejected):
                 ok, suppressed = self.reject_log.allow((action.reason, action.source),
                                                       trio.current_time())
@@ -306,9 +326,26 @@ class Daemon:
                              suppressed=suppressed or None)
             elif isinstance(action, DemotionChanged):
                 self.log("demotion", name=action.name, value=action.value, reason=action.reason)
+                status_changed = True
             else:
                 self._executor(action.group).submit(action)
+        if status_changed:
+            self._tell_supervisor()
         self.timer.kick()
+
+    def _tell_supervisor(self) -> None:
+        """READY=1 once start-up is done, and STATUS= whenever the summary changes."""
+        if self.readiness.groups_started_at is None:
+            return
+        groups = self.core.status(trio.current_time())["groups"]
+        line = status_line(groups, self._in_sync)
+        if self.readiness.check(trio.current_time(), [g["state"] for g in groups]):
+            self.notifier.ready(line)
+            self._status_sent = line
+            self.log("ready", status=line)
+        elif line != self._status_sent and self.readiness.ready:
+            self.notifier.status(line)
+            self._status_sent = line
 
     def _executor(self, group: str) -> GroupExecutor:
         ex = self.executors.get(group)
@@ -479,12 +516,19 @@ class Daemon:
         return self.core.set_demotion(counter, source, weight if failed else 0, now, reason)
 
     async def _liveness_loop(self) -> None:
-        """Tell the address leases that the event loop runs (see kernel/leases.py)."""
-        if self.leases is None:
-            return
+        """Show that the event loop runs: to the address leases (kernel/leases.py)
+        and to systemd's watchdog, which restarts a daemon whose loop is stuck.
+        Also where a start-up still waiting for the state mesh is called done."""
+        periods = [p for p in (self.leases and self.leases.interval / 2,
+                               self.notifier.watchdog_interval, 1.0) if p]
+        period = min(periods)
         while True:
-            self.leases.feed()
-            await trio.sleep(self.leases.interval / 2)
+            if self.leases is not None:
+                self.leases.feed()
+            self.notifier.watchdog()
+            if not self.readiness.ready:
+                self._tell_supervisor()
+            await trio.sleep(period)
 
     def _replay_guards(self) -> list[tuple[str, ReplayGuard]]:
         guards = [("replay.json", self.core.replay)]
@@ -509,19 +553,64 @@ class Daemon:
             self.log("state_save_failed", level="error", error=e.strerror or str(e))
 
     async def _signal_loop(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        """See lifecycle.py for what each signal does (and which cannot be caught)."""
+        for signum in IGNORED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self.reload()
+                if signum in RELOAD_SIGNALS:
+                    await self._reload_supervised("SIGHUP")
+                elif signum in DUMP_SIGNALS:
+                    await self._write_dump(signum)
                 else:
-                    await self.stop(signal.Signals(signum).name)
+                    await self.stop(signal_name(signum))
                     return
+
+    async def _reload_supervised(self, why: str):
+        """A reload as systemd sees it: RELOADING=1, the reload, READY=1."""
+        self.notifier.reloading()
+        self.log.reopen()                    # a log file moved away by logrotate (never raises)
+        try:
+            result = self.reload()
+            if inspect.isawaitable(result):
+                result = await result
+        finally:
+            self.notifier.ready(status_line(self.core.status(trio.current_time())["groups"],
+                                            self._in_sync))
+        return result
+
+    async def _write_dump(self, signum: int) -> None:
+        """SIGUSR1: the state (meshctl status, the state mesh's and health's
+        summaries); SIGUSR2: the statistics; as JSON files under run_dir."""
+        name = DUMP_SIGNALS[signum]
+        try:
+            if signum == signal.SIGUSR1:
+                data = {"status": await self.handle_control({"cmd": "status"}),
+                        "addresses_held": self.leases.held() if self.leases else None}
+                if self.health is not None:
+                    data["health"] = await self.handle_control({"cmd": "show", "what": "summary"})
+            else:
+                data = {"election": {g["name"]: {"adverts": g["adverts"], "transitions": g["transitions"]}
+                                     for g in self.core.status(trio.current_time())["groups"]},
+                        "rejected": dict(self.core.rejected)}
+                if self.sync is not None:
+                    data["sync"] = await self.handle_control({"cmd": "stats"})
+                if self.leases is not None:
+                    data["address_leases"] = {"renewals": self.leases.renewals,
+                                              "errors": self.leases.errors, "stalls": self.leases.stalls}
+            path = await trio.to_thread.run_sync(write_dump, self.config.node.run_dir, name, data)
+        except (OSError, ControlError) as e:
+            self.log("dump_failed", level="error", signal=signal_name(signum),
+                     error=getattr(e, "strerror", None) or str(e))
+            return
+        self.log("dump_written", signal=signal_name(signum), path=path)
 
     async def stop(self, why: str) -> None:
         """Bow out of every group, drop the addresses, save state, end the nursery."""
         if self._stopping:
             return
         self._stopping = True
+        self.notifier.stopping()
         self.log("stopping", reason=why)
         self.dispatch(self.core.shutdown(trio.current_time(), f"shutting down ({why})"))
         with trio.move_on_after(SHUTDOWN_GRACE):
@@ -583,8 +672,11 @@ class Daemon:
     # --------------------------------------------------------------- control
 
     def _on_sync_state(self, in_sync: bool, reason: str) -> None:
+        self._in_sync = in_sync
+        self.readiness.sync_verdict(in_sync)
         self.dispatch(self.core.set_demotion("all", "sync", 0 if in_sync else SYNC_DEMOTION,
                                              trio.current_time(), f"state mesh: {reason}"))
+        self._tell_supervisor()
 
     def _on_health_demote(self, counter: str, on: bool, reason: str) -> None:
         self.dispatch(self.core.set_demotion(counter, "health", HEALTH_DEMOTION if on else 0,
