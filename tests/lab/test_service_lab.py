@@ -212,3 +212,21 @@ def test_busy_master_keeps_its_addresses(meshd_ready, lab):
     assert md.group_states(lab.status(1)) == dict.fromkeys(GROUP_NAMES, "MASTER")
     assert not _events(lab, 1, "address_renewal_paused")
     assert not _events(lab, 1, "address_renewal_failed")
+
+
+def test_sighup_reopens_a_log_file(meshd_ready, lab):
+    """logrotate moves the file away and sends SIGHUP: the next lines go to a new file."""
+    path = os.path.join(lab.run_dir, "meshd-file.log")
+    config = md.write_config(lab.run_dir, 1)
+    lab.procs.start("meshd-fw1", lab.fw(1), [sys.executable, "-m", "meshd", "--config", config,
+                                             "--log-format", "json", "--log-target", f"file:{path}"],
+                    env=md.child_env(), cwd=md.REPO)
+    lab.wait_states({1: "MASTER"}, GROUP_NAMES, timeout=10)
+    os.rename(path, path + ".1")
+    lab.procs.send_signal("meshd-fw1", signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path) or '"reload' not in open(path).read():
+        assert time.monotonic() < deadline, "no new log file after SIGHUP"
+        time.sleep(0.05)
+    old = [json.loads(line)["event"] for line in open(path + ".1")]
+    assert "started" in old and not any(e.startswith("reload") for e in old)
