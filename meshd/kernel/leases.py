@@ -88,9 +88,11 @@ class AddressLeases:
                 parsed[a] = ipaddress.ip_interface(a)
             except ValueError:
                 continue                  # add_addresses already reported it
+        # No renewal now: the add carried the lifetime, and a takeover's
+        # announcements should not compete with one for the GIL.  (An address
+        # that was already present gets ours at the next renewal.)
         with self._lock:
             self._held.setdefault(interface, {}).update(parsed)
-        self._wake.set()                  # a renewal now gives a present address our lifetime
 
     def release(self, interface: str, addresses: tuple[str, ...]) -> None:
         """Stop renewing; when this returns, no renewal of them is running or will run."""
