@@ -13,8 +13,8 @@ NETNS_LAB = Path(__file__).resolve().parents[1] / "netns-lab"
 if str(NETNS_LAB) not in sys.path:
     sys.path.insert(0, str(NETNS_LAB))
 
-from meshlab import bench  # noqa: E402
-from meshlab.bench import Target, build_rows, median, plan_runs, ratio, round_sig  # noqa: E402
+from meshlab.bench import session as bench  # noqa: E402
+from meshlab.bench.session import Target, build_rows, median, plan_runs, ratio, round_sig  # noqa: E402
 
 BOTH = ["meshd", "reference"]
 

@@ -35,13 +35,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-from . import meshd_node as md
-from . import scenarios as sc
-from .flows import summarize
-from .procs import Procs
-from .systems import make_system, reference_module
-from .topology import LAN_VIRTUAL, SRV_VIRTUAL, VIRTUAL_ADDRESSES, Lab, LabError, nsexec
-from .watch import start_watch
+from .. import meshd_node as md
+from .. import scenarios as sc
+from ..flows import summarize
+from ..procs import Procs
+from ..systems import make_system, reference_module
+from ..topology import LAN_VIRTUAL, SRV_VIRTUAL, VIRTUAL_ADDRESSES, Lab, LabError, nsexec
+from ..watch import start_watch
 
 # ---------------------------------------------------------------------- the load
 
@@ -1023,7 +1023,7 @@ class BenchSession:
                 self.procs.kill_all()
         finally:
             try:
-                from .topology import down
+                from ..topology import down
                 down(self.prefix)
             finally:
                 restore_conntrack_max(self.conntrack_max_old)
