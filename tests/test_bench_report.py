@@ -1,4 +1,4 @@
-"""The benchmark's report (netns-lab/meshlab/bench.py): medians, ratios, target checks, the run
+"""The benchmark's report (netns-lab/meshlab/bench/): medians, ratios, target checks, the run
 plan and the table.  Pure functions on synthetic run results: no root, no lab."""
 
 from __future__ import annotations
@@ -13,8 +13,17 @@ NETNS_LAB = Path(__file__).resolve().parents[1] / "netns-lab"
 if str(NETNS_LAB) not in sys.path:
     sys.path.insert(0, str(NETNS_LAB))
 
-from meshlab.bench import session as bench  # noqa: E402
-from meshlab.bench.session import Target, build_rows, median, plan_runs, ratio, round_sig  # noqa: E402
+from meshlab.bench.plan import fits_budget, plan_phases, plan_runs
+from meshlab.bench.report import HEADERS, format_markdown, format_table, gap_series
+from meshlab.bench.rows import (
+    Target,
+    build_rows,
+    kinds_for_rows,
+    median,
+    ratio,
+    round_sig,
+)
+from meshlab.bench.session import cpu_delta, stalled_sockets
 
 BOTH = ["meshd", "reference"]
 
@@ -155,7 +164,7 @@ def test_loss_rows_count_a_stuck_reference_as_a_result():
     assert "run once per system" in conv["note"]
     frac = _row(rows, "loss20_fraction")
     assert frac["reference"] == 0.99964 and frac["met"] is True
-    assert "stuck" in bench.format_table(rows)
+    assert "stuck" in format_table(rows)
     res[0]["converge_s"] = None
     assert _row(build_rows(res, BOTH, rows=[6]), "loss20_converge_s")["met"] is False
 
@@ -200,20 +209,20 @@ def test_plan_alternates_systems_and_runs_slow_rows_once():
 
 
 def test_only_repetitions_after_the_first_can_be_cut_by_the_budget():
-    phases = bench.plan_phases(list(range(1, 8)), BOTH, reps=3)
+    phases = plan_phases(list(range(1, 8)), BOTH, reps=3)
     assert [(p.name, p.optional) for p in phases] == [
         ("repetition 1", False), ("once per system", False), ("repetition 2", True), ("repetition 3", True)]
-    assert bench.fits_budget(elapsed=400, phase_estimate=140, budget_s=540) is True
-    assert bench.fits_budget(elapsed=401, phase_estimate=140, budget_s=540) is False
-    assert bench.fits_budget(elapsed=9999, phase_estimate=140, budget_s=None) is True
-    assert [p.name for p in bench.plan_phases([6], BOTH, reps=3)] == ["once per system"]
+    assert fits_budget(elapsed=400, phase_estimate=140, budget_s=540) is True
+    assert fits_budget(elapsed=401, phase_estimate=140, budget_s=540) is False
+    assert fits_budget(elapsed=9999, phase_estimate=140, budget_s=None) is True
+    assert [p.name for p in plan_phases([6], BOTH, reps=3)] == ["once per system"]
 
 
 def test_plan_runs_only_what_the_rows_need():
-    assert bench.kinds_for_rows([1]) == ["gap0", "gap100k", "gap200k"]    # every kill times a takeover
-    assert bench.kinds_for_rows([4]) == ["repl"]
-    assert bench.kinds_for_rows([5]) == ["repl", "mem500k"]
-    assert bench.kinds_for_rows([6, 7]) == ["loss20", "loss50", "three"]
+    assert kinds_for_rows([1]) == ["gap0", "gap100k", "gap200k"]    # every kill times a takeover
+    assert kinds_for_rows([4]) == ["repl"]
+    assert kinds_for_rows([5]) == ["repl", "mem500k"]
+    assert kinds_for_rows([6, 7]) == ["loss20", "loss50", "three"]
     assert plan_runs([7], ["reference"], 2) == []
     assert plan_runs([1], ["meshd"], 1) == [("gap0", "meshd", 1), ("gap100k", "meshd", 1), ("gap200k", "meshd", 1)]
 
@@ -226,9 +235,9 @@ def test_table_formats_units_and_marks_unmet_targets():
     res += [_run("repl", "meshd", 1, commit_s=2.0, commit_rate=50000, lag_s=0.1, cpu_s=2.0, rss_per_entry=300.0),
             _run("repl", "reference", 1, commit_s=1.0, commit_rate=100000, lag_s=0.2, cpu_s=1.0,
                  rss_per_entry=400.0)]
-    text = bench.format_table(build_rows(res, BOTH, rows=[1, 4]))
+    text = format_table(build_rows(res, BOTH, rows=[1, 4]))
     lines = text.splitlines()
-    assert lines[0].split() == bench.HEADERS
+    assert lines[0].split() == HEADERS
     rate = [ln for ln in lines if "commit rate" in ln][0]
     assert "50,000" in rate and "100,000" in rate and "0.50" in rate and rate.rstrip().endswith("NO")
     take = [ln for ln in lines if "takeover" in ln][0]
@@ -239,7 +248,7 @@ def test_markdown_has_a_table_and_the_machine():
     rows = build_rows(_gap_results(), BOTH, rows=[1])
     machine = {"cpu": "Test CPU", "cores": 2, "kernel": "6.1", "python": "3.11.7",
                "keepalived": "Keepalived v2.2.7", "conntrackd": "conntrackd v1.4.7", "date": "2025-01-01"}
-    text = bench.format_markdown(rows, machine, {"reps": 3, "systems": BOTH, "seconds": 500, "argv": "--json"})
+    text = format_markdown(rows, machine, {"reps": 3, "systems": BOTH, "seconds": 500, "argv": "--json"})
     lines = text.splitlines()
     table = [ln for ln in lines if ln.startswith("|")]
     assert len(table) == 3 and table[1].startswith("|---")
@@ -249,7 +258,7 @@ def test_markdown_has_a_table_and_the_machine():
 
 
 def test_gap_series_for_the_plot():
-    series = bench.gap_series(_gap_results(), "reference")
+    series = gap_series(_gap_results(), "reference")
     assert series == [(0, 423.0, 440.0), (100_000, None, None), (200_000, 1000.0, 3000.0)]
 
 
@@ -266,12 +275,12 @@ SS_OUTPUT = """\
 
 
 def test_stalled_sockets_are_the_retransmitting_ones():
-    assert bench.stalled_sockets(SS_OUTPUT) == 2          # in flight (retransmits 0) is running
-    assert bench.stalled_sockets("") == 0
+    assert stalled_sockets(SS_OUTPUT) == 2          # in flight (retransmits 0) is running
+    assert stalled_sockets("") == 0
 
 
 def test_cpu_delta_counts_new_processes_from_zero():
-    assert bench.cpu_delta({10: 1.0, 11: 2.0}, {10: 1.5, 11: 2.25, 12: 0.5}) == pytest.approx(1.25)
+    assert cpu_delta({10: 1.0, 11: 2.0}, {10: 1.5, 11: 2.25, 12: 0.5}) == pytest.approx(1.25)
 
 
 def test_takeover_row_takes_every_kill():
@@ -279,5 +288,5 @@ def test_takeover_row_takes_every_kill():
                for k, s, v in (("gap0", "meshd", 300.0), ("gap100k", "meshd", 200.0), ("gap200k", "meshd", 210.0),
                                ("gap0", "reference", 250.0), ("gap100k", "reference", 260.0),
                                ("gap200k", "reference", 270.0))]
-    row = next(r for r in bench.build_rows(results, ["meshd", "reference"], [1]) if r["key"] == "takeover_ms")
+    row = next(r for r in build_rows(results, ["meshd", "reference"], [1]) if r["key"] == "takeover_ms")
     assert row["meshd"] == 210 and row["reference"] == 260 and row["met"] is True

@@ -14,8 +14,8 @@ import os
 import shutil
 
 import pytest
-from meshlab.bench import session as bench
 from meshlab import scenarios as sc
+from meshlab.bench import session as bench
 from meshlab.systems import MeshdSystem, make_system, reference_module
 from meshlab.topology import LabError, down, lab_namespaces
 

@@ -1,19 +1,6 @@
-"""meshd against keepalived + conntrackd, side by side on the same lab (issue 4).
+"""The benchmark's measurements, its runs and the session that runs them on one lab.
 
-The parts, top to bottom:
-
-  * rows and targets (`ROWS`, `Target`): what each row measures, from which run,
-    and what "met" means;
-  * the report (`build_rows`, `format_table`, `format_markdown`): medians,
-    ratios meshd / reference, target checks.  Pure functions, unit-tested;
-  * measurements on /proc and in namespaces (CPU, RSS, kernel table size, flow
-    sockets);
-  * the runs (`run_survival`, `run_replication`, `run_loss`, `run_three_nodes`):
-    one measured run of one system, started and stopped by the caller;
-  * the plan and the session (`plan_runs`, `BenchSession`, `run_benchmark`):
-    which runs, in which order (the systems alternate), one lab reused between
-    runs and always taken down.
-
+(Being split: the load, the rows, the plan and the report are their own modules now.)
 A run that fails records its error in its rows; the others go on.
 """
 
@@ -21,12 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
-import os
-import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,437 +23,37 @@ from .. import scenarios as sc
 from ..flows import summarize
 from ..procs import Procs
 from ..systems import make_system, reference_module
-from ..topology import LAN_VIRTUAL, SRV_VIRTUAL, VIRTUAL_ADDRESSES, Lab, LabError, nsexec
+from ..topology import (
+    LAN_VIRTUAL,
+    SRV_VIRTUAL,
+    VIRTUAL_ADDRESSES,
+    Lab,
+    LabError,
+    nsexec,
+)
 from ..watch import start_watch
+from .load import (
+    CACHE_ONLY_COMMIT,
+    FLOWS,
+    FLOWS_REPLICATED_S,
+    GAP_SIZES,
+    GIVE_UP_S,
+    LOSS_ENTRIES,
+    LOSS_PERCENTS,
+    LOSS_RATE,
+    MEMORY_BIG,
+    REPLICATION_ENTRIES,
+    REPLICATION_RATE,
+    REPLICATION_TIMEOUT_S,
+    TAKEOVER_TIMEOUT_S,
+)
+from .plan import fits_budget, plan_phases
+from .report import build_report
 
-# ---------------------------------------------------------------------- the load
-
-FLOWS = 100                          # live TCP flows of the gap rows
-GAP_SIZES = (0, 100_000, 200_000)    # preloaded entries of the gap rows
-REPLICATION_ENTRIES = 100_000
-REPLICATION_RATE = 23_000            # entries/s, as the anchor measured conntrackd
-MEMORY_BIG = 500_000
-LOSS_ENTRIES = 50_000
-LOSS_RATE = 25_000
-LOSS_PERCENTS = (20, 50)
-GIVE_UP_S = 120.0                    # loss rows: the time before a system is called stuck
-REPLICATION_TIMEOUT_S = 60.0         # other rows: both systems normally need well under 5 s
-FLOWS_REPLICATED_S = 15.0            # the live flows' entries on fw2 before the kill
-TAKEOVER_TIMEOUT_S = 20.0            # a takeover normally takes well under 5 s, even at 200k
-# Rows 3-5 and 7 run meshd with commit = "takeover": a backup then only caches the peers'
-# entries, as conntrackd does, and row 4's commit really creates every entry.  (The gap
-# rows use the default, "continuous".)
-CACHE_ONLY_COMMIT = "takeover"
 CONNTRACK_MAX = 1_200_000            # root namespace, while the benchmark runs
 DEFAULT_REPS = 3
 DEFAULT_BUDGET_S = 540.0             # the whole default run must end within 10 minutes
 DEFAULT_PREFIX = "bench-"
-THREE_NODES_NOTE = ("no reference: conntrackd FTFW has one sequence stream and no node id in its "
-                    "header, so it replicates between two nodes only")
-
-
-# ---------------------------------------------------------------------- rows and targets
-
-
-@dataclass(frozen=True)
-class Target:
-    """A target: `subject` ("ratio" = meshd / reference, or "meshd") `op` `value`."""
-
-    subject: str
-    op: str
-    value: float
-
-    def __post_init__(self):
-        if self.subject not in ("ratio", "meshd") or self.op not in ("<=", ">="):
-            raise ValueError(f"bad target {self.subject} {self.op} {self.value}")
-
-    def describe(self, unit: str = "") -> str:
-        text = f"{self.subject} {self.op} {self.value:g}"
-        return text + (f" {unit}" if self.subject == "meshd" and unit not in ("", "x", "fraction") else "")
-
-    def met(self, meshd: float | None, ratio: float | None) -> bool | None:
-        """True/False, or None when the value it needs is missing."""
-        v = ratio if self.subject == "ratio" else meshd
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return None
-        return v <= self.value if self.op == "<=" else v >= self.value
-
-
-@dataclass(frozen=True)
-class Row:
-    """One row of the table: `metric` of the runs of `kind`, median over repetitions.
-
-    stuck_is_result: a None sample means "did not get there in time" (a result, counted
-    as infinitely long), not a missing measurement.  derive: a row computed from the
-    medians of other rows (meshd only).
-    """
-
-    issue_row: int
-    key: str
-    name: str
-    unit: str
-    kind: str | tuple[str, ...] | None      # the run kind(s) whose results it takes
-    metric: str
-    target: Target | None = None
-    stuck_is_result: bool = False
-    derive: Callable[[dict[str, float | None]], float | None] | None = None
-    reference_note: str | None = None
-
-
-def _gap_growth(medians: dict[str, float | None]) -> float | None:
-    big, empty = medians.get("gap_median_200k"), medians.get("gap_median_0")
-    if big is None or not empty:
-        return None
-    return big / empty
-
-
-ROWS: tuple[Row, ...] = (
-    # Every flow-gap run kills the master the same way: all of them time the takeover
-    # (the table size changes neither system's path to the addresses).
-    Row(1, "takeover_ms", "takeover after the master is killed (100 ms adverts)", "ms",
-        ("gap0", "gap100k", "gap200k"), "takeover_ms", Target("ratio", "<=", 1.0)),
-    Row(2, "gap_median_0", "flow gap median, empty table", "ms", "gap0", "median_gap_ms",
-        Target("ratio", "<=", 1.0)),
-    Row(2, "gap_max_0", "flow gap max, empty table", "ms", "gap0", "max_gap_ms", Target("ratio", "<=", 1.0)),
-    Row(2, "gap_median_100k", "flow gap median, 100k entries", "ms", "gap100k", "median_gap_ms",
-        Target("ratio", "<=", 0.6)),
-    Row(2, "gap_max_100k", "flow gap max, 100k entries", "ms", "gap100k", "max_gap_ms",
-        Target("ratio", "<=", 0.6)),
-    Row(2, "gap_median_200k", "flow gap median, 200k entries", "ms", "gap200k", "median_gap_ms",
-        Target("ratio", "<=", 0.6)),
-    Row(2, "gap_max_200k", "flow gap max, 200k entries", "ms", "gap200k", "max_gap_ms",
-        Target("ratio", "<=", 0.6)),
-    Row(2, "gap_growth", "meshd flow gap median, 200k entries / empty table", "x", None, "",
-        Target("meshd", "<=", 1.2), derive=_gap_growth,
-        reference_note="meshd only: its gap at 200k against its own empty-table gap"),
-    Row(3, "replication_lag_s", "replication lag after injecting 100k entries", "s", "repl", "lag_s",
-        Target("ratio", "<=", 1.0)),
-    Row(3, "replication_cpu_s", "daemon CPU for replicating 100k entries, both nodes", "s", "repl", "cpu_s",
-        Target("ratio", "<=", 1.0)),
-    Row(4, "commit_s", "commit of 100k external entries into the kernel", "s", "repl", "commit_s"),
-    Row(4, "commit_rate", "commit rate, 100k external entries", "entries/s", "repl", "commit_rate",
-        Target("ratio", ">=", 1.5)),
-    Row(5, "rss_100k", "daemon RSS per cached entry, 100k entries", "bytes", "repl", "rss_per_entry",
-        Target("ratio", "<=", 2.0)),
-    Row(5, "rss_500k", "daemon RSS per cached entry, 500k entries", "bytes", "mem500k", "rss_per_entry",
-        Target("ratio", "<=", 2.0)),
-    Row(6, "loss20_fraction", "20% loss on the sync link: fraction of 50k replicated", "fraction", "loss20",
-        "fraction", Target("meshd", ">=", 1.0)),
-    Row(6, "loss20_converge_s", "20% loss on the sync link: time to converge", "s", "loss20", "converge_s",
-        Target("meshd", "<=", 5.0), stuck_is_result=True),
-    Row(6, "loss50_fraction", "50% loss on the sync link: fraction of 50k replicated", "fraction", "loss50",
-        "fraction", Target("meshd", ">=", 1.0)),
-    Row(6, "loss50_converge_s", "50% loss on the sync link: time to converge", "s", "loss50", "converge_s",
-        Target("meshd", "<=", 30.0), stuck_is_result=True),
-    Row(7, "three_nodes_lag_s", "three nodes: replication lag of 100k entries to two peers", "s", "three",
-        "lag_s", reference_note=THREE_NODES_NOTE),
-)
-
-# Runs of each kind: run once per system (even in a full run) or once per repetition.
-ONCE_KINDS = ("mem500k", "loss20", "loss50")
-REPEATED_KINDS = ("gap0", "gap100k", "gap200k", "repl", "three")
-KIND_ORDER = ("gap0", "gap100k", "gap200k", "repl", "mem500k", "loss20", "loss50", "three")
-MESHD_ONLY_KINDS = ("three",)
-
-
-def _kinds(kind: str | tuple[str, ...] | None) -> tuple[str, ...]:
-    return () if kind is None else (kind,) if isinstance(kind, str) else kind
-
-
-def kinds_for_rows(rows: list[int]) -> list[str]:
-    """The run kinds the selected issue rows need, in run order."""
-    needed = {k for r in ROWS if r.issue_row in rows for k in _kinds(r.kind)}
-    if 2 in rows:
-        needed |= {"gap0", "gap100k", "gap200k"}
-    return [k for k in KIND_ORDER if k in needed]
-
-
-@dataclass(frozen=True)
-class Phase:
-    """Runs done together: one repetition of the repeated kinds, or the once-only kinds.
-
-    optional: skipped when the time budget cannot fit it (repetitions after the first).
-    """
-
-    name: str
-    runs: tuple[tuple[str, str, int], ...]          # (kind, system, repetition)
-    optional: bool = False
-
-
-def plan_phases(rows: list[int], systems: list[str], reps: int) -> list[Phase]:
-    """The runs in order: repetition 1, the once-only runs, then repetitions 2..reps.
-
-    Within a repetition every kind runs once per system in turn (meshd, reference, meshd,
-    reference...), so slow drifts of the machine hit both alike; the three-node runs come
-    last (their lab has a third firewall).  The once-only kinds (500k memory, loss: the
-    reference may need its whole 120 s) come second, so that a time budget can only ever
-    cut extra repetitions, never a row.
-    """
-    kinds = kinds_for_rows(rows)
-
-    def runs(selected, rep: int) -> tuple[tuple[str, str, int], ...]:
-        return tuple((kind, system, rep) for kind in selected for system in systems
-                     if not (kind in MESHD_ONLY_KINDS and system != "meshd"))
-
-    repeated = [k for k in kinds if k in REPEATED_KINDS]
-    once = [k for k in kinds if k in ONCE_KINDS]
-    phases = []
-    for rep in range(1, reps + 1):
-        r = runs(repeated, rep)
-        if r:
-            phases.append(Phase(f"repetition {rep}", r, optional=rep > 1))
-        if rep == 1 and runs(once, 1):
-            phases.append(Phase("once per system", runs(once, 1)))
-    return phases
-
-
-def plan_runs(rows: list[int], systems: list[str], reps: int) -> list[tuple[str, str, int]]:
-    """Every run of plan_phases, in order."""
-    return [run for phase in plan_phases(rows, systems, reps) for run in phase.runs]
-
-
-def fits_budget(elapsed: float, phase_estimate: float, budget_s: float | None) -> bool:
-    """Whether a phase expected to take phase_estimate seconds still ends within the budget."""
-    return budget_s is None or elapsed + phase_estimate <= budget_s
-
-
-# ---------------------------------------------------------------------- the report
-
-
-def median(values: list[float]) -> float | None:
-    """Median of the values (inf allowed: a run that never got there); None when empty."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None
-    return statistics.median(sorted(vals))
-
-
-def ratio(meshd: float | None, reference: float | None) -> float | None:
-    """meshd / reference; None when either is missing, infinite, or the reference is 0."""
-    if meshd is None or reference is None or math.isinf(meshd) or math.isinf(reference) or reference == 0:
-        return None
-    return meshd / reference
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isinf(v)) else v
-
-
-def round_sig(v: float | None, digits: int = 4) -> float | None:
-    """v with `digits` significant digits (integers stay integral)."""
-    if v is None or not math.isfinite(v) or v == 0:
-        return v
-    return round(v, max(0, digits - 1 - math.floor(math.log10(abs(v)))))
-
-
-def build_rows(results: list[dict[str, Any]], systems: list[str], rows: list[int] | None = None,
-               row_specs: tuple[Row, ...] = ROWS) -> list[dict[str, Any]]:
-    """The report rows from the runs' results.
-
-    results: one dict per run: {"kind", "system", "rep", and either the metrics or "error"}.
-    Every row: {"name", "unit", "meshd", "reference", "ratio", "target", "met"} plus
-    "key", "issue_row", "samples" {system: [values]}, and "error" / "note" when there is
-    something to say.  A system that did not run has null; so has a run that failed.
-    """
-    out: list[dict[str, Any]] = []
-    medians: dict[str, float | None] = {}
-    for spec in row_specs:
-        if rows is not None and spec.issue_row not in rows:
-            continue
-        row: dict[str, Any] = {"key": spec.key, "issue_row": spec.issue_row, "name": spec.name,
-                               "unit": spec.unit}
-        samples: dict[str, list] = {}
-        errors: list[str] = []
-        notes: list[str] = []
-        values: dict[str, float | None] = {"meshd": None, "reference": None}
-        if spec.derive is not None:
-            values["meshd"] = spec.derive(medians) if "meshd" in systems else None
-        else:
-            for system in ("meshd", "reference"):
-                runs = [r for r in results if r["kind"] in _kinds(spec.kind) and r["system"] == system]
-                ok = [r for r in runs if "error" not in r]
-                errors += [f"{system} run {r.get('rep', '?')}: {r['error']}" for r in runs if "error" in r]
-                got = [r.get(spec.metric) for r in ok]
-                if spec.stuck_is_result:
-                    got = [math.inf if v is None else v for v in got]
-                else:
-                    got = [v for v in got if v is not None]
-                if runs:
-                    samples[system] = [None if (isinstance(v, float) and math.isinf(v))
-                                       else round_sig(v, 6 if spec.unit == "fraction" else 4) for v in got]
-                values[system] = median(got)
-                lost = [r for r in ok if r.get("survived") is not None and r.get("survived") < r.get("flows", 0)]
-                if lost:
-                    notes.append(f"{system}: " + ", ".join(f"{r['flows'] - r['survived']} of {r['flows']} flows "
-                                                            f"died in run {r.get('rep', '?')}" for r in lost)
-                                 + " (gaps are over the survivors)")
-                if spec.stuck_is_result and any(math.isinf(v) for v in got):
-                    stuck = [r for r in ok if r.get(spec.metric) is None]
-                    notes.append(f"{system} did not converge within {stuck[0].get('give_up_s', GIVE_UP_S):g} s "
-                                 f"(fraction replicated {stuck[0].get('fraction')})")
-            if any(k in ONCE_KINDS for k in _kinds(spec.kind)):
-                notes.append("run once per system, also in a full run")
-        medians[spec.key] = _finite(values["meshd"])
-        meshd_v, ref_v = _finite(values["meshd"]), _finite(values["reference"])
-        r = ratio(values["meshd"], values["reference"])
-        if spec.reference_note:
-            ref_v, r = None, None
-            if "reference" in systems:
-                notes.append(spec.reference_note)
-        digits = 6 if spec.unit == "fraction" else 4      # 18 of 50k missing must still show
-        row.update({"meshd": round_sig(meshd_v, digits), "reference": round_sig(ref_v, digits),
-                    "ratio": round_sig(r, 3),
-                    "target": spec.target.describe(spec.unit) if spec.target else None,
-                    # (an infinite meshd value, "never converged", fails a "meshd <=" target)
-                    "met": spec.target.met(values["meshd"], r) if spec.target else None})
-        if samples:
-            row["samples"] = samples
-        if errors:
-            row["error"] = "; ".join(errors)
-        if notes:
-            row["note"] = "; ".join(notes)
-        out.append(row)
-    return out
-
-
-def format_value(v: float | None, unit: str) -> str:
-    if v is None:
-        return "-"
-    if unit == "ms" or unit == "bytes":
-        return f"{v:,.0f}"
-    if unit == "entries/s":
-        return f"{v:,.0f}"
-    if unit == "fraction":
-        return f"{v:.5f}".rstrip("0").rstrip(".") if v < 1 else "1"
-    if unit in ("s", "x"):
-        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
-    return f"{v:g}"
-
-
-def _met_text(met: bool | None) -> str:
-    return "-" if met is None else ("yes" if met else "NO")
-
-
-def _table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
-    cells = []
-    for r in rows:
-        ref = format_value(r["reference"], r["unit"])
-        if r["reference"] is None and "reference" in (r.get("samples") or {}) and \
-                any(v is None for v in r["samples"]["reference"]):
-            ref = "stuck"
-        cells.append([str(r["issue_row"]), r["name"], r["unit"], format_value(r["meshd"], r["unit"]), ref,
-                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}", r["target"] or "-",
-                      _met_text(r["met"]) + (" (error)" if r.get("error") else "")])
-    return cells
-
-
-HEADERS = ["#", "what", "unit", "meshd", "reference", "ratio", "target", "met"]
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as an aligned text table, then the notes and errors."""
-    cells = [HEADERS] + _table_cells(rows)
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
-    right = {0, 3, 4, 5}
-    lines = []
-    for j, c in enumerate(cells):
-        lines.append("  ".join(c[i].rjust(widths[i]) if i in right else c[i].ljust(widths[i])
-                               for i in range(len(c))).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines += _footnotes(rows)
-    return "\n".join(lines)
-
-
-def _footnotes(rows: list[dict[str, Any]]) -> list[str]:
-    """Notes (each text once, with the rows it is about), then errors."""
-    by_text: dict[str, list[str]] = {}
-    for r in rows:
-        for text in filter(None, (r.get("note") or "").split("; ")):
-            by_text.setdefault(text, []).append(r["name"])
-    out = [f"note: {text} ({'; '.join(names)})" for text, names in by_text.items()]
-    for r in rows:
-        if r.get("error"):
-            out.append(f"error ({r['name']}): {r['error']}")
-    return out
-
-
-def format_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], settings: dict[str, Any]) -> str:
-    """The rows and the machine as a markdown section for docs/benchmarks.md."""
-    out = [f"Run of {machine.get('date', '?')}: `netns-lab/bench {settings.get('argv', '')}`".rstrip(), "",
-           "| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    for c in _table_cells(rows):
-        out.append("| " + " | ".join(x.replace("|", "\\|") for x in c) + " |")
-    notes = _footnotes(rows)
-    if notes:
-        out.append("")
-        out += [f"- {n}" for n in notes]
-    out += ["", "Machine:", ""]
-    for key, label in (("cpu", "CPU"), ("cores", "cores"), ("memory", "memory"), ("kernel", "kernel"),
-                       ("python", "Python"), ("keepalived", "keepalived"), ("conntrackd", "conntrackd"),
-                       ("meshd_commit", "meshd commit"), ("date", "date")):
-        if machine.get(key) is not None:
-            out.append(f"- {label}: {machine[key]}")
-    reps = settings.get("repetitions_done", settings.get("reps"))
-    out.append(f"- repetitions: {reps} (medians), systems: {', '.join(settings.get('systems', []))}, "
-               f"total time {settings.get('seconds', '?')} s")
-    return "\n".join(out) + "\n"
-
-
-def gap_series(results: list[dict[str, Any]], system: str) -> list[tuple[int, float | None, float | None]]:
-    """(table size, median of the runs' median gaps, median of the runs' max gaps) of one system."""
-    series = []
-    for kind, size in zip(("gap0", "gap100k", "gap200k"), GAP_SIZES):
-        ok = [r for r in results if r["kind"] == kind and r["system"] == system and "error" not in r]
-        series.append((size, median([r.get("median_gap_ms") for r in ok]),
-                       median([r.get("max_gap_ms") for r in ok])))
-    return series
-
-
-def write_plot(path: str, results: list[dict[str, Any]], systems: list[str]) -> None:
-    """Flow gap against table size for each system (median solid, max dashed) as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"meshd": "tab:blue", "reference": "tab:red"}
-    labels = {"meshd": "meshd", "reference": "keepalived + conntrackd"}
-    for system in systems:
-        pts = [(s, m, x) for s, m, x in gap_series(results, system) if m is not None]
-        if not pts:
-            continue
-        xs = [s / 1000 for s, _, _ in pts]
-        ax.plot(xs, [m for _, m, _ in pts], "o-", color=colors.get(system), label=f"{labels[system]}: median")
-        ax.plot(xs, [x for _, _, x in pts], "s--", color=colors.get(system), alpha=0.7,
-                label=f"{labels[system]}: max")
-    ax.set_xlabel("entries in the conntrack table (thousands)")
-    ax.set_ylabel(f"flow gap over {FLOWS} live TCP flows (ms)")
-    ax.set_title("Live-flow gap at failover, 100 ms adverts")
-    ax.set_xticks([s / 1000 for s in GAP_SIZES])
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def ensure_matplotlib(out: TextIO) -> None:
-    """Import matplotlib, pip-installing it first when it is missing (only for --plot)."""
-    try:
-        import matplotlib  # noqa: F401
-        return
-    except ImportError:
-        pass
-    out.write("bench: matplotlib is missing; installing it with pip (for --plot)\n")
-    p = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "matplotlib"],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise LabError(f"cannot install matplotlib for --plot: pip exit {p.returncode}: "
-                       f"{(p.stderr or p.stdout).strip()[-800:]}")
-    import importlib
-    importlib.invalidate_caches()
-    import matplotlib  # noqa: F401,F811
 
 
 # ---------------------------------------------------------------------- measurements
@@ -895,45 +478,6 @@ def restore_conntrack_max(old: int | None) -> None:
             f.write(str(old))
 
 
-def _version(argv: list[str]) -> str | None:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in (p.stdout + p.stderr).splitlines():
-        if line.strip():
-            return line.strip()
-    return None
-
-
-def machine_description() -> dict[str, Any]:
-    cpu = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-            mem = f"{kb / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    commit = None
-    try:
-        p = subprocess.run(["git", "-C", md.REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                           text=True, timeout=10)
-        commit = p.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
-            "python": platform.python_version(), "keepalived": _version(["keepalived", "--version"]),
-            "conntrackd": _version(["conntrackd", "-v"]), "meshd_commit": commit,
-            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 @dataclass
@@ -1096,21 +640,7 @@ def run_benchmark(rows: list[int], systems: list[str], reps: int, prefix: str = 
     finally:
         session.close(keep_run_dir=session.failed_runs > 0 and not interrupted)
     seconds = round(time.monotonic() - session.t0, 1)
-    report = {
-        "rows": build_rows(results, systems, rows),
-        "settings": {"rows": rows, "systems": systems, "reps": reps, "advbase_ms": advbase_ms, "flows": FLOWS,
-                     "gap_sizes": list(GAP_SIZES), "replication_entries": REPLICATION_ENTRIES,
-                     "replication_rate": REPLICATION_RATE, "memory_entries": [REPLICATION_ENTRIES, MEMORY_BIG],
-                     "loss_entries": LOSS_ENTRIES, "loss_rate": LOSS_RATE, "give_up_s": GIVE_UP_S,
-                     "meshd_commit_rows_3_to_7": CACHE_ONLY_COMMIT, "seconds": seconds,
-                     "budget_s": budget_s, "repetitions_done": max((r["rep"] for r in results), default=0),
-                     "skipped": skipped},
-        "machine": machine_description(),
-        "runs": results,
-        "failed_runs": session.failed_runs,
-        "run_dir_kept": session.run_dir if session.kept_run_dir else None,
-        "interrupted": interrupted,
-    }
-    if "meshd" in systems and "three" in kinds_for_rows(rows) and "reference" in systems:
-        report["settings"]["three_nodes_reference"] = THREE_NODES_NOTE
-    return report
+    return build_report(results, rows=rows, systems=systems, reps=reps, advbase_ms=advbase_ms,
+                        budget_s=budget_s, skipped=skipped, seconds=seconds, failed_runs=session.failed_runs,
+                        run_dir_kept=session.run_dir if session.kept_run_dir else None,
+                        interrupted=interrupted)
