@@ -13,6 +13,7 @@ NETNS_LAB = Path(__file__).resolve().parents[1] / "netns-lab"
 if str(NETNS_LAB) not in sys.path:
     sys.path.insert(0, str(NETNS_LAB))
 
+from meshlab.bench.measure import cpu_delta, stalled_sockets
 from meshlab.bench.plan import fits_budget, plan_phases, plan_runs
 from meshlab.bench.report import HEADERS, format_markdown, format_table, gap_series
 from meshlab.bench.rows import (
@@ -23,7 +24,6 @@ from meshlab.bench.rows import (
     ratio,
     round_sig,
 )
-from meshlab.bench.session import cpu_delta, stalled_sockets
 
 BOTH = ["meshd", "reference"]
 

@@ -1,4 +1,4 @@
-"""The benchmark harness (netns-lab/meshlab/bench.py) in the netns lab, with tiny loads.
+"""The benchmark harness (netns-lab/meshlab/bench/) in the netns lab, with tiny loads.
 
 Root only (tests/lab/conftest.py).  Not a benchmark: the numbers are not
 judged, only that every run measures what its rows need (counts that must be
@@ -15,7 +15,8 @@ import shutil
 
 import pytest
 from meshlab import scenarios as sc
-from meshlab.bench import session as bench
+from meshlab.bench import session
+from meshlab.bench.runs import run_loss, run_replication, run_survival
 from meshlab.systems import MeshdSystem, make_system, reference_module
 from meshlab.topology import LabError, down, lab_namespaces
 
@@ -46,7 +47,7 @@ def _reset(system, lab) -> None:
 def test_runs_measure_a_failover_and_a_replication(meshd_ready, lab, name):
     system = _system(name, lab)
     try:
-        r = bench.run_survival(system, lab.topo, lab.procs, preload=1000, flows=10)
+        r = run_survival(system, lab.topo, lab.procs, preload=1000, flows=10)
         print(name, r)
         assert r["flows"] == 10 and r["survived"] == 10, r
         assert r["flows_replicated"] is True, r
@@ -55,7 +56,7 @@ def test_runs_measure_a_failover_and_a_replication(meshd_ready, lab, name):
         assert r["settled_s"] is not None, r             # the flows were seen running again
         _reset(system, lab)
 
-        r = bench.run_replication(system, lab.topo, lab.procs, entries=3000, rate=0, commit=True)
+        r = run_replication(system, lab.topo, lab.procs, entries=3000, rate=0, commit=True)
         print(name, r)
         assert r["cached"] == 3000, r
         assert r["committed"] >= 3000, r                  # really in fw2's kernel table
@@ -68,7 +69,7 @@ def test_runs_measure_a_failover_and_a_replication(meshd_ready, lab, name):
 def test_loss_run_drops_replication_datagrams(meshd_ready, lab):
     system = MeshdSystem(lab.procs, lab.topo)
     try:
-        r = bench.run_loss(system, lab.topo, lab.procs, 50, entries=2000, rate=10000, give_up_s=60)
+        r = run_loss(system, lab.topo, lab.procs, 50, entries=2000, rate=10000, give_up_s=60)
         print(r)
         assert r["fraction"] == 1.0 and r["converge_s"] is not None, r
         assert (r["dropped"]["fw2"] or 0) > 0, r          # the rule did drop datagrams
@@ -83,14 +84,14 @@ def test_benchmark_records_a_failed_run_goes_on_and_cleans_up(meshd_ready, monke
         system.start((1, 2))
         raise LabError("injected failure (test)")
 
-    runs = dict(bench.RUNS)
+    runs = dict(session.RUNS)
     runs["repl"] = (2, broken)
-    monkeypatch.setattr(bench, "RUNS", runs)
+    monkeypatch.setattr(session, "RUNS", runs)
     with open(CONNTRACK_MAX) as f:
         max_before = f.read().strip()
     report = None
     try:
-        report = bench.run_benchmark([1, 3], ["meshd"], reps=1, prefix=prefix)
+        report = session.run_benchmark([1, 3], ["meshd"], reps=1, prefix=prefix)
     finally:
         left = lab_namespaces(prefix)
         if left:
