@@ -108,9 +108,7 @@ class SyncCore:
             raise ValueError(f"max_datagram must be {MIN_DATAGRAM}..65507")
         if resend_queue < 16:
             raise ValueError("resend_queue must be at least 16")
-        if peer_timeout_s < 2 * heartbeat_s:
-            # Two lost heartbeats would declare a live peer absent (and cost it a bulk).
-            raise ValueError("peer_timeout_s must be at least 2 * heartbeat_s")
+        _check_timers(heartbeat_s, digest_interval_s, peer_timeout_s)
         self.node_id = node_id
         self.epoch = epoch
         self.keys = keys
@@ -118,19 +116,15 @@ class SyncCore:
         self.max_body = max_datagram - OVERHEAD
         self.record_budget = self.max_body - DATA_BASE_OVERHEAD
         self.pack_budget = self.record_budget - RESEND_HEADROOM
-        self.heartbeat_s = heartbeat_s
         self.ack_delay_s = ack_delay_s
         self.nack_interval_s = nack_interval_s
-        self.digest_interval_s = digest_interval_s
-        self.repair_timeout_s = digest_interval_s * 0.9
+        self._timer_values(heartbeat_s, digest_interval_s, peer_timeout_s)
         self.bulk_rate = float(bulk_rate)
         self.bulk_burst = max(1.0, self.bulk_rate * 0.01)
-        self.peer_timeout_s = peer_timeout_s
         self.probe_delay_s = 4 * ack_delay_s
-        self.adopt_grace_s = 4 * heartbeat_s
-        self.request_retry_s = max(heartbeat_s, 4 * nack_interval_s)
         self.report = report_external_changes
         self.status_bitmap_bytes = max(1, (self.max_body - 72) // 2)
+        self.resend_queue = resend_queue
         self.max_gap = max(4096, resend_queue // 2)
 
         self.sealer = FrameSealer(keys, node_id, epoch)
@@ -332,6 +326,106 @@ class SyncCore:
             if gone and self.report:
                 self._out.append(ExternalChanged(p.id, (), tuple(gone)))
         return self._flush()
+
+    # ------------------------------------------------------------ reload
+    #
+    # What a configuration reload can change while the mesh runs (meshd/reload.py
+    # says why the rest needs a restart).  None of these costs a peer its state
+    # or this node its in-sync status.
+
+    def set_keys(self, keys: KeyRing, now: float) -> list[Action]:
+        """New cluster keys: seal under keys.send_id from the next frame on, open
+        frames under any key of `keys`; a removed key opens nothing from now on.
+
+        The frame counter goes on (see FrameSealer.rekey): the peers' replay
+        guards and the records' stamps need it to grow anyway.
+        """
+        self._now = now
+        self.keys = keys
+        self.sealer.rekey(keys)
+        self.opener.rekey(keys)
+        self.counters["key changes"] += 1
+        return self._flush()
+
+    def add_peer(self, peer: int, now: float) -> list[Action]:
+        """A new peer: ask it for a bulk resync; it gets ours when it asks (at its
+        start, or its retry once it knows us).
+
+        Not part of an in-sync round: a node in sync stays in sync (its groups
+        are not demoted because a node joined), as when an absent peer returns.
+        Raises ValueError for an id that is ours, known, or out of range.
+        """
+        if peer == self.node_id or peer in self.peers or not 1 <= peer <= 2**32 - 1:
+            raise ValueError(f"cannot add peer {peer}: ours, known already, or out of range")
+        self._now = now
+        p = self.peers[peer] = Peer(peer, self.resend_queue, self.max_gap, added_at=now)
+        self.counters["peers added"] += 1
+        self._out.append(PeerChanged(peer, "added", "added by reload"))
+        self._ask_bulk(p, now)
+        return self._flush()
+
+    def remove_peer(self, peer: int, now: float) -> list[Action]:
+        """A peer removed from the mesh: forget its flows and what we held for it.
+
+        Nothing waits on it any more: the multicast resend queue no longer
+        holds frames for its acknowledgement, and an in-sync round waiting for
+        its bulk completes without it.  The flows of it that were already
+        committed to the kernel stay there (they may be running through this
+        node after a takeover) until they time out.  Its replay mark stays, so
+        its old frames are still refused if it is added again.
+        KeyError for an unknown peer.
+        """
+        p = self.peers.pop(peer)
+        self._now = now
+        self.counters["peers removed"] += 1
+        self._out.append(PeerChanged(peer, "removed",
+                                     f"removed by reload ({len(p.ext)} external entries dropped)"))
+        self._release_mcast()
+        if self.round is not None and self.round.pop(peer, None) is not None:
+            self._check_round(now)
+        return self._flush()
+
+    def set_timers(self, heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float,
+                   now: float) -> list[Action]:
+        """New heartbeat, anti-entropy and peer-timeout periods, from now on.
+
+        A deadline that the new period brings closer moves closer at once;
+        one that it pushes away runs once more at its old time.
+        ValueError as in the constructor.
+        """
+        _check_timers(heartbeat_s, digest_interval_s, peer_timeout_s)
+        self._now = now
+        self._timer_values(heartbeat_s, digest_interval_s, peer_timeout_s)
+        if self.heartbeat_at is not None:
+            self.heartbeat_at = min(self.heartbeat_at, now + heartbeat_s)
+        if self.digest_at is not None:
+            self.digest_at = min(self.digest_at, now + digest_interval_s)
+        return self._flush()
+
+    def set_report_external_changes(self, on: bool, now: float) -> list[Action]:
+        """Switch ExternalChanged reporting (commit = "continuous") on or off.
+
+        Switched on, every external entry held now is reported first, as one
+        upsert per origin: the shell's applier then puts the flows replicated
+        so far into the kernel, ahead of the changes that follow, in order.
+        """
+        self._now = now
+        was, self.report = self.report, on
+        if on and not was:
+            for p in self.peers.values():
+                entries = tuple(p.ext.items())
+                if entries:
+                    self._out.append(ExternalChanged(p.id, entries, ()))
+        return self._flush()
+
+    def _timer_values(self, heartbeat_s: float, digest_interval_s: float,
+                      peer_timeout_s: float) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.digest_interval_s = digest_interval_s
+        self.repair_timeout_s = digest_interval_s * 0.9
+        self.peer_timeout_s = peer_timeout_s
+        self.adopt_grace_s = 4 * heartbeat_s
+        self.request_retry_s = max(heartbeat_s, 4 * self.nack_interval_s)
 
     # ------------------------------------------------------------ queries
 
@@ -591,7 +685,8 @@ class SyncCore:
             if p.mcast_cum is not None and now - heard > self.peer_timeout_s:
                 p.mcast_cum = None
                 released = True
-            silent_since = p.last_heard if p.last_heard is not None else started
+            silent_since = p.last_heard if p.last_heard is not None else \
+                p.added_at if p.added_at is not None else started
             if not p.absent and now - silent_since >= self.peer_timeout_s:
                 p.absent = True
                 self._out.append(PeerChanged(p.id, "absent",
@@ -1039,3 +1134,11 @@ class SyncCore:
         if reason in QUIET_REJECTS:
             return []
         return [FrameRejected(reason, detail, peer)]
+
+
+def _check_timers(heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float) -> None:
+    if heartbeat_s <= 0 or digest_interval_s <= 0:
+        raise ValueError("heartbeat_s and digest_interval_s must be positive")
+    if peer_timeout_s < 2 * heartbeat_s:
+        # Two lost heartbeats would declare a live peer absent (and cost it a bulk).
+        raise ValueError("peer_timeout_s must be at least 2 * heartbeat_s")

@@ -102,10 +102,21 @@ class FrameSealer:
     def __init__(self, keys: KeyRing, sender: int, epoch: int):
         self.sender = sender
         self.epoch = epoch
-        self.key_id = keys.send_id
-        self._aead = AESGCM(frame_key(keys.send_key, sender, epoch))
         self._nonce_prefix = sender.to_bytes(4, "big")
         self.counter = 0
+        self.rekey(keys)
+
+    def rekey(self, keys: KeyRing) -> None:
+        """Seal under keys.send_id from the next frame on (a reload rotated the keys).
+
+        The counter goes on: it is the nonce, so restarting it (a new sealer)
+        would seal new frames under nonces that an earlier frame of this epoch
+        already used, with the same frame key if the send key comes back
+        (1 -> 2 -> 1), which breaks AES-GCM.  Running on, no nonce is ever
+        used twice in the epoch, whatever the keys.
+        """
+        self.key_id = keys.send_id
+        self._aead = AESGCM(frame_key(keys.send_key, self.sender, self.epoch))
 
     def seal(self, ftype: int, body: bytes) -> bytes:
         self.counter += 1
@@ -143,6 +154,17 @@ class FrameOpener:
     def __init__(self, keys: KeyRing):
         self.keys = keys
         self._cache: dict[tuple[int, int, int], AESGCM] = {}
+
+    def rekey(self, keys: KeyRing) -> None:
+        """Open under `keys` from now on (a reload rotated the keys).
+
+        Cached AESGCM objects of a key id that is gone, or whose secret
+        changed, are dropped: a cache entry is a key, and keeping it would go
+        on opening frames sealed under a key the operator removed.
+        """
+        self._cache = {ident: aead for ident, aead in self._cache.items()
+                       if keys.get(ident[0]) is not None and keys.get(ident[0]) == self.keys.get(ident[0])}
+        self.keys = keys
 
     def open(self, data: bytes, header: Header) -> bytes:
         """Check the key id and the tag; return the plaintext body."""

@@ -29,6 +29,7 @@ class Peer:
     epoch: int | None = None             # authenticated epoch; None until first heard
     last_heard: float | None = None
     absent: bool = False
+    added_at: float | None = None        # added by a reload: silence counts from then
     stats: Counter = field(default_factory=Counter)
 
     # ---- as an origin

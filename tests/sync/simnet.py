@@ -9,7 +9,7 @@ What is modelled, and why:
 * Timers: each node's `handle_timer` runs at its `next_deadline()`,
   re-queried after every input, as the shell does; stale timer events are
   ignored through a per-node token.
-* Network: SendFrame(None) reaches every other node (multicast), each copy
+* Network: SendFrame(None) reaches every peer of the sender, each copy
   lost, delayed (base + uniform jitter, so copies reorder) and duplicated
   independently; SendFrame(peer) reaches one node.  Partitions cut links and
   are checked on arrival.  No bandwidth limit (a 1 Gbit/s sync link carries
@@ -111,9 +111,11 @@ class SimNet:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, n: int) -> None:
+    def start(self, n: int, peers=None, keys: KeyRing = KEYS) -> None:
+        """Start node n's core; its peers are every other node unless `peers` says."""
         node = self.nodes[n]
-        node.core = SyncCore(n, [p for p in self.ids if p != n], KEYS, node.epoch, **self.core_kw)
+        peers = [p for p in self.ids if p != n] if peers is None else peers
+        node.core = SyncCore(n, peers, keys, node.epoch, **self.core_kw)
         node.alive = True
         self._apply(node, node.core.start(self.now))
         if node.kernel:
@@ -213,7 +215,9 @@ class SimNet:
         self.sent += 1
         for tap in self.taps:
             tap(src, peer, data)
-        targets = [peer] if peer is not None else [n for n in self.ids if n != src]
+        # "Multicast" reaches the sender's configured peers, as with unicast peers
+        # (the mesh's default): a node it does not know yet gets nothing.
+        targets = [peer] if peer is not None else list(self.nodes[src].core.peers)
         rng = self.rng
         for dst in targets:
             copies = 2 if self.dup and rng.random() < self.dup else 1

@@ -285,3 +285,34 @@ def test_authentic_random_plaintext_raises_only_bad_body(plaintext):
             decode_body(ftype, plaintext)
         except FrameError as e:
             assert e.reason == "bad body"
+
+
+def test_a_rekeyed_sealer_keeps_its_counter_and_seals_under_the_new_key():
+    """Key rotation by reload: the counter is the nonce and must run on (1 -> 2 -> 1
+    would otherwise reuse nonces of this epoch under key 1)."""
+    both = {1: b"a" * 32, 2: b"b" * 32}
+    sealer = FrameSealer(KeyRing.from_secrets(both, 1, SYNC_INFO), 7, 9)
+    frames = [sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0)))]
+    sealer.rekey(KeyRing.from_secrets(both, 2, SYNC_INFO))
+    frames.append(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0))))
+    sealer.rekey(KeyRing.from_secrets(both, 1, SYNC_INFO))
+    frames.append(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0))))
+    headers = [parse_header(f) for f in frames]
+    assert [(h.key_id, h.counter) for h in headers] == [(1, 1), (2, 2), (1, 3)]
+    for kid, f in zip((1, 2, 1), frames):
+        only = KeyRing.from_secrets({kid: both[kid]}, kid, SYNC_INFO)
+        assert decode_frame(f, only).header.counter == parse_header(f).counter
+
+
+def test_a_rekeyed_opener_forgets_keys_that_are_gone_or_changed():
+    old = KeyRing.from_secrets({1: b"a" * 32, 2: b"b" * 32}, 1, SYNC_INFO)
+    opener = FrameOpener(old)
+    f1 = encode_frame(old, 7, 9, 1, FrameType.HEARTBEAT, (0, (), 0), key_id=1)
+    f2 = encode_frame(old, 7, 9, 2, FrameType.HEARTBEAT, (0, (), 0), key_id=2)
+    for f in (f1, f2):
+        decode_frame(f, old, opener)                  # both cached now
+    opener.rekey(KeyRing.from_secrets({2: b"c" * 32}, 2, SYNC_INFO))
+    for f, reason in ((f1, "unknown key"), (f2, "bad tag")):
+        with pytest.raises(FrameError) as e:
+            decode_frame(f, opener.keys, opener)
+        assert e.value.reason == reason
