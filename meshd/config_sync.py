@@ -58,6 +58,14 @@ class SyncConfig:
     def peer(self, node_id: int) -> SyncPeer | None:
         return next((p for p in self.peers if p.id == node_id), None)
 
+    @property
+    def family(self) -> int:
+        """IP version of the state mesh's socket: 6 if a peer or the group is IPv6, else 4."""
+        if any(":" in p.address for p in self.peers) or \
+                (self.multicast_group is not None and ":" in self.multicast_group):
+            return 6
+        return 4
+
 
 def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     t = r.table(data, "sync", SYNC_KEYS)

@@ -173,6 +173,10 @@ class CtEventReader:
         self.own_filter = False      # own events dropped by the kernel (a socket filter)
         self._filter_own()
 
+    def set_rcvbuf(self, size: int) -> int:
+        """A new receive buffer size (a reload); returns what the kernel granted."""
+        return set_buffer(self.sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, size, self.log, "ct_events")
+
     @property
     def portid(self) -> int:
         return self.sock.getsockname()[0]

@@ -49,13 +49,22 @@ class EventFilter:
     stats: FilterStats = field(default_factory=FilterStats)
 
     def __post_init__(self) -> None:
+        self.set_config(self.config)
+        self.local_addresses.add(ipaddress.ip_address("::1").packed)
+
+    def set_config(self, config: SyncFilter) -> None:
+        """New configured filters (a reload); the local addresses and the stats stay.
+
+        In place, so that a consumer holding `keep` filters with the new
+        settings from its next event on.
+        """
+        self.config = config
         self.protocols = frozenset(self.config.ignore_protocols)
         self.networks = [ipaddress.ip_network(a, strict=False) for a in self.config.ignore_addresses]
         self.exact = {n.network_address.packed for n in self.networks
                       if n.prefixlen == n.max_prefixlen}
         self.wide = [n for n in self.networks if n.prefixlen != n.max_prefixlen]
         self.states = frozenset(TCP_STATES.index(s) for s in self.config.ignore_tcp_states)
-        self.local_addresses.add(ipaddress.ip_address("::1").packed)
 
     def set_local_addresses(self, addresses: set[str]) -> None:
         """The node's own and virtual addresses (text), replacing the previous set."""

@@ -53,18 +53,16 @@ class SyncService:
         self.sync = sync
         self.log = log
         self.on_sync_state = on_sync_state
-        keys = KeyRing.from_secrets(config.secrets, config.cluster.send_key, SYNC_INFO)
         self.core = SyncCore(
-            config.node.id, [p.id for p in sync.peers], keys, epoch,
-            max_datagram=sync.max_datagram, heartbeat_s=sync.heartbeat_ms / 1000,
-            resend_queue=sync.resend_queue, digest_interval_s=sync.digest_interval_ms / 1000,
-            peer_timeout_s=max(sync.peer_timeout_ms / 1000, 2 * sync.heartbeat_ms / 1000),
-            report_external_changes=sync.commit == "continuous", replay=replay)
+            config.node.id, [p.id for p in sync.peers], sync_keys(config), epoch,
+            max_datagram=sync.max_datagram, resend_queue=sync.resend_queue,
+            report_external_changes=sync.commit == "continuous", replay=replay,
+            **core_timers(sync))
         self.timer = CoreTimer(self.core, self.dispatch)
         self.filter = EventFilter(sync.filter)
         self.peer_by_address = {_norm(p.address): p.id for p in sync.peers if p.address}
-        self.family = socket.AF_INET6 if any(":" in p.address for p in sync.peers) or \
-            (sync.multicast_group and ":" in sync.multicast_group) else socket.AF_INET
+        self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
+        self.family = socket.AF_INET6 if sync.family == 6 else socket.AF_INET
         self.sock: trio.socket.SocketType | None = None
         self.committer: kct.CtCommitter | None = None
         self.reader: kct.CtEventReader | None = None
@@ -249,7 +247,7 @@ class SyncService:
         buf = bytearray(65536)
         view = memoryview(buf)
         receive = self.core.receive
-        hints: dict[str, int | None] = {}     # source address as received -> peer id (a hint only)
+        hints = self._peer_hints              # a hint only; cleared when the peers change
 
         def peer_of(address: str) -> int | None:
             hint = hints.get(address, -1)
@@ -432,6 +430,52 @@ class SyncService:
                             "at": time.time()}
         return result
 
+    # ------------------------------------------------------------------ reload
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded configuration at once, between two inputs of the core.
+
+        meshd/reload.py has refused what cannot change live (the socket's
+        port, interface, family and multicast group; max_datagram and
+        resend_queue, which size the core's buffers).  What the change then
+        needs from the kernel runs in the nursery afterwards: the dump that
+        makes the internal cache match a new filter, the commit of the
+        replicated flows after a switch to continuous commits.
+        """
+        old, new = self.sync, config.sync
+        now = trio.current_time()
+        keys = sync_keys(config)
+        if keys != self.core.keys:
+            self.dispatch(self.core.set_keys(keys, now))
+        old_ids, new_ids = {p.id for p in old.peers}, {p.id for p in new.peers}
+        # Before the peers' frames go out: _send reads their addresses from here.
+        self.config, self.sync = config, new
+        self.peer_by_address = {_norm(p.address): p.id for p in new.peers if p.address}
+        self._peer_hints.clear()
+        for pid in sorted(old_ids - new_ids):
+            self.dispatch(self.core.remove_peer(pid, now))
+        for pid in sorted(new_ids - old_ids):
+            self.dispatch(self.core.add_peer(pid, now))
+        if core_timers(new) != core_timers(old):
+            self.dispatch(self.core.set_timers(**core_timers(new), now=now))
+        if new.event_buffer_bytes != old.event_buffer_bytes:
+            try:
+                self.reader.set_rcvbuf(new.event_buffer_bytes)
+            except OSError as e:      # a tuning knob: the old buffer stays, say so
+                self.log("ct_buffer_failed", level="error", wanted=new.event_buffer_bytes,
+                         error=e.strerror or str(e))
+        if new.filter != old.filter:
+            self.filter.set_config(new.filter)
+            # Flows the new filter ignores leave the internal cache (and the
+            # peers' copies); flows it no longer ignores come in.  Not before
+            # the peers' bulk in continuous mode: that dump is due anyway.
+            if not self._dump_when_in_sync:
+                self.nursery.start_soon(self._resync_from_kernel, "filter changed")
+        if new.commit != old.commit:
+            # To continuous: every replicated flow held now goes through the
+            # applier into the kernel, ahead of the changes that follow.
+            self.dispatch(self.core.set_report_external_changes(new.commit == "continuous", now))
+
     # ------------------------------------------------------------------ control
 
     async def handle_control(self, cmd: str, request: dict) -> Any:
@@ -493,6 +537,19 @@ class SyncService:
                 n += 1
                 if n % DUMP_CHECKPOINT == 0:
                     await trio.sleep(0)
+
+
+def sync_keys(config: Config) -> KeyRing:
+    """The state mesh's keys: the cluster secrets, derived for the sync AEAD."""
+    return KeyRing.from_secrets(config.secrets, config.cluster.send_key, SYNC_INFO)
+
+
+def core_timers(sync: SyncConfig) -> dict[str, float]:
+    """The [sync] periods as SyncCore takes them (seconds)."""
+    heartbeat = sync.heartbeat_ms / 1000
+    # Two lost heartbeats must not make a live peer absent (the core refuses less).
+    return {"heartbeat_s": heartbeat, "digest_interval_s": sync.digest_interval_ms / 1000,
+            "peer_timeout_s": max(sync.peer_timeout_ms / 1000, 2 * heartbeat)}
 
 
 def _norm(address: str) -> str:
