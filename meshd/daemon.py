@@ -9,7 +9,6 @@ of another.
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import math
 import os
@@ -37,6 +36,7 @@ from .kernel.links import LinkMonitor, initial_state
 from .lifecycle import (DUMP_SIGNALS, HANDLED_SIGNALS, IGNORED_SIGNALS, RELOAD_SIGNALS, Readiness,
                         signal_name, status_line, write_dump)
 from .log import EventLog, RateLimiter
+from .reload import ReloadOutcome, keys_changed, plan_reload
 from .replay import ReplayGuard
 from .sdnotify import Notifier
 from .state import StateStore
@@ -87,6 +87,11 @@ class GroupExecutor:
             except Exception as e:  # one failed action must not stop the group
                 self.daemon.log("action_failed", level="error", group=self.group,
                                 action=type(action).__name__, error=repr(e))
+
+
+def _virtual_addresses(config: Config) -> set[str]:
+    """Every group's virtual addresses, without prefix length."""
+    return {a.split("/")[0] for g in config.groups for a in g.addresses}
 
 
 def election_family(group) -> int:
@@ -156,6 +161,8 @@ class Daemon:
         self._announcing: dict[str, trio.CancelScope] = {}   # group -> its GARP/NA burst
         lifetime = config.node.address_lifetime_s
         self.leases = AddressLeases(lifetime, log) if lifetime else None
+        self._reload_lock = trio.Lock()      # SIGHUP and meshctl reload: one at a time
+        self._receiving: set[int] = set()    # families whose receive loop runs
 
     # ------------------------------------------------------------------ start
 
@@ -440,6 +447,7 @@ class Daemon:
     # ------------------------------------------------------------------ loops
 
     async def _receive_loop(self, family: int) -> None:
+        self._receiving.add(family)
         while True:
             try:
                 d = await self.sockets.receive(family)
@@ -566,14 +574,12 @@ class Daemon:
                     await self.stop(signal_name(signum))
                     return
 
-    async def _reload_supervised(self, why: str):
+    async def _reload_supervised(self, why: str) -> ReloadOutcome:
         """A reload as systemd sees it: RELOADING=1, the reload, READY=1."""
         self.notifier.reloading()
         self.log.reopen()                    # a log file moved away by logrotate (never raises)
         try:
-            result = self.reload()
-            if inspect.isawaitable(result):
-                result = await result
+            result = await self.reload()
         finally:
             self.notifier.ready(status_line(self.core.status(trio.current_time())["groups"],
                                             self._in_sync))
@@ -626,48 +632,100 @@ class Daemon:
 
     # ---------------------------------------------------------------- reload
 
-    def reload(self) -> None:
+    async def reload(self) -> ReloadOutcome:
+        """Read the configuration file again and apply all of it, or nothing.
+
+        SIGHUP and `meshctl reload` both come here, one at a time.  What can
+        change live and what needs a restart is meshd/reload.py's to say; a
+        plan with a refusal is refused whole, and the running configuration
+        stays in force.  Returns what was applied, refused, or why the reload
+        failed; the log says the same (reloaded / reload_unchanged /
+        reload_refused / reload_failed), and says "reloaded" only when
+        everything was applied.
+        """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadOutcome:
         old = self.config
+        if self.nursery is None or not self.core.started:
+            # The shells are not all running yet: a change could not reach them.
+            why = "meshd is still starting; reload once it runs"
+            self.log("reload_failed", level="error", config=old.path, errors=[why])
+            return ReloadOutcome.failing([why], "nothing was applied")
         try:
             new = load_config(old.path)
         except ConfigError as e:
-            self.log("reload_failed", level="error", errors=e.problems)
-            return
-        if new.node != old.node:
-            self.log("reload_failed", level="error",
-                     errors=[f"{old.path}: node: changes to [node] need a restart"])
-            return
-        if new.cluster.port != old.cluster.port or new.cluster.multicast_v4 != old.cluster.multicast_v4 \
-                or new.cluster.multicast_v6 != old.cluster.multicast_v6:
-            self.log("reload_failed", level="error",
-                     errors=[f"{old.path}: cluster: port and multicast changes need a restart"])
-            return
-        if (new.health is None) != (old.health is None):
-            self.log("reload_failed", level="error",
-                     errors=[f"{old.path}: health: adding or removing [health] needs a restart"])
-            return
+            self.log("reload_failed", level="error", config=old.path, errors=e.problems)
+            return ReloadOutcome.failing(e.problems, f"{len(e.problems)} error(s) in the file")
+        plan = plan_reload(old, new)
+        if plan.refusals:
+            self.log("reload_refused", level="error", config=old.path, refused=list(plan.refusals))
+            return ReloadOutcome.refusing(plan.refusals)
+        if not plan.changes:
+            self.log("reload_unchanged", config=old.path)
+            return ReloadOutcome()
+        problem = await self._prepare_reload(old, new)
+        if problem is not None:
+            self.log("reload_failed", level="error", config=old.path, errors=[problem])
+            return ReloadOutcome.failing([problem], "nothing was applied")
+        self._apply_reload(old, new)
+        self.log("reloaded", config=new.path, changes=list(plan.changes))
+        return ReloadOutcome(applied=plan.changes)
+
+    async def _prepare_reload(self, old: Config, new: Config) -> str | None:
+        """The steps of a reload that can fail, before anything changes; the problem, or None.
+
+        Opening a socket for a new advert family changes nothing the running
+        configuration depends on; meshd's nftables table is rebuilt in one
+        transaction, so on error it stays as it was.
+        """
         try:
             self.sockets.open({election_family(g) for g in new.groups})
         except TransportError as e:
-            self.log("reload_failed", level="error", errors=[str(e)])
-            return
-        for family in self.sockets.socks:
-            if family not in {election_family(g) for g in old.groups}:
-                self.nursery.start_soon(self._receive_loop, family)
-        self.config = new
-        self.core.keys = KeyRing.from_secrets(new.secrets, new.cluster.send_key, ELECTION_INFO)
-        self.dispatch(self.core.reconfigure(new.groups, trio.current_time()))
+            return str(e)
         if self.health is not None and new.health != old.health:
-            self.nursery.start_soon(self.health.reload, new)
+            from .kernel.nft import NftError
+            try:
+                await self.health.prepare_reload(new)
+            except (NftError, OSError) as e:
+                return f"health: cannot rebuild nftables table {old.health.nft_table!r}: {e}"
+        return None
+
+    def _apply_reload(self, old: Config, new: Config) -> None:
+        """Everything else, with no checkpoint in between: no task sees half of it."""
+        now = trio.current_time()
+        self.config = new
+        for family in self.sockets.socks:
+            if family not in self._receiving:
+                self._receiving.add(family)
+                self.nursery.start_soon(self._receive_loop, family)
+        if keys_changed(old, new):
+            # Before the groups: a bow-out of a changed group goes out under the new send key.
+            self.core.keys = KeyRing.from_secrets(new.secrets, new.cluster.send_key, ELECTION_INFO)
+        self.dispatch(self.core.reconfigure(new.groups, now))
         self._join_all()
+        if self.sync is not None:
+            if new.sync != old.sync or keys_changed(old, new):
+                self.sync.reconfigure(new)
+            if _virtual_addresses(new) != _virtual_addresses(old):
+                self.nursery.start_soon(self._refresh_sync_addresses)
+        if self.health is not None and new.health != old.health:
+            self.health.apply_reload(new)
         if new.track_scripts != old.track_scripts:
             self._start_tracks(old.track_scripts)
         if new.track_interfaces != old.track_interfaces or \
                 {g.interface for g in new.groups} != {g.interface for g in old.groups}:
             self.nursery.start_soon(self._refresh_links, old)
-        changed = sorted({g.name for g in new.groups} ^ {g.name for g in old.groups}
-                         | {g.name for g in new.groups if g not in old.groups})
-        self.log("reloaded", config=new.path, changed_groups=",".join(changed) or None)
+
+    async def _refresh_sync_addresses(self) -> None:
+        """The state mesh ignores flows to this node's addresses: the virtual ones changed."""
+        try:
+            own = await trio.to_thread.run_sync(kaddr.node_addresses)
+        except OSError as e:
+            self.log("sync_addresses_failed", level="error", error=e.strerror or str(e))
+            return
+        self.sync.set_local_addresses(_virtual_addresses(self.config) | own)
 
     # --------------------------------------------------------------- control
 
@@ -696,6 +754,13 @@ class Daemon:
         if cmd == "status":
             return {"node": self.config.node.name, "version": __version__,
                     **self.core.status(now)}
+        if cmd == "reload":
+            outcome = await self._reload_supervised("meshctl reload")
+            if outcome.refused:
+                raise ControlError(outcome.error, refused=list(outcome.refused))
+            if not outcome.ok:
+                raise ControlError(outcome.error)
+            return {"applied": list(outcome.applied)}
         if cmd in ("demote", "promote"):
             name = require(request, "name", str)
             known = self.config.demotion_names()

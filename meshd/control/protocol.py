@@ -49,11 +49,13 @@ class ControlError(Exception):
 
     Raise it from a handler for anything the operator can fix (bad argument,
     unknown group).  The server answers {"ok": false, "error": message} and
-    keeps the connection open.
+    keeps the connection open.  Keyword arguments become members of that
+    answer (`reload` lists what it refused in "refused").
     """
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, **fields: Any):
         self.message = message
+        self.fields = fields
         super().__init__(message)
 
 
@@ -104,8 +106,10 @@ def ok_answer(result: dict, *, more: bool | None = None) -> dict:
     return {**head, **{k: v for k, v in result.items() if k not in ("ok", "more")}}
 
 
-def error_answer(message: str) -> dict:
-    return {"ok": False, "error": message}
+def error_answer(message: str, fields: dict | None = None) -> dict:
+    """The error envelope; `fields` (a ControlError's) cannot override "ok" or "error"."""
+    extra = {k: v for k, v in (fields or {}).items() if k not in ("ok", "error", "more")}
+    return {"ok": False, "error": message, **extra}
 
 
 END_OF_STREAM = {"ok": True, "more": False}

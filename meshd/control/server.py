@@ -297,7 +297,7 @@ class _Connection:
         try:
             result = await handler(request)
         except ControlError as e:
-            await self._send(error_answer(e.message))
+            await self._send(error_answer(e.message, e.fields))
             return
         except Exception as e:
             await self._send(self._internal(cmd, e))
@@ -320,7 +320,7 @@ class _Connection:
                 except StopAsyncIteration:
                     break
                 except ControlError as e:
-                    await self._send(error_answer(e.message))
+                    await self._send(error_answer(e.message, e.fields))
                     return
                 except Exception as e:
                     await self._send(self._internal(cmd, e))

@@ -90,15 +90,19 @@ class HealthService:
         except NftError as e:
             self.log("lb_table_remove_failed", level="error", table=self.cfg.nft_table, error=str(e))
 
-    async def reload(self, config: Config) -> None:
-        new = config.health
-        if lb_redirects(new) != lb_redirects(self.cfg):
-            try:
-                await trio.to_thread.run_sync(self.lb.reconcile, lb_redirects(new))
-            except NftError as e:
-                self.log("lb_reconcile_failed", level="error", error=str(e))
-        self.cfg = new
-        self.dispatch(self.core.reload(new, trio.current_time()))
+    async def prepare_reload(self, config: Config) -> None:
+        """The part of a reload that can fail, done before anything else changes:
+        meshd's table rebuilt for the new redirects, in one nftables transaction
+        (on error the old table stays as it was).  Raises NftError."""
+        new = lb_redirects(config.health)
+        if new != lb_redirects(self.cfg):
+            await trio.to_thread.run_sync(self.lb.reconcile, new)
+
+    def apply_reload(self, config: Config) -> None:
+        """The checks, tables and redirects of the new configuration, from now on
+        (after prepare_reload succeeded)."""
+        self.cfg = config.health
+        self.dispatch(self.core.reload(self.cfg, trio.current_time()))
 
     # ------------------------------------------------------------------ the core's actions
 

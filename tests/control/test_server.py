@@ -45,6 +45,8 @@ async def fake_handler(request):
         return {"echo": request.get("value")}
     if cmd == "fail":
         raise ControlError("fail: as requested")
+    if cmd == "refuse":
+        raise ControlError("refuse: 1 refused", refused=["a.toml: x: why"], ok=True, error="hidden")
     if cmd == "boom":
         raise RuntimeError("kaboom")
     if cmd == "demote":
@@ -218,6 +220,9 @@ def test_control_error_and_unexpected_exception(sock_path):
     async def test(path):
         c = await Client.open(path)
         assert await c.ask({"cmd": "fail"}) == {"ok": False, "error": "fail: as requested"}
+        # Extra members of an error answer (reload's "refused"); "ok" and "error" stay.
+        assert await c.ask({"cmd": "refuse"}) == {"ok": False, "error": "refuse: 1 refused",
+                                                  "refused": ["a.toml: x: why"]}
         answer = await c.ask({"cmd": "boom"})
         assert answer["ok"] is False
         assert "internal error" in answer["error"] and "RuntimeError: kaboom" in answer["error"]

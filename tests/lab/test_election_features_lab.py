@@ -181,12 +181,12 @@ def test_reload_unchanged_tunables_and_bad_config_keep_state(meshd_ready, lab):
     time.sleep(0.3)
     before = snapshot(lab)
 
-    # (a) the same file: nothing moves, the log says reloaded with no changed group.
+    # (a) the same file: nothing moves, and the log says so (never "reloaded").
     for n in (1, 2):
         sighup(lab, n)
     for n in (1, 2):
-        rec = wait_log_count(lab, n, "reloaded", 1)[-1]
-        assert not rec.get("changed_groups"), rec
+        wait_log_count(lab, n, "reload_unchanged", 1)
+        assert log_events(lab, n, "reloaded") == []
     time.sleep(0.5)
     assert snapshot(lab) == before
 
@@ -196,8 +196,9 @@ def test_reload_unchanged_tunables_and_bad_config_keep_state(meshd_ready, lab):
     for n in (1, 2):
         md.write_config(lab.run_dir, n, tuned)
         sighup(lab, n)
-    for n in (1, 2):
-        wait_log_count(lab, n, "reloaded", 2)
+    for n, lan in ((1, "group lan: advskew 0 -> 5"), (2, "group lan: advskew 10 -> 20")):
+        rec = wait_log_count(lab, n, "reloaded", 1)[-1]
+        assert rec.get("changes") == [lan, f"group srv: notify [] -> [{true or '/bin/true'}]"], rec
     wait_for("fw2 to see fw1's new advskew 5 in its adverts",
              lambda: group_status(lab.status(2), "lan").get("peers", {}).get("1", {}).get("advskew") == 5,
              lab, timeout=5)
@@ -218,7 +219,7 @@ def test_reload_unchanged_tunables_and_bad_config_keep_state(meshd_ready, lab):
     assert config1 in text and "group[0].advskew" in text and "300" in text, rec
     time.sleep(0.5)
     assert lab.procs.get(meshd_name(1)).alive(), "meshd on fw1 exited after a bad reload"
-    assert len(log_events(lab, 1, "reloaded")) == 2, "a refused file must not be reported as reloaded"
+    assert len(log_events(lab, 1, "reloaded")) == 1, "a refused file must not be reported as reloaded"
     st1 = lab.status(1)
     assert group_status(st1, "lan")["advskew"] == 5, "the running config must stay after a bad reload"
     assert group_status(st1, "srv")["advskew"] == 0, "the valid part of a bad file must not apply either"
@@ -239,7 +240,9 @@ def test_reload_changed_addresses_restart_only_that_group(meshd_ready, lab):
         sighup(lab, n)
     for n in (1, 2):
         rec = wait_log_count(lab, n, "reloaded", 1)[-1]
-        assert rec.get("changed_groups") == "lan", rec
+        changes = rec.get("changes") or []
+        assert changes and all(c.startswith("group lan: addresses ") and c.endswith("(the group restarts)")
+                               for c in changes), rec
     sts = lab.wait_states({1: "MASTER", 2: "BACKUP"}, GROUPS, timeout=10)
     assert group_status(sts[1], "lan")["addresses"] == list(new_lan)
     wait_holders(lab, new_lan, [lab.fw(1)])
