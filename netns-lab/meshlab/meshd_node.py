@@ -109,9 +109,9 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def write_secret(run_dir: str) -> str:
-    """The shared cluster secret (created once per run dir, mode 0600)."""
-    path = os.path.join(run_dir, "cluster.key")
+def write_secret(run_dir: str, name: str = "cluster.key") -> str:
+    """A shared cluster secret RUN_DIR/NAME (created once per run dir, mode 0600)."""
+    path = os.path.join(run_dir, name)
     if not os.path.exists(path):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -132,10 +132,13 @@ def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = Non
                  advbase_ms: int = 100, extra_cluster: dict[str, Any] | None = None, *,
                  track_interfaces: list[dict[str, Any]] | None = None,
                  track_scripts: list[dict[str, Any]] | None = None,
-                 sync: dict[str, Any] | None = None, extra_toml: str | None = None) -> str:
+                 sync: dict[str, Any] | None = None, extra_toml: str | None = None,
+                 keys: list[dict[str, Any]] | None = None) -> str:
     """Write RUN_DIR/fwN/meshd.toml for node n; return its path.
 
-    `extra_toml` is appended as is (e.g. a [health] section).
+    `extra_toml` is appended as is (e.g. a [health] section).  `keys` are the
+    `[cluster] keys` tables (default: key 1, the run dir's cluster.key); put
+    `send_key` in extra_cluster when there are two.
 
     Group, track_interface and track_script tables are dicts of keys; a value that
     is itself a dict {node: value} is resolved for node n (per-node advskew, peers,
@@ -154,7 +157,7 @@ def write_config(run_dir: str, n: int, groups: list[dict[str, Any]] | None = Non
         f"control_socket = {_toml_value(control_socket(run_dir, n))}",
         "",
         "[cluster]",
-        f"keys = [{_toml_value({'id': 1, 'secret_file': secret})}]",
+        f"keys = {_toml_value(keys if keys is not None else [{'id': 1, 'secret_file': secret}])}",
     ]
     for k, v in (extra_cluster or {}).items():
         lines.append(f"{k} = {_toml_value(v)}")
@@ -187,14 +190,15 @@ def start_meshd(procs, lab: Lab, n: int, groups: list[dict[str, Any]] | None = N
                 extra_cluster: dict[str, Any] | None = None,
                 track_interfaces: list[dict[str, Any]] | None = None,
                 track_scripts: list[dict[str, Any]] | None = None,
-                sync: dict[str, Any] | None = None, extra_toml: str | None = None):
+                sync: dict[str, Any] | None = None, extra_toml: str | None = None,
+                keys: list[dict[str, Any]] | None = None):
     """Write node n's config and start meshd in lab.fw(n) under `procs` (name meshd-fwN).
 
     `sync`: the `[sync]` table (see sync_section()); None runs the election alone.
     """
     config = write_config(procs.run_dir, n, groups, advbase_ms, extra_cluster,
                           track_interfaces=track_interfaces, track_scripts=track_scripts, sync=sync,
-                          extra_toml=extra_toml)
+                          extra_toml=extra_toml, keys=keys)
     sock = control_socket(procs.run_dir, n)
     if os.path.exists(sock):
         os.unlink(sock)
