@@ -22,7 +22,7 @@ import pytest
 from meshlab import meshd_node as md
 from meshlab import scenarios as sc
 from meshlab.flows import summarize
-from meshlab.nsutil import ns_socket
+from meshlab.nsutil import in_netns, ns_socket
 
 pytestmark = pytest.mark.lab
 
@@ -235,3 +235,65 @@ def test_refused_reload_changes_nothing_and_names_the_key(meshd_ready, lab):
     wait_log(lab, 1, "reload_unchanged", 1)
     assert [g["advskew"] for g in md.status(lab.run_dir, 1)["groups"]] == [5, 5]
     assert election_view(lab) == view
+
+
+# --------------------------------------------------------------------------- [sync] live
+
+
+def preloaded_in_kernel(lab, n: int) -> int:
+    """meshlab.preload's flows (10.1.x.y -> :443, TCP) in fw n's kernel table."""
+    from meshd.kernel import ctnetlink as ct
+    from meshd.kernel.conntrack import dump_table
+    count = 0
+    for e in in_netns(lab.fw(n), dump_table):
+        orig = ct.parse_entry(e.attrs).get("orig") or {}
+        if (orig.get("src") or "").startswith("10.1.") and orig.get("dport") == 443:
+            count += 1
+    return count
+
+
+def wait_for(what: str, fn, lab, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{lab.logs(30)}")
+        time.sleep(0.2)
+    return value
+
+
+def test_commit_mode_and_filter_change_live(meshd_ready, lab):
+    """commit takeover -> continuous puts the replicated flows into the backup's
+    kernel; a filter that now ignores TCP empties the internal cache and the
+    peer's copy, and lifting it brings them back; nobody is demoted."""
+    groups, names = sc.mesh_groups()
+    count = 2000
+    table = md.sync_section((1, 2), commit="takeover")
+    for n in (1, 2):
+        md.start_meshd(lab.procs, lab.topo, n, groups, sync=table)
+    sc.wait_mesh(lab.procs, (1, 2), names, timeout=30)
+    sc.flush_conntrack(lab.topo, 2)
+    sc.run_preload(lab.procs, lab.topo, 1, count)
+    assert sc.wait_caught_up(lab.run_dir, 1, (2,), 60, want=count)["reached"]
+    assert preloaded_in_kernel(lab, 2) == 0           # takeover mode: nothing committed yet
+    view = election_view(lab)
+
+    md.write_config(lab.run_dir, 2, groups, sync=dict(table, commit="continuous"))
+    assert meshctl_reload(lab, 2) == {"ok": True, "applied": ["sync.commit: takeover -> continuous"]}
+    wait_for(f"{count} replicated flows in fw2's kernel", lambda: preloaded_in_kernel(lab, 2) >= count, lab)
+    print(f"fw2's kernel holds {preloaded_in_kernel(lab, 2)} of fw1's {count} flows after the switch")
+
+    tcp_off = dict(table, filter={"ignore_protocols": ["tcp"]})
+    md.write_config(lab.run_dir, 1, groups, sync=tcp_off)
+    sighup(lab, 1)
+    rec = wait_log(lab, 1, "reloaded", 1)
+    assert rec["changes"] == [("sync.filter.ignore_protocols: [] -> [tcp] "
+                               "(the internal cache is rebuilt from the kernel table)")], rec
+    wait_for("fw1's copy at fw2 emptied of the TCP flows",
+             lambda: md.external_count(md.sync_stats(lab.run_dir, 2), 1) < count // 10, lab)
+    assert any(r.get("reason") == "filter changed" for r in log_events(lab, 1, "ct_resync"))
+    md.write_config(lab.run_dir, 1, groups, sync=table)
+    assert meshctl_reload(lab, 1)["applied"] == [
+        "sync.filter.ignore_protocols: [tcp] -> [] (the internal cache is rebuilt from the kernel table)"]
+    assert sc.wait_caught_up(lab.run_dir, 1, (2,), 60, want=count)["reached"]
+    assert election_view(lab) == view
+    assert all(md.in_sync(md.sync_stats(lab.run_dir, n)) for n in (1, 2))
