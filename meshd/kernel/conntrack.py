@@ -35,6 +35,7 @@ from typing import Callable, Iterable, NamedTuple
 import trio
 
 from meshd.kernel import ctnetlink as ct
+from meshd.kernel.ctnetlink import netlink as ctnl
 from meshd.kernel.closing import close_socket
 
 SOL_NETLINK = 270
@@ -231,7 +232,7 @@ class CtEventReader:
                 self.decode_errors += 1
                 self.log("ct_events_truncated", level="error", size=n)
                 return events, Overrun("truncated")
-            if n >= ct.HDR_LEN and own and ct._HDR.unpack_from(buf, 0)[4] in own:
+            if n >= ct.HDR_LEN and own and ctnl._HDR.unpack_from(buf, 0)[4] in own:
                 # One event per datagram: the first header's portid is the event's.
                 self.own_skipped += 1
                 continue

@@ -18,6 +18,7 @@ import trio
 
 import ctlab
 from meshd.kernel import ctnetlink as ct
+from meshd.kernel.ctnetlink.netlink import _message
 from meshd.kernel.conntrack import CtCommitter, CtEventReader, Overrun, dump_table
 
 pytestmark = [
@@ -60,7 +61,7 @@ def dump_in(n: ctlab.CtNs) -> dict:
 
 def raw_create(sock: socket.socket, attrs: bytes, seq: int = 1, flags: int = 0x405) -> int:
     """Send attrs as a create request unchanged; the errno the kernel answers (0: created)."""
-    sock.send(ct._message(ct.CT_NEW, flags, seq, attrs))
+    sock.send(_message(ct.CT_NEW, flags, seq, attrs))
     return next(err for s, err in ct.iter_acks(sock.recv(65536)) if s == seq)
 
 
@@ -72,7 +73,7 @@ def nl_socket(n: ctlab.CtNs) -> socket.socket:
 
 
 def key_of(attrs: bytes) -> bytes:
-    return ct.decode_events(ct._message(ct.CT_NEW, ct.NLM_F_MULTI, 1, attrs))[0].key
+    return ct.decode_events(_message(ct.CT_NEW, ct.NLM_F_MULTI, 1, attrs))[0].key
 
 
 # --- what the kernel accepts on create ----------------------------------------------------
