@@ -415,7 +415,7 @@ def expectations(msg: bytes) -> dict:
             exp[key] = {"packets": cn.get_attr("CTA_COUNTERS_PACKETS"), "bytes": cn.get_attr("CTA_COUNTERS_BYTES")}
     if m.get_attr("CTA_TUPLE_MASTER") is not None:
         exp["master"] = tuple_fields(m.get_attr("CTA_TUPLE_MASTER"), family)
-    # The key (meshd's layout, see meshd/kernel/ctnetlink.py), computed here from the fields.
+    # The key (meshd's layout, see meshd/kernel/ctnetlink/events.py), computed here from the fields.
     zone = exp.get("zone", 0)
     addr = lambda a: socket.inet_pton(family, a)
     if orig["proto"] in (1, 58):
