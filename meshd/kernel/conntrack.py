@@ -30,13 +30,14 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import NamedTuple, Self
 
 import trio
 
 from meshd.kernel import ctnetlink as ct
-from meshd.kernel.ctnetlink import netlink as ctnl
 from meshd.kernel.closing import close_socket
+from meshd.kernel.ctnetlink import netlink as ctnl
 
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS, NETLINK_CAP_ACK = 5, 10
@@ -287,7 +288,7 @@ class CtEventReader:
     def close(self) -> None:
         close_socket(self.sock)
 
-    def __enter__(self) -> "CtEventReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -588,12 +589,12 @@ class CtCommitter:
                     if not crash:
                         try:
                             self._flush_batch(item[0], item[1], failed)
-                        except BaseException as e:     # re-raised in the caller
+                        except BaseException as e:     # noqa: BLE001  (re-raised in the caller)
                             crash.append(e)
 
             thread = threading.Thread(target=sender, name="ct-commit-sender", daemon=True)
             thread.start()
-            flush = lambda batch, by_seq, failed: q.put((batch, by_seq))  # noqa: E731
+            flush = lambda batch, by_seq, failed: q.put((batch, by_seq))
         else:
             flush = self._flush_batch
         try:
@@ -664,7 +665,7 @@ class CtCommitter:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "CtCommitter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

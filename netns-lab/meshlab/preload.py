@@ -28,8 +28,8 @@ import sys
 import time
 
 from meshd.kernel import ctnetlink as ct
-from meshd.kernel.ctnetlink.tuples import _encode_tuple, _Tuple
 from meshd.kernel.conntrack import CtCommitter
+from meshd.kernel.ctnetlink.tuples import _encode_tuple, _Tuple
 
 PER_SOURCE = 50000                       # source ports per client address
 SERVER_NET = "198.51.100."

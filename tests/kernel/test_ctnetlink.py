@@ -11,10 +11,18 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meshd.kernel import ctnetlink as ct
-from meshd.kernel.ctnetlink import CtDecodeError, CtNetlinkError, create, events, nat, tuples
+from meshd.kernel.ctnetlink import (
+    CtDecodeError,
+    CtNetlinkError,
+    create,
+    events,
+    nat,
+    tuples,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = json.loads((REPO / "proto/vectors/ctnetlink.json").read_text())
@@ -413,7 +421,7 @@ def test_unknown_attributes_are_carried_through():
 def test_delete_and_get_identify_the_entry(v):
     ev = ct.decode_events(raw(v))[0]
     for msg in (ct.encode_delete(ev.attrs, 3), ct.encode_delete(None, 3, key=ev.key)):
-        length, mtype, flags, seq, _pid = hdr(msg)
+        _length, mtype, flags, seq, _pid = hdr(msg)
         assert (mtype, flags, seq) == (ct.CT_DELETE, ct.NLM_F_REQUEST | ct.NLM_F_ACK, 3)
         (as_event,) = ct.decode_events(msg)
         assert as_event.key == ev.key and as_event.kind == ct.DESTROY
@@ -427,7 +435,7 @@ def test_delete_and_get_identify_the_entry(v):
 def test_key_tuple_round_trip():
     for v in VECTORS:
         ev = ct.decode_events(raw(v))[0]
-        zone, family, tup = ct.key_tuple(ev.key)
+        _zone, family, tup = ct.key_tuple(ev.key)
         assert family == ev.attrs[0] and tup.src == ev.src and tup.proto == ev.l4proto
     with pytest.raises(CtDecodeError):
         ct.key_tuple(b"\0" * 15)

@@ -15,7 +15,7 @@ import socket
 import struct
 import subprocess
 
-from netns import Netns, veth  # noqa: F401  (re-exported for the tests)
+from netns import Netns, veth  # also re-exported for the tests
 
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel.ctnetlink.tuples import _encode_tuple, _Tuple

@@ -13,13 +13,13 @@ import struct
 import time
 from pathlib import Path
 
+import ctlab
 import pytest
 import trio
 
-import ctlab
 from meshd.kernel import ctnetlink as ct
-from meshd.kernel.ctnetlink.netlink import _message
 from meshd.kernel.conntrack import CtCommitter, CtEventReader, Overrun, dump_table
+from meshd.kernel.ctnetlink.netlink import _message
 
 pytestmark = [
     pytest.mark.lab,
@@ -80,7 +80,7 @@ def key_of(attrs: bytes) -> bytes:
 
 def test_status_bits_on_create(ns):
     """EXPECTED and DYING: EBUSY. No CONFIRMED: EBUSY. Derived bits: ignored. No timeout: EINVAL."""
-    base = dict(status=ct.IPS_CONFIRMED, mark=None, with_id=False)
+    base = {"status": ct.IPS_CONFIRMED, "mark": None, "with_id": False}
     with nl_socket(ns) as s:
         results = {}
         for bit in range(16):
@@ -483,7 +483,7 @@ def _exchange(a: socket.socket, b: socket.socket, payload: bytes, timeout: float
     b.settimeout(timeout)
     try:
         return b.recv(100) == payload
-    except (socket.timeout, ConnectionError):
+    except (TimeoutError, ConnectionError):
         return False
 
 
