@@ -1,7 +1,7 @@
 """ctnetlink (conntrack over netlink), sans-I/O: a codec written for the hot path.
 
-One room per part, imports running down this list only (parse.py needs
-just the first two); nothing here imports the rest of meshd or does I/O:
+One room per part; a room imports only rooms above it in this list (parse
+needs just the first two), and none imports the rest of meshd or does I/O:
 
     constants   the kernel's numbers: message types, CTA_* attributes, IPS_* bits
     netlink     framing all parts share: header layouts, the error types,
@@ -10,6 +10,7 @@ just the first two); nothing here imports the rest of meshd or does I/O:
                 per-shape plans; the key's layout; merge_attrs, attr_value
     tuples      a tuple as raw fields and as the kernel writes it; key_tuple
     requests    delete, get, dump, flush and barrier requests; iter_acks
+    nat         a NATed entry told to the kernel as CTA_NAT_* ranges
     create      encode_create(s): an entry rewritten for injection, per-shape plans
     parse       parse_entry: the full, slow decode for `meshctl dump` and tests
 
