@@ -30,12 +30,14 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import NamedTuple, Self
 
 import trio
 
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel.closing import close_socket
+from meshd.kernel.ctnetlink import netlink as ctnl
 
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS, NETLINK_CAP_ACK = 5, 10
@@ -235,7 +237,7 @@ class CtEventReader:
                 self.decode_errors += 1
                 self.log("ct_events_truncated", level="error", size=n)
                 return events, Overrun("truncated")
-            if n >= ct.HDR_LEN and own and ct._HDR.unpack_from(buf, 0)[4] in own:
+            if n >= ct.HDR_LEN and own and ctnl._HDR.unpack_from(buf, 0)[4] in own:
                 # One event per datagram: the first header's portid is the event's.
                 self.own_skipped += 1
                 continue
@@ -290,7 +292,7 @@ class CtEventReader:
     def close(self) -> None:
         close_socket(self.sock)
 
-    def __enter__(self) -> "CtEventReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -591,12 +593,12 @@ class CtCommitter:
                     if not crash:
                         try:
                             self._flush_batch(item[0], item[1], failed)
-                        except BaseException as e:     # re-raised in the caller
+                        except BaseException as e:     # noqa: BLE001  (re-raised in the caller)
                             crash.append(e)
 
             thread = threading.Thread(target=sender, name="ct-commit-sender", daemon=True)
             thread.start()
-            flush = lambda batch, by_seq, failed: q.put((batch, by_seq))  # noqa: E731
+            flush = lambda batch, by_seq, failed: q.put((batch, by_seq))
         else:
             flush = self._flush_batch
         try:
@@ -667,7 +669,7 @@ class CtCommitter:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "CtCommitter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -29,6 +29,7 @@ import time
 
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel.conntrack import CtCommitter
+from meshd.kernel.ctnetlink.tuples import _encode_tuple, _Tuple
 
 PER_SOURCE = 50000                       # source ports per client address
 SERVER_NET = "198.51.100."
@@ -48,16 +49,16 @@ def entry(i: int, net: int = 1, timeout: int = 3600) -> bytes:
     dst = socket.inet_aton(f"{SERVER_NET}{SERVER_FIRST + i % SERVERS}")
     sport = struct.pack("!H", 1024 + i % PER_SOURCE)
     dport = struct.pack("!H", 443)
-    orig = ct._Tuple(src, dst, 6, sport, dport, None, None, None)
-    reply = ct._Tuple(dst, src, 6, dport, sport, None, None, None)
+    orig = _Tuple(src, dst, 6, sport, dport, None, None, None)
+    reply = _Tuple(dst, src, 6, dport, sport, None, None, None)
     tcp = ct.nest(ct.CTA_PROTOINFO_TCP, ct.nla(ct.CTA_PROTOINFO_TCP_STATE, bytes((TCP_ESTABLISHED,))),
                   ct.nla(ct.CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, b"\x07"),
                   ct.nla(ct.CTA_PROTOINFO_TCP_WSCALE_REPLY, b"\x07"),
                   ct.nla(ct.CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, b"\x23\x00"),
                   ct.nla(ct.CTA_PROTOINFO_TCP_FLAGS_REPLY, b"\x23\x00"))
     return b"".join((bytes((socket.AF_INET, 0, 0, 0)),
-                     ct._encode_tuple(ct.CTA_TUPLE_ORIG, orig),
-                     ct._encode_tuple(ct.CTA_TUPLE_REPLY, reply),
+                     _encode_tuple(ct.CTA_TUPLE_ORIG, orig),
+                     _encode_tuple(ct.CTA_TUPLE_REPLY, reply),
                      ct.nla(ct.CTA_STATUS, struct.pack("!I", STATUS)),
                      ct.nla(ct.CTA_MARK, struct.pack("!I", 0)),
                      ct.nla(ct.CTA_TIMEOUT, struct.pack("!I", timeout)),

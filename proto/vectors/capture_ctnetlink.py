@@ -254,7 +254,7 @@ class Traffic:
         cli.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
         cli.settimeout(5)
         cli.sendto(b"ping", (dst, port))
-        data, peer = srv.recvfrom(100)
+        _data, peer = srv.recvfrom(100)
         srv.sendto(b"pong", peer)
         cli.recvfrom(100)
         self.keep += [srv, cli]
@@ -342,7 +342,7 @@ def oracle(msg: bytes):
 
 
 def kind_of(msg: bytes) -> str | None:
-    ln, ty, fl, seq, pid = struct.unpack_from("=IHHII", msg)
+    _ln, ty, fl, seq, _pid = struct.unpack_from("=IHHII", msg)
     if ty == 0x102:
         return "DESTROY"
     if ty != 0x100:
@@ -374,7 +374,7 @@ def tuple_fields(t, family: int) -> dict:
 
 def expectations(msg: bytes) -> dict:
     """What the message says, per pyroute2 plus the netlink header."""
-    ln, ty, fl, seq, pid = struct.unpack_from("=IHHII", msg)
+    _ln, _ty, _fl, _seq, pid = struct.unpack_from("=IHHII", msg)
     m = oracle(msg)
     family = m["nfgen_family"]
     orig = tuple_fields(m.get_attr("CTA_TUPLE_ORIG"), family)
@@ -415,7 +415,7 @@ def expectations(msg: bytes) -> dict:
             exp[key] = {"packets": cn.get_attr("CTA_COUNTERS_PACKETS"), "bytes": cn.get_attr("CTA_COUNTERS_BYTES")}
     if m.get_attr("CTA_TUPLE_MASTER") is not None:
         exp["master"] = tuple_fields(m.get_attr("CTA_TUPLE_MASTER"), family)
-    # The key (meshd's layout, see meshd/kernel/ctnetlink.py), computed here from the fields.
+    # The key (meshd's layout, see meshd/kernel/ctnetlink/events.py), computed here from the fields.
     zone = exp.get("zone", 0)
     addr = lambda a: socket.inet_pton(family, a)
     if orig["proto"] in (1, 58):
@@ -518,8 +518,8 @@ def capture() -> dict:
     ]
     # The dump entry of the FTP control connection: everything an entry can carry at once.
     dump_msgs = [m for m in split(dumped) if kind_of(m)]
-    cases.append(("dump_ftp_control", f"dump entry: FTP control through SNAT + ftp helper, the PORT command "
-                  f"rewritten ({growth:+d} bytes): CTA_HELP, CTA_SEQ_ADJ_*, counters",
+    cases.append(("dump_ftp_control", (f"dump entry: FTP control through SNAT + ftp helper, the PORT command "
+                                       f"rewritten ({growth:+d} bytes): CTA_HELP, CTA_SEQ_ADJ_*, counters"),
                   pick(dump_msgs, "NEW", proto=6, dport=21)))
     cases.append(("dump_ftp_data_related", "dump entry: the FTP data connection (EXPECTED, CTA_TUPLE_MASTER, DNAT)",
                   pick(dump_msgs, "NEW", proto=6, sport=20)))

@@ -11,10 +11,18 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meshd.kernel import ctnetlink as ct
-from meshd.kernel.ctnetlink import CtDecodeError, CtNetlinkError
+from meshd.kernel.ctnetlink import (
+    CtDecodeError,
+    CtNetlinkError,
+    create,
+    events,
+    nat,
+    tuples,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = json.loads((REPO / "proto/vectors/ctnetlink.json").read_text())
@@ -243,8 +251,8 @@ def test_plan_reuse_matches_fresh_walk():
     mixed = msgs + [_shuffle(m, rng) for m in msgs for _ in range(3)]
     rng.shuffle(mixed)
     for m in mixed:
-        ct._last_dplan = None
-        ct._dplans.clear()
+        events._last_dplan = None
+        events._dplans.clear()
         fresh = ct.decode_events(m)
         assert ct.decode_events(m) == fresh          # now through the cached plan
     assert ct.decode_events(b"".join(mixed)) == [e for m in mixed for e in ct.decode_events(m)]
@@ -329,7 +337,7 @@ def _with_reply(attrs: bytes, **changes) -> bytes:
     parts = [attrs[:4]]
     for t, rt, s, e in ct.iter_attrs(attrs, 4):
         if t == ct.CTA_TUPLE_REPLY:
-            parts.append(ct._encode_tuple(ct.CTA_TUPLE_REPLY, ct._tuple_fields(attrs, s, e)._replace(**changes)))
+            parts.append(tuples._encode_tuple(ct.CTA_TUPLE_REPLY, tuples._tuple_fields(attrs, s, e)._replace(**changes)))
         else:
             parts.append(ct.nla(rt, attrs[s:e]))
     return b"".join(parts)
@@ -344,20 +352,20 @@ def test_nat_spliced_equals_general(monkeypatch):
         _with_reply(event("ipv4_udp_reply").attrs, sport=b"\x00\x35")]
     fast = []
     for a in cases:
-        ct._plans.clear()
+        create._plans.clear()
         fast.append(ct.encode_create(a, 1, timeout=9))
 
     def general(attrs, rs, re_, nc):
         (o,) = [(s, e) for t, _rt, s, e in ct.iter_attrs(attrs, 4) if t == ct.CTA_TUPLE_ORIG]
-        return ct._nat_from_tuples(attrs[0], ct._tuple_fields(attrs, *o), ct._tuple_fields(attrs, rs + 4, re_))
+        return nat._nat_from_tuples(attrs[0], tuples._tuple_fields(attrs, *o), tuples._tuple_fields(attrs, rs + 4, re_))
 
-    monkeypatch.setattr(ct, "_nat_spliced", general)
+    monkeypatch.setattr(create, "_nat_spliced", general)
     for a, f in zip(cases, fast):
-        ct._plans.clear()
+        create._plans.clear()
         assert ct.encode_create(a, 1, timeout=9) == f
         p = ct.parse_entry(f[16:])
         assert "nat_src" in p or "nat_dst" in p
-    ct._plans.clear()
+    create._plans.clear()
 
 
 def test_encode_creates_matches_encode_create():
@@ -367,7 +375,7 @@ def test_encode_creates_matches_encode_create():
     many = ct.encode_creates(entries + [b"junk"], 1000, timeouts + [5])
     assert many[-1] is None                          # a bad entry does not stop the rest
     for i, (a, m) in enumerate(zip(entries, many)):
-        ct._plans.clear()
+        create._plans.clear()
         assert m == ct.encode_create(a, 1000 + i, timeout=timeouts[i])
     with pytest.raises(CtDecodeError):
         ct.encode_creates([b"junk"], 1, strict=True)
@@ -378,7 +386,7 @@ def test_encode_create_plan_reuse_on_shuffled_shapes():
     for v in VECTORS:
         for _ in range(3):
             attrs = _shuffle(raw(v), rng)[16:]
-            ct._plans.clear()
+            create._plans.clear()
             first = ct.encode_create(attrs, 9, timeout=60)
             assert ct.encode_create(attrs, 9, timeout=60) == first
             assert ct.decode_events(first)[0].key == ct.decode_events(raw(v))[0].key
@@ -413,7 +421,7 @@ def test_unknown_attributes_are_carried_through():
 def test_delete_and_get_identify_the_entry(v):
     ev = ct.decode_events(raw(v))[0]
     for msg in (ct.encode_delete(ev.attrs, 3), ct.encode_delete(None, 3, key=ev.key)):
-        length, mtype, flags, seq, _pid = hdr(msg)
+        _length, mtype, flags, seq, _pid = hdr(msg)
         assert (mtype, flags, seq) == (ct.CT_DELETE, ct.NLM_F_REQUEST | ct.NLM_F_ACK, 3)
         (as_event,) = ct.decode_events(msg)
         assert as_event.key == ev.key and as_event.kind == ct.DESTROY
@@ -427,7 +435,7 @@ def test_delete_and_get_identify_the_entry(v):
 def test_key_tuple_round_trip():
     for v in VECTORS:
         ev = ct.decode_events(raw(v))[0]
-        zone, family, tup = ct.key_tuple(ev.key)
+        _zone, family, tup = ct.key_tuple(ev.key)
         assert family == ev.attrs[0] and tup.src == ev.src and tup.proto == ev.l4proto
     with pytest.raises(CtDecodeError):
         ct.key_tuple(b"\0" * 15)
@@ -563,6 +571,6 @@ def test_mutated_real_messages(v, data):
         cached = ct.decode_events(msg)
     except CtDecodeError:
         return
-    ct._last_dplan = None
-    ct._dplans.clear()
+    events._last_dplan = None
+    events._dplans.clear()
     assert ct.decode_events(msg) == cached

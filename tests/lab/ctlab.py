@@ -15,9 +15,10 @@ import socket
 import struct
 import subprocess
 
-from netns import Netns, veth  # noqa: F401  (re-exported for the tests)
+from netns import Netns, veth  # also re-exported for the tests
 
 from meshd.kernel import ctnetlink as ct
+from meshd.kernel.ctnetlink.tuples import _encode_tuple, _Tuple
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
@@ -113,17 +114,17 @@ def entry(i: int = 0, *, family: int = socket.AF_INET, proto: int = 6, state: in
     icmp = proto in (1, 58)
     if icmp:
         req, rep = (128, 129) if v6 else (8, 0)
-        orig = ct._Tuple(src, dst, proto, sp, b"\0\0", req, 0, None)
-        reply = ct._Tuple(dst, src, proto, sp, b"\0\0", rep, 0, None)
+        orig = _Tuple(src, dst, proto, sp, b"\0\0", req, 0, None)
+        reply = _Tuple(dst, src, proto, sp, b"\0\0", rep, 0, None)
     else:
-        orig = ct._Tuple(src, dst, proto, sp, dp, None, None, None)
-        reply = ct._Tuple(dst, src, proto, dp, sp, None, None, None)
+        orig = _Tuple(src, dst, proto, sp, dp, None, None, None)
+        reply = _Tuple(dst, src, proto, dp, sp, None, None, None)
     if snat:
         reply = reply._replace(dst=socket.inet_pton(family, snat))
     if dnat:
         reply = reply._replace(src=socket.inet_pton(family, dnat[0]), sport=struct.pack("!H", dnat[1]))
-    parts = [bytes((family, 0, 0, 0)), ct._encode_tuple(ct.CTA_TUPLE_ORIG, orig),
-             ct._encode_tuple(ct.CTA_TUPLE_REPLY, reply)]
+    parts = [bytes((family, 0, 0, 0)), _encode_tuple(ct.CTA_TUPLE_ORIG, orig),
+             _encode_tuple(ct.CTA_TUPLE_REPLY, reply)]
     if zone is not None:
         parts.append(ct.nla(ct.CTA_ZONE, struct.pack("!H", zone)))
     parts.append(ct.nla(ct.CTA_STATUS, struct.pack("!I", status)))

@@ -13,12 +13,13 @@ import struct
 import time
 from pathlib import Path
 
+import ctlab
 import pytest
 import trio
 
-import ctlab
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel.conntrack import CtCommitter, CtEventReader, Overrun, dump_table
+from meshd.kernel.ctnetlink.netlink import _message
 
 pytestmark = [
     pytest.mark.lab,
@@ -60,7 +61,7 @@ def dump_in(n: ctlab.CtNs) -> dict:
 
 def raw_create(sock: socket.socket, attrs: bytes, seq: int = 1, flags: int = 0x405) -> int:
     """Send attrs as a create request unchanged; the errno the kernel answers (0: created)."""
-    sock.send(ct._message(ct.CT_NEW, flags, seq, attrs))
+    sock.send(_message(ct.CT_NEW, flags, seq, attrs))
     return next(err for s, err in ct.iter_acks(sock.recv(65536)) if s == seq)
 
 
@@ -72,14 +73,14 @@ def nl_socket(n: ctlab.CtNs) -> socket.socket:
 
 
 def key_of(attrs: bytes) -> bytes:
-    return ct.decode_events(ct._message(ct.CT_NEW, ct.NLM_F_MULTI, 1, attrs))[0].key
+    return ct.decode_events(_message(ct.CT_NEW, ct.NLM_F_MULTI, 1, attrs))[0].key
 
 
 # --- what the kernel accepts on create ----------------------------------------------------
 
 def test_status_bits_on_create(ns):
     """EXPECTED and DYING: EBUSY. No CONFIRMED: EBUSY. Derived bits: ignored. No timeout: EINVAL."""
-    base = dict(status=ct.IPS_CONFIRMED, mark=None, with_id=False)
+    base = {"status": ct.IPS_CONFIRMED, "mark": None, "with_id": False}
     with nl_socket(ns) as s:
         results = {}
         for bit in range(16):
@@ -482,7 +483,7 @@ def _exchange(a: socket.socket, b: socket.socket, payload: bytes, timeout: float
     b.settimeout(timeout)
     try:
         return b.recv(100) == payload
-    except (socket.timeout, ConnectionError):
+    except (TimeoutError, ConnectionError):
         return False
 
 
