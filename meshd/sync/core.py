@@ -305,8 +305,20 @@ class SyncCore:
         p = self.peers[origin]
         p.adopted = True
         p.adopted_at = now
+        mark = self.replay.streams.get(origin)
+        p.adopted_upto = (p.epoch, mark.high if mark is not None and mark.epoch == p.epoch else 0)
         self.counters["adoptions"] += 1
         return []
+
+    def adoptable_bucket(self, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
+        """The flows of one bucket that the takeover from `origin` made ours:
+        those in its external cache with a state from before the takeover (see
+        Peer.adopted_upto); nothing if it restarted since (its bulk is newer)."""
+        p = self.peers[origin]
+        if p.adopted_upto is None or p.adopted_upto[0] != p.epoch:
+            return []
+        upto = p.adopted_upto[1].to_bytes(STAMP_LEN, "big")
+        return [(k, v[:-STAMP_LEN]) for k, v in p.ext.buckets[bucket].items() if v[-STAMP_LEN:] <= upto]
 
     def flush_internal(self) -> int:
         """Forget the internal cache (peers are not told; follow with local_resync)."""
@@ -453,11 +465,6 @@ class SyncCore:
     def dump_external(self, origin: int):
         """(key, attrs) of one origin's external cache.  KeyError for an unknown origin."""
         return self.peers[origin].ext.items()
-
-    def external_bucket(self, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
-        """A snapshot of one bucket of one origin's external cache: a small piece
-        of the table, for work that must checkpoint between pieces."""
-        return [(k, v[:-STAMP_LEN]) for k, v in self.peers[origin].ext.buckets[bucket].items()]
 
     def stats(self, now: float | None = None) -> dict:
         peers = {}

@@ -50,6 +50,10 @@ class Peer:
     repair_wait: dict = field(default_factory=dict)      # bucket -> when we asked for it
     adopted: bool = False                # its flows were committed here (takeover)
     adopted_at: float = 0.0
+    # Its state as of the takeover: (epoch, highest frame counter heard).  A
+    # record stamped later was sent by a node alive after the takeover, about
+    # a flow that runs through it: that one is not ours to adopt.
+    adopted_upto: tuple[int, int] | None = None
 
     # ---- as a recipient
     tx: OutboundStream = None            # type: ignore[assignment]

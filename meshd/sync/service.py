@@ -406,7 +406,7 @@ class SyncService:
                     if unknown and not peer.adopted:
                         break                 # heard meanwhile: the rest stays its own
                     t = time.perf_counter()
-                    pairs = self.core.external_bucket(origin, bucket)
+                    pairs = self.core.adoptable_bucket(origin, bucket)
                     if self.sync.commit_scope == "group":
                         pairs = [(k, a) for k, a in pairs if _touches(a, group.addresses)]
                     events = [(NEW, k, a) for k, a in pairs if get(k) is None]

@@ -383,3 +383,30 @@ def test_restored_replay_marks_refuse_frames_captured_before_a_restart():
         actions = core.receive(f, 1, net.now)
         assert [a.reason for a in actions] in (["replayed"], ["outside window"])
     assert dict(core.dump_external(1)) == {}
+
+
+def _adoptable(net, n: int, origin: int) -> dict[bytes, bytes]:
+    core = net.nodes[n].core
+    return {k: a for b in range(256) for k, a in core.adoptable_bucket(origin, b)}
+
+
+def test_only_the_state_from_before_a_takeover_is_adoptable():
+    """A preempted master lives on: what it replicates after the takeover runs
+    through it, not through the new master, and stays its own."""
+    net = SimNet([1, 2], seed=7)
+    net.start_all()
+    load(net, 1, 50)
+    net.run_for(0.5)
+    before = dict(net.nodes[1].kernel)
+    net.call(2, "adopt", 1)                          # node 2 took over from node 1, alive
+    load(net, 1, 30)                                 # node 1's own flows, created later
+    key, attrs = next(iter(before.items()))
+    net.local(1, [(UPDATE, key, attrs + b"x")])      # and a flow updated where it runs
+    net.run_for(0.5)
+    assert len(dict(net.nodes[2].core.dump_external(1))) == 80
+    adoptable = _adoptable(net, 2, 1)
+    assert adoptable == {k: a for k, a in before.items() if k != key}
+    net.restart(1)                                   # a new epoch: its bulk is newer than the takeover
+    net.run_for(0.05)
+    assert net.nodes[2].core.peers[1].epoch == net.nodes[1].epoch
+    assert _adoptable(net, 2, 1) == {}
