@@ -356,11 +356,20 @@ def flush_conntrack(lab: Lab, n: int) -> None:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a live process, in seconds."""
+    """CPU time of a live process, in seconds.
+
+    utime + stime count in clock ticks (10 ms), which a C daemon replicating
+    a few thousand entries can stay under: for a process of one thread, its
+    scheduler run time (/proc/PID/schedstat, nanoseconds) instead.  With more
+    threads, utime + stime, which also hold the threads that have ended.
+    """
     import os
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
+        if int(fields[17]) == 1:                      # num_threads
+            with open(f"/proc/{pid}/schedstat") as f:
+                return int(f.read().split()[0]) / 1e9
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
