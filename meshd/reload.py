@@ -20,8 +20,8 @@ What applies live, and why (Daemon.reload carries it out):
 * tracks: scripts restart, links are read afresh; demotions of removed
   tracks are cleared.
 * `[sync]` peers, filter, timers, commit mode and scope, event buffer: see
-  SyncService.reconfigure and the SyncCore reload methods.
-* `[health]` except its table and reset watcher: HealthService reloads.
+  NodeCore.reconfigure (node/core.py), SyncShell.reconfigure and the SyncCore reload methods.
+* `[health]` except its table and reset watcher: the node core reloads the health core (HealthShell.prepare_reload rebuilds the table first).
 * `node.name`: read where it is shown (status, logs).
 
 What needs a restart, and why:
@@ -243,7 +243,7 @@ def _peer_changes(old, new) -> list[str]:
 # ------------------------------------------------------------------ [health]
 
 def _reset_watcher(cfg: HealthConfig) -> bool:
-    """Whether the health shell needs its NFLOG socket (HealthService.open)."""
+    """Whether the health shell needs its NFLOG socket (HealthShell.open)."""
     return cfg.rst_burst > 0 and any(r.protocol == "tcp" for r in cfg.redirects)
 
 

@@ -25,9 +25,14 @@ class CoreTimer:
     async def run(self) -> None:
         while True:
             deadline = self.core.next_deadline()
-            self._kicked = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._kicked.wait()
+            if deadline is not None and deadline <= trio.current_time():
+                # A step of work is due at once (a resync, an adoption): let the
+                # other tasks run first, without the cost of a cancelled wait.
+                await trio.lowlevel.checkpoint()
+            else:
+                self._kicked = trio.Event()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    await self._kicked.wait()
             now = trio.current_time()
             deadline = self.core.next_deadline()
             if deadline is not None and deadline <= now:

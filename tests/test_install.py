@@ -59,7 +59,7 @@ pytestmark = pytest.mark.skipif(
 PROBE = r"""
 import importlib.metadata as md, json, sys, sysconfig
 from pip._vendor.packaging.requirements import Requirement
-import meshd, meshd.daemon, meshd.sync.service, meshd.health.service, meshd.kernel.nft
+import meshd, meshd.daemon, meshd.sync.shell, meshd.health.shell, meshd.node.core, meshd.kernel.nft
 dist = md.distribution("meshd")
 runtime = [r for r in map(Requirement, dist.requires or []) if r.marker is None or r.marker.evaluate({"extra": ""})]
 versions = {}

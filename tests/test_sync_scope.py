@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from meshd.kernel import ctnetlink as ct
-from meshd.sync.service import _touches
+from meshd.node.takeover import touches as _touches
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "proto" / "vectors" / "ctnetlink.json").read_text())
 

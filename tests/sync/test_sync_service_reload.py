@@ -1,10 +1,11 @@
-"""SyncService.reconfigure: a reload carried out by the state mesh's shell.
+"""A reload of [sync], carried out by the node core and the state mesh's shell.
 
-The shell runs on trio with its kernel and UDP sides faked (a kernel table
-for dump_table, a committer that records, a socket that records sendto), so
-what it does with the kernel after a change shows: the dump that makes the
-internal cache match a new filter, the commit of the replicated flows when
-commit turns continuous, the frames to a peer's new address.
+The node core and SyncShell run on trio with the shell's kernel and UDP sides
+faked (a kernel table for dump_table, a committer that records, a socket
+that records sendto), wired as the daemon wires them, so what a change does
+to the kernel shows: the dump that makes the internal cache match a new
+filter, the commit of the replicated flows when commit turns continuous, the
+frames to a peer's new address.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import trio
 from meshd.config import parse_config
 from meshd.kernel import conntrack as kct
 from meshd.kernel.ctnetlink import CtEvent
-from meshd.sync.service import SyncService
+from meshd.node.core import NodeCore
+from meshd.reload import keys_changed
+from meshd.sync.actions import SendFrame
+from meshd.sync.shell import SyncShell
+from meshd.timers import CoreTimer
 
 CONFIG = """\
 [node]
@@ -83,13 +88,39 @@ class FakeSocket:
         self.sent.append((data, address))
 
 
-def service(cfg, table, monkeypatch) -> SyncService:
-    logs = []
-    svc = SyncService(cfg, 5, lambda event, **kw: logs.append((event, kw)), lambda *a: None)
-    svc.logs = logs
-    svc.committer, svc.reader, svc.sock = FakeCommitter(), FakeReader(), FakeSocket()
-    monkeypatch.setattr(kct, "dump_table", lambda: list(table))
-    return svc
+class Node:
+    """The node core and its state-mesh shell, dispatched to as the daemon does."""
+
+    def __init__(self, cfg, table, monkeypatch):
+        self.cfg = cfg
+        self.logs = []
+        self.node = NodeCore(cfg, 5)
+        self.core = self.node.sync
+        self.shell = SyncShell(cfg, self.node, self.dispatch, lambda event, **kw: self.logs.append((event, kw)))
+        self.shell.committer, self.shell.reader, self.shell.sock = FakeCommitter(), FakeReader(), FakeSocket()
+        self.timer = CoreTimer(self.node, self.dispatch)
+        monkeypatch.setattr(kct, "dump_table", lambda: list(table))
+
+    def dispatch(self, actions):
+        for a in actions:
+            if type(a) is SendFrame:
+                self.shell.send(a)
+            else:
+                self.shell.carry_out(a)
+        self.timer.kick()
+
+    async def start(self, nursery):
+        self.shell.nursery = nursery
+        nursery.start_soon(self.timer.run)
+        nursery.start_soon(self.shell._apply_loop)
+        if self.cfg.sync.commit != "continuous":
+            await self.shell.resync_from_kernel("start")
+        self.dispatch(self.node.start(trio.current_time()))
+
+    def reconfigure(self, new):
+        old, self.cfg = self.cfg, new
+        self.shell.reconfigure(old, new)
+        self.dispatch(self.node.reconfigure(old, new, keys_changed(old, new), trio.current_time()))
 
 
 async def settle():
@@ -99,63 +130,62 @@ async def settle():
 
 def test_a_new_filter_rebuilds_the_internal_cache_from_the_kernel(monkeypatch):
     table = [flow(1, TCP), flow(2, UDP), flow(3, UDP)]
-    svc = service(config(), table, monkeypatch)
+    svc = Node(config(), table, monkeypatch)
 
     async def main():
         async with trio.open_nursery() as nursery:
-            svc.nursery = nursery
-            nursery.start_soon(svc._apply_loop)
-            await svc._resync_from_kernel("start")
-            svc.dispatch(svc.core.start(trio.current_time()))
+            await svc.start(nursery)
             assert len(svc.core.internal) == 3
             svc.reconfigure(config(CONFIG + 'filter = { ignore_protocols = ["udp"] }\n'))
             await settle()
             assert dict(svc.core.dump_internal()) == {b"key1": b"attrs1"}
             assert [r["reason"] for e, r in svc.logs if e == "ct_resync"] == ["start", "filter changed"]
             # The filter the event consumer holds is the new one (changed in place).
-            assert not svc.filter.keep(flow(4, UDP)) and svc.filter.keep(flow(5, TCP))
+            assert not svc.node.flows.filter.keep(flow(4, UDP)) and svc.node.flows.filter.keep(flow(5, TCP))
             nursery.cancel_scope.cancel()
     trio.run(main)
 
 
 def test_commit_turning_continuous_commits_the_replicated_flows(monkeypatch):
-    svc = service(config(), [], monkeypatch)
+    svc = Node(config(), [], monkeypatch)
     peer = svc.core.peers[2]
     peer.ext.apply(((b"p1", b"peer flow 1"), (b"p2", b"peer flow 2")), 7, False)
 
     async def main():
         async with trio.open_nursery() as nursery:
-            svc.nursery = nursery
-            nursery.start_soon(svc._apply_loop)
+            svc.shell.nursery = nursery
+            nursery.start_soon(svc.timer.run)
+            nursery.start_soon(svc.shell._apply_loop)
             await settle()
-            assert svc.committer.committed == []
+            assert svc.shell.committer.committed == []
             svc.reconfigure(config(CONFIG.replace('commit = "takeover"', 'commit = "continuous"')))
             await settle()
-            assert sorted(svc.committer.committed) == [b"peer flow 1", b"peer flow 2"]
-            assert svc.core.report is True and svc.sync.commit == "continuous"
+            assert sorted(svc.shell.committer.committed) == [b"peer flow 1", b"peer flow 2"]
+            assert svc.core.report is True and svc.shell.sync.commit == "continuous"
             nursery.cancel_scope.cancel()
     trio.run(main)
 
 
 def test_peers_added_removed_and_moved(monkeypatch):
-    svc = service(config(), [], monkeypatch)
+    svc = Node(config(), [], monkeypatch)
     moved = CONFIG.replace('peers = [{ id = 2, address = "203.0.113.2" }]',
                            'peers = [{ id = 2, address = "203.0.113.22" }, { id = 3, address = "203.0.113.3" }]\n'
                            'event_buffer_bytes = 65536')
 
     async def main():
         async with trio.open_nursery() as nursery:
-            svc.nursery = nursery
+            svc.shell.nursery = nursery
             svc.dispatch(svc.core.start(trio.current_time()))
-            svc.sock.sent.clear()
+            sock = svc.shell.sock
+            sock.sent.clear()
             svc.reconfigure(config(moved))
             assert sorted(svc.core.peers) == [2, 3]
-            assert {a for _d, a in svc.sock.sent} == {("203.0.113.3", 7113)}   # node 3's bulk request
-            assert svc.peer_by_address == {"203.0.113.22": 2, "203.0.113.3": 3}
-            assert svc.reader.rcvbuf == 65536
-            svc.sock.sent.clear()
+            assert {a for _d, a in sock.sent} == {("203.0.113.3", 7113)}   # node 3's bulk request
+            assert svc.shell.peer_by_address == {"203.0.113.22": 2, "203.0.113.3": 3}
+            assert svc.shell.reader.rcvbuf == 65536
+            sock.sent.clear()
             svc.dispatch(svc.core.handle_timer(trio.current_time() + 1))       # a heartbeat to all
-            assert {a for _d, a in svc.sock.sent} >= {("203.0.113.22", 7113), ("203.0.113.3", 7113)}
+            assert {a for _d, a in sock.sent} >= {("203.0.113.22", 7113), ("203.0.113.3", 7113)}
             svc.reconfigure(config())
             assert sorted(svc.core.peers) == [2]
             assert [kw["state"] for e, kw in svc.logs if e == "sync_peer"] == ["added", "removed"]

@@ -1,20 +1,22 @@
-"""The health shell: runs the health core's checks, keeps meshd's nftables
-table in step with it, feeds it the resets the backends send, and answers
-the operator's `show` / `host|table|redirect enable|disable` commands.
+"""The health checker's trio shell: runs the checks the node core asks for, keeps
+meshd's nftables table in step with it, feeds it the resets the backends
+send, and answers the operator's `show` / `host|table|redirect enable|disable`.
 
 Every node of a cluster runs its own checks and keeps its own table, so the
 node that holds a redirect's virtual address (whichever it is after a
-failover) forwards only to hosts it has seen alive.
+failover) forwards only to hosts it has seen alive.  The health core lives in
+the node core (meshd/node/core.py), which also turns its Demote into the
+election's demotion.
 
 Ordering: nftables changes go through one task, in the order the core asked
 for them (SetBackends before the DeleteStates that follow it), each in a
 worker thread (a netlink round trip must not stall the election's adverts).
+
+Must not: decide when a host is up or down, or what a redirect forwards to
+(the health core does).
 """
 
 from __future__ import annotations
-
-import random
-from collections.abc import Callable
 
 import trio
 
@@ -22,11 +24,10 @@ from ..config import Config
 from ..config_health import HealthConfig
 from ..control.protocol import ControlError, require
 from ..kernel.nft import Backend, LbRedirect, LoadBalancer, NftError
-from ..timers import CoreTimer
 from . import report
-from .actions import CancelCheck, DeleteStates, Demote, Log, SetBackends, StartCheck
+from .actions import CancelCheck, DeleteStates, Log, SetBackends, StartCheck
 from .checks import CheckRunner
-from .core import HealthCore, UnknownName
+from .core import UnknownName
 from .scriptpool import ScriptPool
 
 NFT_QUEUE = 1024            # nftables changes waiting for the worker (a burst of health changes)
@@ -42,17 +43,25 @@ def lb_redirects(cfg: HealthConfig) -> list[LbRedirect]:
             for r in cfg.redirects]
 
 
-class HealthService:
-    def __init__(self, config: Config, log, demote: Callable[[str, bool, str], None],
-                 lb: LoadBalancer | None = None, rng: random.Random | None = None):
+class HealthShell:
+    """The health checks of one node under trio.
+
+    Args:
+        config: the running configuration (replaced by `apply_reload`).
+        node: the NodeCore (its `health` core answers `show`).
+        dispatch: the daemon's router for actions the node returns.
+        log: the event logger.
+        lb: meshd's load balancer table (tests pass their own).
+    """
+
+    def __init__(self, config: Config, node, dispatch, log, lb: LoadBalancer | None = None):
         self.cfg: HealthConfig = config.health
+        self.node = node
+        self.dispatch = dispatch
         self.log = log
-        self.demote = demote
-        self.core = HealthCore(self.cfg, rng or random.Random())
         self.lb = lb if lb is not None else LoadBalancer(self.cfg.nft_table, log=self._log_fields)
         self.scripts = ScriptPool(SCRIPT_POOL)
         self.runner: CheckRunner | None = None
-        self.timer = CoreTimer(self.core, self.dispatch)
         self._nft_send, self._nft_receive = trio.open_memory_channel(NFT_QUEUE)
         self.nflog = None
 
@@ -72,10 +81,8 @@ class HealthService:
     async def run(self, nursery: trio.Nursery) -> None:
         self.runner = CheckRunner(nursery, self._on_result, scripts=self.scripts)
         nursery.start_soon(self._nft_loop)
-        nursery.start_soon(self.timer.run)
         if self.nflog is not None:
             nursery.start_soon(self._reset_loop)
-        self.dispatch(self.core.start(trio.current_time()))
 
     async def close(self) -> None:
         """On stop: remove meshd's table unless the configuration keeps it."""
@@ -99,35 +106,30 @@ class HealthService:
             await trio.to_thread.run_sync(self.lb.reconcile, new)
 
     def apply_reload(self, config: Config) -> None:
-        """The checks, tables and redirects of the new configuration, from now on
-        (after prepare_reload succeeded)."""
+        """The new configuration from now on (prepare_reload succeeded and the node
+        core reloaded its health core)."""
         self.cfg = config.health
-        self.dispatch(self.core.reload(self.cfg, trio.current_time()))
 
     # ------------------------------------------------------------------ the core's actions
 
-    def dispatch(self, actions: list) -> None:
-        for a in actions:
-            if isinstance(a, StartCheck):
-                if not self.runner.start(a.check_id, a.target):
-                    self.dispatch(self.core.check_refused(a.check_id, trio.current_time()))
-            elif isinstance(a, CancelCheck):
-                self.runner.cancel(a.check_id)
-            elif isinstance(a, (SetBackends, DeleteStates)):
-                try:
-                    self._nft_send.send_nowait(a)
-                except trio.WouldBlock:
-                    # Cannot happen unless nftables hangs: say so, the next change
-                    # of this redirect carries its whole backend list again.
-                    self.log("lb_queue_full", level="error", action=type(a).__name__)
-            elif isinstance(a, Demote):
-                self.demote(a.counter, a.on, a.reason)
-            elif isinstance(a, Log):
-                self.log(a.event, level=a.level, message=a.message, **a.fields)
-        self.timer.kick()
+    def carry_out(self, a) -> None:
+        if isinstance(a, StartCheck):
+            if not self.runner.start(a.check_id, a.target):
+                self.dispatch(self.node.check_refused(a.check_id, trio.current_time()))
+        elif isinstance(a, CancelCheck):
+            self.runner.cancel(a.check_id)
+        elif isinstance(a, (SetBackends, DeleteStates)):
+            try:
+                self._nft_send.send_nowait(a)
+            except trio.WouldBlock:
+                # Cannot happen unless nftables hangs: say so, the next change
+                # of this redirect carries its whole backend list again.
+                self.log("lb_queue_full", level="error", action=type(a).__name__)
+        elif isinstance(a, Log):
+            self.log(a.event, level=a.level, message=a.message, **a.fields)
 
     def _on_result(self, check_id, outcome) -> None:
-        self.dispatch(self.core.check_done(check_id, outcome, trio.current_time()))
+        self.dispatch(self.node.check_done(check_id, outcome, trio.current_time()))
 
     async def _nft_loop(self) -> None:
         async for a in self._nft_receive:
@@ -163,7 +165,7 @@ class HealthService:
             now = trio.current_time()
             actions = []
             for r in resets:
-                actions += self.core.rst_seen(r.address, r.port, now)
+                actions += self.node.reset_seen(r.address, r.port, now)
             if actions:
                 self.dispatch(actions)
 
@@ -174,16 +176,16 @@ class HealthService:
         if cmd == "show":
             what = request.get("what", "summary")
             if what == "summary":
-                return {"what": "summary", "rows": report.summary(self.core)}
+                return {"what": "summary", "rows": report.summary(self.node.health)}
             if what == "hosts":
-                return {"what": "hosts", "rows": report.hosts(self.core, now)}
+                return {"what": "hosts", "rows": report.hosts(self.node.health, now)}
             raise ControlError(f'show: "what" must be summary or hosts, found {what!r}')
         action = require(request, "action", str)
         if action not in ("enable", "disable"):
             raise ControlError(f'{cmd}: "action" must be enable or disable, found {action!r}')
         name = require(request, "name", str)
         try:
-            self.dispatch(self.core.set_enabled(cmd, name, action == "enable", now))
+            self.dispatch(self.node.health_enable(cmd, name, action == "enable", now))
         except UnknownName as e:
             raise ControlError(f"{cmd} {action}: {e}") from None
         return {"kind": cmd, "name": name, "enabled": action == "enable"}

@@ -1,0 +1,410 @@
+"""The election's trio shell: sockets, addresses, announcements, hooks, links, tracks.
+
+It carries out the election's actions that the node core returns, and feeds
+the node core what the election hears: adverts, link changes, track results.
+The rules are the node core's (meshd/node/core.py) and the election core's;
+here is only I/O.
+
+Ordering: each group's actions run strictly in order on that group's own
+executor task (the failover ordering: commit, addresses, announce, advert,
+notify), while groups do not wait for each other, so a slow takeover of one
+group never delays the adverts of another.  The takeover commit (CommitFlows /
+WaitApplied) runs on the group's executor too, through `commit`, so it waits
+for what the group was doing before.
+
+Must not: decide anything an election or node rule decides; block the event
+loop (address removal and dumps go to worker threads; the add is inline, raw
+rtnetlink, well under a millisecond).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..config import Config, GroupConfig
+from ..hooks import HookRun, HookRunner
+from ..kernel import addresses as kaddr
+from ..kernel.announce import AnnounceError, announce
+from ..kernel.leases import AddressLeases
+from ..kernel.links import LinkMonitor, initial_state
+from ..track.scripts import run_track_script
+from .actions import AddAddresses, Announce, RemoveAddresses, RunNotify, SendAdvert
+from .transport import ElectionSockets, TransportError
+
+# Adverts read from each socket before a due election deadline is acted upon.
+READ_FIRST_LIMIT = 64
+
+
+def election_family(group: GroupConfig) -> int:
+    """Family the group's adverts use: its peers' if unicast, else its first address's."""
+    if group.peers:
+        return ipaddress.ip_address(group.peers[0]).version
+    return group.family
+
+
+class GroupExecutor:
+    """Carries out one group's actions in order, in its own task."""
+
+    def __init__(self, shell: "ElectionShell", group: str):
+        self.shell = shell
+        self.group = group
+        self.send, self.receive = trio.open_memory_channel(math.inf)
+
+    def submit(self, action: Any) -> None:
+        self.send.send_nowait(action)
+
+    async def drain(self) -> None:
+        done = trio.Event()
+        self.send.send_nowait(done)
+        await done.wait()
+
+    async def run(self) -> None:
+        async for action in self.receive:
+            if isinstance(action, trio.Event):
+                action.set()
+                continue
+            try:
+                await self.shell.carry_out(action)
+            except Exception as e:  # one failed action must not stop the group
+                self.shell.log("action_failed", level="error", group=self.group,
+                               action=type(action).__name__, error=repr(e))
+
+
+class ElectionShell:
+    """The election side of one node under trio.
+
+    Args:
+        config: the running configuration (replaced by `reconfigure`).
+        node: the NodeCore (its `election` answers status questions).
+        dispatch: the daemon's router for actions the node returns.
+        commit: carries out a CommitFlows / WaitApplied action (the state mesh's shell).
+        log: the event logger.
+    """
+
+    def __init__(self, config: Config, node, dispatch: Callable[[list], None],
+                 commit: Callable[[Any], Awaitable[None]], log):
+        self.config = config
+        self.node = node
+        self.dispatch = dispatch
+        self.commit = commit
+        self.log = log
+        self.sockets = ElectionSockets(config.cluster.port, config.cluster.multicast_v4,
+                                       config.cluster.multicast_v6)
+        self.hooks = HookRunner(log)
+        lifetime = config.node.address_lifetime_s
+        self.leases = AddressLeases(lifetime, log) if lifetime else None
+        self.executors: dict[str, GroupExecutor] = {}
+        self.nursery: trio.Nursery | None = None
+        self._announcing: dict[str, trio.CancelScope] = {}   # group -> its GARP/NA burst
+        self._receiving: set[int] = set()                    # families whose receive loop runs
+        self._tracks_scope: trio.CancelScope | None = None
+        self._monitor: LinkMonitor | None = None
+
+    # ------------------------------------------------------------------ start and end
+
+    def open(self) -> None:
+        """Sockets (raises TransportError); the address renewals' thread."""
+        self.sockets.open({election_family(g) for g in self.config.groups})
+        if self.leases is not None:
+            self.leases.start()
+
+    async def prepare(self, nursery: trio.Nursery) -> None:
+        """Before the groups start: hooks, stale addresses, the links' state, multicast."""
+        self.nursery = nursery
+        nursery.start_soon(self.hooks.run)
+        await self._remove_stale_addresses()
+        # Subscribe before reading the initial state, so no change falls in between.
+        self._monitor = LinkMonitor(log=self.log)
+        for name, up in (await trio.to_thread.run_sync(initial_state, self.watched_interfaces())).items():
+            self._on_link(name, up)
+        self.join_all()
+
+    def run(self) -> None:
+        """Once the groups started: receive loops, the link monitor, track scripts."""
+        for family in list(self.sockets.socks):
+            self._start_receiving(family)
+        self.nursery.start_soon(self._link_loop, self._monitor)
+        self.start_tracks()
+
+    async def drain(self) -> None:
+        for ex in list(self.executors.values()):
+            await ex.drain()
+
+    def drop_held_addresses(self) -> None:
+        """Whatever ended the daemon (a stop has released them already), drop what
+        it still holds now rather than when the lifetimes run out."""
+        if self.leases is None:
+            return
+        held = self.leases.held()
+        self.leases.close()
+        for interface, addresses in held.items():
+            try:
+                errors = kaddr.remove_addresses(interface, addresses)
+            except (kaddr.AddressError, OSError) as e:
+                errors = [str(e)]
+            self.log("addresses_dropped", level="warning", interface=interface,
+                     addresses=",".join(addresses), reason="daemon ended without a stop",
+                     errors=errors or None)
+
+    async def _remove_stale_addresses(self) -> None:
+        """An earlier instance may have left addresses behind (a crash with
+        address_lifetime_s = 0, or a restart within the lifetime); a new boot
+        starts without them, before it joins any group."""
+        for g in self.config.groups:
+            try:
+                present = await trio.to_thread.run_sync(kaddr.interface_addresses, g.interface)
+            except (kaddr.AddressError, OSError):
+                continue  # interface missing: the group starts in FAULT
+            stale = tuple(a for a in g.addresses if a in present)
+            if not stale:
+                continue
+            try:
+                errors = await trio.to_thread.run_sync(kaddr.remove_addresses, g.interface, stale)
+            except kaddr.AddressError:
+                continue
+            for err in errors:
+                self.log("address_error", level="error", group=g.name, error=err)
+            self.log("stale_addresses_removed", level="warning", group=g.name, interface=g.interface,
+                     addresses=",".join(stale), reason="left behind by an earlier meshd",
+                     failed=len(errors) or None)
+
+    # ------------------------------------------------------------------ multicast
+
+    def watched_interfaces(self) -> list[str]:
+        names = {g.interface for g in self.config.groups}
+        names.update(t.interface for t in self.config.track_interfaces)
+        return sorted(names)
+
+    def join_all(self) -> None:
+        for g in self.config.groups:
+            if not g.peers:
+                self._join(g)
+
+    def _join(self, g: GroupConfig) -> None:
+        try:
+            self.sockets.join(election_family(g), g.interface)
+        except TransportError as e:
+            self.log("multicast_join", level="warning", group=g.name, error=str(e))
+
+    # ------------------------------------------------------------------ actions
+
+    def submit(self, action: Any) -> None:
+        """Queue one of the group's actions on its executor."""
+        ex = self.executors.get(action.group)
+        if ex is None:
+            ex = self.executors[action.group] = GroupExecutor(self, action.group)
+            self.nursery.start_soon(ex.run)
+        ex.submit(action)
+
+    async def carry_out(self, action: Any) -> None:
+        group = self.node.election.groups.get(action.group)
+        if isinstance(action, SendAdvert):
+            cfg = action.config or (group.config if group else None)
+            if cfg is None:
+                return
+            try:
+                self.sockets.send(election_family(cfg), cfg.interface, cfg.peers, action.data)
+            except (OSError, TransportError) as e:
+                self.log("send_failed", level="error", group=cfg.name,
+                         error=getattr(e, "strerror", None) or str(e))
+                if not action.bowout:
+                    self.dispatch(self.node.advert_send_failed(cfg.name, str(e), trio.current_time()))
+        elif isinstance(action, AddAddresses):
+            # Raw rtnetlink, well under a millisecond: inline, since a hand-over
+            # to a worker thread costs more than that on a busy 2-core box.
+            await self._addresses(action, self._add_and_hold, "addresses_added", inline=True)
+            self.dispatch(self.node.addresses_added(action.group, trio.current_time()))
+        elif isinstance(action, RemoveAddresses):
+            # A burst still announcing these addresses as ours would point the
+            # neighbours back at us after the new master's own announcements.
+            scope = self._announcing.pop(action.group, None)
+            if scope is not None:
+                scope.cancel()
+            if self.leases is not None:
+                self.leases.release(action.interface, action.addresses)
+            await self._addresses(action, kaddr.remove_addresses, "addresses_removed")
+        elif isinstance(action, Announce):
+            old = self._announcing.pop(action.group, None)
+            if old is not None:
+                old.cancel()
+            scope = self._announcing[action.group] = trio.CancelScope()
+            self.nursery.start_soon(self._announce, action, scope)
+        elif isinstance(action, RunNotify):
+            cfg = action.config or (group.config if group else None)
+            if cfg is not None:
+                self.hooks.submit(HookRun(cfg.notify, action.group, action.state.value,
+                                          action.priority, cfg.notify_timeout_ms / 1000))
+        else:                                  # the takeover commit (node/actions.py)
+            await self.commit(action)
+
+    def _add_and_hold(self, interface: str, addresses: tuple[str, ...]) -> list[str]:
+        """Add with the configured lifetime, then keep renewing what was added."""
+        if self.leases is None:
+            return kaddr.add_addresses(interface, addresses)
+        failed = kaddr.add_addresses_detail(interface, addresses, self.leases.lifetime_s)
+        self.leases.hold(interface, tuple(a for a in addresses if a not in failed))
+        return list(failed.values())
+
+    async def _addresses(self, action, operation, event: str, inline: bool = False) -> None:
+        start = trio.current_time()
+        try:
+            if inline:
+                errors = operation(action.interface, action.addresses)
+            else:
+                errors = await trio.to_thread.run_sync(operation, action.interface, action.addresses)
+        except kaddr.AddressError as e:
+            errors = [str(e)]
+        except OSError as e:
+            errors = [f"{event}: {e.strerror or e}"]
+        ms = round((trio.current_time() - start) * 1000, 1)
+        if errors:
+            for err in errors:
+                self.log("address_error", level="error", group=action.group, error=err)
+        else:
+            self.log(event, group=action.group, interface=action.interface,
+                     addresses=",".join(action.addresses), ms=ms)
+
+    async def _announce(self, action: Announce, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await announce(action.interface, action.addresses, action.count, action.interval_ms)
+            except AnnounceError as e:
+                self.log("announce_failed", level="warning", group=action.group, error=str(e))
+        if scope.cancelled_caught:
+            self.log("announce_cancelled", group=action.group, reason="no longer master")
+        if self._announcing.get(action.group) is scope:
+            del self._announcing[action.group]
+
+    # ------------------------------------------------------------------ adverts in
+
+    def _start_receiving(self, family: int) -> None:
+        if family not in self._receiving:
+            self._receiving.add(family)
+            self.nursery.start_soon(self._receive_loop, family)
+
+    async def _receive_loop(self, family: int) -> None:
+        while True:
+            try:
+                d = await self.sockets.receive(family)
+            except OSError as e:
+                self.log("receive_error", level="warning", family=family, error=e.strerror or str(e))
+                await trio.sleep(0.01)
+                continue
+            self.dispatch(self.node.advert(d.data, d.source, trio.current_time(), ttl=d.ttl,
+                                           interface=d.interface))
+
+    def read_queued(self, now: float) -> list:
+        """The adverts already queued on the sockets, fed to the node (see ReadFirst)."""
+        actions: list = []
+        for family in list(self.sockets.socks):
+            for _ in range(READ_FIRST_LIMIT):
+                try:
+                    d = self.sockets.receive_nowait(family)
+                except OSError:
+                    break
+                if d is None:
+                    break
+                actions += self.node.advert(d.data, d.source, now, ttl=d.ttl, interface=d.interface)
+        return actions
+
+    # ------------------------------------------------------------------ links and tracks
+
+    async def _link_loop(self, monitor: LinkMonitor) -> None:
+        await monitor.run(lambda ev: self._on_link(ev.name, ev.up and not ev.deleted)
+                          if ev.name in self.watched_interfaces() else None)
+
+    def _on_link(self, name: str | None, up: bool) -> None:
+        """A watched link changed (or was read afresh: the core ignores repeats)."""
+        if name is None:
+            return
+        if up and self.node.election.started:
+            for g in self.config.groups:
+                if g.interface == name and not g.peers:
+                    self._join(g)
+        actions = self.node.link(name, up, trio.current_time())
+        if actions:
+            self.log("link", interface=name, up=up)
+        self.dispatch(actions)
+
+    async def refresh_links(self, old: Config) -> None:
+        """After a reload: drop demotions of tracks that are gone, learn the state of new links."""
+        wanted = {(t.demotion_group, f"link:{t.interface}") for t in self.config.track_interfaces}
+        for t in old.track_interfaces:
+            key = (t.demotion_group, f"link:{t.interface}")
+            if key not in wanted:
+                self.dispatch(self.node.track_gone(*key, t.weight, f"track of {t.interface} removed",
+                                                   trio.current_time()))
+        state = await trio.to_thread.run_sync(initial_state, self.watched_interfaces())
+        for name, up in state.items():
+            self._on_link(name, up)
+
+    def start_tracks(self, previous: tuple = ()) -> None:
+        """(Re)start the track scripts; what the previous ones had raised is cleared."""
+        if self._tracks_scope is not None:
+            self._tracks_scope.cancel()
+        for t in previous:
+            self.dispatch(self.node.track_gone(t.demotion_group, f"script:{t.name}", t.weight,
+                                               "track script restarted by reload", trio.current_time()))
+        scope = self._tracks_scope = trio.CancelScope()
+
+        async def tracks():
+            with scope:
+                async with trio.open_nursery() as n:
+                    for t in self.config.track_scripts:
+                        n.start_soon(run_track_script, t, self._on_script, self.log)
+                    await trio.sleep_forever()
+        self.nursery.start_soon(tracks)
+
+    def _on_script(self, t, healthy: bool, reason: str) -> None:
+        self.dispatch(self.node.track_script(t, healthy, reason, trio.current_time()))
+
+    # ------------------------------------------------------------------ reload
+
+    def prepare_reload(self, new: Config) -> None:
+        """What can fail, before anything changes: sockets for new advert families."""
+        self.sockets.open({election_family(g) for g in new.groups})
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        """After the node core took the new configuration: sockets, joins, tracks, links."""
+        self.config = new
+        for family in list(self.sockets.socks):
+            self._start_receiving(family)
+        self.join_all()
+        if new.track_scripts != old.track_scripts:
+            self.start_tracks(old.track_scripts)
+        if new.track_interfaces != old.track_interfaces or \
+                {g.interface for g in new.groups} != {g.interface for g in old.groups}:
+            self.nursery.start_soon(self.refresh_links, old)
+
+
+class ReadFirst:
+    """The node core as its timer sees it: before an election deadline is acted
+    upon, the adverts already queued on the sockets are read.
+
+    After the event loop was busy (a big commit, a starved CPU), the timer and
+    the receive task become runnable together; if the timer ran first, a
+    backup would take over from a master whose adverts sit unread in its
+    socket buffer.
+    """
+
+    def __init__(self, node, shell: ElectionShell, dispatch: Callable[[list], None]):
+        self.node = node
+        self.shell = shell
+        self.dispatch = dispatch
+
+    def next_deadline(self) -> float | None:
+        return self.node.next_deadline()
+
+    def handle_timer(self, now: float) -> list:
+        election_due = self.node.election.next_deadline()
+        if election_due is not None and election_due <= now:
+            actions = self.shell.read_queued(now)
+            if actions:
+                # Handled first: the deadline may have moved (an advert re-arms it).
+                self.dispatch(actions)
+        return self.node.handle_timer(now)

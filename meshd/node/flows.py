@@ -1,0 +1,160 @@
+"""This node's conntrack flows between its kernel and its state mesh: the rules.
+
+Owns: which kernel events reach the state mesh (the filter, the merge of
+partial UPDATE events), the rebuild of the internal cache from a kernel dump
+(at start, after an overrun, after a filter change), in steps that a shell can
+checkpoint between, with the events that arrive meanwhile held back and fed
+after it, and which of the peers' changes go into the kernel in continuous
+mode.
+
+Must not: read a clock, touch a socket or netlink, log.  The shell dumps the
+table and applies changes; it hands the dump to `begin_resync` and calls
+`step` while `busy` (NodeCore does, from its timer).
+"""
+
+from __future__ import annotations
+
+from ..kernel import ctnetlink as ct
+from ..sync.actions import UPDATE, ExternalChanged
+from ..sync.core import SyncCore
+from ..sync.digest import NBUCKETS, bucket_of
+from ..sync.filters import EventFilter
+from .actions import KernelResynced
+
+# Dumped entries split into buckets per step, and entries diffed per step (whole
+# buckets, at least one): after an overrun under a flood the table holds
+# hundreds of thousands of entries, and the election's adverts share the loop.
+SPLIT_STEP = 5000
+DIFF_STEP = 2000
+
+
+class KernelFlows:
+    """The kernel side of the state mesh of one node.
+
+    Args:
+        sync: the node's SyncCore.
+        event_filter: the [sync] filter (its local addresses are set by the shell).
+        continuous: commit = "continuous" (the kernel also holds the peers' flows).
+    """
+
+    def __init__(self, sync: SyncCore, event_filter: EventFilter, continuous: bool):
+        self.sync = sync
+        self.filter = event_filter
+        self.continuous = continuous
+        self._resync: _Resync | None = None
+        self._held: list = []            # bursts that arrived during a resync
+
+    # ------------------------------------------------------------ events
+
+    def events(self, burst, now: float) -> list:
+        """A burst of CtEvents from the kernel: filtered, merged, to the state mesh."""
+        if self._resync is not None:
+            self._held.append(burst)      # the cache is being diffed: after it
+            return []
+        keep = self.filter.keep
+        get = self.sync.internal.get
+        merge = ct.merge_attrs
+        events = []
+        for e in burst:
+            if not keep(e):
+                continue
+            attrs = e.attrs
+            if e.kind == UPDATE:
+                # UPDATE events are partial (protoinfo, labels, seq-adjust and
+                # helper come only when they change): merge into what we hold.
+                old = get(e.key)
+                if old is not None:
+                    attrs = merge(old, attrs)
+            events.append((e.kind, e.key, attrs))
+        return self.sync.local_events(events, now) if events else []
+
+    def kernel_changes(self, batch: list[ExternalChanged]) -> tuple[list[bytes], list[bytes]]:
+        """What of the peers' changes goes into the kernel: (upserts, deletes) attrs.
+
+        A flow this node carries now (adopted at a takeover) stays, whatever
+        the old origin's bulk says: it is ours to replicate.
+        """
+        upserts = [attrs for change in batch for _key, attrs in change.upserts]
+        mine = self.sync.internal.get
+        deletes = [attrs for change in batch for key, attrs in change.deletes if mine(key) is None]
+        return upserts, deletes
+
+    # ------------------------------------------------------------ resync from a dump
+
+    @property
+    def busy(self) -> bool:
+        return self._resync is not None
+
+    def begin_resync(self, table: list, reason: str, now: float) -> None:
+        """A dump of the kernel's table (CtEvents) to rebuild the internal cache from.
+
+        A second dump while one is diffed replaces nothing: it waits its turn.
+        """
+        if self._resync is not None:
+            self._resync.queued.append((table, reason))
+            return
+        self._resync = _Resync(table, reason, now)
+
+    def step(self, now: float) -> list:
+        """One step of the resync in progress; its last step reports KernelResynced."""
+        r = self._resync
+        if r is None:
+            return []
+        if r.split < len(r.table):
+            keep = self.filter.keep
+            parts = r.parts
+            end = min(len(r.table), r.split + SPLIT_STEP)
+            for e in r.table[r.split:end]:
+                if keep(e):
+                    parts[bucket_of(e.key)][e.key] = e.attrs
+                    r.kept += 1
+            r.split = end
+            return []
+        out: list = []
+        done = 0
+        while r.bucket < NBUCKETS and done < DIFF_STEP:
+            done += len(r.parts[r.bucket]) + 1
+            if self.continuous:
+                done += sum(len(p.ext.buckets[r.bucket]) for p in self.sync.peers.values())
+            out += self._diff_bucket(r, r.bucket, now)
+            r.bucket += 1
+        if r.bucket < NBUCKETS:
+            return out
+        self.sync.local_resync_done()
+        out.append(KernelResynced(r.reason, r.kept, len(r.table), now - r.started))
+        self._resync = None
+        if r.queued:
+            (table, reason), *rest = r.queued
+            self.begin_resync(table, reason, now)
+            self._resync.queued = rest
+        else:
+            held, self._held = self._held, []
+            for burst in held:
+                out += self.events(burst, now)
+        return out
+
+    def _diff_bucket(self, r: "_Resync", b: int, now: float) -> list:
+        part = r.parts[b]
+        r.parts[b] = None
+        if self.continuous:
+            # The table also holds the peers' flows we injected; they are not
+            # ours unless the kernel already reported them as ours (traffic).
+            internal = self.sync.internal.get
+            for p in self.sync.peers.values():
+                for key in p.ext.buckets[b]:
+                    if key in part and internal(key) is None:
+                        del part[key]
+                        r.kept -= 1
+        return self.sync.local_resync_bucket(b, part, now)
+
+
+class _Resync:
+    def __init__(self, table: list, reason: str, now: float):
+        self.table = table
+        self.reason = reason
+        self.started = now
+        self.parts: list[dict[bytes, bytes] | None] = [{} for _ in range(NBUCKETS)]
+        self.split = 0
+        self.bucket = 0
+        self.kept = 0
+        self.queued: list[tuple[list, str]] = []

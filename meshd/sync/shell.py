@@ -1,0 +1,376 @@
+"""The state mesh's trio shell: kernel events in, frames out, the kernel kept in step.
+
+Tasks (all in the daemon's nursery):
+- the conntrack event reader puts one list per burst on a bounded channel;
+  the consumer feeds each burst to the node core in one call; an Overrun
+  marker makes it dump the table (in a thread) for the node core to diff,
+  and it waits while a diff runs (the bounded channel then pushes back on
+  the reader, as the kernel's buffer does);
+- the UDP receive loop drains the socket in bursts into the node core;
+- with `commit = "continuous"`, an applier injects the peers' changes into
+  the kernel in chunks as they arrive, so a takeover has nothing to commit.
+
+The committer's socket is registered with the reader: events caused by our
+own injections are dropped there, never sent back out.
+
+Must not: decide which events are replicated, what a takeover commits or
+adopts, or which peer changes reach the kernel: the node core does
+(meshd/node/flows.py, node/takeover.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket
+import struct
+import time
+from typing import Any
+
+import trio
+
+from ..config import Config
+from ..control.protocol import ControlError
+from ..kernel import conntrack as kct
+from ..kernel import ctnetlink as ct
+from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
+                            TakeoverSkipped, WaitApplied)
+from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
+
+EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
+APPLY_BATCH = 4096
+RECV_BURST = 64               # datagrams received per wake-up of the receive loop
+APPLY_CHUNK = 512             # entries committed per step of the apply loop
+DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
+
+
+class SyncShell:
+    """The state mesh of one node under trio.
+
+    Args:
+        config: the running configuration (replaced by `reconfigure`).
+        node: the NodeCore (its `sync` and `flows` answer the operator's questions).
+        dispatch: the daemon's router for actions the node returns.
+        log: the event logger.
+    """
+
+    def __init__(self, config: Config, node, dispatch, log):
+        self.config = config
+        self.sync = config.sync
+        self.node = node
+        self.dispatch = dispatch
+        self.log = log
+        self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
+        self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
+        self.family = socket.AF_INET6 if self.sync.family == 6 else socket.AF_INET
+        self.sock: trio.socket.SocketType | None = None
+        self.committer: kct.CtCommitter | None = None
+        self.reader: kct.CtEventReader | None = None
+        self.last_commit: dict = {}
+        self.send_errors = 0
+        self.nursery: trio.Nursery | None = None
+        self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
+        self._commit_lock = trio.Lock()
+        self._apply_pending = 0          # changes taken from the apply queue, not yet committed
+        self._dump_lock = trio.Lock()    # one kernel dump (and its diff) at a time
+        self._resynced = trio.Event()    # set when the node core reports the diff done
+
+    # ------------------------------------------------------------------ start
+
+    def open(self) -> None:
+        """Sockets first (errors here stop the start-up with a clear message)."""
+        self.committer = kct.CtCommitter(log=self.log)
+        self.reader = kct.CtEventReader(rcvbuf=self.sync.event_buffer_bytes,
+                                        own_portids={self.committer.portid}, log=self.log)
+        s = trio.socket.socket(self.family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        if self.sync.interface:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.sync.interface.encode())
+        s._sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.sync.port))
+        if self.sync.multicast_group:
+            index = socket.if_nametoindex(self.sync.interface)
+            group = ipaddress.ip_address(self.sync.multicast_group).packed
+            if self.family == socket.AF_INET:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                             group + struct.pack("=4si", b"\0" * 4, index))
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            else:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("=I", index))
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        self.sock = s
+
+    def set_local_addresses(self, addresses: set[str]) -> None:
+        self.node.flows.filter.set_local_addresses(addresses)
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        """The tasks; with commit = "takeover", the internal cache is first built
+        from the kernel's table (as after an overrun), before the node starts."""
+        self.nursery = nursery
+        events_send, events_receive = trio.open_memory_channel(EVENT_QUEUE_BURSTS)
+        nursery.start_soon(self.reader.run, events_send)
+        nursery.start_soon(self._consume_events, events_receive)
+        nursery.start_soon(self._receive_loop)
+        nursery.start_soon(self._apply_loop)
+        if self.sync.commit != "continuous":
+            await self.resync_from_kernel("start")
+
+    # --------------------------------------------------------------- actions
+
+    def carry_out(self, a: Any) -> None:
+        """An action of the node core for this shell (SendFrame goes to `send`)."""
+        if isinstance(a, ExternalChanged):
+            self._apply_send.send_nowait(a)
+        elif isinstance(a, DumpKernel):
+            self.nursery.start_soon(self.resync_from_kernel, a.reason)
+        elif isinstance(a, KernelResynced):
+            self.log("ct_resync", reason=a.reason, entries=a.entries, kernel_entries=a.kernel_entries,
+                     ms=round(a.seconds * 1000, 1))
+            self._resynced.set()
+        elif isinstance(a, SyncState):
+            self.log("sync_state", in_sync=a.in_sync, reason=a.reason)
+        elif isinstance(a, PeerChanged):
+            self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
+        elif isinstance(a, FrameRejected):
+            self.log("sync_frame_rejected", level="warning", reason=a.reason,
+                     detail=a.detail, peer=a.peer)
+        elif isinstance(a, FlowsAdopted):
+            self.log("flows_adopted", entries=a.entries, ms=round(a.seconds * 1000, 1))
+        elif isinstance(a, FlowsNotAdopted):
+            self.log("flows_not_adopted", group=a.group, peer=a.peer, reason=a.reason)
+        elif isinstance(a, TakeoverSkipped):
+            self.log("takeover_commit", group=a.group, from_node=a.from_node, committed=0,
+                     reason=a.reason)
+
+    def send(self, frame: SendFrame) -> None:
+        if frame.peer is None and self.sync.multicast_group:
+            targets = [self.sync.multicast_group]
+        elif frame.peer is None:
+            targets = [p.address for p in self.sync.peers]
+        else:
+            peer = self.sync.peer(frame.peer)
+            targets = [peer.address] if peer and peer.address else []
+        for address in targets:
+            try:
+                self.sock._sock.sendto(frame.data, (address, self.sync.port))
+            except OSError as e:
+                # A full socket buffer or a down link: the reliability layer
+                # resends what the peer reports missing, so count and go on.
+                self.send_errors += 1
+                if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
+                    self.log("sync_send_failed", level="warning", peer=address,
+                             error=e.strerror or str(e), total=self.send_errors)
+
+    async def commit_for_takeover(self, a: CommitFlows | WaitApplied) -> None:
+        """Step 1 of a takeover (on the group's executor), then tell the node core."""
+        if isinstance(a, WaitApplied):
+            # Already in the kernel; wait (boundedly) for changes still queued to
+            # be applied.  Not holding the commit lock while waiting: the apply
+            # loop needs it to make progress.
+            waited = await self._wait_applied(a.limit_s)
+            self.log("takeover_commit", group=a.group, mode="continuous", committed=0,
+                     waited_ms=round(waited * 1000, 1),
+                     unapplied=self._apply_pending + self._apply_receive.statistics().current_buffer_used)
+        else:
+            result = await self.commit(list(a.entries))
+            self.log("takeover_commit", group=a.group, from_node=a.from_node, committed=result.ok,
+                     failed=result.failed, ms=round(result.seconds * 1000, 1),
+                     errors=result.errors_by_reason or None)
+        self.dispatch(self.node.takeover_committed(a.group, trio.current_time()))
+
+    async def _wait_applied(self, limit: float) -> float:
+        """Until every change received from the peers is in the kernel, or `limit` s."""
+        start = trio.current_time()
+        while (self._apply_pending or self._apply_receive.statistics().current_buffer_used) \
+                and trio.current_time() - start < limit:
+            await trio.sleep(0.001)
+        return trio.current_time() - start
+
+    async def commit(self, entries: list[bytes]):
+        async with self._commit_lock:
+            result = await self.committer.commit_async(entries)
+        self.last_commit = {"entries": len(entries), "ok": result.ok, "failed": result.failed,
+                            "seconds": round(result.seconds, 4), "errors": result.errors_by_reason,
+                            "at": time.time()}
+        return result
+
+    # ------------------------------------------------------------------ the kernel
+
+    async def resync_from_kernel(self, why: str) -> None:
+        """Dump the table (in a thread) for the node core to diff into the internal
+        cache, and wait until it did (its steps run from the node's timer)."""
+        async with self._dump_lock:
+            table = await trio.to_thread.run_sync(kct.dump_table)
+            self._resynced = trio.Event()
+            self.dispatch(self.node.kernel_table(table, why, trio.current_time()))
+            await self._resynced.wait()
+
+    async def _consume_events(self, channel) -> None:
+        node = self.node
+        dispatch = self.dispatch
+        async for burst in channel:
+            if isinstance(burst, kct.Overrun):
+                self.log("ct_overrun", level="warning", overruns=self.reader.overruns,
+                         action="dump and diff against the internal cache")
+                await self.resync_from_kernel("overrun")
+                continue
+            if node.flows.busy:
+                await self._resynced.wait()       # a diff runs: let the channel push back
+            dispatch(node.kernel_events(burst, trio.current_time()))
+
+    async def _receive_loop(self) -> None:
+        """Drain the socket in bursts: one wake-up per burst, not per datagram
+        (the per-call overhead of an await is a good part of a record's cost)."""
+        raw = self.sock._sock                 # non-blocking, as trio keeps it
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        frame = self.node.frame
+        hints = self._peer_hints              # a hint only; cleared when the peers change
+
+        def peer_of(address: str) -> int | None:
+            hint = hints.get(address, -1)
+            if hint == -1:
+                if len(hints) > 1024:         # bounded: sources are not trusted
+                    hints.clear()
+                hint = hints[address] = self.peer_by_address.get(_norm(address))
+            return hint
+
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            now = trio.current_time()
+            actions: list = []
+            for _ in range(RECV_BURST):
+                try:
+                    n, addr = raw.recvfrom_into(buf)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    self.log("sync_receive_error", level="warning", error=e.strerror or str(e))
+                    await trio.sleep(0.01)
+                    break
+                actions += frame(bytes(view[:n]), peer_of(addr[0]), now)
+            if actions:
+                self.dispatch(actions)
+
+    async def _apply_loop(self) -> None:
+        """commit = "continuous": keep the kernel table populated with the peers' flows.
+
+        Committed inline on the event loop in chunks of APPLY_CHUNK entries
+        (a few milliseconds each, with a checkpoint between): in a worker
+        thread, the encoding would hold the GIL against the receive loop, whose
+        every recv then waits a switch interval, and the socket overflows.
+        """
+        while True:
+            first = await self._apply_receive.receive()
+            batch = [first]
+            while len(batch) < APPLY_BATCH:
+                try:
+                    batch.append(self._apply_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self._apply_pending = len(batch)
+            upserts, deletes = self.node.kernel_changes(batch)
+            try:
+                async with self._commit_lock:
+                    for lo in range(0, len(deletes), APPLY_CHUNK):
+                        self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False)
+                        await trio.sleep(0)
+                    for lo in range(0, len(upserts), APPLY_CHUNK):
+                        result = self.committer.commit(upserts[lo:lo + APPLY_CHUNK], pipeline=False)
+                        if result.failed:
+                            self.log("ct_apply_errors", level="warning", failed=result.failed,
+                                     errors=result.errors_by_reason)
+                        await trio.sleep(0)
+            finally:
+                self._apply_pending = 0
+
+    # ------------------------------------------------------------------ reload
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        """The shell's part of a reload the node core has applied: the peers'
+        addresses (frames to a peer's new address), the event buffer.
+
+        meshd/reload.py has refused what cannot change live (the socket's
+        port, interface, family and multicast group).
+        """
+        self.config, self.sync = new, new.sync
+        self.peer_by_address = {_norm(p.address): p.id for p in new.sync.peers if p.address}
+        self._peer_hints.clear()
+        if new.sync.event_buffer_bytes != old.sync.event_buffer_bytes:
+            try:
+                self.reader.set_rcvbuf(new.sync.event_buffer_bytes)
+            except OSError as e:      # a tuning knob: the old buffer stays, say so
+                self.log("ct_buffer_failed", level="error", wanted=new.sync.event_buffer_bytes,
+                         error=e.strerror or str(e))
+
+    # ------------------------------------------------------------------ control
+
+    async def handle_control(self, cmd: str, request: dict) -> Any:
+        core = self.node.sync
+        now = trio.current_time()
+        peer = request.get("peer")
+        if peer is not None and peer not in core.peers:
+            raise ControlError(f"{cmd}: unknown peer {peer!r} (peers: "
+                               f"{', '.join(str(p) for p in core.peers)})")
+        if cmd == "stats":
+            return {"sync": core.stats(now), "kernel": self.reader.stats(),
+                    "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
+                    "send_errors": self.send_errors}
+        if cmd == "resync":
+            self.dispatch(self.node.resync_request(now))
+            return {"peers": list(core.peers)}
+        if cmd == "commit":
+            result = await self.commit(list(core.external_entries(peer)))
+            return {"committed": result.ok, "failed": result.failed,
+                    "seconds": round(result.seconds, 4), "errors": result.errors_by_reason}
+        if cmd == "flush":
+            what = request.get("what")
+            if what == "internal":
+                removed = self.node.flush_internal()
+                await self.resync_from_kernel("operator flush")
+            elif what == "external":
+                removed = sum(1 for _ in core.external_entries(peer))
+                self.dispatch(self.node.flush_external(peer, now))
+            elif what == "kernel":
+                table = await trio.to_thread.run_sync(kct.dump_table)
+                async with self._commit_lock:     # the apply loop commits inline
+                    await self.committer.flush_async()
+                removed = len(table)
+            else:
+                raise ControlError(f'flush: "what" must be internal, external or kernel, found {what!r}')
+            return {"what": what, "removed": removed}
+        if cmd == "dump":
+            cache = request.get("cache")
+            if cache not in ("internal", "external"):
+                raise ControlError(f'dump: "cache" must be internal or external, found {cache!r}')
+            return self._dump(cache, peer)
+        raise ControlError(f"unknown command {cmd!r}")
+
+    async def _dump(self, cache: str, peer: int | None):
+        """Stream entries; a snapshot of the keys first, so the caches may change meanwhile."""
+        core = self.node.sync
+        if cache == "internal":
+            sources = [(self.config.node.id, dict(core.dump_internal()))]
+        else:
+            origins = [peer] if peer is not None else list(core.peers)
+            sources = [(o, dict(core.dump_external(o))) for o in origins]
+        n = 0
+        for origin, items in sources:
+            for _key, attrs in items.items():
+                try:
+                    entry = ct.parse_entry(attrs)
+                except ct.CtDecodeError as e:
+                    entry = {"error": str(e)}
+                yield {"origin": origin, "entry": entry}
+                n += 1
+                if n % DUMP_CHECKPOINT == 0:
+                    await trio.sleep(0)
+
+
+def _norm(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address.split("%", 1)[0]))
+    except ValueError:
+        return address
