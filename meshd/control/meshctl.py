@@ -26,7 +26,7 @@ from ..config import (
     parse_control_socket,
     read_toml,
 )
-from ..configreader import Reader, describe
+from ..config.reader import Reader, describe
 from .protocol import COMMANDS, encode
 
 DEFAULT_SOCKET = os.path.join(DEFAULT_RUN_DIR, CONTROL_SOCKET_NAME)

@@ -33,7 +33,7 @@ from typing import Callable, Hashable
 import trio
 from cryptography import x509
 
-from meshd.configreader import is_ip
+from meshd.config.reader import is_ip
 from meshd.health import icmp
 from meshd.health.checkspec import METHODS, CheckOutcome, CheckSpec, CheckTarget
 from meshd.health.scriptpool import ScriptPool, describe_exit, milliseconds, run_script

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import trio
 
 from ..config import Config
-from ..config_health import HealthConfig
+from ..config.health import HealthConfig
 from ..control.protocol import ControlError, require
 from ..kernel.nft import Backend, LbRedirect, LoadBalancer, NftError
 from ..timers import CoreTimer

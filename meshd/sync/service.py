@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from ..config import Config, GroupConfig
-from ..config_sync import SyncConfig
+from ..config.sync import SyncConfig
 from ..control.protocol import ControlError
 from ..crypto import SYNC_INFO, KeyRing
 from ..kernel import conntrack as kct

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .configreader import Reader, describe, is_ip
-from .health.checkspec import METHODS, CheckSpec, CheckTarget
+from ..health.checkspec import METHODS, CheckSpec, CheckTarget
+from .reader import Reader, describe, is_ip
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 NFT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_health import HealthConfig, parse_health
-from .config_sync import SyncConfig, parse_sync
-from .configreader import Reader, describe, is_ip
+from .health import HealthConfig, parse_health
+from .reader import Reader, describe, is_ip
+from .sync import SyncConfig, parse_sync
 
 DEFAULT_PORT = 7112
 DEFAULT_MCAST_V4 = "224.0.0.18"

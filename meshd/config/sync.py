@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from .configreader import Reader, describe
+from .reader import Reader, describe
 
 SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
              "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
