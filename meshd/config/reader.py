@@ -1,13 +1,19 @@
 """The typed TOML walker behind every configuration section.
 
 It records problems instead of raising, so a file is refused with all of its
-errors listed at once, each named by file and key path.
+errors listed at once, each named by file and key path.  It also owns the
+syntax of names (`NAME_RE`) the sections share.  It knows no section's keys
+and reads nothing but the document it is handed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
+
+# Node, group, counter, host, table and redirect names.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
 class Reader:
@@ -82,8 +88,6 @@ def describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a table"
     return type(value).__name__
-
-
 
 
 def is_ip(text: str) -> bool:

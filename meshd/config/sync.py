@@ -1,7 +1,10 @@
 """The `[sync]` section: the conntrack state mesh.
 
 Absent section: no replication (the election runs alone).  Every key is
-documented in docs/configuration.md.
+documented in docs/configuration.md.  Owns the replication
+filter's vocabulary (protocol names and numbers, conntrack's TCP state names),
+which meshd/sync/filters.py applies to kernel events; it opens no socket and
+reads no conntrack table.
 """
 
 from __future__ import annotations
