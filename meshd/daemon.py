@@ -19,8 +19,8 @@ from typing import Any
 import trio
 
 from . import __version__
+from .commands import ControlError, require, unknown_command
 from .config import Config, ConfigError, load_config
-from .control.protocol import ControlError, require, unknown_command
 from .control.server import serve_control
 from .crypto import ELECTION_INFO, KeyRing
 from .election.actions import (AddAddresses, AdvertRejected, Announce, DemotionChanged,

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 
 from .. import __version__
+from ..commands import COMMANDS
 from ..config import (
     CONTROL_SOCKET_NAME,
     DEFAULT_RUN_DIR,
@@ -27,7 +28,7 @@ from ..config import (
     read_toml,
 )
 from ..config.reader import Reader, describe
-from .protocol import COMMANDS, encode
+from .protocol import encode
 
 DEFAULT_SOCKET = os.path.join(DEFAULT_RUN_DIR, CONTROL_SOCKET_NAME)
 DEFAULT_TIMEOUT = 5.0

@@ -33,8 +33,15 @@ from typing import Any
 
 import trio
 
-from .protocol import (END_OF_STREAM, MAX_LINE, ControlError, decode_request, encode,
-                       error_answer, ok_answer)
+from ..commands import ControlError
+from .protocol import (
+    END_OF_STREAM,
+    MAX_LINE,
+    decode_request,
+    encode,
+    error_answer,
+    ok_answer,
+)
 
 Handler = Callable[[dict], Awaitable["dict | AsyncIterator[dict]"]]
 Log = Callable[..., None]

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import trio
 
+from ..commands import ControlError, require
 from ..config import Config
 from ..config.health import HealthConfig
-from ..control.protocol import ControlError, require
 from ..kernel.nft import Backend, LbRedirect, LoadBalancer, NftError
 from ..timers import CoreTimer
 from . import report

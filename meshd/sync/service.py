@@ -24,14 +24,22 @@ from typing import Any
 
 import trio
 
+from ..commands import ControlError
 from ..config import Config, GroupConfig
 from ..config.sync import SyncConfig
-from ..control.protocol import ControlError
 from ..crypto import SYNC_INFO, KeyRing
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
 from ..timers import CoreTimer
-from .actions import NEW, UPDATE, ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
+from .actions import (
+    NEW,
+    UPDATE,
+    ExternalChanged,
+    FrameRejected,
+    PeerChanged,
+    SendFrame,
+    SyncState,
+)
 from .core import SyncCore
 from .digest import NBUCKETS, bucket_of
 from .filters import EventFilter

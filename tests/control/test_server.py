@@ -16,7 +16,8 @@ import tempfile
 import pytest
 import trio
 
-from meshd.control.protocol import MAX_LINE, ControlError, decode_request, require
+from meshd.commands import ControlError, require
+from meshd.control.protocol import MAX_LINE, decode_request
 from meshd.control.server import ControlSocketError, serve_control
 
 
