@@ -226,7 +226,7 @@ class SyncService:
                 parts[bucket_of(e.key)][e.key] = e.attrs
                 kept += 1
             if i % RESYNC_CHECKPOINT == RESYNC_CHECKPOINT - 1:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
         continuous = self.sync.commit == "continuous"
         internal = self.core.internal.get
         for b in range(NBUCKETS):
@@ -243,7 +243,7 @@ class SyncService:
             if actions:
                 self.dispatch(actions)
             parts[b] = None
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         self.core.local_resync_done()
         self.log("ct_resync", reason=why, entries=kept, kernel_entries=len(table),
                  ms=round((time.perf_counter() - start) * 1000, 1))
@@ -308,13 +308,13 @@ class SyncService:
                 async with self._commit_lock:
                     for lo in range(0, len(deletes), APPLY_CHUNK):
                         self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False)
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
                     for lo in range(0, len(upserts), APPLY_CHUNK):
                         result = self.committer.commit(upserts[lo:lo + APPLY_CHUNK], pipeline=False)
                         if result.failed:
                             self.log("ct_apply_errors", level="warning", failed=result.failed,
                                      errors=result.errors_by_reason)
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
             finally:
                 self._apply_pending = 0
 
@@ -422,7 +422,7 @@ class SyncService:
                         self.dispatch(self.core.local_events(events, trio.current_time()))
                         moved += len(events)
                     worst = max(worst, time.perf_counter() - t)
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
         self.log("flows_adopted", entries=moved, ms=round((time.perf_counter() - t0) * 1000, 1),
                  longest_step_ms=round(worst * 1000, 1))
 
@@ -536,7 +536,7 @@ class SyncService:
             sources = [(o, dict(self.core.dump_external(o))) for o in origins]
         n = 0
         for origin, items in sources:
-            for _key, attrs in items.items():
+            for attrs in items.values():
                 try:
                     entry = ct.parse_entry(attrs)
                 except ct.CtDecodeError as e:
@@ -544,7 +544,7 @@ class SyncService:
                 yield {"origin": origin, "entry": entry}
                 n += 1
                 if n % DUMP_CHECKPOINT == 0:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
 
 def sync_keys(config: Config) -> KeyRing:
