@@ -285,8 +285,8 @@ def _parse_redirects(r: Reader, items: list, hosts: dict[str, HealthHost],
         address = _address(r, t, path)
         port = r.get(t, path, "port", "int", lo=1, hi=65535)
         kw: dict[str, Any] = {}
-        kw["protocol"] = _choice(r, t, path, "protocol", PROTOCOLS, "tcp")
-        kw["mode"] = _choice(r, t, path, "mode", MODES, "round-robin")
+        kw["protocol"] = r.choice(t, path, "protocol", PROTOCOLS, "tcp")
+        kw["mode"] = r.choice(t, path, "mode", MODES, "round-robin")
         kw["sticky_timeout_s"] = r.get(t, path, "sticky_timeout_s", "int", default=None, lo=1, hi=86400)
         kw["slots"] = r.get(t, path, "slots", "int", default=60, lo=1, hi=4096)
         kw["demote"] = r.get(t, path, "demote", "str", default=None)
@@ -331,15 +331,6 @@ def _parse_redirects(r: Reader, items: list, hosts: dict[str, HealthHost],
             continue
         redirects.append(HealthRedirect(name, address, port, table, **kw))
     return redirects
-
-
-def _choice(r: Reader, t: dict, path: str, key: str, allowed: tuple[str, ...],
-            default: str) -> str | None:
-    value = r.get(t, path, key, "str", default=default)
-    if value is not None and value not in allowed:
-        r.problem(f"{path}.{key}", f"expected one of {', '.join(allowed)}, found {describe(value)}")
-        return None
-    return value
 
 
 def _table_ref(r: Reader, t: dict, path: str, key: str, tables: dict[str, HealthTable],

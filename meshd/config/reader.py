@@ -60,6 +60,15 @@ class Reader:
             return None if default is ... else default
         return tuple(value) if kind == "strlist" else value
 
+    def choice(self, data: dict, path: str, key: str, allowed: tuple[str, ...],
+               default: str) -> str | None:
+        """Read data[key], a string that must be one of `allowed`; None when bad."""
+        value = self.get(data, path, key, "str", default=default)
+        if value is not None and value not in allowed:
+            self.problem(_join(path, key), f"expected one of {', '.join(allowed)}, found {describe(value)}")
+            return None
+        return value
+
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
