@@ -22,8 +22,8 @@ from functools import partial
 import trio
 
 from . import __version__
+from .commands import ControlError, require, unknown_command
 from .config import Config, ConfigError, load_config
-from .control.protocol import ControlError, require, unknown_command
 from .control.server import serve_control
 from .election.actions import (AddAddresses, AdvertRejected, Announce, DemotionChanged, RemoveAddresses,
                                RunNotify, SendAdvert, StateChanged)

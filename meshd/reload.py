@@ -54,8 +54,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, GroupConfig
-from .config_health import HealthConfig
-from .config_sync import PROTOCOLS, SyncConfig
+from .config.health import HealthConfig
+from .config.sync import PROTOCOLS, SyncConfig
 
 RESTART = "changing it needs a restart"
 _PROTOCOL_NAMES = {n: name for name, n in PROTOCOLS.items()}

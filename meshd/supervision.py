@@ -15,7 +15,7 @@ import signal
 
 import trio
 
-from .control.protocol import ControlError
+from .commands import ControlError
 from .lifecycle import (DUMP_SIGNALS, HANDLED_SIGNALS, IGNORED_SIGNALS, RELOAD_SIGNALS, Readiness,
                         signal_name, status_line, write_dump)
 from .sdnotify import Notifier

@@ -3,7 +3,7 @@
 import ipaddress
 from collections import namedtuple
 
-from meshd.config_sync import SyncFilter
+from meshd.config.sync import SyncFilter
 from meshd.sync.filters import EventFilter
 
 Ev = namedtuple("Ev", "kind key attrs portid l4proto src dst status tcp_state")

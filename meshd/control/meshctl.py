@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 
 from .. import __version__
+from ..commands import COMMANDS
 from ..config import (
     CONTROL_SOCKET_NAME,
     DEFAULT_RUN_DIR,
@@ -26,8 +27,8 @@ from ..config import (
     parse_control_socket,
     read_toml,
 )
-from ..configreader import Reader, describe
-from .protocol import COMMANDS, encode
+from ..config.reader import Reader, describe
+from .protocol import encode
 
 DEFAULT_SOCKET = os.path.join(DEFAULT_RUN_DIR, CONTROL_SOCKET_NAME)
 DEFAULT_TIMEOUT = 5.0

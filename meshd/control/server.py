@@ -33,8 +33,15 @@ from typing import Any
 
 import trio
 
-from .protocol import (END_OF_STREAM, MAX_LINE, ControlError, decode_request, encode,
-                       error_answer, ok_answer)
+from ..commands import ControlError
+from .protocol import (
+    END_OF_STREAM,
+    MAX_LINE,
+    decode_request,
+    encode,
+    error_answer,
+    ok_answer,
+)
 
 Handler = Callable[[dict], Awaitable["dict | AsyncIterator[dict]"]]
 Log = Callable[..., None]
@@ -107,7 +114,7 @@ def _safe(log: Log) -> Log:
     def call(event: str, **fields: Any) -> None:
         try:
             log(event, **fields)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 (nowhere left to report it)
             pass
     return call
 
@@ -215,7 +222,7 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, log: Lo
             await conn.run(handler)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             # A bug here must cost one connection, never the server.
             log("control_connection_error", level="error", error=f"{type(e).__name__}: {e}",
                 traceback="".join(traceback.format_exception(e)))
@@ -299,7 +306,7 @@ class _Connection:
         except ControlError as e:
             await self._send(error_answer(e.message, e.fields))
             return
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (a handler's bug is answered, not raised)
             await self._send(self._internal(cmd, e))
             return
         if isinstance(result, dict):
@@ -322,7 +329,7 @@ class _Connection:
                 except ControlError as e:
                     await self._send(error_answer(e.message, e.fields))
                     return
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 (as in _answer)
                     await self._send(self._internal(cmd, e))
                     return
                 if not isinstance(item, dict):

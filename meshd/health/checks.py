@@ -28,12 +28,12 @@ import ipaddress
 import os
 import socket
 import ssl
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 import trio
 from cryptography import x509
 
-from meshd.configreader import is_ip
+from meshd.config.reader import is_ip
 from meshd.health import icmp
 from meshd.health.checkspec import METHODS, CheckOutcome, CheckSpec, CheckTarget
 from meshd.health.scriptpool import ScriptPool, describe_exit, milliseconds, run_script
@@ -74,7 +74,7 @@ async def run_check(target: CheckTarget, *, scripts: ScriptPool | None = None) -
             return CheckOutcome(False, None, f"timeout after {milliseconds(spec.timeout_s)} ms ({progress.phase})")
     except CheckFailed as e:
         return CheckOutcome(False, trio.current_time() - start, str(e))
-    except Exception as e:      # a bug here must not take the health engine down with it
+    except Exception as e:  # noqa: BLE001 (a bug here must not take the health engine down with it)
         return CheckOutcome(False, trio.current_time() - start, f"check error: {type(e).__name__}: {e}")
     return CheckOutcome(True, trio.current_time() - start, None, warning)
 
@@ -178,9 +178,8 @@ async def _tls_handshake(target: CheckTarget, progress: _Progress) -> tuple[trio
         await tls.do_handshake()
         der = tls.getpeercert(binary_form=True)
         cert = x509.load_der_x509_certificate(der) if der else None
-        if name and not openssl_checks_name:
-            if cert is None or not certificate_matches(cert, name):
-                raise CheckFailed(f"tls: certificate verify failed: certificate is not valid for {name!r}")
+        if name and not openssl_checks_name and (cert is None or not certificate_matches(cert, name)):
+            raise CheckFailed(f"tls: certificate verify failed: certificate is not valid for {name!r}")
         warning = expiry_warning(cert, spec.expiry_warn_days) if cert is not None else None
     except trio.BrokenResourceError as e:
         await trio.aclose_forcefully(tls)
@@ -229,7 +228,7 @@ def certificate_matches(cert: x509.Certificate, name: str) -> bool:
 def expiry_warning(cert: x509.Certificate, warn_days: int | None, now: datetime.datetime | None = None) -> str | None:
     if warn_days is None:
         return None
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     not_after = cert.not_valid_after_utc
     left = not_after - now
     day = not_after.strftime("%Y-%m-%d")

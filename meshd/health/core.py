@@ -64,7 +64,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from ..config_health import HealthConfig, HealthHost, HealthRedirect, HealthTable
+from ..config.health import HealthConfig, HealthHost, HealthRedirect, HealthTable
 from .actions import (
     Action,
     Backend,

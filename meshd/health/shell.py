@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import trio
 
+from ..commands import ControlError, require
 from ..config import Config
-from ..config_health import HealthConfig
-from ..control.protocol import ControlError, require
+from ..config.health import HealthConfig
 from ..kernel.nft import Backend, LbRedirect, LoadBalancer, NftError
 from . import report
 from .actions import CancelCheck, DeleteStates, Log, SetBackends, StartCheck

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..config_sync import TCP_STATES, SyncFilter
+from ..config.sync import TCP_STATES, SyncFilter
 
 IPS_ASSURED = 1 << 2
 IPS_NAT_MASK = (1 << 4) | (1 << 5)       # IPS_SRC_NAT | IPS_DST_NAT

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from ..config import Config
-from ..control.protocol import ControlError
+from ..commands import ControlError
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
 from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,

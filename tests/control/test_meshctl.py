@@ -12,6 +12,7 @@ import threading
 import pytest
 import trio
 
+from meshd.commands import ControlError, require
 from meshd.config import ConfigError
 from meshd.control import meshctl
 from meshd.control.meshctl import (
@@ -21,7 +22,6 @@ from meshd.control.meshctl import (
     request,
     request_stream,
 )
-from meshd.control.protocol import ControlError, require
 from meshd.control.server import serve_control
 
 STATUS = {

@@ -16,7 +16,8 @@ import tempfile
 import pytest
 import trio
 
-from meshd.control.protocol import MAX_LINE, ControlError, decode_request, require
+from meshd.commands import ControlError, require
+from meshd.control.protocol import MAX_LINE, decode_request
 from meshd.control.server import ControlSocketError, serve_control
 
 
@@ -428,7 +429,8 @@ def test_non_socket_file_is_not_removed(sock_path):
         with pytest.raises(ControlSocketError, match="not a socket"):
             await serve_control(sock_path, fake_handler, log=Log())
     trio.run(main)
-    assert open(sock_path).read() == "precious"
+    with open(sock_path) as f:
+        assert f.read() == "precious"
 
 
 def test_path_too_long():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from meshd.config_health import HealthConfig, HealthHost, HealthRedirect, HealthTable
+from meshd.config.health import HealthConfig, HealthHost, HealthRedirect, HealthTable
 from meshd.health.actions import Demote, Log, SetBackends, StartCheck
 from meshd.health.checkspec import CheckOutcome, CheckSpec
 from meshd.health.core import HealthCore

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshd.config import ConfigError, parse_config
-from meshd.config_health import HealthHost, HealthRedirect
+from meshd.config.health import HealthHost, HealthRedirect
 from meshd.health.checkspec import CheckSpec, CheckTarget
 
 BASE = """\

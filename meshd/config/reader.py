@@ -1,13 +1,19 @@
 """The typed TOML walker behind every configuration section.
 
 It records problems instead of raising, so a file is refused with all of its
-errors listed at once, each named by file and key path.
+errors listed at once, each named by file and key path.  It also owns the
+syntax of names (`NAME_RE`) the sections share.  It knows no section's keys
+and reads nothing but the document it is handed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
+
+# Node, group, counter, host, table and redirect names.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
 class Reader:
@@ -54,6 +60,15 @@ class Reader:
             return None if default is ... else default
         return tuple(value) if kind == "strlist" else value
 
+    def choice(self, data: dict, path: str, key: str, allowed: tuple[str, ...],
+               default: str) -> str | None:
+        """Read data[key], a string that must be one of `allowed`; None when bad."""
+        value = self.get(data, path, key, "str", default=default)
+        if value is not None and value not in allowed:
+            self.problem(_join(path, key), f"expected one of {', '.join(allowed)}, found {describe(value)}")
+            return None
+        return value
+
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
@@ -82,8 +97,6 @@ def describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a table"
     return type(value).__name__
-
-
 
 
 def is_ip(text: str) -> bool:

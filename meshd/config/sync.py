@@ -1,7 +1,10 @@
 """The `[sync]` section: the conntrack state mesh.
 
 Absent section: no replication (the election runs alone).  Every key is
-documented in docs/configuration.md.
+documented in docs/configuration.md.  Owns the replication
+filter's vocabulary (protocol names and numbers, conntrack's TCP state names),
+which meshd/sync/filters.py applies to kernel events; it opens no socket and
+reads no conntrack table.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from .configreader import Reader, describe
+from .reader import Reader, describe
 
 SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
              "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
@@ -77,8 +80,8 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     kw["max_datagram"] = r.get(t, "sync", "max_datagram", "int", default=1400, lo=576, hi=65000)
     kw["event_buffer_bytes"] = r.get(t, "sync", "event_buffer_bytes", "int",
                                      default=32 * 1024 * 1024, lo=4096, hi=2**31 - 1)
-    kw["commit"] = _choice(r, t, "commit", COMMIT_MODES, "continuous")
-    kw["commit_scope"] = _choice(r, t, "commit_scope", COMMIT_SCOPES, "all")
+    kw["commit"] = r.choice(t, "sync", "commit", COMMIT_MODES, "continuous")
+    kw["commit_scope"] = r.choice(t, "sync", "commit_scope", COMMIT_SCOPES, "all")
     kw["heartbeat_ms"] = r.get(t, "sync", "heartbeat_ms", "int", default=200, lo=10, hi=60000)
     kw["digest_interval_ms"] = r.get(t, "sync", "digest_interval_ms", "int", default=5000,
                                      lo=100, hi=3_600_000)
@@ -103,14 +106,6 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     if peers is None or any(v is None for k, v in kw.items() if k not in optional):
         return None
     return SyncConfig(peers, **kw)
-
-
-def _choice(r: Reader, t: dict, key: str, allowed: tuple[str, ...], default: str) -> str | None:
-    value = r.get(t, "sync", key, "str", default=default)
-    if value is not None and value not in allowed:
-        r.problem(f"sync.{key}", f"expected one of {', '.join(allowed)}, found {describe(value)}")
-        return None
-    return value
 
 
 def _parse_peers(r: Reader, data: Any, node_id: int | None,
