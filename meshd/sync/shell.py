@@ -164,7 +164,20 @@ class SyncShell:
                              error=e.strerror or str(e), total=self.send_errors)
 
     async def commit_for_takeover(self, a: CommitFlows | WaitApplied) -> None:
-        """Step 1 of a takeover (on the group's executor), then tell the node core."""
+        """Step 1 of a takeover (on the group's executor), then tell the node core.
+
+        Whatever happens to the commit, the node core hears that it is over:
+        the group's addresses wait for it, and a master without them is the
+        worst outcome of all.
+        """
+        try:
+            await self._commit_for_takeover(a)
+        except Exception as e:
+            self.log("takeover_commit_failed", level="error", group=a.group, error=repr(e))
+        finally:
+            self.dispatch(self.node.takeover_committed(a.group, trio.current_time()))
+
+    async def _commit_for_takeover(self, a: CommitFlows | WaitApplied) -> None:
         if isinstance(a, WaitApplied):
             # Already in the kernel; wait (boundedly) for changes still queued to
             # be applied.  Not holding the commit lock while waiting: the apply
@@ -178,7 +191,6 @@ class SyncShell:
             self.log("takeover_commit", group=a.group, from_node=a.from_node, committed=result.ok,
                      failed=result.failed, ms=round(result.seconds * 1000, 1),
                      errors=result.errors_by_reason or None)
-        self.dispatch(self.node.takeover_committed(a.group, trio.current_time()))
 
     async def _wait_applied(self, limit: float) -> float:
         """Until every change received from the peers is in the kernel, or `limit` s."""
