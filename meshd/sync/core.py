@@ -467,43 +467,6 @@ class SyncCore:
         return self.peers[origin].ext.items()
 
     def stats(self, now: float | None = None) -> dict:
-        peers = {}
-        for p in self.peers.values():
-            rm, rd = p.rx_mcast, p.rx_direct
-            peers[p.id] = {
-                "epoch": p.epoch,
-                "since_last_frame_s": None if p.last_heard is None or now is None
-                else round(now - p.last_heard, 3),
-                "absent": p.absent,
-                "adopted": p.adopted,
-                "in": {
-                    "mcast": {"anchored": rm.anchored, "high": rm.high, "resolved": rm.resolved,
-                              "lag": rm.high - rm.resolved if rm.anchored else None,
-                              "missing": len(rm.missing), "received": rm.received,
-                              "went_missing": rm.went_missing},
-                    "direct": {"anchored": rd.anchored, "high": rd.high, "resolved": rd.resolved,
-                               "missing": len(rd.missing), "received": rd.received,
-                               "went_missing": rd.went_missing},
-                    "bulk": {"in_progress": bool(p.bulk_remaining),
-                             "buckets_remaining": len(p.bulk_remaining),
-                             "complete_for_request": p.bulk_complete_req,
-                             "requested": p.req_id, "pending": p.req_pending},
-                    "pending_sweeps": len(p.pending_sweeps),
-                    "external_entries": len(p.ext),
-                    "external_bytes": p.ext.nbytes(),
-                    "tombstones": len(p.ext.tombstones),
-                    "tombstones_dropped": p.ext.tombstones_dropped,
-                    "stale_records": p.ext.stale,
-                },
-                "out": {
-                    "mcast_acked": p.mcast_cum,
-                    "direct_seq": p.tx.seq,
-                    "direct_held": p.tx.held_items,
-                    "buckets_queued": len(p.repairs),
-                    "bulk_pending": p.bulk_needed,
-                },
-                "counters": dict(p.stats),
-            }
         return {
             "node": self.node_id,
             "epoch": self.epoch,
@@ -517,7 +480,7 @@ class SyncCore:
             "internal": {"entries": len(self.internal), "bytes": self.internal.nbytes(),
                          "oversized_refused": self.internal.oversized},
             "mcast": {"seq": self.mcast.seq, "held": self.mcast.held_items},
-            "peers": peers,
+            "peers": {p.id: p.summary(now) for p in self.peers.values()},
         }
 
     # ================================================================== sending
