@@ -146,16 +146,18 @@ class SyncCore:
         self.probe_at: float | None = None
         self.round: dict[int, int] | None = None     # peer -> request id its bulk must answer
         self.round_started = 0.0
-        self._now = 0.0                 # `now` of the current input, for deep callees
         self.in_sync = False
         self.sync_reason = "not started"
-        self._out: list[Action] = []
+        # Of the input being handled: its `now` (for the parts that send, deep
+        # down) and the actions gathered so far (the parts append to it).
+        self.now = 0.0
+        self.out: list[Action] = []
 
     # ================================================================== inputs
 
     def start(self, now: float) -> list[Action]:
         """Announce this epoch and ask every peer for a bulk resync."""
-        self._now = now
+        self.now = now
         self.started_at = now
         self.heartbeat_at = now            # first heartbeat at once: peers learn the epoch
         self.digest_at = now + self.digest_interval_s
@@ -164,13 +166,13 @@ class SyncCore:
 
     def request_resync(self, now: float) -> list[Action]:
         """Operator: fetch every peer's whole state again; not in sync until done."""
-        self._now = now
+        self.now = now
         self._begin_round(now, "operator resync")
         return self._flush()
 
     def local_events(self, events, now: float) -> list[Action]:
         """Local kernel events: iterable of (kind, key, attrs); attrs None for DESTROY."""
-        self._now = now
+        self.now = now
         changed = self.internal.apply_events(events)
         if not changed:
             return self._flush()
@@ -201,7 +203,7 @@ class SyncCore:
 
     def receive(self, data: bytes, source_peer_hint: int | None, now: float) -> list[Action]:
         """A datagram arrived.  `source_peer_hint`: the peer its source address maps to."""
-        self._now = now
+        self.now = now
         self.counters["bytes received"] += len(data)
         try:
             h = parse_header(data)
@@ -236,12 +238,12 @@ class SyncCore:
         p.last_heard = now
         if p.absent:
             p.absent = False
-            self._out.append(PeerChanged(p.id, "back", "heard again"))
+            self.out.append(PeerChanged(p.id, "back", "heard again"))
         if p.adopted and now - p.adopted_at > self.adopt_grace_s:
             # Alive after all (not a frame that was in flight when it failed):
             # its own state is authoritative for its external cache again.
             p.adopted = False
-            self._out.append(PeerChanged(p.id, "adoption ended", "heard again"))
+            self.out.append(PeerChanged(p.id, "adoption ended", "heard again"))
         t = h.type
         if t == FrameType.DATA:
             self._on_data(p, h.counter, body, now)
@@ -271,7 +273,7 @@ class SyncCore:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Action]:
-        self._now = now
+        self.now = now
         for p in self.peers.values():
             if p.status_due is not None and p.status_due <= now:
                 self._send_status(p, now)
@@ -336,7 +338,7 @@ class SyncCore:
             gone = p.ext.clear()
             self.counters["external flushes"] += 1
             if gone and self.report:
-                self._out.append(ExternalChanged(p.id, (), tuple(gone)))
+                self.out.append(ExternalChanged(p.id, (), tuple(gone)))
         return self._flush()
 
     # ------------------------------------------------------------ reload
@@ -352,7 +354,7 @@ class SyncCore:
         The frame counter goes on (see FrameSealer.rekey): the peers' replay
         guards and the records' stamps need it to grow anyway.
         """
-        self._now = now
+        self.now = now
         self.keys = keys
         self.sealer.rekey(keys)
         self.opener.rekey(keys)
@@ -369,10 +371,10 @@ class SyncCore:
         """
         if peer == self.node_id or peer in self.peers or not 1 <= peer <= 2**32 - 1:
             raise ValueError(f"cannot add peer {peer}: ours, known already, or out of range")
-        self._now = now
+        self.now = now
         p = self.peers[peer] = Peer(peer, self.resend_queue, self.max_gap, added_at=now)
         self.counters["peers added"] += 1
-        self._out.append(PeerChanged(peer, "added", "added by reload"))
+        self.out.append(PeerChanged(peer, "added", "added by reload"))
         self._ask_bulk(p, now)
         return self._flush()
 
@@ -388,9 +390,9 @@ class SyncCore:
         KeyError for an unknown peer.
         """
         p = self.peers.pop(peer)
-        self._now = now
+        self.now = now
         self.counters["peers removed"] += 1
-        self._out.append(PeerChanged(peer, "removed",
+        self.out.append(PeerChanged(peer, "removed",
                                      f"removed by reload ({len(p.ext)} external entries dropped)"))
         self._release_mcast()
         if self.round is not None and self.round.pop(peer, None) is not None:
@@ -406,7 +408,7 @@ class SyncCore:
         ValueError as in the constructor.
         """
         _check_timers(heartbeat_s, digest_interval_s, peer_timeout_s)
-        self._now = now
+        self.now = now
         self._timer_values(heartbeat_s, digest_interval_s, peer_timeout_s)
         if self.heartbeat_at is not None:
             self.heartbeat_at = min(self.heartbeat_at, now + heartbeat_s)
@@ -421,13 +423,13 @@ class SyncCore:
         upsert per origin: the shell's applier then puts the flows replicated
         so far into the kernel, ahead of the changes that follow, in order.
         """
-        self._now = now
+        self.now = now
         was, self.report = self.report, on
         if on and not was:
             for p in self.peers.values():
                 entries = tuple(p.ext.items())
                 if entries:
-                    self._out.append(ExternalChanged(p.id, entries, ()))
+                    self.out.append(ExternalChanged(p.id, entries, ()))
         return self._flush()
 
     def _timer_values(self, heartbeat_s: float, digest_interval_s: float,
@@ -486,14 +488,14 @@ class SyncCore:
     # ================================================================== sending
 
     def _flush(self) -> list[Action]:
-        out, self._out = self._out, []
+        out, self.out = self.out, []
         return out
 
     def _send(self, peer: int | None, ftype: FrameType, body: tuple) -> None:
         data = self.sealer.seal(ftype, packb(body))
         self.frames_sent[ftype.name] += 1
         self.counters["bytes sent"] += len(data)
-        self._out.append(SendFrame(peer, data))
+        self.out.append(SendFrame(peer, data))
 
     def _send_records(self, p: Peer | None, items, label: str, supersedes=(),
                       controls: tuple = ()) -> None:
@@ -554,10 +556,10 @@ class SyncCore:
         if dest is not None:
             p = self.peers[dest]
             if p.probe_at is None:
-                p.probe_at = self._now + self.probe_delay_s
+                p.probe_at = self.now + self.probe_delay_s
         seq = stream.next_seq()
         data = self.sealer.seal(FrameType.DATA, packb((tid, tep, seq, recs, supersedes, controls)))
-        self._out.append(SendFrame(dest, data))
+        self.out.append(SendFrame(dest, data))
         self.frames_sent["DATA"] += 1
         self.counters["bytes sent"] += len(data)
         evicted = stream.hold(seq, tuple([r[0] for r in recs]), controls, supersedes)
@@ -567,7 +569,7 @@ class SyncCore:
     def _overflow(self, stream, evicted: int) -> None:
         """Held keys over the bound: peers that had not acknowledged `evicted` get a bulk."""
         self.counters["queue overflows"] += 1
-        now_due = self._now
+        now_due = self.now
         if stream is self.mcast:
             for p in self.peers.values():
                 if p.mcast_cum is not None and p.mcast_cum < evicted and evicted > p.floor_mcast:
@@ -659,7 +661,7 @@ class SyncCore:
                 p.added_at if p.added_at is not None else started
             if not p.absent and now - silent_since >= self.peer_timeout_s:
                 p.absent = True
-                self._out.append(PeerChanged(p.id, "absent",
+                self.out.append(PeerChanged(p.id, "absent",
                                              f"nothing heard for {self.peer_timeout_s:g} s"))
             if p.transferred:
                 low = self.mcast.low
@@ -868,7 +870,7 @@ class SyncCore:
         p.reset_recipient()
         p.adopted = False        # its bulk replaces its external cache
         self._ask_bulk(p, now)
-        self._out.append(PeerChanged(p.id, "first contact" if first else "restarted",
+        self.out.append(PeerChanged(p.id, "first contact" if first else "restarted",
                                      f"epoch {epoch}" if first else f"epoch {old} -> {epoch}"))
 
     def _ask_bulk(self, p: Peer, now: float) -> None:
@@ -898,7 +900,7 @@ class SyncCore:
             self.counters["records received"] += len(records)
             self.counters["records applied"] += applied
             if ups or dels:
-                self._out.append(ExternalChanged(p.id, tuple(ups), tuple(dels)))
+                self.out.append(ExternalChanged(p.id, tuple(ups), tuple(dels)))
         if not rx.receive(seq, now):
             self._lost_track(p, direct, now)
         if direct:
@@ -994,7 +996,7 @@ class SyncCore:
             if deleted:
                 p.stats["entries swept"] += len(deleted)
                 if self.report:
-                    self._out.append(ExternalChanged(p.id, (), tuple(deleted)))
+                    self.out.append(ExternalChanged(p.id, (), tuple(deleted)))
             p.repair_wait.pop(bucket, None)
             if instance == p.bulk_instance and p.bulk_remaining:
                 p.bulk_remaining.discard(bucket)
@@ -1093,7 +1095,7 @@ class SyncCore:
         announce = in_sync != self.in_sync or not in_sync
         self.in_sync, self.sync_reason = in_sync, reason
         if announce:
-            self._out.append(SyncState(in_sync, reason))
+            self.out.append(SyncState(in_sync, reason))
 
     # ================================================================== rejects
 
