@@ -5,7 +5,8 @@ local kernel events, datagrams from peers, timers, operator commands.
 Outputs are lists of actions (meshd.sync.actions).  The core never reads a
 clock, touches a socket or logs.
 
-Rules, all in this file:
+Rules (this file, and the parts it calls: outbound.py sends, sequences and
+holds the frames, the resend queue's bound, heartbeats and tail probes):
 
 * Local events update the internal cache; the net change of a batch is sent
   at once on this node's multicast stream, many records per frame.
@@ -38,25 +39,41 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from .actions import (Action, ExternalChanged, FrameRejected, PeerChanged, SendFrame,
-                      SyncState)
+from . import outbound
+from .actions import (
+    Action,
+    ExternalChanged,
+    FrameRejected,
+    PeerChanged,
+    SyncState,
+)
 from .cache import STAMP_LEN, InternalCache
-from .digest import DIGEST_BYTES, NBUCKETS, bitmap_to_buckets, buckets_to_bitmap, pack_digests, \
-    unpack_digests
-from .frames import (CTL_BULK_BEGIN, CTL_SWEEP, MIN_DATAGRAM, OVERHEAD, STREAM_DIRECT,
-                     STREAM_MCAST, FrameError, FrameOpener, FrameSealer, FrameType, decode_body,
-                     packb, parse_header)
+from .digest import (
+    DIGEST_BYTES,
+    NBUCKETS,
+    bitmap_to_buckets,
+    buckets_to_bitmap,
+    pack_digests,
+    unpack_digests,
+)
+from .frames import (
+    CTL_BULK_BEGIN,
+    CTL_SWEEP,
+    MIN_DATAGRAM,
+    OVERHEAD,
+    STREAM_DIRECT,
+    STREAM_MCAST,
+    FrameError,
+    FrameOpener,
+    FrameSealer,
+    FrameType,
+    decode_body,
+    parse_header,
+)
+from .outbound import DATA_BASE_OVERHEAD, RECORD_OVERHEAD, RESEND_HEADROOM
 from .peer import Peer
 from .stream import OutboundStream, bitmap_to_seqs
 
-# DATA body overhead with an empty records array of up to 65535 entries, worst-case
-# integers: array(6) + target u32 + target epoch u32 + seq u64 + array16 + [] + [].
-DATA_BASE_OVERHEAD = 1 + 5 + 5 + 9 + 3 + 1 + 1
-RECORD_OVERHEAD = 1 + 3 + 3          # fixarray + two bin16 headers, worst case
-# Live and bulk frames leave this much room, so that resending one frame's keys
-# (same sizes) together with its supersede entry still fits a single frame:
-# a resend split over two frames makes the receiver wait for both.
-RESEND_HEADROOM = 48
 MAX_SUPERSEDES = 32                  # ranges per resend frame (about 600 bytes at most)
 SWEEPS_PER_CALL = 16                 # SWEEP controls per frame (about 350 bytes at most)
 SMALL_BUCKETS = 32                   # buckets share frames while they hold fewer entries
@@ -180,7 +197,7 @@ class SyncCore:
         if any(p.adopted for p in self.peers.values()):
             self._move_adopted(changed)
         if self.peers:
-            self._send_records(None, changed, "live")
+            outbound.send_records(self, None, changed, "live")
             self.probe_at = now + self.probe_delay_s     # tail probe once the burst is over
         return self._flush()
 
@@ -284,11 +301,11 @@ class SyncCore:
             if p.pump_at is not None and p.pump_at <= now:
                 self._pump(p, now)
             if p.probe_at is not None and p.probe_at <= now:
-                self._direct_probe(p, now)
+                outbound.direct_probe(self, p, now)
         if self.heartbeat_at is not None and self.heartbeat_at <= now:
             self._heartbeat_tick(now)
         elif self.probe_at is not None and self.probe_at <= now:
-            self._mcast_probe(now)
+            outbound.mcast_probe(self, now)
         if self.digest_at is not None and self.digest_at <= now:
             self._send_digests()
             self.digest_at = now + self.digest_interval_s
@@ -394,7 +411,7 @@ class SyncCore:
         self.counters["peers removed"] += 1
         self.out.append(PeerChanged(peer, "removed",
                                      f"removed by reload ({len(p.ext)} external entries dropped)"))
-        self._release_mcast()
+        outbound.release_mcast(self)
         if self.round is not None and self.round.pop(peer, None) is not None:
             self._check_round(now)
         return self._flush()
@@ -491,102 +508,6 @@ class SyncCore:
         out, self.out = self.out, []
         return out
 
-    def _send(self, peer: int | None, ftype: FrameType, body: tuple) -> None:
-        data = self.sealer.seal(ftype, packb(body))
-        self.frames_sent[ftype.name] += 1
-        self.counters["bytes sent"] += len(data)
-        self.out.append(SendFrame(peer, data))
-
-    def _send_records(self, p: Peer | None, items, label: str, supersedes=(),
-                      controls: tuple = ()) -> None:
-        """Pack (key, attrs or None) items into as few DATA frames as fit.
-
-        Supersedes and controls ride on the last frame, after every record
-        they vouch for: a SWEEP must follow the bucket's records.  When the
-        call needs several frames, each supersede also lists the earlier ones
-        in its `deps`: the receiver resolves it only once those have arrived
-        (or been resolved), so a resend never resolves a seq whose records
-        were lost on the way.  Deps stay exact ranges, never widened: a
-        widened range could make two supersedes wait for each other.
-        """
-        if p is None:
-            stream, dest, tid, tep = self.mcast, None, 0, 0
-        else:
-            stream, dest, tid, tep = p.tx, p.id, p.id, p.epoch
-        first = stream.seq + 1
-        budget = self.record_budget if label == "resend" else self.pack_budget
-        if not isinstance(items, list):
-            items = list(items)
-        frame = self._data_frame
-        # (key, attrs or None) pairs are the wire records as they are: frames
-        # are slices of `items`.  Sizes are msgpack's: fixarray(2), bin8/bin16
-        # headers, nil for a flow that is gone.
-        start = 0
-        size = 0
-        for i, (key, attrs) in enumerate(items):
-            lk = len(key)
-            if attrs is None:
-                rs = lk + 4 + (lk > 255)
-            else:
-                la = len(attrs)
-                rs = lk + la + 5 + (lk > 255) + (la > 255)
-            if size + rs > budget and i > start:
-                frame(stream, dest, tid, tep, items[start:i], (), ())
-                start, size = i, 0
-            size += rs
-        n = len(items)
-        if supersedes or controls:
-            extra = len(packb(supersedes)) + len(packb(controls)) - 2
-            if supersedes and start > 0:
-                extra += 12 * len(supersedes)       # the dep range added below
-            if start < n and size + extra > budget:
-                frame(stream, dest, tid, tep, items[start:], (), ())
-                start = n
-            last = stream.seq + 1
-            if supersedes:
-                dep = ((first, last - 1),) if last > first else ()
-                supersedes = tuple((kind, lo, hi, tuple(deps) + dep)
-                                   for kind, lo, hi, deps in supersedes)
-            frame(stream, dest, tid, tep, items[start:], supersedes, controls)
-        elif start < n:
-            frame(stream, dest, tid, tep, items[start:], (), ())
-        self.counters[f"records sent {label}"] += n
-
-    def _data_frame(self, stream, dest, tid, tep, recs, supersedes, controls) -> None:
-        if dest is not None:
-            p = self.peers[dest]
-            if p.probe_at is None:
-                p.probe_at = self.now + self.probe_delay_s
-        seq = stream.next_seq()
-        data = self.sealer.seal(FrameType.DATA, packb((tid, tep, seq, recs, supersedes, controls)))
-        self.out.append(SendFrame(dest, data))
-        self.frames_sent["DATA"] += 1
-        self.counters["bytes sent"] += len(data)
-        evicted = stream.hold(seq, tuple([r[0] for r in recs]), controls, supersedes)
-        if evicted:
-            self._overflow(stream, evicted)
-
-    def _overflow(self, stream, evicted: int) -> None:
-        """Held keys over the bound: peers that had not acknowledged `evicted` get a bulk."""
-        self.counters["queue overflows"] += 1
-        now_due = self.now
-        if stream is self.mcast:
-            for p in self.peers.values():
-                if p.mcast_cum is not None and p.mcast_cum < evicted and evicted > p.floor_mcast:
-                    self._need_bulk(p, "resend queue overflow", now_due)
-        else:
-            for p in self.peers.values():
-                if p.tx is stream and evicted > p.floor_direct:
-                    self._need_bulk(p, "resend queue overflow", now_due)
-
-    def _need_bulk(self, p: Peer, why: str, now: float) -> None:
-        # Started from the next handle_timer (due at once), not from inside the
-        # send that noticed it: a bulk is never interleaved with a half-sent batch.
-        if not p.bulk_needed:
-            p.bulk_needed = why
-            p.bulk_needed_at = now
-            p.stats[f"degraded: {why}"] += 1
-
     def _send_status(self, p: Peer, now: float) -> None:
         streams = []
         rm, rd = p.rx_mcast, p.rx_direct
@@ -596,54 +517,26 @@ class SyncCore:
                     now, self.ack_delay_s, self.status_bitmap_bytes, p.nack_after[kind])
                 streams.append((kind, cum, high, start, bitmap))
         if streams and p.epoch is not None:
-            self._send(p.id, FrameType.STATUS, (p.epoch, tuple(streams)))
+            outbound.send(self, p.id, FrameType.STATUS, (p.epoch, tuple(streams)))
         p.status_due = now + self.nack_interval_s if (rm.missing or rd.missing) else None
-
-    def _directs(self) -> tuple:
-        return tuple((p.id, p.epoch, p.tx.seq) for p in self.peers.values()
-                     if p.epoch is not None and p.tx.seq)
-
-    def _send_heartbeat(self) -> None:
-        if self.peers:
-            # ask: "send me a STATUS", while a peer has not acknowledged all we sent
-            # (its last STATUS may have been lost, and it has no reason to send another).
-            ask = any((p.mcast_cum is not None and p.mcast_cum < self.mcast.seq) or p.tx.held
-                      for p in self.peers.values())
-            self._send(None, FrameType.HEARTBEAT, (self.mcast.seq, self._directs(), int(ask)))
-
-    def _mcast_probe(self, now: float) -> None:
-        """Tail probe: a heartbeat, repeated while a tracking peer may lack our tail."""
-        self._send_heartbeat()
-        lagging = any(p.mcast_cum is not None and p.known_mcast < self.mcast.seq
-                      for p in self.peers.values())
-        self.probe_at = now + max(self.probe_delay_s, self.nack_interval_s) if lagging else None
-
-    def _direct_probe(self, p: Peer, now: float) -> None:
-        """Unicast tail probe of our direct stream to p: repeated until its STATUS
-        shows it knows our last frame (the probe, like the tail, may be lost)."""
-        if p.known_direct >= p.tx.seq or p.epoch is None or p.absent:
-            p.probe_at = None
-            return
-        self._send(p.id, FrameType.HEARTBEAT, (self.mcast.seq, ((p.id, p.epoch, p.tx.seq),), 1))
-        p.probe_at = now + max(self.probe_delay_s, self.nack_interval_s)
 
     def _send_digests(self) -> None:
         if not self.peers:
             return
-        directs = self._directs()
+        directs = outbound.directs(self)
         per_frame = max(1, (self.max_body - 64 - 15 * len(directs)) // DIGEST_BYTES)
         digests = self.internal.digests
         for first in range(0, NBUCKETS, per_frame):
             blob = pack_digests(digests[first:first + per_frame])
-            self._send(None, FrameType.DIGEST, (self.mcast.seq, directs, first, blob))
+            outbound.send(self, None, FrameType.DIGEST, (self.mcast.seq, directs, first, blob))
 
     def _send_resync_request(self, p: Peer, now: float) -> None:
-        self._send(p.id, FrameType.RESYNC_REQUEST, (p.req_id,))
+        outbound.send(self, p.id, FrameType.RESYNC_REQUEST, (p.req_id,))
         retry = self.request_retry_s if not p.absent else max(self.request_retry_s, 1.0)
         p.req_next = now + retry
 
     def _heartbeat_tick(self, now: float) -> None:
-        self._send_heartbeat()
+        outbound.send_heartbeat(self)
         self.heartbeat_at = now + self.heartbeat_s
         self.probe_at = None
         started = self.started_at if self.started_at is not None else now
@@ -670,7 +563,7 @@ class SyncCore:
             if mark is not None and p.epoch == mark.epoch and p.ext.tombstones:
                 p.ext.forget_tombstones_upto(mark.high - self.replay.window)
         if released:
-            self._release_mcast()
+            outbound.release_mcast(self)
         self._check_round(now)
 
     # ================================================================== local side
@@ -705,15 +598,11 @@ class SyncCore:
                 p.known_direct = max(p.known_direct, high)
             if bitmap:
                 self._resend(p, kind, stream, bitmap_to_seqs(start, bitmap), now)
-        self._release_mcast()
+        outbound.release_mcast(self)
         if p.repairs:
             self._pump(p, now)
         if p.known_direct >= p.tx.seq:
             p.probe_at = None
-
-    def _release_mcast(self) -> None:
-        cums = [p.mcast_cum for p in self.peers.values() if p.mcast_cum is not None]
-        self.mcast.release_upto(min(cums) if cums else self.mcast.seq)
 
     def _resend(self, p: Peer, kind: int, stream, seqs: list[int], now: float) -> None:
         """Resend the current state of the keys that the NACKed frames carried.
@@ -737,7 +626,7 @@ class SyncCore:
         def flush():
             nonlocal batch, sup, ctl, size
             if sup or ctl:
-                self._send_records(p, list(batch.items()), "resend", supersedes=sup,
+                outbound.send_records(self, p, list(batch.items()), "resend", supersedes=sup,
                                    controls=tuple(dict.fromkeys(ctl)))
             batch, sup, ctl, size = {}, [], [], 0
 
@@ -746,7 +635,7 @@ class SyncCore:
             # No longer held (released while the peer was silent, or evicted).
             # Not superseded one by one: a bulk resync covers it, and its
             # BULK_BEGIN resolves these seqs at once.
-            self._need_bulk(p, "asked for a frame no longer held", now)
+            outbound.need_bulk(p, "asked for a frame no longer held", now)
         for s in seqs:
             if s < low:
                 continue
@@ -816,7 +705,7 @@ class SyncCore:
         p.bulk_needed = None
         p.tokens, p.tokens_at = self.bulk_burst, now
         self.bulks[why] += 1
-        self._send_records(p, (), "bulk", controls=((CTL_BULK_BEGIN, req, instance, base_m, base_d),))
+        outbound.send_records(self, p, (), "bulk", controls=((CTL_BULK_BEGIN, req, instance, base_m, base_d),))
         self._pump(p, now)
 
     def _pump(self, p: Peer, now: float) -> None:
@@ -845,7 +734,7 @@ class SyncCore:
                     break
                 controls.append((CTL_SWEEP, b, start, repairs.pop(b)))
                 items.extend(bucket.items())
-            self._send_records(p, items, "bulk", controls=tuple(controls))
+            outbound.send_records(self, p, items, "bulk", controls=tuple(controls))
             p.tokens -= max(1, len(items))
             p.stats["buckets sent"] += len(controls)
         if not p.repairs:
@@ -1056,7 +945,7 @@ class SyncCore:
                 p.repair_wait[b] = now
             p.stats["buckets differing"] += len(differ)
             self.counters["anti-entropy repairs requested"] += len(differ)
-            self._send(p.id, FrameType.REPAIR_REQUEST, (p.epoch, buckets_to_bitmap(differ)))
+            outbound.send(self, p.id, FrameType.REPAIR_REQUEST, (p.epoch, buckets_to_bitmap(differ)))
 
     # ================================================================== in sync
 
