@@ -6,7 +6,8 @@ Outputs are lists of actions (meshd.sync.actions).  The core never reads a
 clock, touches a socket or logs.
 
 Rules (this file, and the parts it calls: outbound.py sends, sequences and
-holds the frames, the resend queue's bound, heartbeats and tail probes):
+holds the frames, the resend queue's bound, heartbeats and tail probes;
+bulk.py both ends of a bulk resync, its pacing and the in-sync round):
 
 * Local events update the internal cache; the net change of a batch is sent
   at once on this node's multicast stream, many records per frame.
@@ -39,13 +40,12 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from . import outbound
+from . import bulk, outbound
 from .actions import (
     Action,
     ExternalChanged,
     FrameRejected,
     PeerChanged,
-    SyncState,
 )
 from .cache import STAMP_LEN, InternalCache
 from .digest import (
@@ -75,8 +75,6 @@ from .peer import Peer
 from .stream import OutboundStream, bitmap_to_seqs
 
 MAX_SUPERSEDES = 32                  # ranges per resend frame (about 600 bytes at most)
-SWEEPS_PER_CALL = 16                 # SWEEP controls per frame (about 350 bytes at most)
-SMALL_BUCKETS = 32                   # buckets share frames while they hold fewer entries
 QUIET_REJECTS = frozenset({"own frame"})   # looped-back multicast: counted, not reported
 TYPE_NAMES = {t.value: t.name for t in FrameType}
 
@@ -178,13 +176,13 @@ class SyncCore:
         self.started_at = now
         self.heartbeat_at = now            # first heartbeat at once: peers learn the epoch
         self.digest_at = now + self.digest_interval_s
-        self._begin_round(now, "startup")
+        bulk.begin_round(self, now, "startup")
         return self._flush()
 
     def request_resync(self, now: float) -> list[Action]:
         """Operator: fetch every peer's whole state again; not in sync until done."""
         self.now = now
-        self._begin_round(now, "operator resync")
+        bulk.begin_round(self, now, "operator resync")
         return self._flush()
 
     def local_events(self, events, now: float) -> list[Action]:
@@ -271,7 +269,7 @@ class SyncCore:
         elif t == FrameType.DIGEST:
             self._on_digest(p, h.counter, body, now)
         elif t == FrameType.RESYNC_REQUEST:
-            self._on_resync_request(p, body, now)
+            bulk.on_resync_request(self, p, h.counter, body, now)
         else:
             self._on_repair_request(p, body, now)
         return self._flush()
@@ -295,11 +293,11 @@ class SyncCore:
             if p.status_due is not None and p.status_due <= now:
                 self._send_status(p, now)
             if p.req_pending and p.req_next is not None and p.req_next <= now:
-                self._send_resync_request(p, now)
+                bulk.send_resync_request(self, p, now)
             if p.bulk_needed and p.epoch is not None and p.bulk_needed_at <= now:
-                self._start_bulk(p, p.last_req_from, now, p.bulk_needed)
+                bulk.start_bulk(self, p, p.last_req_from, now, p.bulk_needed)
             if p.pump_at is not None and p.pump_at <= now:
-                self._pump(p, now)
+                bulk.pump(self, p, now)
             if p.probe_at is not None and p.probe_at <= now:
                 outbound.direct_probe(self, p, now)
         if self.heartbeat_at is not None and self.heartbeat_at <= now:
@@ -392,7 +390,7 @@ class SyncCore:
         p = self.peers[peer] = Peer(peer, self.resend_queue, self.max_gap, added_at=now)
         self.counters["peers added"] += 1
         self.out.append(PeerChanged(peer, "added", "added by reload"))
-        self._ask_bulk(p, now)
+        bulk.ask_bulk(self, p, now)
         return self._flush()
 
     def remove_peer(self, peer: int, now: float) -> list[Action]:
@@ -413,7 +411,7 @@ class SyncCore:
                                      f"removed by reload ({len(p.ext)} external entries dropped)"))
         outbound.release_mcast(self)
         if self.round is not None and self.round.pop(peer, None) is not None:
-            self._check_round(now)
+            bulk.check_round(self, now)
         return self._flush()
 
     def set_timers(self, heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float,
@@ -530,11 +528,6 @@ class SyncCore:
             blob = pack_digests(digests[first:first + per_frame])
             outbound.send(self, None, FrameType.DIGEST, (self.mcast.seq, directs, first, blob))
 
-    def _send_resync_request(self, p: Peer, now: float) -> None:
-        outbound.send(self, p.id, FrameType.RESYNC_REQUEST, (p.req_id,))
-        retry = self.request_retry_s if not p.absent else max(self.request_retry_s, 1.0)
-        p.req_next = now + retry
-
     def _heartbeat_tick(self, now: float) -> None:
         outbound.send_heartbeat(self)
         self.heartbeat_at = now + self.heartbeat_s
@@ -564,7 +557,7 @@ class SyncCore:
                 p.ext.forget_tombstones_upto(mark.high - self.replay.window)
         if released:
             outbound.release_mcast(self)
-        self._check_round(now)
+        bulk.check_round(self, now)
 
     # ================================================================== local side
 
@@ -600,7 +593,7 @@ class SyncCore:
                 self._resend(p, kind, stream, bitmap_to_seqs(start, bitmap), now)
         outbound.release_mcast(self)
         if p.repairs:
-            self._pump(p, now)
+            bulk.pump(self, p, now)
         if p.known_direct >= p.tx.seq:
             p.probe_at = None
 
@@ -669,14 +662,6 @@ class SyncCore:
         p.stats["frames resent"] += nseqs
         self.counters["frames resent"] += nseqs
 
-    def _on_resync_request(self, p: Peer, body: tuple, now: float) -> None:
-        (req,) = body
-        if req <= p.last_req_from:
-            p.stats["duplicate resync requests"] += 1
-            return
-        p.last_req_from = req
-        self._start_bulk(p, req, now, "requested")
-
     def _on_repair_request(self, p: Peer, body: tuple, now: float) -> None:
         origin_epoch, bitmap = body
         if origin_epoch != self.epoch:
@@ -687,62 +672,7 @@ class SyncCore:
             if b not in p.repairs:
                 p.repairs[b] = 0
         p.stats["buckets repair requested"] += len(buckets)
-        self._pump(p, now)
-
-    def _start_bulk(self, p: Peer, req: int, now: float, why: str) -> None:
-        """Send the whole internal cache to p: BULK_BEGIN, then every bucket, paced."""
-        instance = self.sealer.next_counter          # the BULK_BEGIN frame's own counter
-        base_m, base_d = self.mcast.seq, p.tx.seq
-        p.bulk_tx_instance = instance
-        p.floor_mcast, p.floor_direct = base_m, base_d
-        if p.mcast_cum is None or p.mcast_cum < base_m:
-            p.mcast_cum = base_m     # hold our next mcast frames for it from now on
-        p.mcast_status_at = now
-        # Buckets a replaced bulk had not reached yet go first, so that repeated
-        # restarts (a peer that keeps overflowing) do not starve the last buckets.
-        order = [b for b in p.repairs] + [b for b in range(NBUCKETS) if b not in p.repairs]
-        p.repairs = dict.fromkeys(order, instance)
-        p.bulk_needed = None
-        p.tokens, p.tokens_at = self.bulk_burst, now
-        self.bulks[why] += 1
-        outbound.send_records(self, p, (), "bulk", controls=((CTL_BULK_BEGIN, req, instance, base_m, base_d),))
-        self._pump(p, now)
-
-    def _pump(self, p: Peer, now: float) -> None:
-        """Send queued buckets to p as the rate and the resend window allow."""
-        if p.epoch is None or not p.repairs:
-            p.pump_at = None
-            return
-        rate = self.bulk_rate
-        p.tokens = min(self.bulk_burst, p.tokens + (now - p.tokens_at) * rate)
-        p.tokens_at = now
-        window = p.tx.limit // 4                 # = resend_queue / 2
-        batch = max(1, min(SMALL_BUCKETS, window // 4))
-        buckets = self.internal.buckets
-        repairs = p.repairs
-        while repairs and p.tokens > 0 and p.tx.held_items < window:
-            # Small buckets share frames (an empty cache is 16 frames, not 256):
-            # every frame of this call has counter >= start, so one start
-            # serves all the buckets it carries.
-            start = self.sealer.next_counter
-            items: list = []
-            controls = []
-            while repairs and len(controls) < SWEEPS_PER_CALL:
-                b = next(iter(repairs))
-                bucket = buckets[b]
-                if controls and len(items) + len(bucket) > batch:
-                    break
-                controls.append((CTL_SWEEP, b, start, repairs.pop(b)))
-                items.extend(bucket.items())
-            outbound.send_records(self, p, items, "bulk", controls=tuple(controls))
-            p.tokens -= max(1, len(items))
-            p.stats["buckets sent"] += len(controls)
-        if not p.repairs:
-            p.pump_at = None
-        elif p.tokens <= 0:
-            p.pump_at = now + (1 - p.tokens) / rate
-        else:
-            p.pump_at = now + self.heartbeat_s    # window full; a STATUS pumps sooner
+        bulk.pump(self, p, now)
 
     # ================================================================== as a receiver
 
@@ -758,21 +688,9 @@ class SyncCore:
         p.reset_origin()
         p.reset_recipient()
         p.adopted = False        # its bulk replaces its external cache
-        self._ask_bulk(p, now)
+        bulk.ask_bulk(self, p, now)
         self.out.append(PeerChanged(p.id, "first contact" if first else "restarted",
                                      f"epoch {epoch}" if first else f"epoch {old} -> {epoch}"))
-
-    def _ask_bulk(self, p: Peer, now: float) -> None:
-        if not p.req_pending:
-            p.req_id += 1
-            p.req_pending = True
-        self._send_resync_request(p, now)
-
-    def _lost_track(self, p: Peer, direct: bool, now: float) -> None:
-        """A gap too large to list: stop tracking that stream and ask for a bulk."""
-        p.stats["lost track"] += 1
-        (p.rx_direct if direct else p.rx_mcast).unanchor()
-        self._ask_bulk(p, now)
 
     def _on_data(self, p: Peer, stamp: int, body: tuple, now: float) -> None:
         target, target_epoch, seq, records, supersedes, controls = body
@@ -791,39 +709,21 @@ class SyncCore:
             if ups or dels:
                 self.out.append(ExternalChanged(p.id, tuple(ups), tuple(dels)))
         if not rx.receive(seq, now):
-            self._lost_track(p, direct, now)
+            bulk.lost_track(self, p, direct, now)
         if direct:
             for kind, lo, hi, deps in supersedes:
                 p.pending_supersedes.append((deps, kind, lo, hi))
             for c in controls:
                 if c[0] == CTL_BULK_BEGIN:
-                    self._on_bulk_begin(p, c, now)
+                    bulk.on_bulk_begin(self, p, c, now)
                 elif c[0] == CTL_SWEEP:
                     p.pending_sweeps.append((seq, c[1], c[2], c[3]))
             if p.pending_supersedes:
                 self._settle_supersedes(p, now)
             if p.pending_sweeps:
-                self._try_sweeps(p, now)
+                bulk.try_sweeps(self, p, now)
         if p.status_due is None:
             p.status_due = now + self.ack_delay_s
-
-    def _on_bulk_begin(self, p: Peer, c: tuple, now: float) -> None:
-        _, req, instance, base_m, base_d = c
-        if instance < p.bulk_instance:
-            return                      # an older bulk, replaced since
-        if instance > p.bulk_instance:
-            p.bulk_instance = instance
-            p.bulk_req = req
-            p.bulk_remaining = set(range(NBUCKETS))
-            self.counters["bulk resyncs received"] += 1
-            p.stats["bulk resyncs received"] += 1
-        if not p.rx_mcast.anchor(base_m, now):
-            self._lost_track(p, False, now)
-        if not p.rx_direct.anchor(base_d, now):
-            self._lost_track(p, True, now)
-        if p.req_pending and req >= p.req_id:
-            p.req_pending = False
-            p.req_next = None
 
     def _settle_supersedes(self, p: Peer, now: float) -> None:
         """Apply the supersedes whose dependencies have all been resolved.
@@ -854,46 +754,9 @@ class SyncCore:
                     continue
                 stream = p.rx_mcast if kind == STREAM_MCAST else p.rx_direct
                 if not stream.supersede(lo, hi, now):
-                    self._lost_track(p, kind == STREAM_DIRECT, now)
+                    bulk.lost_track(self, p, kind == STREAM_DIRECT, now)
                 progress = True
             p.pending_supersedes = waiting
-
-    def _try_sweeps(self, p: Peer, now: float) -> None:
-        """Run the SWEEPs whose frame and everything before it are resolved.
-
-        A SWEEP vouches for its bucket's dump, sent before it on the direct
-        stream: with nothing missing up to the SWEEP's frame, each dump frame
-        was received or resent with the current state.  A SWEEP that started
-        before the newest BULK_BEGIN is void: that bulk may have skipped some
-        of its frames, and it sends every bucket again anyway.
-        """
-        rx = p.rx_direct
-        if not rx.anchored:
-            return
-        resolved = rx.resolved
-        waiting = []
-        for item in p.pending_sweeps:
-            frame, bucket, start, instance = item
-            if start < p.bulk_instance:
-                p.stats["sweeps void"] += 1
-                continue
-            if frame > resolved:
-                waiting.append(item)
-                continue
-            deleted = p.ext.sweep(bucket, start)
-            p.stats["sweeps"] += 1
-            if deleted:
-                p.stats["entries swept"] += len(deleted)
-                if self.report:
-                    self.out.append(ExternalChanged(p.id, (), tuple(deleted)))
-            p.repair_wait.pop(bucket, None)
-            if instance == p.bulk_instance and p.bulk_remaining:
-                p.bulk_remaining.discard(bucket)
-                if not p.bulk_remaining:
-                    p.bulk_complete_req = p.bulk_req
-                    self.counters["bulk resyncs completed"] += 1
-                    self._check_round(now)
-        p.pending_sweeps = waiting
 
     def _on_heartbeat(self, p: Peer, body: tuple, now: float) -> None:
         mcast_high, directs, ask = body
@@ -904,13 +767,13 @@ class SyncCore:
     def _learn_highs(self, p: Peer, mcast_high: int, directs: tuple, now: float) -> int:
         """Note the sender's highest seqs; return its direct high for us."""
         if not p.rx_mcast.learn_high(mcast_high, now):
-            self._lost_track(p, False, now)
+            bulk.lost_track(self, p, False, now)
         mine = 0
         for pid, pep, high in directs:
             if pid == self.node_id and pep == self.epoch:
                 mine = high
                 if not p.rx_direct.learn_high(high, now):
-                    self._lost_track(p, True, now)
+                    bulk.lost_track(self, p, True, now)
         if p.status_due is None and (p.rx_mcast.missing or p.rx_direct.missing):
             p.status_due = now + self.ack_delay_s
         return mine
@@ -948,43 +811,6 @@ class SyncCore:
             outbound.send(self, p.id, FrameType.REPAIR_REQUEST, (p.epoch, buckets_to_bitmap(differ)))
 
     # ================================================================== in sync
-
-    def _begin_round(self, now: float, why: str) -> None:
-        if not self.peers:
-            self._set_sync(True, f"{why}: no peers")
-            return
-        for p in self.peers.values():
-            self._ask_bulk(p, now)
-        self.round = {p.id: p.req_id for p in self.peers.values()}
-        self.round_started = now
-        self._set_sync(False, f"{why}: waiting for bulk resync from peers "
-                              f"{', '.join(map(str, self.round))}")
-
-    def _check_round(self, now: float) -> None:
-        if self.round is None:
-            return
-        absent = []
-        for pid, req in self.round.items():
-            p = self.peers[pid]
-            if p.bulk_complete_req >= req:
-                continue
-            heard = p.last_heard if p.last_heard is not None else float("-inf")
-            if now - max(heard, self.round_started) >= self.peer_timeout_s:
-                absent.append(pid)
-                continue
-            return
-        self.round = None
-        reason = "bulk resync complete"
-        if absent:
-            reason += f"; absent: peers {', '.join(map(str, absent))}"
-        self._set_sync(True, reason)
-
-    def _set_sync(self, in_sync: bool, reason: str) -> None:
-        # Every new round says "not in sync" again, even if it already was.
-        announce = in_sync != self.in_sync or not in_sync
-        self.in_sync, self.sync_reason = in_sync, reason
-        if announce:
-            self.out.append(SyncState(in_sync, reason))
 
     # ================================================================== rejects
 
