@@ -7,7 +7,8 @@ clock, touches a socket or logs.
 
 Rules (this file, and the parts it calls: outbound.py sends, sequences and
 holds the frames, the resend queue's bound, heartbeats and tail probes;
-bulk.py both ends of a bulk resync, its pacing and the in-sync round):
+bulk.py both ends of a bulk resync, its pacing and the in-sync round;
+inbound.py the receiver side of the streams: records, gaps, STATUS sent):
 
 * Local events update the internal cache; the net change of a batch is sent
   at once on this node's multicast stream, many records per frame.
@@ -40,7 +41,7 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from . import bulk, outbound
+from . import bulk, inbound, outbound
 from .actions import (
     Action,
     ExternalChanged,
@@ -57,11 +58,8 @@ from .digest import (
     unpack_digests,
 )
 from .frames import (
-    CTL_BULK_BEGIN,
-    CTL_SWEEP,
     MIN_DATAGRAM,
     OVERHEAD,
-    STREAM_DIRECT,
     STREAM_MCAST,
     FrameError,
     FrameOpener,
@@ -261,11 +259,11 @@ class SyncCore:
             self.out.append(PeerChanged(p.id, "adoption ended", "heard again"))
         t = h.type
         if t == FrameType.DATA:
-            self._on_data(p, h.counter, body, now)
+            inbound.on_data(self, p, h.counter, body, now)
         elif t == FrameType.STATUS:
             self._on_status(p, body, now)
         elif t == FrameType.HEARTBEAT:
-            self._on_heartbeat(p, body, now)
+            inbound.on_heartbeat(self, p, h.counter, body, now)
         elif t == FrameType.DIGEST:
             self._on_digest(p, h.counter, body, now)
         elif t == FrameType.RESYNC_REQUEST:
@@ -291,7 +289,7 @@ class SyncCore:
         self.now = now
         for p in self.peers.values():
             if p.status_due is not None and p.status_due <= now:
-                self._send_status(p, now)
+                inbound.send_status(self, p, now)
             if p.req_pending and p.req_next is not None and p.req_next <= now:
                 bulk.send_resync_request(self, p, now)
             if p.bulk_needed and p.epoch is not None and p.bulk_needed_at <= now:
@@ -506,18 +504,6 @@ class SyncCore:
         out, self.out = self.out, []
         return out
 
-    def _send_status(self, p: Peer, now: float) -> None:
-        streams = []
-        rm, rd = p.rx_mcast, p.rx_direct
-        for kind, rx in ((STREAM_MCAST, rm), (STREAM_DIRECT, rd)):
-            if rx.anchored and rx.high:
-                cum, high, start, bitmap, p.nack_after[kind] = rx.status(
-                    now, self.ack_delay_s, self.status_bitmap_bytes, p.nack_after[kind])
-                streams.append((kind, cum, high, start, bitmap))
-        if streams and p.epoch is not None:
-            outbound.send(self, p.id, FrameType.STATUS, (p.epoch, tuple(streams)))
-        p.status_due = now + self.nack_interval_s if (rm.missing or rd.missing) else None
-
     def _send_digests(self) -> None:
         if not self.peers:
             return
@@ -692,95 +678,9 @@ class SyncCore:
         self.out.append(PeerChanged(p.id, "first contact" if first else "restarted",
                                      f"epoch {epoch}" if first else f"epoch {old} -> {epoch}"))
 
-    def _on_data(self, p: Peer, stamp: int, body: tuple, now: float) -> None:
-        target, target_epoch, seq, records, supersedes, controls = body
-        if target == 0:
-            rx, direct = p.rx_mcast, False
-        elif target == self.node_id and target_epoch == self.epoch:
-            rx, direct = p.rx_direct, True
-        else:
-            p.stats["frames not for us"] += 1
-            return
-        if records:
-            ext = p.ext
-            applied, ups, dels = ext.apply(records, stamp, self.report)
-            self.counters["records received"] += len(records)
-            self.counters["records applied"] += applied
-            if ups or dels:
-                self.out.append(ExternalChanged(p.id, tuple(ups), tuple(dels)))
-        if not rx.receive(seq, now):
-            bulk.lost_track(self, p, direct, now)
-        if direct:
-            for kind, lo, hi, deps in supersedes:
-                p.pending_supersedes.append((deps, kind, lo, hi))
-            for c in controls:
-                if c[0] == CTL_BULK_BEGIN:
-                    bulk.on_bulk_begin(self, p, c, now)
-                elif c[0] == CTL_SWEEP:
-                    p.pending_sweeps.append((seq, c[1], c[2], c[3]))
-            if p.pending_supersedes:
-                self._settle_supersedes(p, now)
-            if p.pending_sweeps:
-                bulk.try_sweeps(self, p, now)
-        if p.status_due is None:
-            p.status_due = now + self.ack_delay_s
-
-    def _settle_supersedes(self, p: Peer, now: float) -> None:
-        """Apply the supersedes whose dependencies have all been resolved.
-
-        Repeated until nothing changes: one supersede can resolve another's
-        dependency.  Dependencies always point to frames sent after the seq
-        they resolve was resent, so they cannot wait for each other.
-        """
-        missing = p.rx_direct.missing
-
-        def blocked(deps) -> bool:
-            for dlo, dhi in deps:
-                if dhi - dlo < len(missing):
-                    if any(s in missing for s in range(dlo, dhi + 1)):
-                        return True
-                elif any(dlo <= m <= dhi for m in missing):
-                    return True
-            return False
-
-        progress = True
-        while progress and p.pending_supersedes:
-            progress = False
-            waiting = []
-            for item in p.pending_supersedes:
-                deps, kind, lo, hi = item
-                if deps and missing and blocked(deps):
-                    waiting.append(item)
-                    continue
-                stream = p.rx_mcast if kind == STREAM_MCAST else p.rx_direct
-                if not stream.supersede(lo, hi, now):
-                    bulk.lost_track(self, p, kind == STREAM_DIRECT, now)
-                progress = True
-            p.pending_supersedes = waiting
-
-    def _on_heartbeat(self, p: Peer, body: tuple, now: float) -> None:
-        mcast_high, directs, ask = body
-        self._learn_highs(p, mcast_high, directs, now)
-        if ask and p.status_due is None:
-            p.status_due = now + self.ack_delay_s
-
-    def _learn_highs(self, p: Peer, mcast_high: int, directs: tuple, now: float) -> int:
-        """Note the sender's highest seqs; return its direct high for us."""
-        if not p.rx_mcast.learn_high(mcast_high, now):
-            bulk.lost_track(self, p, False, now)
-        mine = 0
-        for pid, pep, high in directs:
-            if pid == self.node_id and pep == self.epoch:
-                mine = high
-                if not p.rx_direct.learn_high(high, now):
-                    bulk.lost_track(self, p, True, now)
-        if p.status_due is None and (p.rx_mcast.missing or p.rx_direct.missing):
-            p.status_due = now + self.ack_delay_s
-        return mine
-
     def _on_digest(self, p: Peer, counter: int, body: tuple, now: float) -> None:
         mcast_high, directs, first, blob = body
-        direct_high = self._learn_highs(p, mcast_high, directs, now)
+        direct_high = inbound.learn_highs(self, p, mcast_high, directs, now)
         if p.adopted:
             return
         rm, rd = p.rx_mcast, p.rx_direct
