@@ -8,7 +8,8 @@ clock, touches a socket or logs.
 Rules (this file, and the parts it calls: outbound.py sends, sequences and
 holds the frames, the resend queue's bound, heartbeats and tail probes;
 bulk.py both ends of a bulk resync, its pacing and the in-sync round;
-inbound.py the receiver side of the streams: records, gaps, STATUS sent):
+inbound.py the receiver side of the streams: records, gaps, STATUS sent;
+resend.py a STATUS received: what it releases, what it resends):
 
 * Local events update the internal cache; the net change of a batch is sent
   at once on this node's multicast stream, many records per frame.
@@ -41,7 +42,7 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from . import bulk, inbound, outbound
+from . import bulk, inbound, outbound, resend
 from .actions import (
     Action,
     ExternalChanged,
@@ -60,7 +61,6 @@ from .digest import (
 from .frames import (
     MIN_DATAGRAM,
     OVERHEAD,
-    STREAM_MCAST,
     FrameError,
     FrameOpener,
     FrameSealer,
@@ -70,9 +70,8 @@ from .frames import (
 )
 from .outbound import DATA_BASE_OVERHEAD, RECORD_OVERHEAD, RESEND_HEADROOM
 from .peer import Peer
-from .stream import OutboundStream, bitmap_to_seqs
+from .stream import OutboundStream
 
-MAX_SUPERSEDES = 32                  # ranges per resend frame (about 600 bytes at most)
 QUIET_REJECTS = frozenset({"own frame"})   # looped-back multicast: counted, not reported
 TYPE_NAMES = {t.value: t.name for t in FrameType}
 
@@ -261,7 +260,7 @@ class SyncCore:
         if t == FrameType.DATA:
             inbound.on_data(self, p, h.counter, body, now)
         elif t == FrameType.STATUS:
-            self._on_status(p, body, now)
+            resend.on_status(self, p, h.counter, body, now)
         elif t == FrameType.HEARTBEAT:
             inbound.on_heartbeat(self, p, h.counter, body, now)
         elif t == FrameType.DIGEST:
@@ -557,97 +556,6 @@ class SyncCore:
 
     # ================================================================== as a sender
 
-    def _on_status(self, p: Peer, body: tuple, now: float) -> None:
-        origin_epoch, streams = body
-        if origin_epoch != self.epoch:
-            p.stats["status for another epoch"] += 1
-            return
-        for kind, cum, high, start, bitmap in streams:
-            stream = self.mcast if kind == STREAM_MCAST else p.tx
-            if high > stream.seq:
-                p.stats["status beyond sent"] += 1
-                continue
-            if kind == STREAM_MCAST:
-                if p.mcast_cum is None or cum > p.mcast_cum:
-                    p.mcast_cum = cum
-                p.mcast_status_at = now
-                p.known_mcast = max(p.known_mcast, high)
-            else:
-                stream.release_upto(cum)
-                p.known_direct = max(p.known_direct, high)
-            if bitmap:
-                self._resend(p, kind, stream, bitmap_to_seqs(start, bitmap), now)
-        outbound.release_mcast(self)
-        if p.repairs:
-            bulk.pump(self, p, now)
-        if p.known_direct >= p.tx.seq:
-            p.probe_at = None
-
-    def _resend(self, p: Peer, kind: int, stream, seqs: list[int], now: float) -> None:
-        """Resend the current state of the keys that the NACKed frames carried.
-
-        The resend takes over the frame's duty: a direct frame's entry moves
-        to the frame that resends it (with its controls and the supersedes it
-        carried), and a multicast seq is marked as transferred for this peer.
-        If the resend is lost too, the receiver asks for the resend, not
-        again for the original.
-        """
-        floor = p.floor_mcast if kind == STREAM_MCAST else p.floor_direct
-        transferred = p.transferred if kind == STREAM_MCAST else None
-        get = self.internal.get
-        budget = self.record_budget - 32
-        batch: dict[bytes, bytes | None] = {}
-        sup: list = []              # [stream, lo, hi, deps]
-        ctl: list = []
-        size = 0
-        nseqs = 0
-
-        def flush():
-            nonlocal batch, sup, ctl, size
-            if sup or ctl:
-                outbound.send_records(self, p, list(batch.items()), "resend", supersedes=sup,
-                                   controls=tuple(dict.fromkeys(ctl)))
-            batch, sup, ctl, size = {}, [], [], 0
-
-        low = stream.low
-        if seqs and seqs[0] < low and min(seqs[-1], low - 1) > floor:
-            # No longer held (released while the peer was silent, or evicted).
-            # Not superseded one by one: a bulk resync covers it, and its
-            # BULK_BEGIN resolves these seqs at once.
-            outbound.need_bulk(p, "asked for a frame no longer held", now)
-        for s in seqs:
-            if s < low:
-                continue
-            if transferred is None:
-                entry = stream.take(s)
-            elif s in transferred:
-                continue
-            else:
-                entry = stream.held.get(s)
-                if entry is not None:
-                    transferred.add(s)
-            if entry is None:
-                continue          # already resent: the resend answers for it
-            keys, controls, carried = entry
-            new = [(k, get(k)) for k in keys if k not in batch]
-            rs = 24 * (1 + len(carried)) + 48 * len(controls)
-            for k, a in new:
-                rs += len(k) + 6 + (len(a) + 3 if a is not None else 0)
-            if (batch or sup) and (size + rs > budget or len(sup) + len(carried) >= MAX_SUPERSEDES):
-                flush()
-            batch.update(new)
-            size += rs
-            if sup and sup[-1][0] == kind and sup[-1][2] == s - 1 and not sup[-1][3]:
-                sup[-1][2] = s
-            else:
-                sup.append([kind, s, s, ()])
-            sup.extend(list(c) for c in carried)
-            ctl.extend(controls)
-            nseqs += 1
-        flush()
-        p.stats["frames resent"] += nseqs
-        self.counters["frames resent"] += nseqs
-
     def _on_repair_request(self, p: Peer, body: tuple, now: float) -> None:
         origin_epoch, bitmap = body
         if origin_epoch != self.epoch:
@@ -709,8 +617,6 @@ class SyncCore:
             p.stats["buckets differing"] += len(differ)
             self.counters["anti-entropy repairs requested"] += len(differ)
             outbound.send(self, p.id, FrameType.REPAIR_REQUEST, (p.epoch, buckets_to_bitmap(differ)))
-
-    # ================================================================== in sync
 
     # ================================================================== rejects
 
