@@ -9,7 +9,8 @@ Rules (this file, and the parts it calls: outbound.py sends, sequences and
 holds the frames, the resend queue's bound, heartbeats and tail probes;
 bulk.py both ends of a bulk resync, its pacing and the in-sync round;
 inbound.py the receiver side of the streams: records, gaps, STATUS sent;
-resend.py a STATUS received: what it releases, what it resends):
+resend.py a STATUS received: what it releases, what it resends;
+antientropy.py digests sent and compared, repairs asked for and queued):
 
 * Local events update the internal cache; the net change of a batch is sent
   at once on this node's multicast stream, many records per frame.
@@ -42,7 +43,7 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from . import bulk, inbound, outbound, resend
+from . import antientropy, bulk, inbound, outbound, resend
 from .actions import (
     Action,
     ExternalChanged,
@@ -50,14 +51,6 @@ from .actions import (
     PeerChanged,
 )
 from .cache import STAMP_LEN, InternalCache
-from .digest import (
-    DIGEST_BYTES,
-    NBUCKETS,
-    bitmap_to_buckets,
-    buckets_to_bitmap,
-    pack_digests,
-    unpack_digests,
-)
 from .frames import (
     MIN_DATAGRAM,
     OVERHEAD,
@@ -264,11 +257,11 @@ class SyncCore:
         elif t == FrameType.HEARTBEAT:
             inbound.on_heartbeat(self, p, h.counter, body, now)
         elif t == FrameType.DIGEST:
-            self._on_digest(p, h.counter, body, now)
+            antientropy.on_digest(self, p, h.counter, body, now)
         elif t == FrameType.RESYNC_REQUEST:
             bulk.on_resync_request(self, p, h.counter, body, now)
         else:
-            self._on_repair_request(p, body, now)
+            antientropy.on_repair_request(self, p, h.counter, body, now)
         return self._flush()
 
     def next_deadline(self) -> float | None:
@@ -302,7 +295,7 @@ class SyncCore:
         elif self.probe_at is not None and self.probe_at <= now:
             outbound.mcast_probe(self, now)
         if self.digest_at is not None and self.digest_at <= now:
-            self._send_digests()
+            antientropy.send_digests(self)
             self.digest_at = now + self.digest_interval_s
         return self._flush()
 
@@ -503,16 +496,6 @@ class SyncCore:
         out, self.out = self.out, []
         return out
 
-    def _send_digests(self) -> None:
-        if not self.peers:
-            return
-        directs = outbound.directs(self)
-        per_frame = max(1, (self.max_body - 64 - 15 * len(directs)) // DIGEST_BYTES)
-        digests = self.internal.digests
-        for first in range(0, NBUCKETS, per_frame):
-            blob = pack_digests(digests[first:first + per_frame])
-            outbound.send(self, None, FrameType.DIGEST, (self.mcast.seq, directs, first, blob))
-
     def _heartbeat_tick(self, now: float) -> None:
         outbound.send_heartbeat(self)
         self.heartbeat_at = now + self.heartbeat_s
@@ -554,20 +537,6 @@ class SyncCore:
                     if p.ext.remove(key) is not None:
                         p.stats["adopted entries moved"] += 1
 
-    # ================================================================== as a sender
-
-    def _on_repair_request(self, p: Peer, body: tuple, now: float) -> None:
-        origin_epoch, bitmap = body
-        if origin_epoch != self.epoch:
-            p.stats["repair request for another epoch"] += 1
-            return
-        buckets = bitmap_to_buckets(bitmap)
-        for b in buckets:
-            if b not in p.repairs:
-                p.repairs[b] = 0
-        p.stats["buckets repair requested"] += len(buckets)
-        bulk.pump(self, p, now)
-
     # ================================================================== as a receiver
 
     def _peer_restarted(self, p: Peer, epoch: int, now: float) -> None:
@@ -585,38 +554,6 @@ class SyncCore:
         bulk.ask_bulk(self, p, now)
         self.out.append(PeerChanged(p.id, "first contact" if first else "restarted",
                                      f"epoch {epoch}" if first else f"epoch {old} -> {epoch}"))
-
-    def _on_digest(self, p: Peer, counter: int, body: tuple, now: float) -> None:
-        mcast_high, directs, first, blob = body
-        direct_high = inbound.learn_highs(self, p, mcast_high, directs, now)
-        if p.adopted:
-            return
-        rm, rd = p.rx_mcast, p.rx_direct
-        # Comparable only if we hold everything it had sent us when it took the
-        # digest, and no repair of ours is under way.
-        if (not rm.anchored or rm.resolved < mcast_high or not rd.anchored
-                or rd.resolved < direct_high or p.pending_sweeps or p.bulk_remaining):
-            p.stats["digests deferred"] += 1
-            return
-        ext = p.ext
-        last, mine = ext.last_stamp, ext.digests
-        differ = []
-        for i, theirs in enumerate(unpack_digests(blob)):
-            b = first + i
-            if last[b] >= counter:
-                continue                 # changed since the digest was taken
-            asked = p.repair_wait.get(b)
-            if asked is not None and now - asked < self.repair_timeout_s:
-                continue
-            if mine[b] != theirs:
-                differ.append(b)
-        p.stats["digests compared"] += 1
-        if differ:
-            for b in differ:
-                p.repair_wait[b] = now
-            p.stats["buckets differing"] += len(differ)
-            self.counters["anti-entropy repairs requested"] += len(differ)
-            outbound.send(self, p.id, FrameType.REPAIR_REQUEST, (p.epoch, buckets_to_bitmap(differ)))
 
     # ================================================================== rejects
 
