@@ -10,7 +10,8 @@ holds the frames, the resend queue's bound, heartbeats and tail probes;
 bulk.py both ends of a bulk resync, its pacing and the in-sync round;
 inbound.py the receiver side of the streams: records, gaps, STATUS sent;
 resend.py a STATUS received: what it releases, what it resends;
-antientropy.py digests sent and compared, repairs asked for and queued):
+antientropy.py digests sent and compared, repairs asked for and queued;
+lifecycle.py first contact, restarts, absent peers, adoption, reloaded peers):
 
 * Local events update the internal cache; the net change of a batch is sent
   at once on this node's multicast stream, many records per frame.
@@ -43,14 +44,9 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from . import antientropy, bulk, inbound, outbound, resend
-from .actions import (
-    Action,
-    ExternalChanged,
-    FrameRejected,
-    PeerChanged,
-)
-from .cache import STAMP_LEN, InternalCache
+from . import antientropy, bulk, inbound, lifecycle, outbound, resend
+from .actions import Action, ExternalChanged, FrameRejected
+from .cache import InternalCache
 from .frames import (
     MIN_DATAGRAM,
     OVERHEAD,
@@ -183,7 +179,7 @@ class SyncCore:
             return self._flush()
         self.counters["local changes"] += len(changed)
         if any(p.adopted for p in self.peers.values()):
-            self._move_adopted(changed)
+            lifecycle.move_adopted(self, changed)
         if self.peers:
             outbound.send_records(self, None, changed, "live")
             self.probe_at = now + self.probe_delay_s     # tail probe once the burst is over
@@ -238,17 +234,7 @@ class SyncCore:
         self.replay.accept(sender, h.epoch, h.counter)
         # ---- authenticated from here on
         self.frames_received[TYPE_NAMES[h.type]] += 1
-        if p.epoch != h.epoch:
-            self._peer_restarted(p, h.epoch, now)
-        p.last_heard = now
-        if p.absent:
-            p.absent = False
-            self.out.append(PeerChanged(p.id, "back", "heard again"))
-        if p.adopted and now - p.adopted_at > self.adopt_grace_s:
-            # Alive after all (not a frame that was in flight when it failed):
-            # its own state is authoritative for its external cache again.
-            p.adopted = False
-            self.out.append(PeerChanged(p.id, "adoption ended", "heard again"))
+        lifecycle.heard(self, p, h.epoch, now)
         t = h.type
         if t == FrameType.DATA:
             inbound.on_data(self, p, h.counter, body, now)
@@ -281,19 +267,22 @@ class SyncCore:
         self.now = now
         for p in self.peers.values():
             if p.status_due is not None and p.status_due <= now:
-                inbound.send_status(self, p, now)
+                inbound.send_status(self, p, now)                  # acks and NACKs
             if p.req_pending and p.req_next is not None and p.req_next <= now:
-                bulk.send_resync_request(self, p, now)
+                bulk.send_resync_request(self, p, now)             # retry
             if p.bulk_needed and p.epoch is not None and p.bulk_needed_at <= now:
-                bulk.start_bulk(self, p, p.last_req_from, now, p.bulk_needed)
+                bulk.start_bulk(self, p, p.last_req_from, now, p.bulk_needed)   # degraded
             if p.pump_at is not None and p.pump_at <= now:
-                bulk.pump(self, p, now)
+                bulk.pump(self, p, now)                            # paced buckets
             if p.probe_at is not None and p.probe_at <= now:
-                outbound.direct_probe(self, p, now)
+                outbound.direct_probe(self, p, now)                # direct tail
         if self.heartbeat_at is not None and self.heartbeat_at <= now:
-            self._heartbeat_tick(now)
+            outbound.send_heartbeat(self)
+            self.heartbeat_at = now + self.heartbeat_s
+            self.probe_at = None
+            lifecycle.check_silence(self, now)                     # absent peers, the round
         elif self.probe_at is not None and self.probe_at <= now:
-            outbound.mcast_probe(self, now)
+            outbound.mcast_probe(self, now)                        # multicast tail
         if self.digest_at is not None and self.digest_at <= now:
             antientropy.send_digests(self)
             self.digest_at = now + self.digest_interval_s
@@ -309,23 +298,14 @@ class SyncCore:
         internal cache.  The rest stays until `origin` is heard again (its own
         state is then authoritative) or the operator flushes it.
         """
-        p = self.peers[origin]
-        p.adopted = True
-        p.adopted_at = now
-        mark = self.replay.streams.get(origin)
-        p.adopted_upto = (p.epoch, mark.high if mark is not None and mark.epoch == p.epoch else 0)
-        self.counters["adoptions"] += 1
+        lifecycle.adopt(self, origin, now)
         return []
 
     def adoptable_bucket(self, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
         """The flows of one bucket that the takeover from `origin` made ours:
         those in its external cache with a state from before the takeover (see
         Peer.adopted_upto); nothing if it restarted since (its bulk is newer)."""
-        p = self.peers[origin]
-        if p.adopted_upto is None or p.adopted_upto[0] != p.epoch:
-            return []
-        upto = p.adopted_upto[1].to_bytes(STAMP_LEN, "big")
-        return [(k, v[:-STAMP_LEN]) for k, v in p.ext.buckets[bucket].items() if v[-STAMP_LEN:] <= upto]
+        return lifecycle.adoptable(self, origin, bucket)
 
     def flush_internal(self) -> int:
         """Forget the internal cache (peers are not told; follow with local_resync)."""
@@ -377,10 +357,7 @@ class SyncCore:
         if peer == self.node_id or peer in self.peers or not 1 <= peer <= 2**32 - 1:
             raise ValueError(f"cannot add peer {peer}: ours, known already, or out of range")
         self.now = now
-        p = self.peers[peer] = Peer(peer, self.resend_queue, self.max_gap, added_at=now)
-        self.counters["peers added"] += 1
-        self.out.append(PeerChanged(peer, "added", "added by reload"))
-        bulk.ask_bulk(self, p, now)
+        lifecycle.added(self, peer, now)
         return self._flush()
 
     def remove_peer(self, peer: int, now: float) -> list[Action]:
@@ -396,12 +373,7 @@ class SyncCore:
         """
         p = self.peers.pop(peer)
         self.now = now
-        self.counters["peers removed"] += 1
-        self.out.append(PeerChanged(peer, "removed",
-                                     f"removed by reload ({len(p.ext)} external entries dropped)"))
-        outbound.release_mcast(self)
-        if self.round is not None and self.round.pop(peer, None) is not None:
-            bulk.check_round(self, now)
+        lifecycle.removed(self, p, now)
         return self._flush()
 
     def set_timers(self, heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float,
@@ -490,72 +462,11 @@ class SyncCore:
             "peers": {p.id: p.summary(now) for p in self.peers.values()},
         }
 
-    # ================================================================== sending
+    # ================================================================== output
 
     def _flush(self) -> list[Action]:
         out, self.out = self.out, []
         return out
-
-    def _heartbeat_tick(self, now: float) -> None:
-        outbound.send_heartbeat(self)
-        self.heartbeat_at = now + self.heartbeat_s
-        self.probe_at = None
-        started = self.started_at if self.started_at is not None else now
-        released = False
-        for p in self.peers.values():
-            # A peer silent for peer_timeout no longer holds our resend queue
-            # back; when it returns, what it missed comes by bulk resync.
-            # Silent means no frame at all: a live peer with nothing to
-            # acknowledge sends no STATUS, but its heartbeats still arrive.
-            heard = max(p.mcast_status_at, p.last_heard or 0.0)
-            if p.mcast_cum is not None and now - heard > self.peer_timeout_s:
-                p.mcast_cum = None
-                released = True
-            silent_since = p.last_heard if p.last_heard is not None else \
-                p.added_at if p.added_at is not None else started
-            if not p.absent and now - silent_since >= self.peer_timeout_s:
-                p.absent = True
-                self.out.append(PeerChanged(p.id, "absent",
-                                             f"nothing heard for {self.peer_timeout_s:g} s"))
-            if p.transferred:
-                low = self.mcast.low
-                p.transferred = {s for s in p.transferred if s >= low}
-            mark = self.replay.streams.get(p.id)
-            if mark is not None and p.epoch == mark.epoch and p.ext.tombstones:
-                p.ext.forget_tombstones_upto(mark.high - self.replay.window)
-        if released:
-            outbound.release_mcast(self)
-        bulk.check_round(self, now)
-
-    # ================================================================== local side
-
-    def _move_adopted(self, changed) -> None:
-        adopted = [p for p in self.peers.values() if p.adopted]
-        for key, attrs in changed:
-            if attrs is not None:
-                for p in adopted:
-                    if p.ext.remove(key) is not None:
-                        p.stats["adopted entries moved"] += 1
-
-    # ================================================================== as a receiver
-
-    def _peer_restarted(self, p: Peer, epoch: int, now: float) -> None:
-        first = p.epoch is None
-        old = p.epoch
-        p.epoch = epoch
-        if not first:
-            # Keep its entries until its bulk replaces them: they may be the
-            # only copy of flows still running (proto/sync.md, section 7.3).
-            p.ext.new_origin_epoch()
-            self.counters["peer restarts"] += 1
-        p.reset_origin()
-        p.reset_recipient()
-        p.adopted = False        # its bulk replaces its external cache
-        bulk.ask_bulk(self, p, now)
-        self.out.append(PeerChanged(p.id, "first contact" if first else "restarted",
-                                     f"epoch {epoch}" if first else f"epoch {old} -> {epoch}"))
-
-    # ================================================================== rejects
 
     def _reject(self, reason: str, detail: str, peer: int | None) -> list[Action]:
         self.rejected[reason] += 1
