@@ -1,41 +1,67 @@
 """The conntrack state mesh: a sans-I/O core (proto/sync.md is the specification).
 
 Inputs are method calls that take `now` (seconds, any monotonic origin):
-local kernel events, datagrams from peers, timers, operator commands.
-Outputs are lists of actions (meshd.sync.actions).  The core never reads a
-clock, touches a socket or logs.
+local kernel events, datagrams from peers, timers, operator commands and
+reloads.  Outputs are lists of actions (meshd.sync.actions).  The core
+never reads a clock, touches a socket or logs.
 
-Rules (this file, and the parts it calls: outbound.py sends, sequences and
-holds the frames, the resend queue's bound, heartbeats and tail probes;
-bulk.py both ends of a bulk resync, its pacing and the in-sync round;
-inbound.py the receiver side of the streams: records, gaps, STATUS sent;
-resend.py a STATUS received: what it releases, what it resends;
-antientropy.py digests sent and compared, repairs asked for and queued;
-lifecycle.py first contact, restarts, absent peers, adoption, reloaded peers):
+`SyncCore` is the one object the shell talks to, and this module the one
+place to read where each rule lives: every input is a method here, every
+frame type has its handler in HANDLERS, and each timer its line in
+handle_timer.  The rules themselves live in one module per part of the
+protocol:
 
-* Local events update the internal cache; the net change of a batch is sent
-  at once on this node's multicast stream, many records per frame.
+* A datagram is checked in the order of proto/sync.md, section 9, before
+  anything changes (`receive` here; the codec's checks in frames.py, the
+  replay window in meshd/replay.py).
+* Local events update the internal cache (cache.py); the net change of a
+  batch is sent at once on this node's multicast stream, many records per
+  frame (`local_events` here; packing in outbound.send_records).
 * Every DATA frame has a sequence number in its stream (the multicast
   stream, or the direct stream to one peer).  The sender keeps only the keys
-  each frame carried.  Receivers report, per stream, a cumulative ack and a
-  bitmap of missing seqs (STATUS); the sender resends the *current* state of
-  those keys on the direct stream to that receiver, saying which seqs it
-  supersedes.  A resend is itself sequenced, so it is repaired the same way.
+  each frame carried (outbound.py, stream.OutboundStream).  Receivers report,
+  per stream, a cumulative ack and a bitmap of missing seqs (STATUS:
+  inbound.send_status); the sender resends the *current* state of those
+  keys on the direct stream to that receiver, saying which seqs it
+  supersedes (resend.on_status, resend.resend).  A resend is itself
+  sequenced, so it is repaired the same way (inbound.settle_supersedes).
 * Heartbeats carry the highest seq of every stream, so a lost tail shows up
-  within one heartbeat (and a tail probe shortly after each burst).
+  within one heartbeat (and a tail probe shortly after each burst):
+  outbound.send_heartbeat, mcast_probe, direct_probe; inbound.learn_highs.
 * Records carry the frame counter as a stamp; receivers never let an older
-  stamp overwrite a newer one (cache.py).
+  stamp overwrite a newer one (cache.py, applied in inbound.on_data).
 * A node that starts asks every peer for a bulk resync: the peer sends its
   whole internal cache bucket by bucket on the direct stream, paced, each
   bucket closed by a SWEEP that lets the receiver drop what the bucket no
   longer holds.  The node reports "not in sync" until every peer's bulk is
-  complete or the peer is declared absent.
+  complete or the peer is declared absent.  All of it, both ends, and the
+  in-sync round: bulk.py.
 * Anti-entropy: per-bucket digests are multicast periodically; a receiver
   whose copy of a bucket is provably comparable and differs asks for that
-  bucket only.
-* Nothing is dropped silently: a resend queue over its bound, a gap too
-  large to track or a resend of a seq no longer held all degrade to a bulk
-  resync of the peer concerned, counted in stats().
+  bucket only (antientropy.py; the buckets go out through bulk.pump).
+* Peers: first contact, restart (new epoch), absent and back, adoption
+  after a takeover, added and removed by a reload (lifecycle.py, which
+  emits every PeerChanged).
+* Nothing is dropped silently: a resend queue over its bound
+  (outbound.overflow), a gap too large to track (bulk.lost_track) or a
+  resend of a seq no longer held (resend.resend) all degrade to a bulk
+  resync of the peer concerned, counted in stats(); the bulk starts from
+  handle_timer.
+
+The shape.  The parts are modules of plain functions that take the core as
+their first argument, `f(core, peer, ..., now)`, not mixins nor objects of
+their own: the parts share nearly all their state (a bulk is sent on the
+direct stream and paced by its resend window, a STATUS releases the queue
+and pumps the bulk, a SWEEP completes the in-sync round), so collaborator
+objects would each need the others and the sealer, the output and the
+counters, and a mixin's `self._pump` says neither where it is defined nor
+what it may touch.  The state is in two places only: the attributes set in
+SyncCore.__init__ (this node's, one copy) and Peer (peer.py, per peer, both
+directions).  Each part imports only parts after it in this list, by name
+(`from .bulk import pump`, so that a cycle would fail at import):
+lifecycle, antientropy, inbound, resend, bulk, outbound.  A frame handler
+takes `(core, peer, counter, body, now)`: the counter is the frame's, the
+stamp of its records.
 """
 
 from __future__ import annotations
@@ -63,6 +89,16 @@ from .stream import OutboundStream
 
 QUIET_REJECTS = frozenset({"own frame"})   # looped-back multicast: counted, not reported
 TYPE_NAMES = {t.value: t.name for t in FrameType}
+
+# What an authentic frame does, by type: proto/sync.md, section 4.
+HANDLERS = {
+    FrameType.DATA: inbound.on_data,                        # records, seqs, supersedes, controls
+    FrameType.STATUS: resend.on_status,                     # acks release, NACKs resend (6.4)
+    FrameType.HEARTBEAT: inbound.on_heartbeat,              # highs: lost tails (6.5)
+    FrameType.DIGEST: antientropy.on_digest,                # compare, ask for repairs (8)
+    FrameType.RESYNC_REQUEST: bulk.on_resync_request,       # start a bulk (7.1)
+    FrameType.REPAIR_REQUEST: antientropy.on_repair_request,  # queue buckets (8)
+}
 
 
 class SyncCore:
@@ -203,7 +239,12 @@ class SyncCore:
         self.counters["local resyncs"] += 1
 
     def receive(self, data: bytes, source_peer_hint: int | None, now: float) -> list[Action]:
-        """A datagram arrived.  `source_peer_hint`: the peer its source address maps to."""
+        """A datagram arrived.  `source_peer_hint`: the peer its source address maps to.
+
+        The checks run in the order of proto/sync.md, section 9; an authentic
+        frame is then its sender's news (lifecycle.heard) and goes to the
+        handler of its type (HANDLERS).
+        """
         self.now = now
         self.counters["bytes received"] += len(data)
         try:
@@ -235,19 +276,7 @@ class SyncCore:
         # ---- authenticated from here on
         self.frames_received[TYPE_NAMES[h.type]] += 1
         lifecycle.heard(self, p, h.epoch, now)
-        t = h.type
-        if t == FrameType.DATA:
-            inbound.on_data(self, p, h.counter, body, now)
-        elif t == FrameType.STATUS:
-            resend.on_status(self, p, h.counter, body, now)
-        elif t == FrameType.HEARTBEAT:
-            inbound.on_heartbeat(self, p, h.counter, body, now)
-        elif t == FrameType.DIGEST:
-            antientropy.on_digest(self, p, h.counter, body, now)
-        elif t == FrameType.RESYNC_REQUEST:
-            bulk.on_resync_request(self, p, h.counter, body, now)
-        else:
-            antientropy.on_repair_request(self, p, h.counter, body, now)
+        HANDLERS[h.type](self, p, h.counter, body, now)
         return self._flush()
 
     def next_deadline(self) -> float | None:
