@@ -1,35 +1,67 @@
 """The conntrack state mesh: a sans-I/O core (proto/sync.md is the specification).
 
 Inputs are method calls that take `now` (seconds, any monotonic origin):
-local kernel events, datagrams from peers, timers, operator commands.
-Outputs are lists of actions (meshd.sync.actions).  The core never reads a
-clock, touches a socket or logs.
+local kernel events, datagrams from peers, timers, operator commands and
+reloads.  Outputs are lists of actions (meshd.sync.actions).  The core
+never reads a clock, touches a socket or logs.
 
-Rules, all in this file:
+`SyncCore` is the one object the shell talks to, and this module the one
+place to read where each rule lives: every input is a method here, every
+frame type has its handler in HANDLERS, and each timer its line in
+handle_timer.  The rules themselves live in one module per part of the
+protocol:
 
-* Local events update the internal cache; the net change of a batch is sent
-  at once on this node's multicast stream, many records per frame.
+* A datagram is checked in the order of proto/sync.md, section 9, before
+  anything changes (`receive` here; the codec's checks in frames.py, the
+  replay window in meshd/replay.py).
+* Local events update the internal cache (cache.py); the net change of a
+  batch is sent at once on this node's multicast stream, many records per
+  frame (`local_events` here; packing in outbound.send_records).
 * Every DATA frame has a sequence number in its stream (the multicast
   stream, or the direct stream to one peer).  The sender keeps only the keys
-  each frame carried.  Receivers report, per stream, a cumulative ack and a
-  bitmap of missing seqs (STATUS); the sender resends the *current* state of
-  those keys on the direct stream to that receiver, saying which seqs it
-  supersedes.  A resend is itself sequenced, so it is repaired the same way.
+  each frame carried (outbound.py, stream.OutboundStream).  Receivers report,
+  per stream, a cumulative ack and a bitmap of missing seqs (STATUS:
+  inbound.send_status); the sender resends the *current* state of those
+  keys on the direct stream to that receiver, saying which seqs it
+  supersedes (resend.on_status, resend.resend).  A resend is itself
+  sequenced, so it is repaired the same way (inbound.settle_supersedes).
 * Heartbeats carry the highest seq of every stream, so a lost tail shows up
-  within one heartbeat (and a tail probe shortly after each burst).
+  within one heartbeat (and a tail probe shortly after each burst):
+  outbound.send_heartbeat, mcast_probe, direct_probe; inbound.learn_highs.
 * Records carry the frame counter as a stamp; receivers never let an older
-  stamp overwrite a newer one (cache.py).
+  stamp overwrite a newer one (cache.py, applied in inbound.on_data).
 * A node that starts asks every peer for a bulk resync: the peer sends its
   whole internal cache bucket by bucket on the direct stream, paced, each
   bucket closed by a SWEEP that lets the receiver drop what the bucket no
   longer holds.  The node reports "not in sync" until every peer's bulk is
-  complete or the peer is declared absent.
+  complete or the peer is declared absent.  All of it, both ends, and the
+  in-sync round: bulk.py.
 * Anti-entropy: per-bucket digests are multicast periodically; a receiver
   whose copy of a bucket is provably comparable and differs asks for that
-  bucket only.
-* Nothing is dropped silently: a resend queue over its bound, a gap too
-  large to track or a resend of a seq no longer held all degrade to a bulk
-  resync of the peer concerned, counted in stats().
+  bucket only (antientropy.py; the buckets go out through bulk.pump).
+* Peers: first contact, restart (new epoch), absent and back, adoption
+  after a takeover, added and removed by a reload (lifecycle.py, which
+  emits every PeerChanged).
+* Nothing is dropped silently: a resend queue over its bound
+  (outbound.overflow), a gap too large to track (bulk.lost_track) or a
+  resend of a seq no longer held (resend.resend) all degrade to a bulk
+  resync of the peer concerned, counted in stats(); the bulk starts from
+  handle_timer.
+
+The shape.  The parts are modules of plain functions that take the core as
+their first argument, `f(core, peer, ..., now)`, not mixins nor objects of
+their own: the parts share nearly all their state (a bulk is sent on the
+direct stream and paced by its resend window, a STATUS releases the queue
+and pumps the bulk, a SWEEP completes the in-sync round), so collaborator
+objects would each need the others and the sealer, the output and the
+counters, and a mixin's `self._pump` says neither where it is defined nor
+what it may touch.  The state is in two places only: the attributes set in
+SyncCore.__init__ (this node's, one copy) and Peer (peer.py, per peer, both
+directions).  Each part imports only parts after it in this list, by name
+(`from .bulk import pump`, so that a cycle would fail at import):
+lifecycle, antientropy, inbound, resend, bulk, outbound.  A frame handler
+takes `(core, peer, counter, body, now)`: the counter is the frame's, the
+stamp of its records.
 """
 
 from __future__ import annotations
@@ -38,30 +70,35 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from .actions import (Action, ExternalChanged, FrameRejected, PeerChanged, SendFrame,
-                      SyncState)
-from .cache import STAMP_LEN, InternalCache
-from .digest import DIGEST_BYTES, NBUCKETS, bitmap_to_buckets, buckets_to_bitmap, pack_digests, \
-    unpack_digests
-from .frames import (CTL_BULK_BEGIN, CTL_SWEEP, MIN_DATAGRAM, OVERHEAD, STREAM_DIRECT,
-                     STREAM_MCAST, FrameError, FrameOpener, FrameSealer, FrameType, decode_body,
-                     packb, parse_header)
+from . import antientropy, bulk, inbound, lifecycle, outbound, resend
+from .actions import Action, ExternalChanged, FrameRejected
+from .cache import InternalCache
+from .frames import (
+    MIN_DATAGRAM,
+    OVERHEAD,
+    FrameError,
+    FrameOpener,
+    FrameSealer,
+    FrameType,
+    decode_body,
+    parse_header,
+)
+from .outbound import DATA_BASE_OVERHEAD, RECORD_OVERHEAD, RESEND_HEADROOM
 from .peer import Peer
-from .stream import OutboundStream, bitmap_to_seqs
+from .stream import OutboundStream
 
-# DATA body overhead with an empty records array of up to 65535 entries, worst-case
-# integers: array(6) + target u32 + target epoch u32 + seq u64 + array16 + [] + [].
-DATA_BASE_OVERHEAD = 1 + 5 + 5 + 9 + 3 + 1 + 1
-RECORD_OVERHEAD = 1 + 3 + 3          # fixarray + two bin16 headers, worst case
-# Live and bulk frames leave this much room, so that resending one frame's keys
-# (same sizes) together with its supersede entry still fits a single frame:
-# a resend split over two frames makes the receiver wait for both.
-RESEND_HEADROOM = 48
-MAX_SUPERSEDES = 32                  # ranges per resend frame (about 600 bytes at most)
-SWEEPS_PER_CALL = 16                 # SWEEP controls per frame (about 350 bytes at most)
-SMALL_BUCKETS = 32                   # buckets share frames while they hold fewer entries
 QUIET_REJECTS = frozenset({"own frame"})   # looped-back multicast: counted, not reported
 TYPE_NAMES = {t.value: t.name for t in FrameType}
+
+# What an authentic frame does, by type: proto/sync.md, section 4.
+HANDLERS = {
+    FrameType.DATA: inbound.on_data,                        # records, seqs, supersedes, controls
+    FrameType.STATUS: resend.on_status,                     # acks release, NACKs resend (6.4)
+    FrameType.HEARTBEAT: inbound.on_heartbeat,              # highs: lost tails (6.5)
+    FrameType.DIGEST: antientropy.on_digest,                # compare, ask for repairs (8)
+    FrameType.RESYNC_REQUEST: bulk.on_resync_request,       # start a bulk (7.1)
+    FrameType.REPAIR_REQUEST: antientropy.on_repair_request,  # queue buckets (8)
+}
 
 
 class SyncCore:
@@ -146,39 +183,41 @@ class SyncCore:
         self.probe_at: float | None = None
         self.round: dict[int, int] | None = None     # peer -> request id its bulk must answer
         self.round_started = 0.0
-        self._now = 0.0                 # `now` of the current input, for deep callees
         self.in_sync = False
         self.sync_reason = "not started"
-        self._out: list[Action] = []
+        # Of the input being handled: its `now` (for the parts that send, deep
+        # down) and the actions gathered so far (the parts append to it).
+        self.now = 0.0
+        self.out: list[Action] = []
 
     # ================================================================== inputs
 
     def start(self, now: float) -> list[Action]:
         """Announce this epoch and ask every peer for a bulk resync."""
-        self._now = now
+        self.now = now
         self.started_at = now
         self.heartbeat_at = now            # first heartbeat at once: peers learn the epoch
         self.digest_at = now + self.digest_interval_s
-        self._begin_round(now, "startup")
+        bulk.begin_round(self, now, "startup")
         return self._flush()
 
     def request_resync(self, now: float) -> list[Action]:
         """Operator: fetch every peer's whole state again; not in sync until done."""
-        self._now = now
-        self._begin_round(now, "operator resync")
+        self.now = now
+        bulk.begin_round(self, now, "operator resync")
         return self._flush()
 
     def local_events(self, events, now: float) -> list[Action]:
         """Local kernel events: iterable of (kind, key, attrs); attrs None for DESTROY."""
-        self._now = now
+        self.now = now
         changed = self.internal.apply_events(events)
         if not changed:
             return self._flush()
         self.counters["local changes"] += len(changed)
         if any(p.adopted for p in self.peers.values()):
-            self._move_adopted(changed)
+            lifecycle.move_adopted(self, changed)
         if self.peers:
-            self._send_records(None, changed, "live")
+            outbound.send_records(self, None, changed, "live")
             self.probe_at = now + self.probe_delay_s     # tail probe once the burst is over
         return self._flush()
 
@@ -200,8 +239,13 @@ class SyncCore:
         self.counters["local resyncs"] += 1
 
     def receive(self, data: bytes, source_peer_hint: int | None, now: float) -> list[Action]:
-        """A datagram arrived.  `source_peer_hint`: the peer its source address maps to."""
-        self._now = now
+        """A datagram arrived.  `source_peer_hint`: the peer its source address maps to.
+
+        The checks run in the order of proto/sync.md, section 9; an authentic
+        frame is then its sender's news (lifecycle.heard) and goes to the
+        handler of its type (HANDLERS).
+        """
+        self.now = now
         self.counters["bytes received"] += len(data)
         try:
             h = parse_header(data)
@@ -231,30 +275,8 @@ class SyncCore:
         self.replay.accept(sender, h.epoch, h.counter)
         # ---- authenticated from here on
         self.frames_received[TYPE_NAMES[h.type]] += 1
-        if p.epoch != h.epoch:
-            self._peer_restarted(p, h.epoch, now)
-        p.last_heard = now
-        if p.absent:
-            p.absent = False
-            self._out.append(PeerChanged(p.id, "back", "heard again"))
-        if p.adopted and now - p.adopted_at > self.adopt_grace_s:
-            # Alive after all (not a frame that was in flight when it failed):
-            # its own state is authoritative for its external cache again.
-            p.adopted = False
-            self._out.append(PeerChanged(p.id, "adoption ended", "heard again"))
-        t = h.type
-        if t == FrameType.DATA:
-            self._on_data(p, h.counter, body, now)
-        elif t == FrameType.STATUS:
-            self._on_status(p, body, now)
-        elif t == FrameType.HEARTBEAT:
-            self._on_heartbeat(p, body, now)
-        elif t == FrameType.DIGEST:
-            self._on_digest(p, h.counter, body, now)
-        elif t == FrameType.RESYNC_REQUEST:
-            self._on_resync_request(p, body, now)
-        else:
-            self._on_repair_request(p, body, now)
+        lifecycle.heard(self, p, h.epoch, now)
+        HANDLERS[h.type](self, p, h.counter, body, now)
         return self._flush()
 
     def next_deadline(self) -> float | None:
@@ -271,24 +293,27 @@ class SyncCore:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Action]:
-        self._now = now
+        self.now = now
         for p in self.peers.values():
             if p.status_due is not None and p.status_due <= now:
-                self._send_status(p, now)
+                inbound.send_status(self, p, now)                  # acks and NACKs
             if p.req_pending and p.req_next is not None and p.req_next <= now:
-                self._send_resync_request(p, now)
+                bulk.send_resync_request(self, p, now)             # retry
             if p.bulk_needed and p.epoch is not None and p.bulk_needed_at <= now:
-                self._start_bulk(p, p.last_req_from, now, p.bulk_needed)
+                bulk.start_bulk(self, p, p.last_req_from, now, p.bulk_needed)   # degraded
             if p.pump_at is not None and p.pump_at <= now:
-                self._pump(p, now)
+                bulk.pump(self, p, now)                            # paced buckets
             if p.probe_at is not None and p.probe_at <= now:
-                self._direct_probe(p, now)
+                outbound.direct_probe(self, p, now)                # direct tail
         if self.heartbeat_at is not None and self.heartbeat_at <= now:
-            self._heartbeat_tick(now)
+            outbound.send_heartbeat(self)
+            self.heartbeat_at = now + self.heartbeat_s
+            self.probe_at = None
+            lifecycle.check_silence(self, now)                     # absent peers, the round
         elif self.probe_at is not None and self.probe_at <= now:
-            self._mcast_probe(now)
+            outbound.mcast_probe(self, now)                        # multicast tail
         if self.digest_at is not None and self.digest_at <= now:
-            self._send_digests()
+            antientropy.send_digests(self)
             self.digest_at = now + self.digest_interval_s
         return self._flush()
 
@@ -302,23 +327,14 @@ class SyncCore:
         internal cache.  The rest stays until `origin` is heard again (its own
         state is then authoritative) or the operator flushes it.
         """
-        p = self.peers[origin]
-        p.adopted = True
-        p.adopted_at = now
-        mark = self.replay.streams.get(origin)
-        p.adopted_upto = (p.epoch, mark.high if mark is not None and mark.epoch == p.epoch else 0)
-        self.counters["adoptions"] += 1
+        lifecycle.adopt(self, origin, now)
         return []
 
     def adoptable_bucket(self, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
         """The flows of one bucket that the takeover from `origin` made ours:
         those in its external cache with a state from before the takeover (see
         Peer.adopted_upto); nothing if it restarted since (its bulk is newer)."""
-        p = self.peers[origin]
-        if p.adopted_upto is None or p.adopted_upto[0] != p.epoch:
-            return []
-        upto = p.adopted_upto[1].to_bytes(STAMP_LEN, "big")
-        return [(k, v[:-STAMP_LEN]) for k, v in p.ext.buckets[bucket].items() if v[-STAMP_LEN:] <= upto]
+        return lifecycle.adoptable(self, origin, bucket)
 
     def flush_internal(self) -> int:
         """Forget the internal cache (peers are not told; follow with local_resync)."""
@@ -336,7 +352,7 @@ class SyncCore:
             gone = p.ext.clear()
             self.counters["external flushes"] += 1
             if gone and self.report:
-                self._out.append(ExternalChanged(p.id, (), tuple(gone)))
+                self.out.append(ExternalChanged(p.id, (), tuple(gone)))
         return self._flush()
 
     # ------------------------------------------------------------ reload
@@ -352,7 +368,7 @@ class SyncCore:
         The frame counter goes on (see FrameSealer.rekey): the peers' replay
         guards and the records' stamps need it to grow anyway.
         """
-        self._now = now
+        self.now = now
         self.keys = keys
         self.sealer.rekey(keys)
         self.opener.rekey(keys)
@@ -369,11 +385,8 @@ class SyncCore:
         """
         if peer == self.node_id or peer in self.peers or not 1 <= peer <= 2**32 - 1:
             raise ValueError(f"cannot add peer {peer}: ours, known already, or out of range")
-        self._now = now
-        p = self.peers[peer] = Peer(peer, self.resend_queue, self.max_gap, added_at=now)
-        self.counters["peers added"] += 1
-        self._out.append(PeerChanged(peer, "added", "added by reload"))
-        self._ask_bulk(p, now)
+        self.now = now
+        lifecycle.added(self, peer, now)
         return self._flush()
 
     def remove_peer(self, peer: int, now: float) -> list[Action]:
@@ -388,13 +401,8 @@ class SyncCore:
         KeyError for an unknown peer.
         """
         p = self.peers.pop(peer)
-        self._now = now
-        self.counters["peers removed"] += 1
-        self._out.append(PeerChanged(peer, "removed",
-                                     f"removed by reload ({len(p.ext)} external entries dropped)"))
-        self._release_mcast()
-        if self.round is not None and self.round.pop(peer, None) is not None:
-            self._check_round(now)
+        self.now = now
+        lifecycle.removed(self, p, now)
         return self._flush()
 
     def set_timers(self, heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float,
@@ -406,7 +414,7 @@ class SyncCore:
         ValueError as in the constructor.
         """
         _check_timers(heartbeat_s, digest_interval_s, peer_timeout_s)
-        self._now = now
+        self.now = now
         self._timer_values(heartbeat_s, digest_interval_s, peer_timeout_s)
         if self.heartbeat_at is not None:
             self.heartbeat_at = min(self.heartbeat_at, now + heartbeat_s)
@@ -421,13 +429,13 @@ class SyncCore:
         upsert per origin: the shell's applier then puts the flows replicated
         so far into the kernel, ahead of the changes that follow, in order.
         """
-        self._now = now
+        self.now = now
         was, self.report = self.report, on
         if on and not was:
             for p in self.peers.values():
                 entries = tuple(p.ext.items())
                 if entries:
-                    self._out.append(ExternalChanged(p.id, entries, ()))
+                    self.out.append(ExternalChanged(p.id, entries, ()))
         return self._flush()
 
     def _timer_values(self, heartbeat_s: float, digest_interval_s: float,
@@ -467,43 +475,6 @@ class SyncCore:
         return self.peers[origin].ext.items()
 
     def stats(self, now: float | None = None) -> dict:
-        peers = {}
-        for p in self.peers.values():
-            rm, rd = p.rx_mcast, p.rx_direct
-            peers[p.id] = {
-                "epoch": p.epoch,
-                "since_last_frame_s": None if p.last_heard is None or now is None
-                else round(now - p.last_heard, 3),
-                "absent": p.absent,
-                "adopted": p.adopted,
-                "in": {
-                    "mcast": {"anchored": rm.anchored, "high": rm.high, "resolved": rm.resolved,
-                              "lag": rm.high - rm.resolved if rm.anchored else None,
-                              "missing": len(rm.missing), "received": rm.received,
-                              "went_missing": rm.went_missing},
-                    "direct": {"anchored": rd.anchored, "high": rd.high, "resolved": rd.resolved,
-                               "missing": len(rd.missing), "received": rd.received,
-                               "went_missing": rd.went_missing},
-                    "bulk": {"in_progress": bool(p.bulk_remaining),
-                             "buckets_remaining": len(p.bulk_remaining),
-                             "complete_for_request": p.bulk_complete_req,
-                             "requested": p.req_id, "pending": p.req_pending},
-                    "pending_sweeps": len(p.pending_sweeps),
-                    "external_entries": len(p.ext),
-                    "external_bytes": p.ext.nbytes(),
-                    "tombstones": len(p.ext.tombstones),
-                    "tombstones_dropped": p.ext.tombstones_dropped,
-                    "stale_records": p.ext.stale,
-                },
-                "out": {
-                    "mcast_acked": p.mcast_cum,
-                    "direct_seq": p.tx.seq,
-                    "direct_held": p.tx.held_items,
-                    "buckets_queued": len(p.repairs),
-                    "bulk_pending": p.bulk_needed,
-                },
-                "counters": dict(p.stats),
-            }
         return {
             "node": self.node_id,
             "epoch": self.epoch,
@@ -517,622 +488,14 @@ class SyncCore:
             "internal": {"entries": len(self.internal), "bytes": self.internal.nbytes(),
                          "oversized_refused": self.internal.oversized},
             "mcast": {"seq": self.mcast.seq, "held": self.mcast.held_items},
-            "peers": peers,
+            "peers": {p.id: p.summary(now) for p in self.peers.values()},
         }
 
-    # ================================================================== sending
+    # ================================================================== output
 
     def _flush(self) -> list[Action]:
-        out, self._out = self._out, []
+        out, self.out = self.out, []
         return out
-
-    def _send(self, peer: int | None, ftype: FrameType, body: tuple) -> None:
-        data = self.sealer.seal(ftype, packb(body))
-        self.frames_sent[ftype.name] += 1
-        self.counters["bytes sent"] += len(data)
-        self._out.append(SendFrame(peer, data))
-
-    def _send_records(self, p: Peer | None, items, label: str, supersedes=(),
-                      controls: tuple = ()) -> None:
-        """Pack (key, attrs or None) items into as few DATA frames as fit.
-
-        Supersedes and controls ride on the last frame, after every record
-        they vouch for: a SWEEP must follow the bucket's records.  When the
-        call needs several frames, each supersede also lists the earlier ones
-        in its `deps`: the receiver resolves it only once those have arrived
-        (or been resolved), so a resend never resolves a seq whose records
-        were lost on the way.  Deps stay exact ranges, never widened: a
-        widened range could make two supersedes wait for each other.
-        """
-        if p is None:
-            stream, dest, tid, tep = self.mcast, None, 0, 0
-        else:
-            stream, dest, tid, tep = p.tx, p.id, p.id, p.epoch
-        first = stream.seq + 1
-        budget = self.record_budget if label == "resend" else self.pack_budget
-        if not isinstance(items, list):
-            items = list(items)
-        frame = self._data_frame
-        # (key, attrs or None) pairs are the wire records as they are: frames
-        # are slices of `items`.  Sizes are msgpack's: fixarray(2), bin8/bin16
-        # headers, nil for a flow that is gone.
-        start = 0
-        size = 0
-        for i, (key, attrs) in enumerate(items):
-            lk = len(key)
-            if attrs is None:
-                rs = lk + 4 + (lk > 255)
-            else:
-                la = len(attrs)
-                rs = lk + la + 5 + (lk > 255) + (la > 255)
-            if size + rs > budget and i > start:
-                frame(stream, dest, tid, tep, items[start:i], (), ())
-                start, size = i, 0
-            size += rs
-        n = len(items)
-        if supersedes or controls:
-            extra = len(packb(supersedes)) + len(packb(controls)) - 2
-            if supersedes and start > 0:
-                extra += 12 * len(supersedes)       # the dep range added below
-            if start < n and size + extra > budget:
-                frame(stream, dest, tid, tep, items[start:], (), ())
-                start = n
-            last = stream.seq + 1
-            if supersedes:
-                dep = ((first, last - 1),) if last > first else ()
-                supersedes = tuple((kind, lo, hi, tuple(deps) + dep)
-                                   for kind, lo, hi, deps in supersedes)
-            frame(stream, dest, tid, tep, items[start:], supersedes, controls)
-        elif start < n:
-            frame(stream, dest, tid, tep, items[start:], (), ())
-        self.counters[f"records sent {label}"] += n
-
-    def _data_frame(self, stream, dest, tid, tep, recs, supersedes, controls) -> None:
-        if dest is not None:
-            p = self.peers[dest]
-            if p.probe_at is None:
-                p.probe_at = self._now + self.probe_delay_s
-        seq = stream.next_seq()
-        data = self.sealer.seal(FrameType.DATA, packb((tid, tep, seq, recs, supersedes, controls)))
-        self._out.append(SendFrame(dest, data))
-        self.frames_sent["DATA"] += 1
-        self.counters["bytes sent"] += len(data)
-        evicted = stream.hold(seq, tuple([r[0] for r in recs]), controls, supersedes)
-        if evicted:
-            self._overflow(stream, evicted)
-
-    def _overflow(self, stream, evicted: int) -> None:
-        """Held keys over the bound: peers that had not acknowledged `evicted` get a bulk."""
-        self.counters["queue overflows"] += 1
-        now_due = self._now
-        if stream is self.mcast:
-            for p in self.peers.values():
-                if p.mcast_cum is not None and p.mcast_cum < evicted and evicted > p.floor_mcast:
-                    self._need_bulk(p, "resend queue overflow", now_due)
-        else:
-            for p in self.peers.values():
-                if p.tx is stream and evicted > p.floor_direct:
-                    self._need_bulk(p, "resend queue overflow", now_due)
-
-    def _need_bulk(self, p: Peer, why: str, now: float) -> None:
-        # Started from the next handle_timer (due at once), not from inside the
-        # send that noticed it: a bulk is never interleaved with a half-sent batch.
-        if not p.bulk_needed:
-            p.bulk_needed = why
-            p.bulk_needed_at = now
-            p.stats[f"degraded: {why}"] += 1
-
-    def _send_status(self, p: Peer, now: float) -> None:
-        streams = []
-        rm, rd = p.rx_mcast, p.rx_direct
-        for kind, rx in ((STREAM_MCAST, rm), (STREAM_DIRECT, rd)):
-            if rx.anchored and rx.high:
-                cum, high, start, bitmap, p.nack_after[kind] = rx.status(
-                    now, self.ack_delay_s, self.status_bitmap_bytes, p.nack_after[kind])
-                streams.append((kind, cum, high, start, bitmap))
-        if streams and p.epoch is not None:
-            self._send(p.id, FrameType.STATUS, (p.epoch, tuple(streams)))
-        p.status_due = now + self.nack_interval_s if (rm.missing or rd.missing) else None
-
-    def _directs(self) -> tuple:
-        return tuple((p.id, p.epoch, p.tx.seq) for p in self.peers.values()
-                     if p.epoch is not None and p.tx.seq)
-
-    def _send_heartbeat(self) -> None:
-        if self.peers:
-            # ask: "send me a STATUS", while a peer has not acknowledged all we sent
-            # (its last STATUS may have been lost, and it has no reason to send another).
-            ask = any((p.mcast_cum is not None and p.mcast_cum < self.mcast.seq) or p.tx.held
-                      for p in self.peers.values())
-            self._send(None, FrameType.HEARTBEAT, (self.mcast.seq, self._directs(), int(ask)))
-
-    def _mcast_probe(self, now: float) -> None:
-        """Tail probe: a heartbeat, repeated while a tracking peer may lack our tail."""
-        self._send_heartbeat()
-        lagging = any(p.mcast_cum is not None and p.known_mcast < self.mcast.seq
-                      for p in self.peers.values())
-        self.probe_at = now + max(self.probe_delay_s, self.nack_interval_s) if lagging else None
-
-    def _direct_probe(self, p: Peer, now: float) -> None:
-        """Unicast tail probe of our direct stream to p: repeated until its STATUS
-        shows it knows our last frame (the probe, like the tail, may be lost)."""
-        if p.known_direct >= p.tx.seq or p.epoch is None or p.absent:
-            p.probe_at = None
-            return
-        self._send(p.id, FrameType.HEARTBEAT, (self.mcast.seq, ((p.id, p.epoch, p.tx.seq),), 1))
-        p.probe_at = now + max(self.probe_delay_s, self.nack_interval_s)
-
-    def _send_digests(self) -> None:
-        if not self.peers:
-            return
-        directs = self._directs()
-        per_frame = max(1, (self.max_body - 64 - 15 * len(directs)) // DIGEST_BYTES)
-        digests = self.internal.digests
-        for first in range(0, NBUCKETS, per_frame):
-            blob = pack_digests(digests[first:first + per_frame])
-            self._send(None, FrameType.DIGEST, (self.mcast.seq, directs, first, blob))
-
-    def _send_resync_request(self, p: Peer, now: float) -> None:
-        self._send(p.id, FrameType.RESYNC_REQUEST, (p.req_id,))
-        retry = self.request_retry_s if not p.absent else max(self.request_retry_s, 1.0)
-        p.req_next = now + retry
-
-    def _heartbeat_tick(self, now: float) -> None:
-        self._send_heartbeat()
-        self.heartbeat_at = now + self.heartbeat_s
-        self.probe_at = None
-        started = self.started_at if self.started_at is not None else now
-        released = False
-        for p in self.peers.values():
-            # A peer silent for peer_timeout no longer holds our resend queue
-            # back; when it returns, what it missed comes by bulk resync.
-            # Silent means no frame at all: a live peer with nothing to
-            # acknowledge sends no STATUS, but its heartbeats still arrive.
-            heard = max(p.mcast_status_at, p.last_heard or 0.0)
-            if p.mcast_cum is not None and now - heard > self.peer_timeout_s:
-                p.mcast_cum = None
-                released = True
-            silent_since = p.last_heard if p.last_heard is not None else \
-                p.added_at if p.added_at is not None else started
-            if not p.absent and now - silent_since >= self.peer_timeout_s:
-                p.absent = True
-                self._out.append(PeerChanged(p.id, "absent",
-                                             f"nothing heard for {self.peer_timeout_s:g} s"))
-            if p.transferred:
-                low = self.mcast.low
-                p.transferred = {s for s in p.transferred if s >= low}
-            mark = self.replay.streams.get(p.id)
-            if mark is not None and p.epoch == mark.epoch and p.ext.tombstones:
-                p.ext.forget_tombstones_upto(mark.high - self.replay.window)
-        if released:
-            self._release_mcast()
-        self._check_round(now)
-
-    # ================================================================== local side
-
-    def _move_adopted(self, changed) -> None:
-        adopted = [p for p in self.peers.values() if p.adopted]
-        for key, attrs in changed:
-            if attrs is not None:
-                for p in adopted:
-                    if p.ext.remove(key) is not None:
-                        p.stats["adopted entries moved"] += 1
-
-    # ================================================================== as a sender
-
-    def _on_status(self, p: Peer, body: tuple, now: float) -> None:
-        origin_epoch, streams = body
-        if origin_epoch != self.epoch:
-            p.stats["status for another epoch"] += 1
-            return
-        for kind, cum, high, start, bitmap in streams:
-            stream = self.mcast if kind == STREAM_MCAST else p.tx
-            if high > stream.seq:
-                p.stats["status beyond sent"] += 1
-                continue
-            if kind == STREAM_MCAST:
-                if p.mcast_cum is None or cum > p.mcast_cum:
-                    p.mcast_cum = cum
-                p.mcast_status_at = now
-                p.known_mcast = max(p.known_mcast, high)
-            else:
-                stream.release_upto(cum)
-                p.known_direct = max(p.known_direct, high)
-            if bitmap:
-                self._resend(p, kind, stream, bitmap_to_seqs(start, bitmap), now)
-        self._release_mcast()
-        if p.repairs:
-            self._pump(p, now)
-        if p.known_direct >= p.tx.seq:
-            p.probe_at = None
-
-    def _release_mcast(self) -> None:
-        cums = [p.mcast_cum for p in self.peers.values() if p.mcast_cum is not None]
-        self.mcast.release_upto(min(cums) if cums else self.mcast.seq)
-
-    def _resend(self, p: Peer, kind: int, stream, seqs: list[int], now: float) -> None:
-        """Resend the current state of the keys that the NACKed frames carried.
-
-        The resend takes over the frame's duty: a direct frame's entry moves
-        to the frame that resends it (with its controls and the supersedes it
-        carried), and a multicast seq is marked as transferred for this peer.
-        If the resend is lost too, the receiver asks for the resend, not
-        again for the original.
-        """
-        floor = p.floor_mcast if kind == STREAM_MCAST else p.floor_direct
-        transferred = p.transferred if kind == STREAM_MCAST else None
-        get = self.internal.get
-        budget = self.record_budget - 32
-        batch: dict[bytes, bytes | None] = {}
-        sup: list = []              # [stream, lo, hi, deps]
-        ctl: list = []
-        size = 0
-        nseqs = 0
-
-        def flush():
-            nonlocal batch, sup, ctl, size
-            if sup or ctl:
-                self._send_records(p, list(batch.items()), "resend", supersedes=sup,
-                                   controls=tuple(dict.fromkeys(ctl)))
-            batch, sup, ctl, size = {}, [], [], 0
-
-        low = stream.low
-        if seqs and seqs[0] < low and min(seqs[-1], low - 1) > floor:
-            # No longer held (released while the peer was silent, or evicted).
-            # Not superseded one by one: a bulk resync covers it, and its
-            # BULK_BEGIN resolves these seqs at once.
-            self._need_bulk(p, "asked for a frame no longer held", now)
-        for s in seqs:
-            if s < low:
-                continue
-            if transferred is None:
-                entry = stream.take(s)
-            elif s in transferred:
-                continue
-            else:
-                entry = stream.held.get(s)
-                if entry is not None:
-                    transferred.add(s)
-            if entry is None:
-                continue          # already resent: the resend answers for it
-            keys, controls, carried = entry
-            new = [(k, get(k)) for k in keys if k not in batch]
-            rs = 24 * (1 + len(carried)) + 48 * len(controls)
-            for k, a in new:
-                rs += len(k) + 6 + (len(a) + 3 if a is not None else 0)
-            if (batch or sup) and (size + rs > budget or len(sup) + len(carried) >= MAX_SUPERSEDES):
-                flush()
-            batch.update(new)
-            size += rs
-            if sup and sup[-1][0] == kind and sup[-1][2] == s - 1 and not sup[-1][3]:
-                sup[-1][2] = s
-            else:
-                sup.append([kind, s, s, ()])
-            sup.extend(list(c) for c in carried)
-            ctl.extend(controls)
-            nseqs += 1
-        flush()
-        p.stats["frames resent"] += nseqs
-        self.counters["frames resent"] += nseqs
-
-    def _on_resync_request(self, p: Peer, body: tuple, now: float) -> None:
-        (req,) = body
-        if req <= p.last_req_from:
-            p.stats["duplicate resync requests"] += 1
-            return
-        p.last_req_from = req
-        self._start_bulk(p, req, now, "requested")
-
-    def _on_repair_request(self, p: Peer, body: tuple, now: float) -> None:
-        origin_epoch, bitmap = body
-        if origin_epoch != self.epoch:
-            p.stats["repair request for another epoch"] += 1
-            return
-        buckets = bitmap_to_buckets(bitmap)
-        for b in buckets:
-            if b not in p.repairs:
-                p.repairs[b] = 0
-        p.stats["buckets repair requested"] += len(buckets)
-        self._pump(p, now)
-
-    def _start_bulk(self, p: Peer, req: int, now: float, why: str) -> None:
-        """Send the whole internal cache to p: BULK_BEGIN, then every bucket, paced."""
-        instance = self.sealer.next_counter          # the BULK_BEGIN frame's own counter
-        base_m, base_d = self.mcast.seq, p.tx.seq
-        p.bulk_tx_instance = instance
-        p.floor_mcast, p.floor_direct = base_m, base_d
-        if p.mcast_cum is None or p.mcast_cum < base_m:
-            p.mcast_cum = base_m     # hold our next mcast frames for it from now on
-        p.mcast_status_at = now
-        # Buckets a replaced bulk had not reached yet go first, so that repeated
-        # restarts (a peer that keeps overflowing) do not starve the last buckets.
-        order = [b for b in p.repairs] + [b for b in range(NBUCKETS) if b not in p.repairs]
-        p.repairs = dict.fromkeys(order, instance)
-        p.bulk_needed = None
-        p.tokens, p.tokens_at = self.bulk_burst, now
-        self.bulks[why] += 1
-        self._send_records(p, (), "bulk", controls=((CTL_BULK_BEGIN, req, instance, base_m, base_d),))
-        self._pump(p, now)
-
-    def _pump(self, p: Peer, now: float) -> None:
-        """Send queued buckets to p as the rate and the resend window allow."""
-        if p.epoch is None or not p.repairs:
-            p.pump_at = None
-            return
-        rate = self.bulk_rate
-        p.tokens = min(self.bulk_burst, p.tokens + (now - p.tokens_at) * rate)
-        p.tokens_at = now
-        window = p.tx.limit // 4                 # = resend_queue / 2
-        batch = max(1, min(SMALL_BUCKETS, window // 4))
-        buckets = self.internal.buckets
-        repairs = p.repairs
-        while repairs and p.tokens > 0 and p.tx.held_items < window:
-            # Small buckets share frames (an empty cache is 16 frames, not 256):
-            # every frame of this call has counter >= start, so one start
-            # serves all the buckets it carries.
-            start = self.sealer.next_counter
-            items: list = []
-            controls = []
-            while repairs and len(controls) < SWEEPS_PER_CALL:
-                b = next(iter(repairs))
-                bucket = buckets[b]
-                if controls and len(items) + len(bucket) > batch:
-                    break
-                controls.append((CTL_SWEEP, b, start, repairs.pop(b)))
-                items.extend(bucket.items())
-            self._send_records(p, items, "bulk", controls=tuple(controls))
-            p.tokens -= max(1, len(items))
-            p.stats["buckets sent"] += len(controls)
-        if not p.repairs:
-            p.pump_at = None
-        elif p.tokens <= 0:
-            p.pump_at = now + (1 - p.tokens) / rate
-        else:
-            p.pump_at = now + self.heartbeat_s    # window full; a STATUS pumps sooner
-
-    # ================================================================== as a receiver
-
-    def _peer_restarted(self, p: Peer, epoch: int, now: float) -> None:
-        first = p.epoch is None
-        old = p.epoch
-        p.epoch = epoch
-        if not first:
-            # Keep its entries until its bulk replaces them: they may be the
-            # only copy of flows still running (proto/sync.md, section 7.3).
-            p.ext.new_origin_epoch()
-            self.counters["peer restarts"] += 1
-        p.reset_origin()
-        p.reset_recipient()
-        p.adopted = False        # its bulk replaces its external cache
-        self._ask_bulk(p, now)
-        self._out.append(PeerChanged(p.id, "first contact" if first else "restarted",
-                                     f"epoch {epoch}" if first else f"epoch {old} -> {epoch}"))
-
-    def _ask_bulk(self, p: Peer, now: float) -> None:
-        if not p.req_pending:
-            p.req_id += 1
-            p.req_pending = True
-        self._send_resync_request(p, now)
-
-    def _lost_track(self, p: Peer, direct: bool, now: float) -> None:
-        """A gap too large to list: stop tracking that stream and ask for a bulk."""
-        p.stats["lost track"] += 1
-        (p.rx_direct if direct else p.rx_mcast).unanchor()
-        self._ask_bulk(p, now)
-
-    def _on_data(self, p: Peer, stamp: int, body: tuple, now: float) -> None:
-        target, target_epoch, seq, records, supersedes, controls = body
-        if target == 0:
-            rx, direct = p.rx_mcast, False
-        elif target == self.node_id and target_epoch == self.epoch:
-            rx, direct = p.rx_direct, True
-        else:
-            p.stats["frames not for us"] += 1
-            return
-        if records:
-            ext = p.ext
-            applied, ups, dels = ext.apply(records, stamp, self.report)
-            self.counters["records received"] += len(records)
-            self.counters["records applied"] += applied
-            if ups or dels:
-                self._out.append(ExternalChanged(p.id, tuple(ups), tuple(dels)))
-        if not rx.receive(seq, now):
-            self._lost_track(p, direct, now)
-        if direct:
-            for kind, lo, hi, deps in supersedes:
-                p.pending_supersedes.append((deps, kind, lo, hi))
-            for c in controls:
-                if c[0] == CTL_BULK_BEGIN:
-                    self._on_bulk_begin(p, c, now)
-                elif c[0] == CTL_SWEEP:
-                    p.pending_sweeps.append((seq, c[1], c[2], c[3]))
-            if p.pending_supersedes:
-                self._settle_supersedes(p, now)
-            if p.pending_sweeps:
-                self._try_sweeps(p, now)
-        if p.status_due is None:
-            p.status_due = now + self.ack_delay_s
-
-    def _on_bulk_begin(self, p: Peer, c: tuple, now: float) -> None:
-        _, req, instance, base_m, base_d = c
-        if instance < p.bulk_instance:
-            return                      # an older bulk, replaced since
-        if instance > p.bulk_instance:
-            p.bulk_instance = instance
-            p.bulk_req = req
-            p.bulk_remaining = set(range(NBUCKETS))
-            self.counters["bulk resyncs received"] += 1
-            p.stats["bulk resyncs received"] += 1
-        if not p.rx_mcast.anchor(base_m, now):
-            self._lost_track(p, False, now)
-        if not p.rx_direct.anchor(base_d, now):
-            self._lost_track(p, True, now)
-        if p.req_pending and req >= p.req_id:
-            p.req_pending = False
-            p.req_next = None
-
-    def _settle_supersedes(self, p: Peer, now: float) -> None:
-        """Apply the supersedes whose dependencies have all been resolved.
-
-        Repeated until nothing changes: one supersede can resolve another's
-        dependency.  Dependencies always point to frames sent after the seq
-        they resolve was resent, so they cannot wait for each other.
-        """
-        missing = p.rx_direct.missing
-
-        def blocked(deps) -> bool:
-            for dlo, dhi in deps:
-                if dhi - dlo < len(missing):
-                    if any(s in missing for s in range(dlo, dhi + 1)):
-                        return True
-                elif any(dlo <= m <= dhi for m in missing):
-                    return True
-            return False
-
-        progress = True
-        while progress and p.pending_supersedes:
-            progress = False
-            waiting = []
-            for item in p.pending_supersedes:
-                deps, kind, lo, hi = item
-                if deps and missing and blocked(deps):
-                    waiting.append(item)
-                    continue
-                stream = p.rx_mcast if kind == STREAM_MCAST else p.rx_direct
-                if not stream.supersede(lo, hi, now):
-                    self._lost_track(p, kind == STREAM_DIRECT, now)
-                progress = True
-            p.pending_supersedes = waiting
-
-    def _try_sweeps(self, p: Peer, now: float) -> None:
-        """Run the SWEEPs whose frame and everything before it are resolved.
-
-        A SWEEP vouches for its bucket's dump, sent before it on the direct
-        stream: with nothing missing up to the SWEEP's frame, each dump frame
-        was received or resent with the current state.  A SWEEP that started
-        before the newest BULK_BEGIN is void: that bulk may have skipped some
-        of its frames, and it sends every bucket again anyway.
-        """
-        rx = p.rx_direct
-        if not rx.anchored:
-            return
-        resolved = rx.resolved
-        waiting = []
-        for item in p.pending_sweeps:
-            frame, bucket, start, instance = item
-            if start < p.bulk_instance:
-                p.stats["sweeps void"] += 1
-                continue
-            if frame > resolved:
-                waiting.append(item)
-                continue
-            deleted = p.ext.sweep(bucket, start)
-            p.stats["sweeps"] += 1
-            if deleted:
-                p.stats["entries swept"] += len(deleted)
-                if self.report:
-                    self._out.append(ExternalChanged(p.id, (), tuple(deleted)))
-            p.repair_wait.pop(bucket, None)
-            if instance == p.bulk_instance and p.bulk_remaining:
-                p.bulk_remaining.discard(bucket)
-                if not p.bulk_remaining:
-                    p.bulk_complete_req = p.bulk_req
-                    self.counters["bulk resyncs completed"] += 1
-                    self._check_round(now)
-        p.pending_sweeps = waiting
-
-    def _on_heartbeat(self, p: Peer, body: tuple, now: float) -> None:
-        mcast_high, directs, ask = body
-        self._learn_highs(p, mcast_high, directs, now)
-        if ask and p.status_due is None:
-            p.status_due = now + self.ack_delay_s
-
-    def _learn_highs(self, p: Peer, mcast_high: int, directs: tuple, now: float) -> int:
-        """Note the sender's highest seqs; return its direct high for us."""
-        if not p.rx_mcast.learn_high(mcast_high, now):
-            self._lost_track(p, False, now)
-        mine = 0
-        for pid, pep, high in directs:
-            if pid == self.node_id and pep == self.epoch:
-                mine = high
-                if not p.rx_direct.learn_high(high, now):
-                    self._lost_track(p, True, now)
-        if p.status_due is None and (p.rx_mcast.missing or p.rx_direct.missing):
-            p.status_due = now + self.ack_delay_s
-        return mine
-
-    def _on_digest(self, p: Peer, counter: int, body: tuple, now: float) -> None:
-        mcast_high, directs, first, blob = body
-        direct_high = self._learn_highs(p, mcast_high, directs, now)
-        if p.adopted:
-            return
-        rm, rd = p.rx_mcast, p.rx_direct
-        # Comparable only if we hold everything it had sent us when it took the
-        # digest, and no repair of ours is under way.
-        if (not rm.anchored or rm.resolved < mcast_high or not rd.anchored
-                or rd.resolved < direct_high or p.pending_sweeps or p.bulk_remaining):
-            p.stats["digests deferred"] += 1
-            return
-        ext = p.ext
-        last, mine = ext.last_stamp, ext.digests
-        differ = []
-        for i, theirs in enumerate(unpack_digests(blob)):
-            b = first + i
-            if last[b] >= counter:
-                continue                 # changed since the digest was taken
-            asked = p.repair_wait.get(b)
-            if asked is not None and now - asked < self.repair_timeout_s:
-                continue
-            if mine[b] != theirs:
-                differ.append(b)
-        p.stats["digests compared"] += 1
-        if differ:
-            for b in differ:
-                p.repair_wait[b] = now
-            p.stats["buckets differing"] += len(differ)
-            self.counters["anti-entropy repairs requested"] += len(differ)
-            self._send(p.id, FrameType.REPAIR_REQUEST, (p.epoch, buckets_to_bitmap(differ)))
-
-    # ================================================================== in sync
-
-    def _begin_round(self, now: float, why: str) -> None:
-        if not self.peers:
-            self._set_sync(True, f"{why}: no peers")
-            return
-        for p in self.peers.values():
-            self._ask_bulk(p, now)
-        self.round = {p.id: p.req_id for p in self.peers.values()}
-        self.round_started = now
-        self._set_sync(False, f"{why}: waiting for bulk resync from peers "
-                              f"{', '.join(map(str, self.round))}")
-
-    def _check_round(self, now: float) -> None:
-        if self.round is None:
-            return
-        absent = []
-        for pid, req in self.round.items():
-            p = self.peers[pid]
-            if p.bulk_complete_req >= req:
-                continue
-            heard = p.last_heard if p.last_heard is not None else float("-inf")
-            if now - max(heard, self.round_started) >= self.peer_timeout_s:
-                absent.append(pid)
-                continue
-            return
-        self.round = None
-        reason = "bulk resync complete"
-        if absent:
-            reason += f"; absent: peers {', '.join(map(str, absent))}"
-        self._set_sync(True, reason)
-
-    def _set_sync(self, in_sync: bool, reason: str) -> None:
-        # Every new round says "not in sync" again, even if it already was.
-        announce = in_sync != self.in_sync or not in_sync
-        self.in_sync, self.sync_reason = in_sync, reason
-        if announce:
-            self._out.append(SyncState(in_sync, reason))
-
-    # ================================================================== rejects
 
     def _reject(self, reason: str, detail: str, peer: int | None) -> list[Action]:
         self.rejected[reason] += 1

@@ -113,3 +113,41 @@ class Peer:
     @property
     def bulk_in_progress(self) -> bool:
         return bool(self.bulk_remaining)
+
+    def summary(self, now: float | None = None) -> dict:
+        """Both halves, for SyncCore.stats()["peers"][id] (`meshctl show sync`)."""
+        rm, rd = self.rx_mcast, self.rx_direct
+        return {
+            "epoch": self.epoch,
+            "since_last_frame_s": None if self.last_heard is None or now is None
+            else round(now - self.last_heard, 3),
+            "absent": self.absent,
+            "adopted": self.adopted,
+            "in": {
+                "mcast": {"anchored": rm.anchored, "high": rm.high, "resolved": rm.resolved,
+                          "lag": rm.high - rm.resolved if rm.anchored else None,
+                          "missing": len(rm.missing), "received": rm.received,
+                          "went_missing": rm.went_missing},
+                "direct": {"anchored": rd.anchored, "high": rd.high, "resolved": rd.resolved,
+                           "missing": len(rd.missing), "received": rd.received,
+                           "went_missing": rd.went_missing},
+                "bulk": {"in_progress": bool(self.bulk_remaining),
+                         "buckets_remaining": len(self.bulk_remaining),
+                         "complete_for_request": self.bulk_complete_req,
+                         "requested": self.req_id, "pending": self.req_pending},
+                "pending_sweeps": len(self.pending_sweeps),
+                "external_entries": len(self.ext),
+                "external_bytes": self.ext.nbytes(),
+                "tombstones": len(self.ext.tombstones),
+                "tombstones_dropped": self.ext.tombstones_dropped,
+                "stale_records": self.ext.stale,
+            },
+            "out": {
+                "mcast_acked": self.mcast_cum,
+                "direct_seq": self.tx.seq,
+                "direct_held": self.tx.held_items,
+                "buckets_queued": len(self.repairs),
+                "bulk_pending": self.bulk_needed,
+            },
+            "counters": dict(self.stats),
+        }

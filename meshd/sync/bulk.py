@@ -1,0 +1,229 @@
+"""Bulk resync, both ends, and the in-sync round (proto/sync.md, sections 7.1 to 7.3).
+
+Owns:
+
+* as the node that asks: RESYNC_REQUEST and its retries (`ask_bulk`), the
+  degrade of a stream too far behind to track (`lost_track`), BULK_BEGIN
+  (`on_bulk_begin`: the bases it resolves, the request it answers) and the
+  SWEEPs run once the direct stream is resolved up to them (`try_sweeps`);
+* as the node that answers: a RESYNC_REQUEST (`on_resync_request`), the
+  start of a bulk (`start_bulk`: BULK_BEGIN, the floors, the order of the
+  buckets) and the pacing of queued buckets, for bulks and anti-entropy
+  repairs alike (`pump`: token bucket and resend window, small buckets
+  sharing frames);
+* the in-sync round: "not in sync" until every peer's bulk has completed
+  or the peer is absent (`begin_round`, `check_round`, `set_sync`).
+
+It must not decide *that* a bulk is needed from the sending side (queue
+overflow, a seq no longer held: outbound.need_bulk marks it; the core's
+handle_timer calls start_bulk) nor which buckets a repair needs
+(antientropy.py).  It sends through outbound.py only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .actions import ExternalChanged, SyncState
+from .digest import NBUCKETS
+from .frames import CTL_BULK_BEGIN, CTL_SWEEP, FrameType
+from .outbound import send, send_records
+
+if TYPE_CHECKING:
+    from .core import SyncCore
+    from .peer import Peer
+
+SWEEPS_PER_CALL = 16                 # SWEEP controls per frame (about 350 bytes at most)
+SMALL_BUCKETS = 32                   # buckets share frames while they hold fewer entries
+
+
+# ------------------------------------------------------------------ asking for a bulk
+
+def ask_bulk(core: SyncCore, p: Peer, now: float) -> None:
+    """Ask p for its whole state: a new request id unless one is still pending."""
+    if not p.req_pending:
+        p.req_id += 1
+        p.req_pending = True
+    send_resync_request(core, p, now)
+
+
+def send_resync_request(core: SyncCore, p: Peer, now: float) -> None:
+    send(core, p.id, FrameType.RESYNC_REQUEST, (p.req_id,))
+    retry = core.request_retry_s if not p.absent else max(core.request_retry_s, 1.0)
+    p.req_next = now + retry
+
+
+def lost_track(core: SyncCore, p: Peer, direct: bool, now: float) -> None:
+    """A gap too large to list: stop tracking that stream and ask for a bulk."""
+    p.stats["lost track"] += 1
+    (p.rx_direct if direct else p.rx_mcast).unanchor()
+    ask_bulk(core, p, now)
+
+
+def on_bulk_begin(core: SyncCore, p: Peer, c: tuple, now: float) -> None:
+    """BULK_BEGIN from p: a newer bulk replaces ours; its bases resolve both streams."""
+    _, req, instance, base_m, base_d = c
+    if instance < p.bulk_instance:
+        return                      # an older bulk, replaced since
+    if instance > p.bulk_instance:
+        p.bulk_instance = instance
+        p.bulk_req = req
+        p.bulk_remaining = set(range(NBUCKETS))
+        core.counters["bulk resyncs received"] += 1
+        p.stats["bulk resyncs received"] += 1
+    if not p.rx_mcast.anchor(base_m, now):
+        lost_track(core, p, False, now)
+    if not p.rx_direct.anchor(base_d, now):
+        lost_track(core, p, True, now)
+    if p.req_pending and req >= p.req_id:
+        p.req_pending = False
+        p.req_next = None
+
+
+def try_sweeps(core: SyncCore, p: Peer, now: float) -> None:
+    """Run the SWEEPs whose frame and everything before it are resolved.
+
+    A SWEEP vouches for its bucket's dump, sent before it on the direct
+    stream: with nothing missing up to the SWEEP's frame, each dump frame
+    was received or resent with the current state.  A SWEEP that started
+    before the newest BULK_BEGIN is void: that bulk may have skipped some
+    of its frames, and it sends every bucket again anyway.
+    """
+    rx = p.rx_direct
+    if not rx.anchored:
+        return
+    resolved = rx.resolved
+    waiting = []
+    for item in p.pending_sweeps:
+        frame, bucket, start, instance = item
+        if start < p.bulk_instance:
+            p.stats["sweeps void"] += 1
+            continue
+        if frame > resolved:
+            waiting.append(item)
+            continue
+        deleted = p.ext.sweep(bucket, start)
+        p.stats["sweeps"] += 1
+        if deleted:
+            p.stats["entries swept"] += len(deleted)
+            if core.report:
+                core.out.append(ExternalChanged(p.id, (), tuple(deleted)))
+        p.repair_wait.pop(bucket, None)
+        if instance == p.bulk_instance and p.bulk_remaining:
+            p.bulk_remaining.discard(bucket)
+            if not p.bulk_remaining:
+                p.bulk_complete_req = p.bulk_req
+                core.counters["bulk resyncs completed"] += 1
+                check_round(core, now)
+    p.pending_sweeps = waiting
+
+
+# ------------------------------------------------------------------ answering with a bulk
+
+def on_resync_request(core: SyncCore, p: Peer, counter: int, body: tuple, now: float) -> None:
+    (req,) = body
+    if req <= p.last_req_from:
+        p.stats["duplicate resync requests"] += 1
+        return
+    p.last_req_from = req
+    start_bulk(core, p, req, now, "requested")
+
+
+def start_bulk(core: SyncCore, p: Peer, req: int, now: float, why: str) -> None:
+    """Send the whole internal cache to p: BULK_BEGIN, then every bucket, paced."""
+    instance = core.sealer.next_counter          # the BULK_BEGIN frame's own counter
+    base_m, base_d = core.mcast.seq, p.tx.seq
+    p.bulk_tx_instance = instance
+    p.floor_mcast, p.floor_direct = base_m, base_d
+    if p.mcast_cum is None or p.mcast_cum < base_m:
+        p.mcast_cum = base_m     # hold our next mcast frames for it from now on
+    p.mcast_status_at = now
+    # Buckets a replaced bulk had not reached yet go first, so that repeated
+    # restarts (a peer that keeps overflowing) do not starve the last buckets.
+    order = [b for b in p.repairs] + [b for b in range(NBUCKETS) if b not in p.repairs]
+    p.repairs = dict.fromkeys(order, instance)
+    p.bulk_needed = None
+    p.tokens, p.tokens_at = core.bulk_burst, now
+    core.bulks[why] += 1
+    send_records(core, p, (), "bulk", controls=((CTL_BULK_BEGIN, req, instance, base_m, base_d),))
+    pump(core, p, now)
+
+
+def pump(core: SyncCore, p: Peer, now: float) -> None:
+    """Send queued buckets (bulk or repair) to p as the rate and the resend window allow."""
+    if p.epoch is None or not p.repairs:
+        p.pump_at = None
+        return
+    rate = core.bulk_rate
+    p.tokens = min(core.bulk_burst, p.tokens + (now - p.tokens_at) * rate)
+    p.tokens_at = now
+    window = p.tx.limit // 4                 # = resend_queue / 2
+    batch = max(1, min(SMALL_BUCKETS, window // 4))
+    buckets = core.internal.buckets
+    repairs = p.repairs
+    while repairs and p.tokens > 0 and p.tx.held_items < window:
+        # Small buckets share frames (an empty cache is 16 frames, not 256):
+        # every frame of this call has counter >= start, so one start
+        # serves all the buckets it carries.
+        start = core.sealer.next_counter
+        items: list = []
+        controls = []
+        while repairs and len(controls) < SWEEPS_PER_CALL:
+            b = next(iter(repairs))
+            bucket = buckets[b]
+            if controls and len(items) + len(bucket) > batch:
+                break
+            controls.append((CTL_SWEEP, b, start, repairs.pop(b)))
+            items.extend(bucket.items())
+        send_records(core, p, items, "bulk", controls=tuple(controls))
+        p.tokens -= max(1, len(items))
+        p.stats["buckets sent"] += len(controls)
+    if not p.repairs:
+        p.pump_at = None
+    elif p.tokens <= 0:
+        p.pump_at = now + (1 - p.tokens) / rate
+    else:
+        p.pump_at = now + core.heartbeat_s    # window full; a STATUS pumps sooner
+
+
+# ------------------------------------------------------------------ the in-sync round
+
+def begin_round(core: SyncCore, now: float, why: str) -> None:
+    """Ask every peer for a bulk; not in sync until each one completed or is absent."""
+    if not core.peers:
+        set_sync(core, True, f"{why}: no peers")
+        return
+    for p in core.peers.values():
+        ask_bulk(core, p, now)
+    core.round = {p.id: p.req_id for p in core.peers.values()}
+    core.round_started = now
+    set_sync(core, False, f"{why}: waiting for bulk resync from peers "
+                          f"{', '.join(map(str, core.round))}")
+
+
+def check_round(core: SyncCore, now: float) -> None:
+    if core.round is None:
+        return
+    absent = []
+    for pid, req in core.round.items():
+        p = core.peers[pid]
+        if p.bulk_complete_req >= req:
+            continue
+        heard = p.last_heard if p.last_heard is not None else float("-inf")
+        if now - max(heard, core.round_started) >= core.peer_timeout_s:
+            absent.append(pid)
+            continue
+        return
+    core.round = None
+    reason = "bulk resync complete"
+    if absent:
+        reason += f"; absent: peers {', '.join(map(str, absent))}"
+    set_sync(core, True, reason)
+
+
+def set_sync(core: SyncCore, in_sync: bool, reason: str) -> None:
+    # Every new round says "not in sync" again, even if it already was.
+    announce = in_sync != core.in_sync or not in_sync
+    core.in_sync, core.sync_reason = in_sync, reason
+    if announce:
+        core.out.append(SyncState(in_sync, reason))

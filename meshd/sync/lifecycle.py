@@ -1,0 +1,148 @@
+"""Peers' lifecycle: first contact, restart, absent and back, adoption, added and removed.
+
+Owns (proto/sync.md, sections 6.2, 7.3 and 10), and emits every
+PeerChanged action:
+
+* an authentic frame from a peer (`heard`): its first epoch or a new one
+  (a restart: both directions of its streams reset, its external cache kept
+  until its bulk replaces it, a bulk asked for), back after being absent,
+  the end of an adoption when it is heard again after the grace;
+* silence, checked at every heartbeat (`check_silence`): a peer silent for
+  `peer_timeout_s` is absent and no longer holds our multicast queue back,
+  and an in-sync round stops waiting for it; with it the per-heartbeat
+  housekeeping of what we keep per peer (transferred seqs, tombstones);
+* adoption after a takeover (`adopt`, `adoptable`, `move_adopted`);
+* peers added or removed by a reload (`added`, `removed`).
+
+It must not touch the streams' contents or the caches' entries beyond
+what those events require (resetting them, moving adopted entries), and
+sends nothing itself: a new or restarted peer is asked for a bulk through
+bulk.ask_bulk.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .actions import PeerChanged
+from .bulk import ask_bulk, check_round
+from .cache import STAMP_LEN
+from .outbound import release_mcast
+from .peer import Peer
+
+if TYPE_CHECKING:
+    from .core import SyncCore
+
+
+def heard(core: SyncCore, p: Peer, epoch: int, now: float) -> None:
+    """An authentic frame from p, sent in `epoch`, arrived at `now`."""
+    if p.epoch != epoch:
+        restarted(core, p, epoch, now)
+    p.last_heard = now
+    if p.absent:
+        p.absent = False
+        core.out.append(PeerChanged(p.id, "back", "heard again"))
+    if p.adopted and now - p.adopted_at > core.adopt_grace_s:
+        # Alive after all (not a frame that was in flight when it failed):
+        # its own state is authoritative for its external cache again.
+        p.adopted = False
+        core.out.append(PeerChanged(p.id, "adoption ended", "heard again"))
+
+
+def restarted(core: SyncCore, p: Peer, epoch: int, now: float) -> None:
+    """p is heard in a new epoch: its first contact, or a restart."""
+    first = p.epoch is None
+    old = p.epoch
+    p.epoch = epoch
+    if not first:
+        # Keep its entries until its bulk replaces them: they may be the
+        # only copy of flows still running (proto/sync.md, section 7.3).
+        p.ext.new_origin_epoch()
+        core.counters["peer restarts"] += 1
+    p.reset_origin()
+    p.reset_recipient()
+    p.adopted = False        # its bulk replaces its external cache
+    ask_bulk(core, p, now)
+    core.out.append(PeerChanged(p.id, "first contact" if first else "restarted",
+                                f"epoch {epoch}" if first else f"epoch {old} -> {epoch}"))
+
+
+def check_silence(core: SyncCore, now: float) -> None:
+    """At every heartbeat: silent peers, and what we keep per peer."""
+    started = core.started_at if core.started_at is not None else now
+    released = False
+    for p in core.peers.values():
+        # A peer silent for peer_timeout no longer holds our resend queue
+        # back; when it returns, what it missed comes by bulk resync.
+        # Silent means no frame at all: a live peer with nothing to
+        # acknowledge sends no STATUS, but its heartbeats still arrive.
+        heard_at = max(p.mcast_status_at, p.last_heard or 0.0)
+        if p.mcast_cum is not None and now - heard_at > core.peer_timeout_s:
+            p.mcast_cum = None
+            released = True
+        silent_since = p.last_heard if p.last_heard is not None else \
+            p.added_at if p.added_at is not None else started
+        if not p.absent and now - silent_since >= core.peer_timeout_s:
+            p.absent = True
+            core.out.append(PeerChanged(p.id, "absent",
+                                        f"nothing heard for {core.peer_timeout_s:g} s"))
+        if p.transferred:
+            low = core.mcast.low
+            p.transferred = {s for s in p.transferred if s >= low}
+        mark = core.replay.streams.get(p.id)
+        if mark is not None and p.epoch == mark.epoch and p.ext.tombstones:
+            p.ext.forget_tombstones_upto(mark.high - core.replay.window)
+    if released:
+        release_mcast(core)
+    check_round(core, now)
+
+
+# ------------------------------------------------------------------ adoption
+
+def adopt(core: SyncCore, origin: int, now: float) -> None:
+    """`origin`'s flows were committed here: note its state as of the takeover."""
+    p = core.peers[origin]
+    p.adopted = True
+    p.adopted_at = now
+    mark = core.replay.streams.get(origin)
+    p.adopted_upto = (p.epoch, mark.high if mark is not None and mark.epoch == p.epoch else 0)
+    core.counters["adoptions"] += 1
+
+
+def adoptable(core: SyncCore, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
+    """The entries of one bucket of `origin` stamped no later than the takeover."""
+    p = core.peers[origin]
+    if p.adopted_upto is None or p.adopted_upto[0] != p.epoch:
+        return []
+    upto = p.adopted_upto[1].to_bytes(STAMP_LEN, "big")
+    return [(k, v[:-STAMP_LEN]) for k, v in p.ext.buckets[bucket].items() if v[-STAMP_LEN:] <= upto]
+
+
+def move_adopted(core: SyncCore, changed) -> None:
+    """Local flows that an adopted origin's external cache holds leave it (they are ours now)."""
+    adopted = [p for p in core.peers.values() if p.adopted]
+    for key, attrs in changed:
+        if attrs is not None:
+            for p in adopted:
+                if p.ext.remove(key) is not None:
+                    p.stats["adopted entries moved"] += 1
+
+
+# ------------------------------------------------------------------ reload
+
+def added(core: SyncCore, peer: int, now: float) -> None:
+    """A peer added by a reload: ask it for a bulk; not part of a round under way."""
+    p = core.peers[peer] = Peer(peer, core.resend_queue, core.max_gap, added_at=now)
+    core.counters["peers added"] += 1
+    core.out.append(PeerChanged(peer, "added", "added by reload"))
+    ask_bulk(core, p, now)
+
+
+def removed(core: SyncCore, p: Peer, now: float) -> None:
+    """p, removed by a reload (and from core.peers already): nothing waits on it."""
+    core.counters["peers removed"] += 1
+    core.out.append(PeerChanged(p.id, "removed",
+                                f"removed by reload ({len(p.ext)} external entries dropped)"))
+    release_mcast(core)
+    if core.round is not None and core.round.pop(p.id, None) is not None:
+        check_round(core, now)
