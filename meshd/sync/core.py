@@ -40,7 +40,7 @@ protocol:
   whose copy of a bucket is provably comparable and differs asks for that
   bucket only (antientropy.py; the buckets go out through bulk.pump).
 * Peers: first contact, restart (new epoch), absent and back, adoption
-  after a takeover, added and removed by a reload (lifecycle.py, which
+  after a takeover, added and removed by a reload (membership.py, which
   emits every PeerChanged).
 * Nothing is dropped silently: a resend queue over its bound
   (outbound.overflow), a gap too large to track (bulk.lost_track) or a
@@ -59,7 +59,7 @@ what it may touch.  The state is in two places only: the attributes set in
 SyncCore.__init__ (this node's, one copy) and Peer (peer.py, per peer, both
 directions).  Each part imports only parts after it in this list, by name
 (`from .bulk import pump`, so that a cycle would fail at import):
-lifecycle, antientropy, inbound, resend, bulk, outbound.  A frame handler
+membership, antientropy, inbound, resend, bulk, outbound.  A frame handler
 takes `(core, peer, counter, body, now)`: the counter is the frame's, the
 stamp of its records.
 """
@@ -70,7 +70,7 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from . import antientropy, bulk, inbound, lifecycle, outbound, resend
+from . import antientropy, bulk, inbound, membership, outbound, resend
 from .actions import Action, ExternalChanged, FrameRejected
 from .cache import InternalCache
 from .frames import (
@@ -215,7 +215,7 @@ class SyncCore:
             return self._flush()
         self.counters["local changes"] += len(changed)
         if any(p.adopted for p in self.peers.values()):
-            lifecycle.move_adopted(self, changed)
+            membership.move_adopted(self, changed)
         if self.peers:
             outbound.send_records(self, None, changed, "live")
             self.probe_at = now + self.probe_delay_s     # tail probe once the burst is over
@@ -242,7 +242,7 @@ class SyncCore:
         """A datagram arrived.  `source_peer_hint`: the peer its source address maps to.
 
         The checks run in the order of proto/sync.md, section 9; an authentic
-        frame is then its sender's news (lifecycle.heard) and goes to the
+        frame is then its sender's news (membership.heard) and goes to the
         handler of its type (HANDLERS).
         """
         self.now = now
@@ -275,7 +275,7 @@ class SyncCore:
         self.replay.accept(sender, h.epoch, h.counter)
         # ---- authenticated from here on
         self.frames_received[TYPE_NAMES[h.type]] += 1
-        lifecycle.heard(self, p, h.epoch, now)
+        membership.heard(self, p, h.epoch, now)
         HANDLERS[h.type](self, p, h.counter, body, now)
         return self._flush()
 
@@ -309,7 +309,7 @@ class SyncCore:
             outbound.send_heartbeat(self)
             self.heartbeat_at = now + self.heartbeat_s
             self.probe_at = None
-            lifecycle.check_silence(self, now)                     # absent peers, the round
+            membership.check_silence(self, now)                     # absent peers, the round
         elif self.probe_at is not None and self.probe_at <= now:
             outbound.mcast_probe(self, now)                        # multicast tail
         if self.digest_at is not None and self.digest_at <= now:
@@ -327,14 +327,14 @@ class SyncCore:
         internal cache.  The rest stays until `origin` is heard again (its own
         state is then authoritative) or the operator flushes it.
         """
-        lifecycle.adopt(self, origin, now)
+        membership.adopt(self, origin, now)
         return []
 
     def adoptable_bucket(self, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
         """The flows of one bucket that the takeover from `origin` made ours:
         those in its external cache with a state from before the takeover (see
         Peer.adopted_upto); nothing if it restarted since (its bulk is newer)."""
-        return lifecycle.adoptable(self, origin, bucket)
+        return membership.adoptable(self, origin, bucket)
 
     def flush_internal(self) -> int:
         """Forget the internal cache (peers are not told; follow with local_resync)."""
@@ -386,7 +386,7 @@ class SyncCore:
         if peer == self.node_id or peer in self.peers or not 1 <= peer <= 2**32 - 1:
             raise ValueError(f"cannot add peer {peer}: ours, known already, or out of range")
         self.now = now
-        lifecycle.added(self, peer, now)
+        membership.added(self, peer, now)
         return self._flush()
 
     def remove_peer(self, peer: int, now: float) -> list[Action]:
@@ -402,7 +402,7 @@ class SyncCore:
         """
         p = self.peers.pop(peer)
         self.now = now
-        lifecycle.removed(self, p, now)
+        membership.removed(self, p, now)
         return self._flush()
 
     def set_timers(self, heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float,
