@@ -18,9 +18,10 @@ from hypothesis import given, settings, strategies as st
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel import nflog
 from meshd.kernel.nft import (
-    Backend, LbRedirect, LoadBalancer, Nft, NftError, _merge_json, interleaved_slots, matching_states,
+    Backend, LbRedirect, LoadBalancer, Nft, NftError, interleaved_slots, matching_states,
     parse_rule_handles, render_elements, render_table, slot_assignment, stable_slots, weighted_turns,
 )
+from meshd.kernel.nft.runner import _merge_json
 
 
 def b(n, port=8080, weight=1, net="10.1.0"):
