@@ -302,7 +302,7 @@ def _parse_redirects(r: Reader, items: list, hosts: dict[str, HealthHost],
                       "the hash already keeps a source on one host")
         if kw["sticky_timeout_s"] is not None and address is not None \
                 and ipaddress.ip_address(address).version == 6:
-            # nftables 1.0.6 aborts on the IPv6 dynamic map update sticky needs (meshd/kernel/nft.py).
+            # nftables 1.0.6 aborts on the IPv6 dynamic map update sticky needs (meshd/kernel/nft/model.py).
             r.problem(f"{path}.sticky_timeout_s", "IPv4 redirects only: nftables cannot keep "
                       "sticky IPv6 sources here")
         if kw["demote"] is not None and followed_counters is not None \

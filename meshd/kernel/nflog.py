@@ -1,7 +1,7 @@
 """NFLOG reader: the TCP resets that nftables logs to a group (l4ip's RST watcher).
 
 The load balancer's forward chain logs resets sent by a redirect's backends
-(`... tcp flags rst log prefix "<redirect>" group N`, meshd/kernel/nft.py).
+(`... tcp flags rst log prefix "<redirect>" group N`, meshd/kernel/nft/render.py).
 NflogReader binds that group on a NETLINK_NETFILTER socket (nfnetlink_log,
 subsystem NFNL_SUBSYS_ULOG), asks for the first bytes of each packet, and
 turns each logged packet into a LoggedReset(address, port, prefix): who sent
@@ -23,7 +23,8 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Self
 
 import trio
 
@@ -233,7 +234,7 @@ class NflogReader:
             while True:
                 try:
                     data = self.sock.recv(_RECV_SIZE)
-                except socket.timeout:
+                except TimeoutError:
                     raise NflogError(errno.ETIMEDOUT, f"NFLOG group {self.group}: no answer to configuration") from None
                 parsed = parse_packets(data)
                 err = dict(parsed.errors).get(seq)
@@ -287,7 +288,7 @@ class NflogReader:
     def close(self) -> None:
         close_socket(self.sock)     # the kernel unbinds the group with the socket
 
-    def __enter__(self) -> "NflogReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

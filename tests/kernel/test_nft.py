@@ -13,14 +13,27 @@ import textwrap
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel import nflog
 from meshd.kernel.nft import (
-    Backend, LbRedirect, LoadBalancer, Nft, NftError, _merge_json, interleaved_slots, matching_states,
-    parse_rule_handles, render_elements, render_table, slot_assignment, stable_slots, weighted_turns,
+    Backend,
+    LbRedirect,
+    LoadBalancer,
+    Nft,
+    NftError,
+    interleaved_slots,
+    matching_states,
+    parse_rule_handles,
+    render_elements,
+    render_table,
+    slot_assignment,
+    stable_slots,
+    weighted_turns,
 )
+from meshd.kernel.nft.runner import _merge_json
 
 
 def b(n, port=8080, weight=1, net="10.1.0"):
@@ -75,7 +88,7 @@ def test_source_hash_seed_is_the_same_on_every_node():
     one = render_table("meshd", [LbRedirect("web", "192.0.2.1", 80, mode="source-hash")])
     two = render_table("meshd", [LbRedirect("web", "192.0.2.1", 80, mode="source-hash")])
     other = render_table("meshd", [LbRedirect("api", "192.0.2.1", 80, mode="source-hash")])
-    seed = lambda s: s.split(" seed ")[1].split()[0]  # noqa: E731
+    seed = lambda s: s.split(" seed ")[1].split()[0]
     assert seed(one) == seed(two) != seed(other)
 
 
@@ -114,18 +127,18 @@ def test_ipv6_elements():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(name="we b"), "name must be"),
-    (dict(name="x" * 65), "name must be"),
-    (dict(address="web.example"), "is not an IP address"),
-    (dict(port=0), "port 0 not in"),
-    (dict(protocol="sctp"), "protocol 'sctp' is not one of tcp, udp"),
-    (dict(mode="leastconn"), "mode 'leastconn' is not one of round-robin, weighted, random, source-hash"),
-    (dict(slots=0), "slots 0 not in"),
-    (dict(address="2001:db8::1", sticky_timeout_s=60), "sticky is IPv4 only"),
-    (dict(protocol="udp", nflog_group=3), "needs protocol tcp"),
+    ({"name": "we b"}, "name must be"),
+    ({"name": "x" * 65}, "name must be"),
+    ({"address": "web.example"}, "is not an IP address"),
+    ({"port": 0}, "port 0 not in"),
+    ({"protocol": "sctp"}, "protocol 'sctp' is not one of tcp, udp"),
+    ({"mode": "leastconn"}, "mode 'leastconn' is not one of round-robin, weighted, random, source-hash"),
+    ({"slots": 0}, "slots 0 not in"),
+    ({"address": "2001:db8::1", "sticky_timeout_s": 60}, "sticky is IPv4 only"),
+    ({"protocol": "udp", "nflog_group": 3}, "needs protocol tcp"),
 ])
 def test_redirect_validation(kw, message):
-    args = dict(name="web", address="192.0.2.1", port=80)
+    args = {"name": "web", "address": "192.0.2.1", "port": 80}
     args.update(kw)
     with pytest.raises(ValueError, match=message):
         LbRedirect(**args)
@@ -372,7 +385,7 @@ def _tuple(atype, src, dst, proto, sport, dport):
 def entry(backend, bport, *, proto=6, status=ct.IPS_DST_NAT | ct.IPS_CONFIRMED, client="192.0.2.7",
           vip="192.0.2.1"):
     family = socket.AF_INET6 if ":" in backend else socket.AF_INET
-    pack = lambda a: socket.inet_pton(family, a)  # noqa: E731
+    pack = lambda a: socket.inet_pton(family, a)
     attrs = (bytes((family, 0, 0, 0))
              + _tuple(ct.CTA_TUPLE_ORIG, pack(client), pack(vip), proto, 40000, 80)
              + _tuple(ct.CTA_TUPLE_REPLY, pack(backend), pack(client), proto, bport, 40000))
@@ -443,7 +456,7 @@ def test_nflog_errors_and_acks():
 
 
 def test_nflog_config_messages():
-    bind, mode, qthresh, timeout = nflog.bind_group_messages(513, 128)
+    bind, mode, qthresh, _timeout = nflog.bind_group_messages(513, 128)
     length, mtype, flags, seq, _ = struct.unpack_from("=IHHII", bind)
     assert (length, mtype, flags, seq) == (len(bind), 4 << 8 | 1, nflog.NLM_F_REQUEST | nflog.NLM_F_ACK, 1)
     assert bind[16:20] == bytes((0, 0)) + struct.pack("!H", 513)                   # res_id = group, big endian

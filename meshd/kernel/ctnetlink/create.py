@@ -4,9 +4,10 @@ Owns: encode_create() / encode_creates() (see encode_create for what the
 kernel refuses and why each rewrite exists), what an injected entry may
 carry (IPS_SETTABLE, NOT_INJECTED, CREATE_ONLY), the TCP protoinfo rewrite,
 rewrite_timeout(), and the per-shape encode plans (_Plan) with their bounded
-caches; the NAT rewrite is nat.py's. The committer in meshd/kernel/conntrack.py calls this
-per entry of a takeover, so encode_creates and _apply are a hot path too:
-keep their locals and bound lookups as they are.
+caches; the NAT rewrite is nat.py's. The committer in
+meshd/kernel/conntrack/committer.py calls this per entry of a takeover, so
+encode_creates and _apply are a hot path too: keep their locals and bound
+lookups as they are.
 
 Must not: decide which entries to inject or when (the sync core does), talk
 to the kernel (the committer does), or change the attrs it is given: the

@@ -5,7 +5,7 @@ from its attrs or from its key), encode_delete / encode_get / encode_dump /
 encode_flush / encode_barrier, and iter_acks for the replies.
 
 Must not: create entries (create.py rewrites attrs for injection) or send
-anything: the committer in meshd/kernel/conntrack.py owns the sockets.
+anything: the committer in meshd/kernel/conntrack/committer.py owns the sockets.
 """
 
 from __future__ import annotations

@@ -1,363 +1,40 @@
-"""Conntrack I/O: the event reader (trio), the table dump and the committer (threads).
+"""CtCommitter: entries injected into the kernel table in batches, from a worker thread.
 
-Each piece owns its own NETLINK_NETFILTER socket:
+Owns: the commit socket and its portid (the reader filters the events it
+causes), sequence numbers, the pipelined batches (a sender thread does the
+sendmsg calls while this thread encodes), the answers read after each batch
+and the barrier that proves none is left, the resend plans per errno, and
+CommitResult.
 
-- CtEventReader subscribes to the NEW/UPDATE/DESTROY groups and puts one
-  list of CtEvents per burst on a trio memory channel, or an Overrun marker
-  when the kernel dropped events (ENOBUFS): the consumer then dumps and
-  diffs. It never crashes on what the kernel sends.
-- dump_table() reads the whole table (blocking; run it in a thread).
-- CtCommitter injects entries in batches from a worker thread. Its portid is
-  known, so the reader can skip the events of our own injections (the kernel
-  stamps events caused by a ctnetlink request with the requester's portid).
-
-Sockets belong to the network namespace they were created in: create these
-objects in the namespace whose table they serve. Subscribing to the event
-groups and SO_*BUFFORCE need CAP_NET_ADMIN.
-
-Measured on the 2-core lab VM, kernel 6.18 (tests/lab/test_conntrack_lab.py
-prints them; the VM's timing varies by about 30% from run to run):
-commit of 100k TCP entries 0.6-0.8 s (125-160k/s; conntrackd: 1.12 s), of
-100k SNAT entries about the same; event reader 50k events in 0.23 s (about
-215k/s end to end); dump of 200k entries 1.3 s (the conntrack tool: 1.15 s).
+Must not: run on the trio loop for big commits (commit_async and friends take
+a thread), read events or dump the table, or stop at a failed entry: errors
+are counted, never raised, except a socket that fails. commit() and _send()
+are the hot path: keep their bodies as they are, measured.
 """
 
 from __future__ import annotations
 
 import errno
 import queue
-import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import NamedTuple, Self
 
 import trio
 
 from meshd.kernel import ctnetlink as ct
-from meshd.kernel.closing import close_socket
-from meshd.kernel.ctnetlink import netlink as ctnl
 
-SOL_NETLINK = 270
-NETLINK_NO_ENOBUFS, NETLINK_CAP_ACK = 5, 10
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-DEFAULT_RCVBUF = 32 << 20
-GROUPS_ALL = (1 << ct.NFNLGRP_CONNTRACK_NEW - 1) | (1 << ct.NFNLGRP_CONNTRACK_UPDATE - 1) \
-    | (1 << ct.NFNLGRP_CONNTRACK_DESTROY - 1)
-_RECV_SIZE = 1 << 16            # kernel dump datagrams are at most 32 KiB, events far less
-
-Log = Callable[..., None]
-
-
-def _no_log(event: str, level: str = "info", **fields) -> None:
-    pass
-
-
-def errno_name(err: int) -> str:
-    # errno.errorcode[95] is ENOTSUP; ctnetlink's sources and docs say EOPNOTSUPP.
-    if err == errno.EOPNOTSUPP:
-        return "EOPNOTSUPP"
-    return errno.errorcode.get(err, f"E{err}")
-
-
-def _socket(rcvbuf: int, log: Log, what: str, sndbuf: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, ct.NETLINK_NETFILTER)
-    try:
-        set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf, log, what)
-        if sndbuf:
-            set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf, log, what)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def set_buffer(sock: socket.socket, force: int, plain: int, size: int, log: Log, what: str) -> int:
-    """Set a socket buffer past net.core.[rw]mem_max if we may (CAP_NET_ADMIN), else as far as allowed.
-
-    Returns the size the kernel granted (it doubles the request for bookkeeping).
-    """
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, force, size)
-    except PermissionError as e:
-        sock.setsockopt(socket.SOL_SOCKET, plain, size)
-        granted = sock.getsockopt(socket.SOL_SOCKET, plain)
-        log("netlink_buffer_limited", level="warning", socket=what, wanted=size, granted=granted // 2,
-            error=e.strerror, hint="raise net.core.rmem_max / wmem_max or grant CAP_NET_ADMIN")
-        return granted
-    return sock.getsockopt(socket.SOL_SOCKET, plain)
-
-
-class Overrun:
-    """Marker on the event channel: events were lost; dump the table and diff."""
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str = "enobufs"):
-        self.reason = reason        # "enobufs", "truncated" or "decode"
-
-    def __repr__(self) -> str:
-        return f"Overrun({self.reason!r})"
-
-
-SO_ATTACH_FILTER = 26
-SO_DETACH_FILTER = 27
-_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
-_NLMSG_PID_OFFSET = 12
-
-
-def _attach_portid_filter(sock: socket.socket, portids: list[int]) -> None:
-    """Attach a classic BPF program that drops messages whose nlmsg_pid is in portids.
-
-    Events come one per datagram, so the first header's pid is the event's.
-    BPF loads words big-endian; nlmsg_pid is in host order, hence the swap.
-    The kernel copies the program during the call.
-    """
-    import ctypes
-    n = len(portids)
-    insns = [(_BPF_LD_W_ABS, 0, 0, _NLMSG_PID_OFFSET)]
-    for i, pid in enumerate(portids):
-        swapped = int.from_bytes(pid.to_bytes(4, "little"), "big")
-        insns.append((_BPF_JEQ_K, n - i, 0, swapped))     # jump to "drop" (after "accept")
-    insns += [(_BPF_RET_K, 0, 0, 0xFFFFFFFF), (_BPF_RET_K, 0, 0, 0)]
-    code = b"".join(struct.pack("HBBI", *insn) for insn in insns)
-    program = ctypes.create_string_buffer(code, len(code))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
-                    struct.pack("HxxxxxxP", len(insns), ctypes.addressof(program)))
-
-
-class CtEventReader:
-    """Conntrack events from the kernel, in bursts, for one trio task.
-
-    Args:
-      rcvbuf: receive buffer in bytes (SO_RCVBUFFORCE; SO_RCVBUF with a
-        warning when not permitted). A burst of new flows must fit while the
-        consumer is busy: an event costs about 1.3 KiB of buffer (skb
-        overhead), and the kernel doubles the value, so 32 MiB holds about
-        50k events.
-      own_portids: portids of our own injection sockets (CtCommitter.portid);
-        events they caused are dropped without decoding. register_own() adds more.
-      burst: datagrams read per wakeup at most (one event each), so a flood
-        cannot hold the trio loop; between bursts the task checkpoints.
-      log: log(event, level=..., **fields).
-
-    NETLINK_NO_ENOBUFS is deliberately not set: a lost event must be known.
-    Subscribing to the groups needs CAP_NET_ADMIN (the kernel says EPERM).
-
-    Overrun semantics: the marker comes after every event older than the
-    loss that was already read, and before any event newer than it; what was
-    still queued at the loss is discarded (see _discard_queued). A consumer
-    that dumps the table on the marker and then applies the following
-    events in order converges.
-    """
-
-    def __init__(self, *, rcvbuf: int = DEFAULT_RCVBUF, own_portids: Iterable[int] = (),
-                 burst: int = 256, log: Log = _no_log, groups: int = GROUPS_ALL):
-        self.log = log
-        self.burst = burst
-        self.own_portids: set[int] = set(own_portids)
-        self.events = 0             # events decoded and delivered
-        self.datagrams = 0
-        self.bursts = 0             # lists put on the channel
-        self.overruns = 0           # ENOBUFS seen (each one a resync)
-        self.own_skipped = 0        # events of our own injections, dropped
-        self.discarded = 0          # datagrams dropped after an overrun (older than the loss)
-        self.decode_errors = 0
-        self._buf = bytearray(_RECV_SIZE)
-        self._view = memoryview(self._buf)
-        self.sock = _socket(rcvbuf, log, "ct_events")
-        try:
-            self.sock.setblocking(False)
-            self.sock.bind((0, groups))
-        except BaseException:
-            self.sock.close()
-            raise
-        self.own_filter = False      # own events dropped by the kernel (a socket filter)
-        self._filter_own()
-
-    def set_rcvbuf(self, size: int) -> int:
-        """A new receive buffer size (a reload); returns what the kernel granted."""
-        return set_buffer(self.sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, size, self.log, "ct_events")
-
-    @property
-    def portid(self) -> int:
-        return self.sock.getsockname()[0]
-
-    def register_own(self, portid: int) -> None:
-        self.own_portids.add(portid)
-        self._filter_own()
-
-    def unregister_own(self, portid: int) -> None:
-        self.own_portids.discard(portid)
-        self._filter_own()
-
-    def _filter_own(self) -> None:
-        """Have the kernel drop the events of our own injections before they are queued.
-
-        A node that injects its peers' flows (continuous commit) would
-        otherwise wake up, copy and look at one event per injected entry, only
-        to drop it: with a classic BPF filter on the nlmsg_pid field they cost
-        nothing here and take no receive-buffer space.  read_burst still checks
-        the portid, for kernels that refuse the filter.
-        """
-        try:
-            if self.own_portids:
-                _attach_portid_filter(self.sock, sorted(self.own_portids))
-                self.own_filter = True
-            elif self.own_filter:
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
-                self.own_filter = False
-        except OSError as e:
-            self.own_filter = False
-            self.log("ct_events_filter_failed", level="warning", error=e.strerror or str(e))
-
-    def read_burst(self) -> tuple[list, Overrun | None]:
-        """Read up to `burst` datagrams without blocking: (events, Overrun marker or None).
-
-        Stops at the first loss so the events before it are delivered before
-        the Overrun marker.
-        """
-        events: list = []
-        own = self.own_portids
-        sock, buf, view = self.sock, self._buf, self._view
-        for _ in range(self.burst):
-            try:
-                n = sock.recv_into(buf, 0, socket.MSG_TRUNC)
-            except BlockingIOError:
-                return events, None
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                discarded = self._discard_queued()
-                self.log("ct_events_overrun", level="warning", overruns=self.overruns, discarded=discarded)
-                return events, Overrun("enobufs")
-            self.datagrams += 1
-            if n > len(buf):
-                self.decode_errors += 1
-                self.log("ct_events_truncated", level="error", size=n)
-                return events, Overrun("truncated")
-            if n >= ct.HDR_LEN and own and ctnl._HDR.unpack_from(buf, 0)[4] in own:
-                # One event per datagram: the first header's portid is the event's.
-                self.own_skipped += 1
-                continue
-            try:
-                ct.decode_into(bytes(view[:n]), events)
-            except ct.CtDecodeError as e:
-                self.decode_errors += 1
-                self.log("ct_events_undecodable", level="error", error=str(e), size=n)
-                return events, Overrun("decode")
-        return events, None
-
-    def _discard_queued(self, limit: int = 1 << 20) -> int:
-        """After ENOBUFS: drop what is still queued; returns how many datagrams.
-
-        The kernel reports ENOBUFS before the datagrams still queued, and
-        those are older than the ones it dropped: delivered after the Overrun
-        marker they could undo the resync (an UPDATE of an entry whose
-        DESTROY was lost would bring it back). Everything read after this
-        point is newer than the loss, and the consumer's dump, started after
-        the marker, covers what is dropped here.
-        """
-        n = 0
-        while n < limit:
-            try:
-                self.sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-            n += 1
-        self.discarded += n
-        return n
-
-    async def run(self, send_channel) -> None:
-        """Forever: wait readable, read a burst, send ONE list per burst (then Overrun if any)."""
-        while True:
-            await trio.lowlevel.wait_readable(self.sock)
-            events, overrun = self.read_burst()
-            if events:
-                self.events += len(events)
-                self.bursts += 1
-                await send_channel.send(events)
-            if overrun is not None:
-                await send_channel.send(overrun)
-
-    def stats(self) -> dict:
-        return {"events": self.events, "datagrams": self.datagrams, "bursts": self.bursts,
-                "overruns": self.overruns, "own_skipped": self.own_skipped, "discarded": self.discarded,
-                "decode_errors": self.decode_errors, "own_filtered_by_kernel": self.own_filter}
-
-    def close(self) -> None:
-        close_socket(self.sock)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class CtDumpError(OSError):
-    """dump_table() failed: the kernel's errno, a table that kept changing, or undecodable data."""
-
-
-def dump_table(family: int = ct.AF_UNSPEC, *, rcvbuf: int = 8 << 20, attempts: int = 5,
-               log: Log = _no_log) -> list:
-    """Every entry of the table (of one family) as CtEvents of kind NEW. Blocking.
-
-    Multi-part dumps are read to NLMSG_DONE. A dump the kernel marks
-    NLM_F_DUMP_INTR (the table changed under it: entries may be missing or
-    doubled) is redone, up to `attempts` times; after that CtDumpError.
-    EINTR is retried by Python itself (PEP 475).
-    """
-    sock = _socket(rcvbuf, log, "ct_dump")
-    with sock:
-        sock.bind((0, 0))
-        sock.settimeout(30)
-        buf = bytearray(_RECV_SIZE)
-        view = memoryview(buf)
-        for attempt in range(1, attempts + 1):
-            sock.send(ct.encode_dump(attempt, family))
-            events: list = []
-            flags = 0
-            while True:
-                try:
-                    n = sock.recv_into(buf, 0, socket.MSG_TRUNC)
-                except OSError as e:
-                    if e.errno != errno.ENOBUFS:
-                        raise
-                    flags |= ct.DUMP_INTERRUPTED
-                    continue
-                if n > len(buf):
-                    raise CtDumpError(errno.EMSGSIZE, f"dump datagram of {n} bytes truncated")
-                try:
-                    r = ct.decode_into(bytes(view[:n]), events)
-                except ct.CtNetlinkError as e:
-                    raise CtDumpError(e.errno, f"conntrack dump failed: {errno_name(e.errno)}") from None
-                except ct.CtDecodeError as e:
-                    raise CtDumpError(errno.EBADMSG, f"undecodable conntrack dump: {e}") from None
-                flags |= r
-                if r & ct.DONE:
-                    break
-            if not flags & ct.DUMP_INTERRUPTED:
-                return events
-            log("ct_dump_interrupted", level="warning", attempt=attempt, entries=len(events))
-            _drain(sock)
-        raise CtDumpError(errno.EINTR, f"conntrack dump interrupted {attempts} times")
-
-
-def _drain(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    try:
-        while True:
-            sock.recv(_RECV_SIZE)
-    except (BlockingIOError, OSError):
-        pass
-    finally:
-        sock.settimeout(30)
-
+from .sockets import (
+    _RECV_SIZE,
+    NETLINK_CAP_ACK,
+    SOL_NETLINK,
+    Log,
+    _no_log,
+    _socket,
+    errno_name,
+)
 
 _CREATE = ct.NLM_F_REQUEST | ct.NLM_F_CREATE
 _SEQ = struct.Struct("=I")

@@ -1,0 +1,77 @@
+"""dump_table: every entry of the kernel's conntrack table, read once. Blocking.
+
+Owns: the dump socket, the multi-part dump read to NLMSG_DONE, redoing a dump
+the kernel marked interrupted, and CtDumpError.
+
+Must not: be called on the trio loop (run it in a thread), diff or keep what
+it read (the caller does), or write to the table.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from meshd.kernel import ctnetlink as ct
+
+from .sockets import _RECV_SIZE, Log, _no_log, _socket, errno_name
+
+
+class CtDumpError(OSError):
+    """dump_table() failed: the kernel's errno, a table that kept changing, or undecodable data."""
+
+
+def dump_table(family: int = ct.AF_UNSPEC, *, rcvbuf: int = 8 << 20, attempts: int = 5,
+               log: Log = _no_log) -> list:
+    """Every entry of the table (of one family) as CtEvents of kind NEW. Blocking.
+
+    Multi-part dumps are read to NLMSG_DONE. A dump the kernel marks
+    NLM_F_DUMP_INTR (the table changed under it: entries may be missing or
+    doubled) is redone, up to `attempts` times; after that CtDumpError.
+    EINTR is retried by Python itself (PEP 475).
+    """
+    sock = _socket(rcvbuf, log, "ct_dump")
+    with sock:
+        sock.bind((0, 0))
+        sock.settimeout(30)
+        buf = bytearray(_RECV_SIZE)
+        view = memoryview(buf)
+        for attempt in range(1, attempts + 1):
+            sock.send(ct.encode_dump(attempt, family))
+            events: list = []
+            flags = 0
+            while True:
+                try:
+                    n = sock.recv_into(buf, 0, socket.MSG_TRUNC)
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    flags |= ct.DUMP_INTERRUPTED
+                    continue
+                if n > len(buf):
+                    raise CtDumpError(errno.EMSGSIZE, f"dump datagram of {n} bytes truncated")
+                try:
+                    r = ct.decode_into(bytes(view[:n]), events)
+                except ct.CtNetlinkError as e:
+                    raise CtDumpError(e.errno, f"conntrack dump failed: {errno_name(e.errno)}") from None
+                except ct.CtDecodeError as e:
+                    raise CtDumpError(errno.EBADMSG, f"undecodable conntrack dump: {e}") from None
+                flags |= r
+                if r & ct.DONE:
+                    break
+            if not flags & ct.DUMP_INTERRUPTED:
+                return events
+            log("ct_dump_interrupted", level="warning", attempt=attempt, entries=len(events))
+            _drain(sock)
+        raise CtDumpError(errno.EINTR, f"conntrack dump interrupted {attempts} times")
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(_RECV_SIZE)
+    except (BlockingIOError, OSError):
+        pass
+    finally:
+        sock.settimeout(30)
