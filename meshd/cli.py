@@ -4,6 +4,14 @@ Exit codes: 0 clean stop or valid config, 1 runtime failure at start-up
 (socket busy, state directory unwritable, log target unusable) or a crash
 (logged as event=crashed), 2 invalid configuration (with --check: also a
 finding of preflight at level error).
+
+Owns the command line: its options, `--check` (the file, then preflight), the
+event log and the library log bridge opened before the daemon, the GIL switch
+interval (SWITCH_INTERVAL_S) and the exit code of whatever ended trio.run.
+
+Must not: hold a rule of the daemon or the cores (it builds the Daemon and
+runs it), or import meshd/daemon.py before the file is valid: `--check` and a
+refused file never load the trio shells.
 """
 
 from __future__ import annotations

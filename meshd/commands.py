@@ -2,15 +2,17 @@
 handler raises, and the checks of a request's arguments.
 
 A request is a dict decoded from one line of the control socket
-(meshd/control/protocol.py frames it); the daemon and the services
+(meshd/control/protocol.py frames it); the daemon and the shells
 (meshd/daemon.py, meshd/sync/shell.py, meshd/health/shell.py) answer it.
-This module sits below both, so a service can validate a request without
-importing the control server: it knows no socket, no framing and no engine,
-and imports nothing from meshd.
+This module sits on the lowest floor, below both, so a shell can validate a
+request without importing the control server (docs/architecture.md, "Floors").
 
 Every bad request is answered with a message naming the command, the key,
 what was expected and what was found -- the same style as configuration
 errors.
+
+Must not: know a socket, the framing or an engine, or import anything from
+meshd: everything that answers a command imports this module.
 """
 
 from __future__ import annotations

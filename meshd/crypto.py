@@ -4,6 +4,11 @@ Each purpose (election HMAC, sync AEAD) gets its own key through a distinct
 HKDF `info`, so a key recovered from one protocol is useless for the other.
 Two key ids may be configured at once: receivers accept both, senders use
 `send_key`, which lets operators rotate secrets without a flag day.
+
+Must not: read or keep the secrets (the configuration reads the secret files
+into Config.secrets), or know a wire format: the election's advert
+(election/wire.py) and the sync frames (sync/frames.py, which derives its
+per-sender frame keys from these) do.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ reported by the next line that could (event=log_lines_dropped).
 It is called from the trio loop and from worker threads (address renewal,
 trio.to_thread): a line is formatted and written under a lock, whole.
 Where the lines go is a sink (meshd/logsinks.py), chosen by --log-target.
+
+Must not: raise from a log call (a line that cannot be written is counted and
+reported later), or import anything from meshd but its sinks: every floor
+logs through it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ each of them to the EventLog as one event:
     event=python_warning category=ResourceWarning message="..." where=file.py:12
     event=thread_crashed thread=renew-addresses error="..." traceback="..."
     event=unraisable_exception error="..." object="..."
+
+Must not: write a line itself (the EventLog does), let a library's bad record
+raise, or stay installed after uninstall(): tests and a daemon that returns
+get back the hooks that were there.
 """
 
 from __future__ import annotations

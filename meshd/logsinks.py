@@ -1,9 +1,14 @@
 """Where the event log's lines go: stderr (plain or the journal), syslog, a file.
 
 A sink gets finished lines with their syslog priority and raises OSError
-when a line could not be written; EventLog counts those and never lets the
+when a line could not be written (LogTargetError when a syslog that went
+away cannot be reached again); EventLog counts those and never lets the
 error reach the daemon.  Sinks are not thread-safe on their own: EventLog
 calls them under its lock.
+
+Must not: format events (EventLog does), hide a failed write (it raises, for
+EventLog to count), or wait for a stuck syslog longer than SYSLOG_SEND_WAIT_S:
+the event loop writes most lines.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ The epoch must be on disk before the first advert of a boot is sent: a sender
 that restarts with an old epoch would have its adverts refused as replays.
 Writes are atomic (temporary file, fsync, rename) so a crash mid-write leaves
 the previous value, never a torn file.
+
+Must not: decide what is saved or when (the daemon saves the replay marks every
+REPLAY_SAVE_INTERVAL and at stop, and raises the epoch once per start), or
+leave a torn file behind: every write is the temporary file and the rename.
 """
 
 from __future__ import annotations

@@ -1,4 +1,14 @@
-"""The timer task every sans-I/O core needs in its trio shell."""
+"""CoreTimer: the timer task every sans-I/O core needs in its trio shell.
+
+The daemon runs one, for the node core (through election/shell.py's
+ReadFirst): it sleeps until `core.next_deadline()`, or until `kick()` says an
+input may have moved it, and hands `core.handle_timer(now)` to `dispatch`.  A
+deadline already due (a step of a kernel resync or an adoption) yields with a
+plain checkpoint, so a long run of steps never holds the event loop.
+
+Must not: decide what is due (the core does), or read any clock but trio's:
+`now` is trio.current_time(), the clock the shells pass the core too.
+"""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ This module only re-exports what callers use, so `from meshd.config import
 Config` does not depend on where a name lives.  Section internals (key sets,
 the per-section `parse_*`) are imported from their module.
 
-Nothing in the package touches the system except reading the file, the
-secret files it names (which `--check` must verify too) and the hostname (the
-default node name).  It imports nothing from meshd above it but the value
-types of `meshd.health.checkspec` (tests/test_layers.py).
+Must not: touch the system beyond reading the file, the secret files it names
+(which `--check` must verify too) and the hostname (the default node name);
+accept half a file; or import anything from meshd but the value types of
+`meshd.health.checkspec`, on the floor below (tests/test_layers.py).
 """
 
 from .cluster import (

@@ -1,10 +1,12 @@
 """The `[cluster]` section: the election's port and multicast groups, and the
 keys the cluster signs and seals with.
 
-This is the one module of the package that reads beyond the file: the secret
+This is the one module of the package that reads other files: the secret
 files the keys name (`read_secret_files`: size and mode checked, because `--check`
-must catch a bad key before a start does).  It derives no key material and
-opens no socket: meshd/crypto.py and the shells do.
+must catch a bad key before a start does).
+
+Must not: derive key material or open a socket (meshd/crypto.py and the shells
+do), or keep a secret that is too short or readable by group or others.
 """
 
 from __future__ import annotations

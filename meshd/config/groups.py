@@ -3,8 +3,11 @@ timing, its peers, its demotion counters and its notify hooks.
 
 Owns `ALL_GROUPS`, the counter every group follows, and the rules between
 groups (unique ids, names and addresses; a sync set never named like a
-group).  Hook paths are kept as given: whether they exist and are safe to run
-is preflight's business, never this module's.
+group).  Hook paths are kept as given.
+
+Must not: look at the hook programs (whether they exist and are safe to run is
+preflight's business), or hold an election rule: the keys' ranges are checked
+here, what they do is ElectionCore's.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ documented in docs/health.md.  The shapes follow relayd.conf:
 
 Cross references are checked here, so the core never meets an unknown name.
 The `check` sub-table of a table is parsed in meshd/config/health_check.py.
-Nothing here probes a host or touches nftables: meshd/health/ does, from the
-`HealthConfig` this module returns.
+
+Must not: probe a host or touch nftables (meshd/health/ does, from the
+`HealthConfig` this module returns), or import the health core: only the
+value types of `meshd.health.checkspec`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Owns the keys each method takes (a key given to a method that ignores it is
 refused, so a typo'd method cannot pass) and turns the table into a hashable
-`CheckSpec`.  It runs no check and opens no file: a script or CA file named
-here is looked at by preflight and used by meshd/health/checks.py.
+`CheckSpec`.
+
+Must not: run a check or open a file: a script or CA file named here is looked
+at by preflight and used by meshd/health/checks.py.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@ into one frozen `Config` or raises one `ConfigError` listing every problem.
 
 Owns the top-level keys and the order sections are read in (a section that
 depends on another, such as `[health]` on the counters the groups follow, is
-read after it).  A file is never half accepted: any problem refuses all of it.
-Nothing here touches the system except reading the file and, through
-`cluster.read_secret_files`, the secret files.
+read after it).
+
+Must not: accept half a file (any problem refuses all of it), or touch the
+system beyond reading the file, the secret files (`cluster.read_secret_files`)
+and the hostname (the default `[node] name`, node.py).
 """
 
 from __future__ import annotations

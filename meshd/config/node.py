@@ -3,9 +3,11 @@ control socket and how long its virtual addresses outlive it.
 
 Owns the defaults of the run directory and the control socket, shared with
 `meshctl --config`, which reads only those two keys (`parse_control_socket`).
-Paths are checked as text (absolute, short enough for a Unix socket): this
-module never looks at the file system.  The one thing it reads from the
-system is the hostname, the default `name`.
+Paths are checked as text: absolute, short enough for a Unix socket.
+
+Must not: look at the file system (the daemon creates the directories, the
+control server binds the socket), or read anything from the system but the
+hostname, the default `name`.
 """
 
 from __future__ import annotations

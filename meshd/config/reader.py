@@ -2,8 +2,10 @@
 
 It records problems instead of raising, so a file is refused with all of its
 errors listed at once, each named by file and key path.  It also owns the
-syntax of names (`NAME_RE`) the sections share.  It knows no section's keys
-and reads nothing but the document it is handed.
+syntax of names (`NAME_RE`) the sections share.
+
+Must not: know a section's keys, raise for a problem (it records it), or read
+anything but the document it is handed.
 """
 
 from __future__ import annotations

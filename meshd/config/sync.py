@@ -3,8 +3,10 @@
 Absent section: no replication (the election runs alone).  Every key is
 documented in docs/configuration.md.  Owns the replication
 filter's vocabulary (protocol names and numbers, conntrack's TCP state names),
-which meshd/sync/filters.py applies to kernel events; it opens no socket and
-reads no conntrack table.
+which meshd/sync/filters.py applies to kernel events.
+
+Must not: open a socket or read a conntrack table (the state mesh's shell
+does), or apply the filter (meshd/sync/filters.py does).
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 demotion counter when a link goes down or a script keeps failing.
 
 A track feeding a counter no group follows is refused here as a typo
-(`check_track_counters`).  Script commands are kept as given: this module
-never runs or looks at them (meshd/track/scripts.py runs them, preflight
-checks them).
+(`check_track_counters`).  Script commands are kept as given.
+
+Must not: run or look at a script (meshd/track/scripts.py runs them, preflight
+checks them), or decide what a failed track does: NodeCore turns it into a
+demotion, or a FAULT with weight 0.
 """
 
 from __future__ import annotations

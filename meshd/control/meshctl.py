@@ -7,6 +7,11 @@ request_stream() from any thread without an event loop.
 Exit codes: 0 success, 1 meshd answered with an error, 2 usage or
 configuration error, 3 could not talk to meshd (cannot connect, no answer
 within --timeout, connection lost, malformed answer).
+
+Must not: import the daemon, the shells or trio (tests/test_layers.py lets it
+import the configuration, `commands`, the control protocol and the health
+report formatter only), or decide anything the daemon answers: it sends one
+request and prints what comes back.
 """
 
 from __future__ import annotations

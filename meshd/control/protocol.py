@@ -9,6 +9,9 @@ This module holds what both ends must agree on about the wire (limits,
 framing, answer envelopes).  It never dispatches or validates a command: the
 command names, `ControlError` and the argument checks live in meshd/commands.py,
 below the services that answer them.
+
+Must not: do I/O (the server and meshctl own the sockets), or import anything
+from meshd but `commands`: meshctl and the server both import it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ Streaming: a handler may return an async iterator instead of a dict.  Each
 yielded dict goes out as {"ok": true, "more": true, ...item}; the end is
 {"ok": true, "more": false}.  If the iterator raises, the stream ends with an
 ordinary error answer {"ok": false, "error": ...} instead (no "more" key).
+
+Must not: know a command or check its arguments (the handler does), import the
+daemon (the handler is passed in), or let anything a client or a handler does
+stop the server or another client.
 """
 
 from __future__ import annotations
