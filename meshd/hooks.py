@@ -4,6 +4,10 @@ Hooks run in order, one at a time, from their own task, so a slow or hung
 script can delay later notifications but never the election.  Each run has a
 timeout after which the process is killed; its exit status and the tail of its
 output are logged.
+
+Must not: block the election (hooks run in the runner's own task, off the
+group executors), run two hooks at once, or wait for room: beyond QUEUE_SIZE
+waiting runs, a notification is dropped and logged (event=notify_dropped).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ code as root.  Every path component (of the name as written and of the file
 it resolves to) must be owned by root or by the user meshd runs as, and
 writable by nobody else, except a directory with the sticky bit (/tmp):
 there, others cannot replace a file they do not own.
+
+Must not: refuse to start (only `meshd --check` fails on an error), change
+anything on the machine (it stats, looks up and loads, never writes), or
+check the file itself again (load_config did).
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ What needs a restart, and why:
   yet) only make sense there.
 * `health.nft_table`, `health.nflog_group` and turning the reset watcher
   on: the table and the NFLOG socket are set up at start.
+
+Must not: apply anything or read a file: Daemon.reload loads the new file and
+carries the plan out (NodeCore.reconfigure and the shells' reload methods).
 """
 
 from __future__ import annotations

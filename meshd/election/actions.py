@@ -1,9 +1,15 @@
-"""What the election core asks its shell to do, and what it reports.
+"""What the election core returns: actions for the shells, and events to log.
 
-The shell carries out actions in the order the core returns them; for a group
-that becomes MASTER that order is the failover ordering of DESIGN.md:
-PrepareTakeover (conntrack commit), AddAddresses, Announce (GARP/NA),
-SendAdvert, RunNotify.
+For a group that becomes MASTER the core returns the failover ordering of
+DESIGN.md: PrepareTakeover, AddAddresses, Announce (GARP/NA), SendAdvert,
+RunNotify.  The node core (meshd/node/takeover.py) turns PrepareTakeover into
+the commit (CommitFlows or WaitApplied) and holds the group's later actions
+until that is done; the election shell carries out the rest, each group's in
+order.  StateChanged, AdvertRejected and DemotionChanged are events: the
+daemon logs them.
+
+Must not: hold behaviour: these are frozen values, and every rule that emits
+them lives in core.py.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ class SendAdvert:
 class PrepareTakeover:
     """Step 1 of the failover ordering: commit replicated state for the group.
 
-    The shell must finish it before carrying out the actions that follow.
-    `from_node` is the master being replaced, when known.
+    The node core turns it into CommitFlows or WaitApplied (node/actions.py)
+    and holds the group's actions that follow until the shell reports the
+    commit done; without a state mesh there is nothing to commit and it is
+    dropped.  `from_node` is the master being replaced, when known.
     """
     group: str
     from_node: int | None

@@ -3,8 +3,7 @@
 Inputs are method calls that always take `now` (seconds, any monotonic
 origin): received datagrams, timers, interface state, demotion changes and
 operator commands.  Outputs are lists of actions (meshd.election.actions) for
-the shell to carry out in order.  The core never reads a clock, touches a
-socket or logs.
+the shell to carry out in order.
 
 Rules, all in this file:
 
@@ -19,6 +18,10 @@ Rules, all in this file:
 * A group whose interface is down, or whose adverts cannot be sent, is FAULT.
   Groups of a sync set share a demotion counter named after the set; a fault
   in one member raises it, so its siblings hand over too.
+
+Must not: read a clock, touch a socket or log; nor know the state mesh or the
+health checks: what they demand comes in as named demotion counters
+(set_demotion, from the node core).
 """
 
 from __future__ import annotations

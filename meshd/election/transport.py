@@ -5,6 +5,10 @@ multicast group on each group's interface.  Adverts leave with TTL / hop
 limit 255 and the receive side reports the TTL it saw, so the core can refuse
 anything that crossed a router (the CARP/VRRP link-local guarantee).  Why UDP
 rather than raw IP protocol 112 is in proto/election.md.
+
+Must not: judge an advert (the TTL, the interface and the MAC are checked by
+the core), or block: a send is a non-blocking sendto, and a full buffer is an
+OSError that the shell reports to the core as a send failure.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 See proto/election.md for the layout, the carrier and the golden vectors.
 `decode_advert` raises only AdvertError; its `reason` is the counter name the
 daemon uses for rejected adverts.
+
+Must not: check replay, the group's settings or the sender's history
+(ElectionCore.receive does, after the MAC), or trust any field before the MAC
+is checked.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The shell carries the actions out in the order the core returns them.  For a
 redirect that loses a dead host, SetBackends comes before DeleteStates, so no
 new connection reaches the host once its old ones are deleted.
+
+Must not: hold behaviour (the health core decides, the health shell carries
+out), or name nftables, sockets or processes: a backend is (address, port,
+weight), a check a CheckTarget.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ CheckRunner is the trio shell side: start(check_id, target) runs a check in
 the runner's nursery and reports (check_id, outcome). The health core
 decides what to run and when (intervals, jitter, the global in-flight
 limit); the runner only keeps a hard safety cap.
+
+Must not: decide when a check runs or what its result means for a host (the
+health core does: intervals, rise and fall, the in-flight limit), import the
+health core, or raise a check's failure to the caller.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ configuration, the sans-I/O health core and the check runners.
 
 A CheckSpec is hashable: the core shares one running check per distinct
 (address, port, CheckSpec) among every table that uses it.
+
+Must not: import anything from meshd: it sits on the lowest floor so that the
+configuration and the check runners can share it (tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Two kinds of socket, tried in this order per family:
   we never read.
 
 The first kind that works is remembered per family.
+
+Must not: keep a socket between checks (each echo opens its own), or time out
+by itself: the caller's cancel scope, the check's timeout, bounds `echo`.
 """
 
 from __future__ import annotations

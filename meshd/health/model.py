@@ -11,9 +11,13 @@ current status resets the count.
 Intervals follow HAProxy's inter / fastinter / downinter:
 
 * `fast` while the count is moving (a host up with failures, a host down with
-  successes) and after a burst of resets (until the next result);
+  successes), while the status is unknown, and after a burst of resets (until
+  a check started after it answers);
 * `down` while the host is down and nothing is moving;
 * `inter` otherwise.
+
+Must not: schedule a check or read a clock (the core passes `now` and asks
+`pace()`), or know tables and redirects: this is one host's counting.
 """
 
 from __future__ import annotations

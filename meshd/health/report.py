@@ -4,6 +4,9 @@
 table followed by its hosts (a disabled table hides its hosts, as relayd
 does).  Rows are plain dicts so that `--json` prints them as they are; the
 `format_*` functions make relayctl's columns of them.
+
+Must not: change the core (it only reads it), or import trio or a shell:
+meshctl imports this module for the `format_*` functions.
 """
 
 from __future__ import annotations

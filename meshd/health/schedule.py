@@ -9,6 +9,10 @@ results come quickly.
 Global limit: at most `limit` runs are in flight.  A check whose time has
 come while the limit is reached waits; checks start in the order they fell
 due (ties in the order they were scheduled) as runs finish.
+
+Must not: know hosts, tables or results (its keys are opaque: the core's
+CheckTargets), or read a clock or a random source of its own: `now` and the
+rng are passed in.
 """
 
 from __future__ import annotations

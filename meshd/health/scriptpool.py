@@ -7,6 +7,10 @@ free place (that wait does not count against the script's timeout: a host is
 not down because the pool is busy). A script that overruns its timeout is
 killed with its whole process group, so a shell script's children (sleep,
 curl) die with it and cannot hold the pool or the stderr pipe.
+
+Must not: judge a script's result (checks.py does, through describe_exit), or
+leave a child behind: a script that overruns or is cancelled is killed with
+its whole process group.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Add and remove virtual addresses through rtnetlink (adds raw, the rest with pyroute2).
 
-Blocking functions; the daemon calls them through trio.to_thread.run_sync.
+Blocking functions.  The election shell calls the add inline (raw rtnetlink,
+well under a millisecond) and everything else through trio.to_thread.run_sync.
 
 Addresses are "addr/prefix" strings as the config produces them
 (str(ipaddress.ip_interface(...))). Per-address failures come back as error
 strings, so a takeover adds every address it can; only a missing interface
-raises, since then nothing can be done at all.
+raises AddressError, since then nothing can be done at all (a netlink socket
+that fails raises its OSError).
 
 Why a fresh IPRoute per call rather than a cached one: pyroute2 0.9's sync
 IPRoute keeps its netlink socket and asyncio event loop in thread-local
@@ -16,6 +18,9 @@ Opening and closing one costs ~0.75 ms, small next to the adds themselves,
 so per-call is both simpler and leak-free. The interface index comes from
 socket.if_nametoindex (one ioctl) instead of IPRoute.link_lookup, which dumps
 every link (~1.7 ms here, much more on a firewall with hundreds of VLANs).
+
+Must not: decide which addresses a node holds (the election core does), or
+renew them (kernel/leases.py does, on its own thread and socket).
 """
 
 from __future__ import annotations

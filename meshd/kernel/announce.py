@@ -7,6 +7,10 @@ neighbour caches (from the ARP/NA payload).
 
 Frames are built by pure functions (unit-testable without root) and sent on a
 raw AF_PACKET socket, which needs CAP_NET_RAW.
+
+Must not: decide when to announce or how often (the election core's Announce
+carries the count and interval), or block: the socket is non-blocking, and a
+full send buffer is an AnnounceError (the next burst repeats the frame).
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Closing a socket that a trio task may be waiting on."""
+"""Closing a socket that a trio task may be waiting on.
+
+Every kernel adapter whose socket a trio task waits on (links, nflog, the
+conntrack reader) closes it through here.
+
+Must not: need trio: outside a trio run it only closes the socket.
+"""
 
 from __future__ import annotations
 

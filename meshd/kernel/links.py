@@ -11,6 +11,10 @@ DORMANT/TESTING; LOWER_UP is the plain physical answer.
 Start-up ordering for the daemon: create the LinkMonitor first (which
 subscribes), then call initial_state(), then run(). A change that happens in
 between is then both in the snapshot and queued on the socket, never lost.
+
+Must not: decide what a link state means for a group (the election core does,
+through NodeCore.link), or raise on what the kernel sends: lost or garbled
+notifications become a resync.
 """
 
 from __future__ import annotations

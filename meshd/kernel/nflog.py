@@ -14,6 +14,10 @@ counted and skipped. The socket side is a non-blocking socket for trio
 
 Binding a group needs CAP_NET_ADMIN. A group is bound by one socket per
 network namespace: a second binder (another meshd, ulogd) gets EPERM.
+
+Must not: judge a reset (the health core counts bursts: HealthCore.rst_seen),
+write rules (render.py writes the watcher rule), or raise on what arrives on
+the socket.
 """
 
 from __future__ import annotations

@@ -3,8 +3,14 @@
 The node core returns the election's, the state mesh's and the health
 checker's actions (meshd/election/actions.py, meshd/sync/actions.py,
 meshd/health/actions.py) together with these.  The kernel work here is the
-state mesh shell's to carry out; each one that the core waits for has an
-input that reports it done (named in its docstring).
+state mesh shell's to carry out (a takeover's CommitFlows or WaitApplied runs
+on the group's executor in the election shell, which hands it to
+SyncShell.commit_for_takeover); each one that the core waits for has an
+input that reports it done (named in its docstring).  The others report
+what happened, for the log (KernelResynced also ends the shell's wait for its
+dump).
+
+Must not: hold behaviour: node/takeover.py and node/flows.py emit these.
 """
 
 from __future__ import annotations

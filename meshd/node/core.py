@@ -21,8 +21,10 @@ The node composes the election core (ElectionCore), the state mesh
 
 Inputs are method calls that take `now`; outputs are lists of actions: the
 engines' own (meshd/election/actions.py, sync/actions.py, health/actions.py)
-and the node's (node/actions.py).  It reads no clock, touches no socket and
-logs nothing; the daemon's shells carry the actions out.
+and the node's (node/actions.py).  The daemon's shells carry the actions out.
+
+Must not: read a clock, touch a socket or the kernel, log, or import a shell:
+the simulator (tests/sim/) runs it whole.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ The counting is a small sans-I/O object (`ScriptTracker`) so rise/fall logic is
 tested without processes; `run_track_script` is the trio loop around it.
 A script is assumed healthy at start, so a daemon restart does not demote the
 node before the script has had a chance to fail `fall` times.
+
+Must not: decide what a flip does (NodeCore.track_script turns it into a
+demotion, or a FAULT with weight 0), or run a script twice at once: each run
+waits for the previous one and its interval.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ async def run_check(config: TrackScriptConfig) -> tuple[bool, str]:
 
 
 async def run_track_script(config: TrackScriptConfig, on_change, log) -> None:
-    """Loop forever; `on_change(name, healthy, reason)` is called on each flip."""
+    """Loop forever; `on_change(config, healthy, reason)` is called on each flip."""
     tracker = ScriptTracker(config)
     while True:
         ok, error = await run_check(config)

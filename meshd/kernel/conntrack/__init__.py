@@ -31,6 +31,9 @@ prints them; the VM's timing varies by about 30% from run to run):
 commit of 100k TCP entries 0.6-0.8 s (125-160k/s; conntrackd: 1.12 s), of
 100k SNAT entries about the same; event reader 50k events in 0.23 s (about
 215k/s end to end); dump of 200k entries 1.3 s (the conntrack tool: 1.15 s).
+
+Must not: hold code of its own (only the re-exports), or decide what is
+replicated, committed or deleted: the node core and the shells do.
 """
 
 from .committer import CommitResult, CtCommitter

@@ -23,6 +23,9 @@ rebinding it anywhere else would not reach the code that reads it.
 Errors: malformed input raises CtDecodeError, and only that; an NLMSG_ERROR
 or NLMSG_OVERRUN in a stream of events raises its subclass CtNetlinkError,
 which carries .errno.
+
+Must not: hold code of its own (only the re-exports), do I/O (the sockets are
+meshd/kernel/conntrack/'s), or import the rest of meshd.
 """
 
 from . import constants

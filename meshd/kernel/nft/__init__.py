@@ -60,6 +60,10 @@ tests/lab/test_nft_lab.py, for both families, both protocols and every mode.
 All methods block (netlink round trips of about a millisecond): the daemon
 calls them through trio.to_thread.run_sync. An Nft or LoadBalancer may be
 used from several threads; calls are serialised.
+
+Must not: hold code of its own (only the re-exports), or decide which backends
+are live: the health core does, and the health shell hands its SetBackends
+to LoadBalancer.set_backends.
 """
 
 from .balancer import LoadBalancer
