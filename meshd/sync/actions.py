@@ -3,6 +3,10 @@
 Actions are frozen dataclasses, as everywhere in meshd.  `SendFrame` is by far
 the most frequent one (one per datagram), so it is slotted and carries only
 what the shell needs: a destination and the sealed bytes.
+
+Must not: hold behaviour (the core's parts emit these, the node core routes
+them, the state mesh's shell carries them out), or grow SendFrame: it is the
+hot path.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ class ExternalChanged:
     """The external cache of `origin` changed (only emitted with report_external_changes).
 
     upserts: (key, attrs) now present; deletes: (key, attrs it had) now gone.
-    A daemon that keeps a backup kernel table populated applies these.
+    With commit = "continuous" the node core says which of them reach the
+    kernel (NodeCore.kernel_changes) and the shell's applier commits them.
     """
     origin: int
     upserts: tuple[tuple[bytes, bytes], ...]
@@ -45,7 +50,7 @@ class ExternalChanged:
 class SyncState:
     """Whether this node holds every peer's state (startup / operator resync).
 
-    The daemon maps in_sync=False to a demotion, so a node never becomes
+    The node core maps in_sync=False to a demotion, so a node never becomes
     master with half of its peers' flows (pfsync does the same with carp).
     """
     in_sync: bool
@@ -54,9 +59,10 @@ class SyncState:
 
 @dataclass(frozen=True, slots=True)
 class PeerChanged:
-    """A peer restarted (new epoch), was first heard, or was declared absent; for the log."""
+    """A peer's lifecycle changed (sync/membership.py emits them all); for the log."""
     peer: int
-    state: str       # "restarted", "first contact", "absent", "back"
+    state: str       # "first contact", "restarted", "absent", "back", "adoption ended",
+                     # "added", "removed"
     reason: str
 
 

@@ -2,8 +2,7 @@
 
 Inputs are method calls that take `now` (seconds, any monotonic origin):
 local kernel events, datagrams from peers, timers, operator commands and
-reloads.  Outputs are lists of actions (meshd.sync.actions).  The core
-never reads a clock, touches a socket or logs.
+reloads.  Outputs are lists of actions (meshd.sync.actions).
 
 `SyncCore` is the one object the shell talks to, and this module the one
 place to read where each rule lives: every input is a method here, every
@@ -62,6 +61,10 @@ directions).  Each part imports only parts after it in this list, by name
 membership, antientropy, inbound, resend, bulk, outbound.  A frame handler
 takes `(core, peer, counter, body, now)`: the counter is the frame's, the
 stamp of its records.
+
+Must not: read a clock, touch a socket or log; nor look inside an entry: a
+flow is two opaque byte strings (key, attrs), and which kernel events are
+replicated is decided before local_events (node/flows.py, sync/filters.py).
 """
 
 from __future__ import annotations

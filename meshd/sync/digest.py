@@ -22,6 +22,10 @@ The entry hash is CRC-32 || Adler-32 of key || attrs, XOR len(key):
 It is not cryptographic and needs not be: frames are authenticated by the
 AEAD; the digest only finds differences left by bugs or lost state, and a
 collision hides one for one anti-entropy round until either entry changes.
+
+Must not: keep or compare digests (the caches keep them current, antientropy.py
+compares), or change alone: the bucket of a key and the entry hash must be
+the same on every peer (proto/sync.md, section 8).
 """
 
 from __future__ import annotations

@@ -14,6 +14,13 @@ pass the state filters: a flow that was replicated must also be removed.
 
 The check is per event, on fields the codec decoded anyway, with sets of
 packed address bytes so it costs a few dictionary lookups.
+
+The node core applies the filter to every burst of events (node/flows.py),
+and a changed one to a fresh dump of the table (NodeCore.reconfigure).
+
+Must not: decode events (it reads the fields the ctnetlink codec decoded
+anyway, CtEvent), or keep state beyond its settings, the node's addresses
+and its counters.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ stats counter name.
 
 The counter is also the frame's *stamp*: records carry the state of a flow
 as it was when their frame was sealed, so a receiver orders records by it.
+
+Must not: keep replay state (meshd/replay.py; SyncCore.receive checks the window
+before open()), know what a frame's records mean or which frames to send (the
+core's parts do), or raise anything but FrameError on bytes from the network.
 """
 
 from __future__ import annotations

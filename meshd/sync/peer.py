@@ -10,6 +10,10 @@ or anti-entropy repair), paced by a token bucket.
 
 Both halves are reset when the peer's epoch changes (it restarted): its
 counters start again, and it lost whatever it knew about us.
+
+Must not: hold a rule: this is state, which the core's parts read and change
+(membership.py resets it, outbound, inbound, resend, bulk and antientropy
+use its halves).
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ class Peer:
         return bool(self.bulk_remaining)
 
     def summary(self, now: float | None = None) -> dict:
-        """Both halves, for SyncCore.stats()["peers"][id] (`meshctl show sync`)."""
+        """Both halves, for SyncCore.stats()["peers"][id] (`meshctl stats`)."""
         rm, rd = self.rx_mcast, self.rx_direct
         return {
             "epoch": self.epoch,

@@ -8,6 +8,10 @@ sender's epoch.
 The sender keeps, per sequence number, only the *keys* the frame carried (and
 its controls), never the records: a resend sends the current state of those
 keys.  The receiver keeps the set of sequence numbers it is missing.
+
+Must not: know records, frames or peers (keys and controls are opaque here), or
+drop anything silently: an eviction is returned, and the caller degrades the
+peers that had not acknowledged it to a bulk resync.
 """
 
 from __future__ import annotations
