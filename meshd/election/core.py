@@ -96,7 +96,25 @@ class GroupRuntime:
 
 
 class ElectionCore:
-    """All election groups of one node."""
+    """All election groups of one node.
+
+    Args:
+        node_id: this node (1..2**32-1); of two equal priorities, the lower id wins.
+        groups: the [[group]] tables.
+        keys: the election KeyRing (`KeyRing.from_secrets(secrets, send_id,
+            ELECTION_INFO)`); replaced as a whole by a reload of the keys.
+        epoch: the persisted boot epoch (meshd/state.py), sent in every advert.
+        replay: a ReplayGuard restored from the marks saved before this start
+            (None: a fresh one).
+
+    Every input returns the actions to carry out, in that order.
+
+    Raises:
+        ValueError: a node id out of range, or two groups with one name or id.
+        KeyError: from the inputs that name a group (send_failed, enable,
+            disable) for a group not configured; the daemon checks operator
+            input before.
+    """
 
     def __init__(self, node_id: int, groups: tuple[GroupConfig, ...] | list[GroupConfig],
                  keys: KeyRing, epoch: int, *, replay: ReplayGuard | None = None):
@@ -127,10 +145,13 @@ class ElectionCore:
         return out
 
     def next_deadline(self) -> float | None:
+        """When handle_timer has work next (an advert, a master-down, a retry), or None."""
         deadlines = [g.deadline for g in self.groups.values() if g.deadline is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[Action]:
+        """What is due at `now`: a master's advert, a backup's takeover (the
+        failover ordering), a FAULT's retry after a send failure."""
         out: list[Action] = []
         for g in list(self.groups.values()):
             if g.deadline is None or g.deadline > now:
@@ -157,7 +178,22 @@ class ElectionCore:
 
     def receive(self, data: bytes, source: str, now: float, *, ttl: int | None = None,
                 interface: str | None = None) -> list[Action]:
-        """A datagram arrived on the election socket."""
+        """A datagram arrived on the election socket.
+
+        Args:
+            data: the datagram.
+            source: its source address, as the socket reported it.
+            ttl: the TTL or hop limit the kernel reported; None (not reported)
+                is refused where the group checks the TTL.
+            interface: the interface it arrived on (None: unknown).
+
+        Returns:
+            The group's actions.  A datagram that fails a check returns one
+            AdvertRejected(reason) and changes no group (it is counted per
+            reason); an authentic copy older than one already acted on
+            returns nothing (counted as stale).  Never raises for what a
+            datagram holds.
+        """
         try:
             advert = decode_advert(data, self.keys)
         except AdvertError as e:
@@ -197,7 +233,11 @@ class ElectionCore:
         return self._on_advert(g, advert, now)
 
     def send_failed(self, group: str, now: float, error: str) -> list[Action]:
-        """The shell could not send an advert for this group."""
+        """The shell could not send an advert for this group.
+
+        A master goes to FAULT and retries SEND_RETRY_INTERVALS intervals
+        later; other states ignore it.  KeyError for a group not configured.
+        """
         g = self.groups[group]
         if g.state is not State.MASTER:
             return []
@@ -230,7 +270,11 @@ class ElectionCore:
 
     def set_demotion(self, name: str, source: str, value: int, now: float,
                      reason: str = "") -> list[Action]:
-        """Set one source's contribution to a named demotion counter."""
+        """Set one source's contribution to a named demotion counter.
+
+        `value` is clamped to 0..MAX_DEMOTION, and 0 removes the source.  A
+        master whose advertised demotion changed advertises at once.
+        """
         sources = self.demotions.setdefault(name, {})
         old = sources.get(source, 0)
         value = max(0, min(MAX_DEMOTION, value))
@@ -270,14 +314,18 @@ class ElectionCore:
         return out
 
     def operator_demote(self, name: str, delta: int, now: float) -> list[Action]:
+        """Add `delta` (may be negative) to the operator's share of counter `name`."""
         current = self.demotions.get(name, {}).get(SOURCE_OPERATOR, 0)
         return self.set_demotion(name, SOURCE_OPERATOR, current + delta, now,
                                  f"operator demote {delta:+d}")
 
     def operator_promote(self, name: str, now: float) -> list[Action]:
+        """Clear the operator's share of counter `name`; the other sources stay."""
         return self.set_demotion(name, SOURCE_OPERATOR, 0, now, "operator promote")
 
     def disable(self, group: str, now: float, reason: str = "disabled by operator") -> list[Action]:
+        """Take `group` out of elections (a master bows out).  KeyError for a group
+        not configured."""
         g = self.groups[group]
         if g.state is State.DISABLED:
             return []
@@ -286,6 +334,8 @@ class ElectionCore:
         return out
 
     def enable(self, group: str, now: float) -> list[Action]:
+        """A disabled `group` takes part again: BACKUP, or FAULT while a fault
+        remains.  KeyError for a group not configured."""
         g = self.groups[group]
         if g.state is not State.DISABLED:
             return []
@@ -323,12 +373,16 @@ class ElectionCore:
     # ----------------------------------------------------------------- queries
 
     def counter_value(self, name: str) -> int:
+        """The sum of one counter's sources (0 for a name nothing has set)."""
         return min(MAX_DEMOTION, sum(self.demotions.get(name, {}).values()))
 
     def group_demotion(self, g: GroupRuntime) -> int:
+        """The demotion a group advertises: the sum of the counters it follows."""
         return min(MAX_DEMOTION, sum(self.counter_value(n) for n in g.config.counters()))
 
     def status(self, now: float) -> dict:
+        """The answer to `meshctl status`: every group with its state, counters
+        and peers, ages counted from `now`."""
         groups = []
         for g in self.groups.values():
             c = g.config

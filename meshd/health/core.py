@@ -132,6 +132,22 @@ def endpoint(address: str, port: int) -> str:
 
 
 class HealthCore:
+    """The health checks and redirects of one node; its inputs are listed in
+    the module docstring ("API").
+
+    Args:
+        config: the [health] section.
+        rng: the randomness of the jitter (seed it in tests); None: a fresh one.
+
+    Every input returns the actions to carry out, in that order.
+
+    Raises:
+        UnknownName: from set_enabled, for a host, table or redirect not
+            configured.
+        ValueError: from set_enabled, for a kind other than "host", "table"
+            or "redirect".
+    """
+
     def __init__(self, config: HealthConfig, rng: random.Random | None = None):
         self.rng = rng or random.Random()
         self.started = False

@@ -78,6 +78,18 @@ class NodeCore:
         election_replay, sync_replay: ReplayGuards restored from the marks saved
             before this start (None: fresh ones).
         rng: randomness for the health checks' jitter.
+
+    Every input returns the actions for the shells, in the order they are to
+    be carried out (Daemon.dispatch routes them): the engines' own and the
+    node's (node/actions.py).  The state mesh's inputs (frame, kernel_*,
+    takeover_committed, resync_request, flush_*) exist only with a [sync]
+    section, health's (check_*, reset_seen, health_enable) only with
+    [health]: the shells that call them exist only then too.
+
+    Raises:
+        ValueError: from the engines' constructors and KeyRing.from_secrets,
+            for a configuration that load_config, reading the secrets, would
+            have refused (an id out of range, a send key without its secret).
     """
 
     def __init__(self, config: Config, epoch: int, *, election_replay: ReplayGuard | None = None,
@@ -124,6 +136,8 @@ class NodeCore:
         return self._flush()
 
     def next_deadline(self) -> float | None:
+        """The earliest deadline of the engines and of the node's own steps (an
+        adoption); -inf while a kernel resync has a step due; None if nothing waits."""
         deadlines = [self.election.next_deadline()]
         if self.sync is not None:
             deadlines.append(self.sync.next_deadline())
@@ -157,11 +171,13 @@ class NodeCore:
 
     def advert(self, data: bytes, source: str, now: float, *, ttl: int | None = None,
                interface: str | None = None) -> list:
-        """A datagram on the election socket."""
+        """A datagram on the election socket (see ElectionCore.receive: never raises
+        for what it holds)."""
         self._route(self.election.receive(data, source, now, ttl=ttl, interface=interface), now)
         return self._flush()
 
     def advert_send_failed(self, group: str, error: str, now: float) -> list:
+        """The election shell could not send an advert of `group` (ElectionCore.send_failed)."""
         self._route(self.election.send_failed(group, now, error), now)
         return self._flush()
 
@@ -198,25 +214,31 @@ class NodeCore:
     # ---------------------------------------------------------------- operator
 
     def operator_demote(self, name: str, by: int, now: float) -> list:
+        """Operator: add `by` to the operator's share of demotion counter `name`."""
         self._route(self.election.operator_demote(name, by, now), now)
         return self._flush()
 
     def operator_promote(self, name: str, now: float) -> list:
+        """Operator: clear the operator's share of demotion counter `name`."""
         self._route(self.election.operator_promote(name, now), now)
         return self._flush()
 
     def enable(self, group: str, now: float) -> list:
+        """Operator: `group` takes part in elections again.  KeyError for an unknown group."""
         self._route(self.election.enable(group, now), now)
         return self._flush()
 
     def disable(self, group: str, now: float) -> list:
+        """Operator: take `group` out of elections.  KeyError for an unknown group."""
         self._route(self.election.disable(group, now), now)
         return self._flush()
 
     # ================================================================== the state mesh's inputs
 
     def frame(self, data: bytes, peer_hint: int | None, now: float) -> list:
-        """A datagram on the state mesh's socket."""
+        """A datagram on the state mesh's socket; `peer_hint` is the peer its source
+        address belongs to (None: no peer's).  Never raises for what it holds: a
+        bad one becomes a FrameRejected."""
         self._route(self.sync.receive(data, peer_hint, now), now)
         return self._flush()
 
@@ -239,7 +261,9 @@ class NodeCore:
         return self.flows.kernel_changes(batch)
 
     def takeover_committed(self, group: str, now: float) -> list:
-        """The shell carried out CommitFlows / WaitApplied of `group`."""
+        """The shell carried out CommitFlows / WaitApplied of `group`: the group's
+        held actions, in order (and the next takeover's commit, if one waits).
+        ValueError if no commit of `group` is in flight."""
         self._route(self.takeovers.committed(group, now), now)
         return self._flush()
 
@@ -260,20 +284,25 @@ class NodeCore:
         return self.sync.flush_internal()
 
     def flush_external(self, peer: int | None, now: float) -> list:
+        """Operator: forget one peer's external cache (None: every peer's).  KeyError
+        for a peer not configured."""
         self._route(self.sync.flush_external(peer), now)
         return self._flush()
 
     # ================================================================== health's inputs
 
     def check_done(self, check_id: int, outcome, now: float) -> list:
+        """A health check's CheckOutcome (a late or unknown `check_id` is ignored)."""
         self._route(self.health.check_done(check_id, outcome, now), now)
         return self._flush()
 
     def check_refused(self, check_id: int, now: float) -> list:
+        """The check runner could not start run `check_id`; it runs again later."""
         self._route(self.health.check_refused(check_id, now), now)
         return self._flush()
 
     def reset_seen(self, address: str, port: int, now: float) -> list:
+        """A backend sent a TCP reset (the NFLOG watcher); see HealthCore.rst_seen."""
         self._route(self.health.rst_seen(address, port, now), now)
         return self._flush()
 

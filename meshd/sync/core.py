@@ -127,6 +127,15 @@ class SyncCore:
             by peer id), as the election does; without it, a frame captured before
             this node restarted is accepted once (its records are old, and the
             peer's bulk resync sweeps them away, but better refused).
+
+    Every input returns the actions to carry out, in that order.
+
+    Raises:
+        ValueError: an id, the epoch, max_datagram, resend_queue or a timer out
+            of range, or this node among its peers.
+        KeyError: from the inputs that name a peer (flush_external,
+            remove_peer, dump_external, external_entries) for a peer not
+            configured.
     """
 
     def __init__(self, node_id: int, peers, keys: KeyRing, epoch: int, *,
@@ -283,6 +292,8 @@ class SyncCore:
         return self._flush()
 
     def next_deadline(self) -> float | None:
+        """When handle_timer has work next (heartbeat, probe, digest, a peer's
+        STATUS, retry, bulk or pacing), or None."""
         times = [self.heartbeat_at, self.probe_at, self.digest_at]
         for p in self.peers.values():
             times.append(p.status_due)
@@ -296,6 +307,7 @@ class SyncCore:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Action]:
+        """Every timer due at `now`, each on its line below."""
         self.now = now
         for p in self.peers.values():
             if p.status_due is not None and p.status_due <= now:
@@ -323,12 +335,13 @@ class SyncCore:
     # ------------------------------------------------------------ takeover and operator
 
     def adopt(self, origin: int, now: float) -> list[Action]:
-        """The daemon committed `origin`'s external entries into the kernel.
+        """The takeover from `origin` is committed (node/takeover.py calls this).
 
         Those flows now run through this node: as the kernel reports them
         (local events), they move from the external cache of `origin` to the
-        internal cache.  The rest stays until `origin` is heard again (its own
-        state is then authoritative) or the operator flushes it.
+        internal cache, and the node core moves the rest bucket by bucket
+        (adoptable_bucket).  Adoption ends when `origin` is heard again after
+        the grace (its own state is then authoritative) or restarts.
         """
         membership.adopt(self, origin, now)
         return []
@@ -455,7 +468,8 @@ class SyncCore:
     def external_entries(self, origin: int | None = None):
         """The attrs of one origin's external entries, or of all origins (each key once).
 
-        For the daemon's commit at takeover.  Raises KeyError for an unknown origin.
+        For the operator's `commit` (a takeover commits through dump_external,
+        node/takeover.py).  Raises KeyError for an unknown origin.
         """
         if origin is not None:
             return self.peers[origin].ext.attrs()
@@ -478,6 +492,7 @@ class SyncCore:
         return self.peers[origin].ext.items()
 
     def stats(self, now: float | None = None) -> dict:
+        """The `meshctl stats` answer's "sync" part; ages counted from `now` when given."""
         return {
             "node": self.node_id,
             "epoch": self.epoch,
