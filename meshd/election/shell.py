@@ -132,6 +132,8 @@ class ElectionShell:
         self.start_tracks()
 
     async def drain(self) -> None:
+        """Wait until every group's executor has carried out what it was given so
+        far (the bow-out at stop)."""
         for ex in list(self.executors.values()):
             await ex.drain()
 
@@ -176,11 +178,14 @@ class ElectionShell:
     # ------------------------------------------------------------------ multicast
 
     def watched_interfaces(self) -> list[str]:
+        """The interfaces whose link state matters: the groups' and the tracked ones."""
         names = {g.interface for g in self.config.groups}
         names.update(t.interface for t in self.config.track_interfaces)
         return sorted(names)
 
     def join_all(self) -> None:
+        """Join the multicast group on the interface of every multicast group; a
+        failure is logged, and the join is tried again when the link comes up."""
         for g in self.config.groups:
             if not g.peers:
                 self._join(g)
@@ -194,7 +199,7 @@ class ElectionShell:
     # ------------------------------------------------------------------ actions
 
     def submit(self, action: Any) -> None:
-        """Queue one of the group's actions on its executor."""
+        """Queue one of the group's actions on its executor (started on first use); never blocks."""
         ex = self.executors.get(action.group)
         if ex is None:
             ex = self.executors[action.group] = GroupExecutor(self, action.group)
@@ -202,6 +207,16 @@ class ElectionShell:
         ex.submit(action)
 
     async def carry_out(self, action: Any) -> None:
+        """One action of a group, on its executor (GroupExecutor.run logs what this
+        raises and goes on with the next).
+
+        SendAdvert: a failed send is logged and, unless a bow-out, reported to
+        the node core.  AddAddresses, RemoveAddresses: errors are logged per
+        address; after an add, whatever failed, the node core is told
+        (NodeCore.addresses_added).  Announce: a burst in a task of its own.
+        RunNotify: queued for the hook runner.
+        CommitFlows, WaitApplied: `commit`, awaited.
+        """
         group = self.node.election.groups.get(action.group)
         if isinstance(action, SendAdvert):
             cfg = action.config or (group.config if group else None)
@@ -366,7 +381,8 @@ class ElectionShell:
     # ------------------------------------------------------------------ reload
 
     def prepare_reload(self, new: Config) -> None:
-        """What can fail, before anything changes: sockets for new advert families."""
+        """What can fail, before anything changes: sockets for new advert families.
+        Raises TransportError."""
         self.sockets.open({election_family(g) for g in new.groups})
 
     def reconfigure(self, old: Config, new: Config) -> None:

@@ -72,13 +72,16 @@ class HealthShell:
 
     def open(self) -> None:
         """Build meshd's table (blocking; before the daemon runs): every redirect
-        refuses new connections until its first checks answer."""
+        refuses new connections until its first checks answer.  Raises NftError
+        or OSError (the NFLOG group cannot be bound: NflogError); the daemon
+        then refuses to start."""
         self.lb.reconcile(lb_redirects(self.cfg))
         if self.cfg.rst_burst > 0 and any(r.protocol == "tcp" for r in self.cfg.redirects):
             from ..kernel.nflog import NflogReader
             self.nflog = NflogReader(self.cfg.nflog_group, log=self._log_fields)
 
     async def run(self, nursery: trio.Nursery) -> None:
+        """The check runner, the nftables task and the reset watcher, in `nursery`."""
         self.runner = CheckRunner(nursery, self._on_result, scripts=self.scripts)
         nursery.start_soon(self._nft_loop)
         if self.nflog is not None:
@@ -113,6 +116,9 @@ class HealthShell:
     # ------------------------------------------------------------------ the core's actions
 
     def carry_out(self, a) -> None:
+        """An action of the health core: a check started (or refused back to the
+        node core) or cancelled, an nftables change queued for the one task that
+        applies them in order, a line logged.  Never blocks."""
         if isinstance(a, StartCheck):
             if not self.runner.start(a.check_id, a.target):
                 self.dispatch(self.node.check_refused(a.check_id, trio.current_time()))
@@ -172,6 +178,8 @@ class HealthShell:
     # ------------------------------------------------------------------ control
 
     async def handle_control(self, cmd: str, request: dict) -> dict:
+        """Answer `show` or `host|table|redirect enable|disable`: the answer's dict.
+        ControlError for a bad argument or a name not configured."""
         now = trio.current_time()
         if cmd == "show":
             what = request.get("what", "summary")

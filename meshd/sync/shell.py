@@ -78,7 +78,11 @@ class SyncShell:
     # ------------------------------------------------------------------ start
 
     def open(self) -> None:
-        """Sockets first (errors here stop the start-up with a clear message)."""
+        """Sockets first (errors here stop the start-up with a clear message).
+
+        Raises OSError: a netlink or UDP socket that cannot be opened, bound or
+        joined (no CAP_NET_ADMIN, the port taken, no such interface).
+        """
         self.committer = kct.CtCommitter(log=self.log)
         self.reader = kct.CtEventReader(rcvbuf=self.sync.event_buffer_bytes,
                                         own_portids={self.committer.portid}, log=self.log)
@@ -103,6 +107,7 @@ class SyncShell:
         self.sock = s
 
     def set_local_addresses(self, addresses: set[str]) -> None:
+        """The node's own and virtual addresses: flows to them are not replicated."""
         self.node.flows.filter.set_local_addresses(addresses)
 
     async def run(self, nursery: trio.Nursery) -> None:
@@ -145,6 +150,12 @@ class SyncShell:
                      reason=a.reason)
 
     def send(self, frame: SendFrame) -> None:
+        """Send one frame: to the multicast group, to every peer, or to one peer.
+
+        Never raises: a failed sendto is counted and logged (the 1st, 10th,
+        100th and every 1000th), since the reliability layer resends what a
+        peer reports missing.
+        """
         if frame.peer is None and self.sync.multicast_group:
             targets = [self.sync.multicast_group]
         elif frame.peer is None:
@@ -201,6 +212,9 @@ class SyncShell:
         return trio.current_time() - start
 
     async def commit(self, entries: list[bytes]):
+        """Commit `entries` (attrs) into the kernel, one commit at a time (the
+        apply loop takes the same lock); the CommitResult, also kept for
+        `meshctl stats`.  Failed entries are counted in it, not raised."""
         async with self._commit_lock:
             result = await self.committer.commit_async(entries)
         self.last_commit = {"entries": len(entries), "ok": result.ok, "failed": result.failed,
@@ -320,6 +334,16 @@ class SyncShell:
     # ------------------------------------------------------------------ control
 
     async def handle_control(self, cmd: str, request: dict) -> Any:
+        """Answer one of the state mesh's commands (stats, resync, commit, flush, dump).
+
+        Returns:
+            The answer's dict; for `dump`, an async iterator of entries, which
+            the control server streams.
+
+        Raises:
+            ControlError: an unknown peer, a bad `what` or `cache`, or a command
+                that is not the state mesh's.
+        """
         core = self.node.sync
         now = trio.current_time()
         peer = request.get("peer")
