@@ -3,8 +3,8 @@
 A sender persists its boot epoch and raises it on every start, so its counter
 can restart at 1 without reusing (epoch, counter) pairs.  A receiver accepts a
 message only if its (epoch, counter) is newer than anything seen or inside the
-window and not seen yet.  The guard reads no clock (the wall clock is only
-the epoch's floor when its file was lost: meshd/state.py).
+window and not seen yet.  The guard reads no clock; only the epoch's floor
+comes from the wall clock, for an epoch file that was lost (meshd/state.py).
 
 The receiver's high-water marks are persisted too (`snapshot`/`restore`): after
 a receiver restart, anything at or below the persisted mark is still refused.

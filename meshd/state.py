@@ -54,8 +54,9 @@ class StateStore:
     def next_epoch(self, wall_clock: float | None = None) -> int:
         """Raise and persist the boot epoch.
 
-        The wall clock is only a floor for when the file was lost: a stored
-        epoch always wins, so a clock stepped backwards cannot reuse epochs.
+        The wall clock is only a floor, for when the file was lost: the epoch is
+        never below the stored one plus one, so a clock stepped backwards cannot
+        reuse epochs (a clock ahead of it makes the epoch jump to the clock).
         """
         stored = 0
         try:

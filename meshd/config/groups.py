@@ -6,8 +6,8 @@ groups (unique ids, names and addresses; a sync set never named like a
 group).  Hook paths are kept as given.
 
 Must not: look at the hook programs (whether they exist and are safe to run is
-preflight's business), or hold an election rule: the keys' ranges are checked
-here, what they do is ElectionCore's.
+preflight's business), or hold the election's behaviour: which counters a
+group follows is said here (`counters()`), what they do is ElectionCore's.
 """
 
 from __future__ import annotations

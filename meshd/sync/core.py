@@ -242,7 +242,8 @@ class SyncCore:
 
     def local_resync_bucket(self, bucket: int, part: dict[bytes, bytes], now: float) -> list[Action]:
         """local_resync one bucket at a time (`part`: the dump's entries of that bucket),
-        so that a shell can checkpoint between buckets; local_resync_done() at the end."""
+        so that the node core can spread a dump over its timer's steps
+        (node/flows.py); local_resync_done() at the end."""
         events = self.internal.diff_bucket(bucket, part)
         self.counters["local resync differences"] += len(events)
         return self.local_events(events, now) if events else []
