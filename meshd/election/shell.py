@@ -232,8 +232,9 @@ class ElectionShell:
         elif isinstance(action, AddAddresses):
             # Raw rtnetlink, well under a millisecond: inline, since a hand-over
             # to a worker thread costs more than that on a busy 2-core box.
-            await self._addresses(action, self._add_and_hold, "addresses_added", inline=True)
-            self.dispatch(self.node.addresses_added(action.group, trio.current_time()))
+            errors = await self._addresses(action, self._add_and_hold, "addresses_added", inline=True)
+            if len(errors) < len(action.addresses):    # some are up: the flows pass here now
+                self.dispatch(self.node.addresses_added(action.group, trio.current_time()))
         elif isinstance(action, RemoveAddresses):
             # A burst still announcing these addresses as ours would point the
             # neighbours back at us after the new master's own announcements.
@@ -265,7 +266,8 @@ class ElectionShell:
         self.leases.hold(interface, tuple(a for a in addresses if a not in failed))
         return list(failed.values())
 
-    async def _addresses(self, action, operation, event: str, inline: bool = False) -> None:
+    async def _addresses(self, action, operation, event: str, inline: bool = False) -> list[str]:
+        """Add or remove the action's addresses, log the outcome; the errors."""
         start = trio.current_time()
         try:
             if inline:
@@ -283,6 +285,7 @@ class ElectionShell:
         else:
             self.log(event, group=action.group, interface=action.interface,
                      addresses=",".join(action.addresses), ms=ms)
+        return errors
 
     async def _announce(self, action: Announce, scope: trio.CancelScope) -> None:
         with scope:
