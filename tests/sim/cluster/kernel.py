@@ -30,6 +30,12 @@ class Tuple:
 
 def entry_attrs(t: Tuple, version: int) -> bytes:
     """The attrs of one established TCP flow, at a version (its CTA_MARK)."""
+    head, tail = _halves(t)
+    return head + version.to_bytes(4, "big") + tail
+
+
+def _halves(t: Tuple) -> tuple[bytes, bytes]:
+    """The attrs before and after the CTA_MARK value (4 bytes)."""
     def tup(tag, src, dst, sport, dport):
         return ct.nest(tag,
                        ct.nest(ct.CTA_TUPLE_IP, ct.nla(ct.CTA_IP_V4_SRC, src), ct.nla(ct.CTA_IP_V4_DST, dst)),
@@ -38,13 +44,13 @@ def entry_attrs(t: Tuple, version: int) -> bytes:
                                ct.nla(ct.CTA_PROTO_DST_PORT, dport.to_bytes(2, "big"))))
     protoinfo = ct.nest(ct.CTA_PROTOINFO, ct.nest(ct.CTA_PROTOINFO_TCP,
                                                   ct.nla(ct.CTA_PROTOINFO_TCP_STATE, bytes((TCP_ESTABLISHED,)))))
-    return b"".join((bytes((ct.AF_INET, 0, 0, 0)),
+    head = b"".join((bytes((ct.AF_INET, 0, 0, 0)),
                      tup(ct.CTA_TUPLE_ORIG, t.src, t.dst, t.sport, t.dport),
                      tup(ct.CTA_TUPLE_REPLY, t.dst, t.src, t.dport, t.sport),
                      ct.nla(ct.CTA_STATUS, FLOW_STATUS.to_bytes(4, "big")),
-                     ct.nla(ct.CTA_TIMEOUT, (432000).to_bytes(4, "big")),
-                     ct.nla(ct.CTA_MARK, version.to_bytes(4, "big")),
-                     protoinfo))
+                     ct.nla(ct.CTA_TIMEOUT, (432000).to_bytes(4, "big"))))
+    mark = ct.nla(ct.CTA_MARK, bytes(4))
+    return head + mark[:4], protoinfo
 
 
 class FlowFactory:
@@ -58,6 +64,7 @@ class FlowFactory:
         self.count = 0
         self.tuples: dict[bytes, Tuple] = {}        # key -> its tuple
         self.versions: dict[bytes, int] = {}        # key -> latest version
+        self._halves: dict[bytes, tuple[bytes, bytes]] = {}
         self.decoded: dict[bytes, ct.CtEvent] = {}  # attrs -> the event the decoder made of it
 
     def new(self, node_id: int) -> tuple[bytes, bytes]:
@@ -66,15 +73,18 @@ class FlowFactory:
         i = self.count
         t = Tuple(bytes((100, node_id & 0xFF, (i >> 8) & 0xFF, i & 0xFF)), SERVER,
                   1024 + (i >> 16), 443)
-        attrs = entry_attrs(t, 1)
+        head, tail = _halves(t)
+        attrs = head + b"\0\0\0\x01" + tail
         key = self.event(ct.NEW, attrs).key
         self.tuples[key] = t
         self.versions[key] = 1
+        self._halves[key] = head, tail
         return key, attrs
 
     def next_version(self, key: bytes) -> bytes:
         v = self.versions[key] = self.versions[key] + 1
-        return entry_attrs(self.tuples[key], v)
+        head, tail = self._halves[key]
+        return head + v.to_bytes(4, "big") + tail
 
     def event(self, kind: int, attrs: bytes) -> ct.CtEvent:
         """The CtEvent the kernel reader would deliver for `attrs` (portid 0: traffic)."""
@@ -140,12 +150,14 @@ class SimKernel:
         self.changes.append(AddressChange(now, group, True, tuple(addresses),
                                           frozenset(self.table) if audit else None))
 
-    def remove_addresses(self, now: float, group: str, addresses) -> None:
+    def remove_addresses(self, now: float, group: str, addresses) -> bool:
+        """Whether any of them was held."""
         held = [a for a in addresses if self.addresses.get(a) == group]
         for a in held:
             del self.addresses[a]
         if held:
             self.changes.append(AddressChange(now, group, False, tuple(held)))
+        return bool(held)
 
     def holds(self, group: str) -> bool:
         return group in self.addresses.values()

@@ -159,9 +159,12 @@ class SimNode:
     def kill(self) -> None:
         """SIGKILL or power loss: no bow-out; the addresses count as gone at once."""
         now = self.cluster.now
-        for addr, group in list(self.kernel.addresses.items()):
-            self.kernel.remove_addresses(now, group, (addr,))
+        groups = set(self.kernel.addresses.values())
+        for group in groups:
+            self.kernel.remove_addresses(now, group, [a for a, g in self.kernel.addresses.items() if g == group])
         self._down()
+        for group in sorted(groups):
+            self.cluster.on_addresses_removed(self, group)
 
     def stop(self) -> None:
         """Graceful stop: the bow-out and the address removals are carried out first."""
@@ -307,7 +310,8 @@ class SimNode:
                 self.dispatch(self.node.addresses_added(group, cluster.now))
                 cluster.move_traffic(self, group)
             elif t is RemoveAddresses:
-                self.kernel.remove_addresses(cluster.now, group, a.addresses)
+                if self.kernel.remove_addresses(cluster.now, group, a.addresses):
+                    cluster.on_addresses_removed(self, group)
             elif t is CommitFlows:
                 self.log.append((cluster.now, a))
                 cluster.at(cluster.now + len(a.entries) / cluster.commit_rate, self._committed, a, inc)

@@ -32,14 +32,25 @@ class Transition:
 
 @dataclass(frozen=True)
 class AddressAudit:
-    """A group's addresses added on a node (Cluster(audit=True)): what its kernel
-    table held then, and its external caches then and when it became MASTER."""
+    """A group's addresses added on a node (Cluster(audit=True)), just before
+    the group's clients reach it: what its kernel table held, which node
+    carried each of the group's flows, and the node's external caches then
+    and at its last transition to MASTER of the group."""
     time: float
     node: int
     group: str
     table: frozenset
+    carriers: dict            # flow key -> the node its packets went through
     external: dict            # origin -> frozenset of keys, at this moment
-    external_at_master: dict  # the same, at the node's last transition to MASTER of the group
+    external_at_master: dict  # the same, when the node became MASTER
+
+    def unknown_or_missing(self) -> tuple[int, set]:
+        """(how many of the flows moving to this node it knew, those of them its
+        table lacks).  A flow it knew: in its external cache of the flow's
+        carrier, both when it became MASTER and now (so not gone meanwhile)."""
+        known = {k for k, c in self.carriers.items() if c != self.node
+                 and k in self.external_at_master.get(c, ()) and k in self.external.get(c, ())}
+        return len(known), known - self.table
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class Cluster:
         self._at_master: dict[tuple[int, str], dict] = {}
         self.group_flows: dict[str, dict[bytes, int]] = {}      # group -> flow key -> carrier node
         self.gateway: dict[str, int] = {}                       # group -> node its clients reach
+        self._added_at: dict[tuple[int, str], float] = {}
         self.broken: list[BrokenFlow] = []
 
     # ================================================================== the event loop
@@ -374,10 +386,24 @@ class Cluster:
 
     def on_addresses_added(self, node: SimNode, group: str) -> None:
         self.gateway[group] = node.id
+        self._added_at[node.id, group] = self.now
         if self.audit:
             self.audits.append(AddressAudit(self.now, node.id, group, node.kernel.changes[-1].table,
-                                            self._external_keys(node),
+                                            dict(self.group_flows.get(group, {})), self._external_keys(node),
                                             self._at_master.get((node.id, group), {})))
+
+    def on_addresses_removed(self, node: SimNode, group: str) -> None:
+        """The node the group's clients reached let the addresses go: if another
+        node still holds them (its announcements go on), the clients reach the
+        one that took them last."""
+        if self.gateway.get(group) != node.id:
+            return
+        del self.gateway[group]
+        others = [n for n in self.ids if n != node.id and self.nodes[n].alive and self.nodes[n].kernel.holds(group)]
+        if others:
+            n = max(others, key=lambda n: self._added_at.get((n, group), -1.0))
+            self.gateway[group] = n
+            self.move_traffic(self.nodes[n], group)
 
     def move_traffic(self, node: SimNode, group: str) -> None:
         """The group's clients now reach `node`: their flows continue there if its
