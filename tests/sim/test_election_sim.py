@@ -344,6 +344,26 @@ def test_partition_heals_to_one_master_per_group(n_nodes, n_groups, seed):
     assert_converged(c, f"{bound:.3f}s after healing at {t_heal:.3f}s")
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_a_backup_does_not_preempt_a_worse_master_while_it_follows_a_better_one(seed):
+    """Found by the failover-ordering property (tests/sim/test_failover_ordering.py):
+    node 3, cut off, became a second master; when the partition healed, node 2
+    (BACKUP of node 1) heard node 3's worse advert and preempted it, becoming a
+    third master and taking the addresses (and with commit = "takeover" the
+    flows) from node 1.  Node 3 steps down when it hears node 1; node 2 waits."""
+    c = build(3, 1, seed, jitter=0.003)
+    settle(c)
+    c.partition({1, 2}, {3})
+    c.run_for(1.0 + random.Random(seed).uniform(0, 0.3))
+    assert sorted(c.masters("g1")) == [1, 3]
+    t_heal = c.now
+    c.heal()
+    c.run_for(1.0)
+    assert not [t for t in c.changes(t_heal) if t.node == 2], c.timeline(t_heal)
+    assert_converged(c, "after the heal")
+    assert c.holders("g1") == {1}
+
+
 # ------------------------------------------------------------------ demotion
 
 @pytest.mark.parametrize("seed", range(3))
