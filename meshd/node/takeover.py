@@ -31,13 +31,7 @@ from ..kernel import ctnetlink as ct
 from ..sync.actions import NEW
 from ..sync.core import SyncCore
 from ..sync.digest import NBUCKETS
-from .actions import (
-    CommitFlows,
-    FlowsAdopted,
-    FlowsNotAdopted,
-    TakeoverSkipped,
-    WaitApplied,
-)
+from .actions import CommitFlows, FlowsAdopted, FlowsNotAdopted, TakeoverSkipped, WaitApplied
 
 TAKEOVER_APPLY_WAIT = 1.0     # s a continuous-mode takeover waits for queued changes at most
 ADOPT_DELAY = 0.5             # s after the addresses moved before the taken-over flows are adopted

@@ -4,12 +4,15 @@ takes over before the group's addresses appear on it.
 Property, over many seeded runs of a failover cluster under a random script
 of faults (cluster/scenarios.py; commit = "takeover" and "continuous"): at
 every takeover, at the moment the group's addresses are added on the new
-master, each of the group's flows whose packets are about to reach it (their
-carrier, the node the clients reached until then, is another node) and that
-it knew (its external cache of the carrier held the flow both when it
-became MASTER and at that moment) is in its kernel table.  A flow it could
-not know (created a moment before, or while it was cut off) is not the
-ordering's business: the simulation counts those resets apart.
+master, each flow it takes over is in its kernel table.  The flows it takes
+over: the group's clients' flows whose packets are about to reach it, that
+went through the master it takes over from (the one it heard last; any
+other node if it heard none), and that it knew (its external cache of that
+node held the flow both when it became MASTER and at that moment).  A flow
+it could not know (created a moment before, or while it was cut off) is not
+the ordering's business, nor one of a third master at a partition's heal
+(a backup that hears a worse master preempts it, as in CARP, and takes the
+addresses from the better one): the simulation counts those resets apart.
 
 The kernel is as slow as the lab's (25k entries/s for a commit and for the
 continuous applier), so a commit or a backlog of changes takes long enough

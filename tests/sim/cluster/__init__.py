@@ -31,8 +31,11 @@ What is modelled, and why:
   DumpKernel is answered with the table (`kernel_table`).  Every address
   change is recorded, and with `audit=True` what the table held at that
   moment.  A flow may belong to a group's clients (`create(..., group=)`):
-  when the group's addresses move, its packets reach the new master, which
-  continues it if its table has an entry for it and resets it otherwise.
+  they reach the node that announced the group's addresses last (on their
+  side of a partition, and the next holder when it lets them go); when they
+  move, the flow continues on the new node if its table has an entry for it
+  (no event: an established flow's packets change nothing the kernel
+  reports) and is reset otherwise (`broken`).
 * Health: checks are answered from each node's `up` / `errors` maps after
   `check_latency` (an address in `hung` never answers); SetBackends is
   recorded.

@@ -4,9 +4,10 @@ a script of faults.
 `failover_cluster` is 2 or 3 nodes with two groups, active/active (node 1
 prefers g1, the last node g2), every node a peer of every other in the state
 mesh.  `Chaos` drives it: the groups' clients open, change and close flows at
-whichever node they reach, while nodes are killed, stopped, restarted (with
-or without a reboot), demoted and promoted by the operator, partitioned and
-healed, at random times from the run's seed.
+whichever node they reach, while nodes are killed, stopped, restarted (the
+daemon at once; the box, with an empty kernel, no sooner than REBOOT_S after
+it went down), demoted and promoted by the operator, partitioned and
+healed, and asked for a resync, at random times from the run's seed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ ADVBASE_MS = 100
 # What a takeover commit and the continuous applier manage in the lab (25k
 # entries/s, docs/benchmarks.md): a bulk of a thousand flows takes 40 ms.
 KERNEL_RATE = 25_000.0
+# A box takes this long at least to reboot: a node comes back with an empty
+# kernel only after it was down that long (a daemon restarts at once).
+REBOOT_S = 2.0
 FAULTS = ("kill", "stop", "restart", "demote", "promote", "partition", "heal", "resync")
 
 
@@ -30,6 +34,7 @@ def failover_texts(ids, *, commit: str = "continuous", groups: int = 2, advert_c
     ids = sorted(ids)
     sync_kw.setdefault("peer_timeout_ms", 1000)
     sync_kw.setdefault("heartbeat_ms", 200)
+    sync_kw.setdefault("digest_interval_ms", 1000)
     out = {}
     for i, n in enumerate(ids):
         skews = (40 * i, 40 * (len(ids) - 1 - i))
@@ -72,11 +77,13 @@ class Chaos:
         self.flows_per_tick = flows_per_tick
         self.events: list[tuple[float, str, object]] = []
         self.groups = c.group_names()
+        self.traffic = True
         c.every(tick, self._traffic)
 
     def _traffic(self) -> None:
-        for g in self.groups:
-            self.c.traffic(g, self.flows_per_tick, self.rng)
+        if self.traffic:
+            for g in self.groups:
+                self.c.traffic(g, self.flows_per_tick, self.rng)
 
     def run(self, steps: int, gap=(0.3, 0.8)) -> None:
         """`steps` faults, each followed by a random stretch of simulated time."""
@@ -96,7 +103,7 @@ class Chaos:
             self.events.append((c.now, kind, victim))
         elif kind == "restart" and dead:
             n = rng.choice(dead)
-            reboot = rng.random() < 0.5
+            reboot = rng.random() < 0.5 and c.now - c.nodes[n].down_at >= REBOOT_S
             c.restart(n, reboot=reboot)
             self.events.append((c.now, "reboot" if reboot else "restart", n))
         elif kind == "demote" and alive:

@@ -86,6 +86,7 @@ class SimNode:
         self.alive = False
         self.started = False
         self.epoch = 0                            # the persisted boot epoch
+        self.down_at: float | None = None         # when it was last killed or stopped
         self.election_marks: dict = {}            # the replay marks persisted at the last stop
         self.sync_marks: dict = {}
         self.kernel = SimKernel(cluster.flows)
@@ -95,6 +96,7 @@ class SimNode:
         self.hung: set[str] = set()
         self.check_latency = cluster.check_latency
         self.log: list[tuple[float, object]] = []
+        self.masters_heard: dict[str, int | None] = {}
         self.incarnation = 0                      # events of an earlier life are ignored
         self.timer_token = 0
         self.timer_at: float | None = None
@@ -180,6 +182,7 @@ class SimNode:
         if self.node.sync is not None:
             self.sync_marks = self.node.sync.replay.snapshot()
         self.alive = self.started = False
+        self.down_at = self.cluster.now
         self.incarnation += 1
         self.timer_token += 1
         self.timer_at = None
@@ -218,10 +221,17 @@ class SimNode:
         if not self.started:
             return []               # the election's sockets are read once the node started
         gid = int.from_bytes(data[2:4], "big") if len(data) >= 4 else 0
+        if self.cluster.audit:
+            self._note_masters()
         actions = self.node.advert(data, address(src), self.cluster.now, ttl=255,
                                    interface=self.interface_of.get(gid))
         self.dispatch(actions)
         return actions
+
+    def _note_masters(self) -> None:
+        """Which node each group took for its master before this input (the audit's
+        "taken over from"): a takeover follows an advert or a timer."""
+        self.masters_heard = {name: g.master_node for name, g in self.node.election.groups.items()}
 
     def receive_frame(self, data: bytes, src: int | None, hint: int | None = -1) -> list:
         if self.node.sync is None:
@@ -306,9 +316,10 @@ class SimNode:
                 self._send_advert(a)
             elif t is AddAddresses:
                 self.kernel.add_addresses(cluster.now, group, a.addresses, cluster.audit)
-                cluster.on_addresses_added(self, group)
+                reached = cluster.on_addresses_added(self, group)
                 self.dispatch(self.node.addresses_added(group, cluster.now))
-                cluster.move_traffic(self, group)
+                if reached:
+                    cluster.move_traffic(self, group)
             elif t is RemoveAddresses:
                 if self.kernel.remove_addresses(cluster.now, group, a.addresses):
                     cluster.on_addresses_removed(self, group)
@@ -454,6 +465,8 @@ class SimNode:
         else:
             self._spin_at, self._spins = now, 0
         self.timer_at = None
+        if self.cluster.audit:
+            self._note_masters()
         self.dispatch(self.node.handle_timer(now))
 
     # ================================================================== queries

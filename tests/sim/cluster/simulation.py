@@ -40,15 +40,22 @@ class AddressAudit:
     node: int
     group: str
     table: frozenset
-    carriers: dict            # flow key -> the node its packets went through
+    carriers: dict            # flow key -> the node its packets went through (empty: the
+                              # clients do not reach this node, a partition is between)
     external: dict            # origin -> frozenset of keys, at this moment
     external_at_master: dict  # the same, when the node became MASTER
+    taken_from: int | None    # the master it heard last before it became MASTER (None: none)
 
     def unknown_or_missing(self) -> tuple[int, set]:
-        """(how many of the flows moving to this node it knew, those of them its
-        table lacks).  A flow it knew: in its external cache of the flow's
-        carrier, both when it became MASTER and now (so not gone meanwhile)."""
+        """(how many flows this node takes over, those of them its table lacks).
+
+        The flows it takes over: those of the group's clients whose packets
+        went through the master it takes over from (any other node when it
+        heard none), and that it knew: in its external cache of that node,
+        both when it became MASTER and now (so not gone meanwhile).
+        """
         known = {k for k, c in self.carriers.items() if c != self.node
+                 and (self.taken_from is None or c == self.taken_from)
                  and k in self.external_at_master.get(c, ()) and k in self.external.get(c, ())}
         return len(known), known - self.table
 
@@ -105,6 +112,7 @@ class Cluster:
         self.group_flows: dict[str, dict[bytes, int]] = {}      # group -> flow key -> carrier node
         self.gateway: dict[str, int] = {}                       # group -> node its clients reach
         self._added_at: dict[tuple[int, str], float] = {}
+        self._clients_near: dict[str, int] = {}                 # group -> the last node they reached
         self.broken: list[BrokenFlow] = []
 
     # ================================================================== the event loop
@@ -382,50 +390,59 @@ class Cluster:
     def on_transition(self, node: SimNode, a: StateChanged) -> None:
         self.transitions.append(Transition(self.now, node.id, a.group, a.old, a.new, a.reason))
         if self.audit and a.new is State.MASTER:
-            self._at_master[node.id, a.group] = self._external_keys(node)
+            self._at_master[node.id, a.group] = (self._external_keys(node), node.masters_heard.get(a.group))
 
-    def on_addresses_added(self, node: SimNode, group: str) -> None:
-        self.gateway[group] = node.id
+    def on_addresses_added(self, node: SimNode, group: str) -> bool:
+        """A node announced the group's addresses: its clients reach it now, unless
+        a partition keeps them on the side of the node they reached before.
+        Whether they do."""
         self._added_at[node.id, group] = self.now
+        near = self._clients_near.get(group)
+        reached = near is None or self.reachable(near, node.id)
+        if reached:
+            self.gateway[group] = self._clients_near[group] = node.id
         if self.audit:
+            carriers = dict(self.group_flows.get(group, {})) if reached else {}
+            external, taken_from = self._at_master.get((node.id, group), ({}, None))
             self.audits.append(AddressAudit(self.now, node.id, group, node.kernel.changes[-1].table,
-                                            dict(self.group_flows.get(group, {})), self._external_keys(node),
-                                            self._at_master.get((node.id, group), {})))
+                                            carriers, self._external_keys(node), external, taken_from))
+        return reached
 
     def on_addresses_removed(self, node: SimNode, group: str) -> None:
         """The node the group's clients reached let the addresses go: if another
-        node still holds them (its announcements go on), the clients reach the
-        one that took them last."""
+        node on their side still holds them (its announcements go on), they
+        reach the one that took them last."""
         if self.gateway.get(group) != node.id:
             return
         del self.gateway[group]
-        others = [n for n in self.ids if n != node.id and self.nodes[n].alive and self.nodes[n].kernel.holds(group)]
+        others = [n for n in self.ids if n != node.id and self.nodes[n].alive and self.reachable(node.id, n)
+                  and self.nodes[n].kernel.holds(group)]
         if others:
             n = max(others, key=lambda n: self._added_at.get((n, group), -1.0))
-            self.gateway[group] = n
+            self.gateway[group] = self._clients_near[group] = n
             self.move_traffic(self.nodes[n], group)
 
     def move_traffic(self, node: SimNode, group: str) -> None:
         """The group's clients now reach `node`: their flows continue there if its
-        kernel has an entry for them (an UPDATE event, as packets refresh it),
-        else they are reset (`broken`)."""
+        kernel has an entry for them, else they are reset (`broken`).
+
+        No event says so: the packets of an established flow change nothing the
+        kernel reports (only the node core's adoption makes them the node's).
+        """
         carriers = self.group_flows.get(group)
         if not carriers or not node.alive:
             return
-        table = node.kernel.table
-        events = []
+        table, local = node.kernel.table, node.kernel.local
         for key, carrier in list(carriers.items()):
             if carrier == node.id:
                 continue
             self.nodes[carrier].kernel.local.pop(key, None)
             if key in table:
                 carriers[key] = node.id
-                events.append(ct_update(self.flows, key))
+                local[key] = table[key]
             else:
                 del carriers[key]
                 self.broken.append(BrokenFlow(self.now, key, group, carrier, node.id))
-        if events:
-            self.local(node.id, events)
 
     def _external_keys(self, node: SimNode) -> dict:
         sync = node.node.sync
@@ -486,14 +503,17 @@ class Cluster:
     def in_sync(self, n: int) -> bool:
         return self.nodes[n].in_sync()
 
-    def differences(self, own: bool = True, kernels: bool | None = None) -> list[str]:
+    def differences(self, own: bool | None = True, kernels: bool | None = None) -> list[str]:
         """What keeps the mesh from being converged (empty when it is).
 
+        Always: every live node's external cache of every live peer equals
+        that peer's internal cache.
         own: each live node's internal cache equals the flows through it (its
-            `kernel.local`, the entries small enough for a frame); else it
-            holds at least those.
-        kernels: each live node's kernel holds every live peer's internal
-            cache (default: when that node's commit is "continuous").
+            `kernel.local`, the entries small enough for a frame); False: holds
+            at least those (after a takeover from a live node, both claim the
+            flows); None: not checked.
+        kernels: each live node's kernel has an entry for every flow through
+            every live node (default: when that node's commit is "continuous").
         """
         out = []
         alive = [n for n in self.alive() if self.nodes[n].node.sync is not None]
@@ -505,9 +525,15 @@ class Cluster:
             if own and internal != fits:
                 out.append(f"node {x}: internal cache differs from the flows through it "
                            f"({len(internal)} vs {len(fits)})")
-            elif not own and any(internal.get(k) != a for k, a in fits.items()):
+            elif own is False and any(internal.get(k) != a for k, a in fits.items()):
                 out.append(f"node {x}: internal cache lacks flows through it")
             for y in alive:
+                check = kernels if kernels is not None else self.nodes[y].config.sync.commit == "continuous"
+                if check and y != x:
+                    table = self.nodes[y].kernel.table
+                    lacking = sum(1 for k in fits if k not in table)
+                    if lacking:
+                        out.append(f"node {y}'s kernel lacks {lacking} of the {len(fits)} flows through node {x}")
                 if y == x or x not in self.nodes[y].node.sync.peers:
                     continue
                 ext = self.nodes[y].node.sync.peers[x].ext
@@ -518,12 +544,6 @@ class Cluster:
                     stale = sum(1 for k in internal.keys() & theirs.keys() if internal[k] != theirs[k])
                     out.append(f"node {y}'s copy of {x}: {missing} missing, {extra} extra, "
                                f"{stale} stale of {len(internal)}")
-                check = kernels if kernels is not None else self.nodes[y].config.sync.commit == "continuous"
-                if check:
-                    table = self.nodes[y].kernel.table
-                    lacking = sum(1 for k, a in internal.items() if table.get(k) != a)
-                    if lacking:
-                        out.append(f"node {y}'s kernel lacks {lacking} of node {x}'s {len(internal)} flows")
         return out
 
     def converged(self, own: bool = True, kernels: bool | None = None) -> bool:
