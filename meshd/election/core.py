@@ -14,7 +14,9 @@ Rules, all in this file:
   3 x interval + skew, at once (after its skew) when the master bows out, and
   on hearing a worse master when it is better by demotion (always) or by
   advskew/node id (only with preempt).  Demotion always preempts because a
-  demoted master has declared that it cannot serve properly.
+  demoted master has declared that it cannot serve properly.  A second
+  master that is worse than the one the BACKUP follows (a partition heals)
+  is left to step down: preempting it would take the addresses from the better.
 * A group whose interface is down, or whose adverts cannot be sent, is FAULT.
   Groups of a sync set share a demotion counter named after the set; a fault
   in one member raises it, so its siblings hand over too.
@@ -437,6 +439,10 @@ class ElectionCore:
                 g.bowout_from = a.node_id
                 g.deadline = now + g.skew
             return []
+        if self._worse_than_our_master(g, a.node_id, theirs):
+            # A second master, worse than ours (a partition heals): it steps down
+            # when it hears ours.  Preempting it would take the addresses from ours.
+            return []
         if mine < theirs and (mine[0] < theirs[0] or g.config.preempt):
             why = "lower demotion" if mine[0] < theirs[0] else "preempt"
             return self._become_master(g, now, f"{why}: node {a.node_id} advertises demotion "
@@ -446,6 +452,16 @@ class ElectionCore:
         g.bowout_from = None
         self._arm_master_down(g, now, g.master_down_after(a.advbase_ms, a.advskew))
         return []
+
+    def _worse_than_our_master(self, g: GroupRuntime, node_id: int, theirs: tuple[int, int, int]) -> bool:
+        """Whether the master we follow (not bowed out) is better than this sender."""
+        master = g.master_node
+        if master in (None, node_id, self.node_id) or g.bowout_from is not None:
+            return False
+        heard = g.peers.get(master)
+        if heard is None or heard["bowout"]:
+            return False
+        return self._priority(g.master_demotion, heard["advskew"], master) < theirs
 
     def _next_counter(self) -> int:
         self.counter += 1

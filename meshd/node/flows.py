@@ -72,11 +72,22 @@ class KernelFlows:
         """What of the peers' changes goes into the kernel: (upserts, deletes) attrs.
 
         A flow this node carries now (adopted at a takeover) stays, whatever
-        the old origin's bulk says: it is ours to replicate.
+        the old origin's bulk says: it is ours to replicate.  So does a flow
+        that another peer still holds (it took the flow over from the origin
+        that now says it is gone): its entry goes when the last holder says so.
         """
         upserts = [attrs for change in batch for _key, attrs in change.upserts]
         mine = self.sync.internal.get
-        deletes = [attrs for change in batch for key, attrs in change.deletes if mine(key) is None]
+        peers = self.sync.peers.values()
+        deletes = []
+        for change in batch:
+            for key, attrs in change.deletes:
+                if mine(key) is not None:
+                    continue
+                b = bucket_of(key)
+                if any(p.id != change.origin and key in p.ext.buckets[b] for p in peers):
+                    continue
+                deletes.append(attrs)
         return upserts, deletes
 
     # ------------------------------------------------------------ resync from a dump

@@ -86,8 +86,6 @@ class Takeovers:
             raise ValueError(f"no takeover commit of group {group!r} is in flight")
         _, origins, unknown = self._in_flight
         self._in_flight = None
-        for o in origins:
-            self.sync.adopt(o, now)
         self._to_adopt.append((origins, self._groups[group], unknown))
         out = self.held.pop(group)
         while self._queue and self._in_flight is None:
@@ -104,6 +102,11 @@ class Takeovers:
         if origin is not None and self.scope == "all" and self._already_adopted(origin):
             return [TakeoverSkipped(action.group, origin, "already committed for another group")]
         self._in_flight = (action.group, origins, origin is None)
+        # Adopted as of now, when the commit takes its entries: what the origin
+        # says during the commit is in neither the commit nor the adoption, and
+        # a second group of the origin then commits again (_already_adopted).
+        for o in origins:
+            self.sync.adopt(o, now)
         if self.commit == "continuous":
             return [WaitApplied(action.group, TAKEOVER_APPLY_WAIT)]
         pairs = [kv for o in origins for kv in self.sync.dump_external(o)]

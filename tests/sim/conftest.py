@@ -1,4 +1,4 @@
-"""Make `meshd` and the simulator (`cluster`) importable however pytest is started."""
+"""Make `meshd` and the simulated cluster (`cluster`) importable however pytest is started."""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,8 @@
-"""Election properties checked on a simulated cluster (tests/sim/cluster.py).
+"""Election properties checked on the simulated cluster (tests/sim/cluster/).
+
+The nodes are whole NodeCores with groups and no [sync] or [health]: the
+election alone, carried out by the simulated shell as the daemon does (a
+group's actions on its executor, after the input that made them).
 
 Every test is deterministic: the seed drives the network and the random choices
 of the test.  Adverts are every 100 ms (advbase_ms=100) to keep runs cheap; the
@@ -15,9 +19,19 @@ import random
 from collections import Counter
 
 import pytest
+from cluster import (
+    ELECTION_KEYS,
+    OTHER_ELECTION_KEYS,
+    Cluster,
+    Datagram,
+    expected_flip_reason,
+    flip_bit,
+    group,
+    node,
+    parse,
+    reencode,
+)
 
-from cluster import (KEYS, OTHER_KEYS, Cluster, Datagram, expected_flip_reason, flip_bit,
-                     group, reencode)
 from meshd.crypto import ELECTION_INFO, KeyRing
 from meshd.election.actions import AdvertRejected, SendAdvert, State, StateChanged
 from meshd.election.core import ElectionCore
@@ -32,27 +46,27 @@ def build(n_nodes: int = 2, n_groups: int = 1, seed: int = 0, skews=None, **kw) 
     if skews is None:
         base = SKEWS[:n_nodes]
         skews = [base, base[::-1]][:n_groups]
-    nodes = {n: [group(k + 1, skews[k][n - 1], **group_kw) for k in range(n_groups)]
+    nodes = {n: node(n, [group(k + 1, skews[k][n - 1], **group_kw) for k in range(n_groups)])
              for n in range(1, n_nodes + 1)}
     return Cluster(nodes, seed=seed, **kw)
 
 
 def converged(c: Cluster) -> bool:
-    return all(c.masters(g) == [c.best(g)] and c.holders[g] == {c.best(g)} for g in c.group_names())
+    return all(c.masters(g) == [c.best(g)] and c.holders(g) == {c.best(g)} for g in c.group_names())
 
 
 def assert_converged(c: Cluster, what: str = "") -> None:
     for g in c.group_names():
         best = c.best(g)
-        assert c.masters(g) == [best] and c.holders[g] == {best}, (
+        assert c.masters(g) == [best] and c.holders(g) == {best}, (
             f"{what}: {g} should have exactly one master, node {best} "
             f"(priority {c.priority(best, g)}), holding its addresses\n{c.timeline()}")
 
 
 def settle(c: Cluster, timeout: float = 5.0) -> float:
     """Start every node (if not yet) and run until converged; return the time."""
-    for n, node in c.nodes.items():
-        if not node.alive and node.core is None:
+    for n, sim in c.nodes.items():
+        if not sim.alive and sim.node is None:
             c.start(n)
     t = c.run_for(timeout, stop=lambda: converged(c))
     assert t is not None, f"no convergence within {timeout}s\n{c.timeline()}"
@@ -60,7 +74,7 @@ def settle(c: Cluster, timeout: float = 5.0) -> float:
 
 
 def max_delay(c: Cluster) -> float:
-    return c.delay + c.jitter
+    return c.max_delay
 
 
 def takeover_time(c: Cluster, g: str, node: int, since: float) -> float | None:
@@ -121,7 +135,7 @@ def test_killed_master_is_replaced_within_master_down(n_nodes, n_groups, seed):
         assert t is not None and t - t_kill <= bound, (
             f"{g}: node {taker} should take over within {bound:.3f}s of the kill at "
             f"{t_kill:.3f}s, took {None if t is None else round(t - t_kill, 4)}\n{c.timeline()}")
-        assert c.masters(g) == [taker] and c.holders[g] == {taker}, c.timeline()
+        assert c.masters(g) == [taker] and c.holders(g) == {taker}, c.timeline()
     for g, masters in kept.items():
         assert c.masters(g) == masters and not [t for t in c.changes(t_kill) if t.group == g], (
             f"{g} was not on the killed node and must not move\n{c.timeline()}")
@@ -151,8 +165,8 @@ def test_graceful_stop_hands_over_within_one_interval(n_nodes, seed):
         c.run_until(t_stop + bound)
         t = takeover_time(c, g, taker, t_stop)
         assert t is not None, f"{g}: node {taker} did not take over within {bound:.3f}s\n{c.timeline()}"
-        assert c.masters(g) == [taker] and c.holders[g] == {taker}, c.timeline()
-    assert victim not in set().union(*c.holders.values())
+        assert c.masters(g) == [taker] and c.holders(g) == {taker}, c.timeline()
+    assert victim not in set().union(*(c.holders(g) for g in c.group_names()))
 
 
 # ------------------------------------------------------------------ no flapping
@@ -185,7 +199,7 @@ def test_no_flapping_with_loss_jitter_and_duplicates(seed):
 # ------------------------------------------------------------------ replays
 
 def members(c: Cluster, dg: Datagram) -> list[int]:
-    return [n for n, node in c.nodes.items() if any(g.id == dg.group_id for g in node.groups)]
+    return [n for n, sim in c.nodes.items() if dg.group_id in sim.group_ids]
 
 
 def replay(c: Cluster, dg: Datagram, to: int, allowed: set[str], seen: Counter) -> None:
@@ -202,7 +216,7 @@ def replay(c: Cluster, dg: Datagram, to: int, allowed: set[str], seen: Counter) 
 def test_replayed_adverts_are_always_rejected(seed):
     c = build(3, 2, seed, jitter=0.003)
     settle(c)
-    before = {n: Counter(node.core.rejected) for n, node in c.nodes.items()}
+    before = {n: Counter(sim.node.election.rejected) for n, sim in c.nodes.items()}
     seen: Counter = Counter()
     stable_since = c.now
 
@@ -223,8 +237,8 @@ def test_replayed_adverts_are_always_rejected(seed):
             replay(c, dg, n, {"replayed", "outside window", "own advert"}, seen)
     assert {r for _, r in seen} == {"replayed", "outside window", "own advert"}
     assert not c.changes(stable_since), f"a replay changed state\n{c.timeline(stable_since)}"
-    for n, node in c.nodes.items():             # the status counters saw the same
-        delta = Counter(node.core.status(c.now)["rejected"]) - before[n]
+    for n, sim in c.nodes.items():              # the status counters saw the same
+        delta = Counter(sim.node.election.status(c.now)["rejected"]) - before[n]
         assert delta == Counter({r: k for (m, r), k in seen.items() if m == n}), (n, delta)
 
     # 3. After every node restarted with a new epoch (receivers keep their
@@ -281,7 +295,7 @@ def forge(kind: str, data: bytes, rng: random.Random) -> tuple[bytes, str]:
     if kind == "too long":
         return data + rng.randbytes(rng.randint(1, 64)), "bad length"
     # The outsider claims the best priority and bows out for the master.
-    return reencode(data, OTHER_KEYS, node_id=99, advskew=0, demotion=0,
+    return reencode(data, OTHER_ELECTION_KEYS, node_id=99, advskew=0, demotion=0,
                     counter=2**63), "bad mac"
 
 
@@ -290,7 +304,7 @@ def test_forged_adverts_are_rejected_by_reason(seed):
     rng = random.Random(seed)
     c = build(3, 2, seed, jitter=0.003)
     t0 = settle(c)
-    before = {n: Counter(node.core.rejected) for n, node in c.nodes.items()}
+    before = {n: Counter(sim.node.election.rejected) for n, sim in c.nodes.items()}
     expected = {n: Counter() for n in c.nodes}
     for _ in range(700):
         c.run_for(rng.uniform(0, 0.01))
@@ -303,8 +317,8 @@ def test_forged_adverts_are_rejected_by_reason(seed):
             f"{kind} forgery to node {to}: expected one rejection '{reason}', got {actions}")
         expected[to][reason] += 1
     assert not c.changes(t0), f"a forgery changed state\n{c.timeline(t0)}"
-    for n, node in c.nodes.items():
-        assert Counter(node.core.status(c.now)["rejected"]) - before[n] == expected[n]
+    for n, sim in c.nodes.items():
+        assert Counter(sim.node.election.status(c.now)["rejected"]) - before[n] == expected[n]
     every = sum(expected.values(), Counter())
     assert set(every) == {"bad version", "unknown key", "bad mac", "truncated", "bad length"}, every
 
@@ -330,6 +344,26 @@ def test_partition_heals_to_one_master_per_group(n_nodes, n_groups, seed):
     assert_converged(c, f"{bound:.3f}s after healing at {t_heal:.3f}s")
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_a_backup_does_not_preempt_a_worse_master_while_it_follows_a_better_one(seed):
+    """Found by the failover-ordering property (tests/sim/test_failover_ordering.py):
+    node 3, cut off, became a second master; when the partition healed, node 2
+    (BACKUP of node 1) heard node 3's worse advert and preempted it, becoming a
+    third master and taking the addresses (and with commit = "takeover" the
+    flows) from node 1.  Node 3 steps down when it hears node 1; node 2 waits."""
+    c = build(3, 1, seed, jitter=0.003)
+    settle(c)
+    c.partition({1, 2}, {3})
+    c.run_for(1.0 + random.Random(seed).uniform(0, 0.3))
+    assert sorted(c.masters("g1")) == [1, 3]
+    t_heal = c.now
+    c.heal()
+    c.run_for(1.0)
+    assert not [t for t in c.changes(t_heal) if t.node == 2], c.timeline(t_heal)
+    assert_converged(c, "after the heal")
+    assert c.holders("g1") == {1}
+
+
 # ------------------------------------------------------------------ demotion
 
 @pytest.mark.parametrize("seed", range(3))
@@ -346,7 +380,7 @@ def test_operator_demotion_moves_group_and_promotion_only_with_preempt(preempt, 
     t = c.now
     c.call(1, "operator_demote", "all", 50)
     c.run_for(2 * max_delay(c) + 0.001)        # node 1 advertises at once
-    assert c.masters("g1") == [2] and c.holders["g1"] == {2}, c.timeline(t)
+    assert c.masters("g1") == [2] and c.holders("g1") == {2}, c.timeline(t)
     c.run_for(2.0)
     assert c.masters("g1") == [2] and len(c.changes(t)) == 2, c.timeline(t)
 
@@ -355,7 +389,7 @@ def test_operator_demotion_moves_group_and_promotion_only_with_preempt(preempt, 
     interval, _ = c.timing(2, "g1")
     c.run_for(interval + 2 * max_delay(c))     # node 1 preempts on node 2's next advert
     expected = 1 if preempt else 2
-    assert c.masters("g1") == [expected] and c.holders["g1"] == {expected}, c.timeline(t)
+    assert c.masters("g1") == [expected] and c.holders("g1") == {expected}, c.timeline(t)
     c.run_for(3.0)
     assert c.masters("g1") == [expected] and len(c.changes(t)) == (2 if preempt else 0), c.timeline(t)
 
@@ -364,25 +398,25 @@ def test_operator_demotion_moves_group_and_promotion_only_with_preempt(preempt, 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_interface_down_moves_the_whole_sync_set(seed):
-    c = Cluster({1: [group(1, 0, sync_set="fw"), group(2, 0, interface="eth1", sync_set="fw")],
-                 2: [group(1, 100, sync_set="fw"), group(2, 100, interface="eth1", sync_set="fw")]},
-                seed=seed, jitter=0.003)
+    c = Cluster({n: node(n, [group(1, skew, sync_set="fw"), group(2, skew, interface="eth1", sync_set="fw")])
+                 for n, skew in ((1, 0), (2, 100))}, seed=seed, jitter=0.003)
     settle(c)
     assert c.masters("g1") == c.masters("g2") == [1]
     c.run_for(random.Random(seed).uniform(0.5, 0.7))
     t = c.now
-    c.call(1, "set_interface", "eth0", False)
-    assert c.state(1, "g1") is State.FAULT and c.holders["g1"] == set()
+    c.set_link(1, "eth0", False)
+    c.run_for(0.0)                            # the group's executor removes the addresses
+    assert c.state(1, "g1") is State.FAULT and c.holders("g1") == set()
     # g2 is told at once (demoted advert); g1 follows when node 1's adverts stop.
     c.run_for(2 * max_delay(c) + 0.001)
     assert c.masters("g2") == [2], c.timeline(t)
     interval, skew = c.timing(2, "g1")
     c.run_until(t + 4 * interval + skew + max_delay(c))
     assert c.masters("g1") == c.masters("g2") == [2], c.timeline(t)
-    assert c.holders["g1"] == c.holders["g2"] == {2}, c.timeline(t)
+    assert c.holders("g1") == c.holders("g2") == {2}, c.timeline(t)
 
     t = c.now
-    c.call(1, "set_interface", "eth0", True)  # preempt: both come back
+    c.set_link(1, "eth0", True)               # preempt: both come back
     c.run_for(2 * interval + 2 * max_delay(c))
     assert c.masters("g1") == c.masters("g2") == [1], c.timeline(t)
 
@@ -399,7 +433,7 @@ def test_restart_with_higher_epoch_is_accepted(seed):
     assert c.masters("g1") == c.masters("g2") == [2], c.timeline()
     t = c.now
     c.restart(1)                               # epoch 2: a new replay stream at node 2
-    assert c.nodes[1].core.epoch == 2
+    assert c.nodes[1].node.election.epoch == 2
     interval, _ = c.timing(2, "g1")
     c.run_for(interval + 2 * max_delay(c))     # node 1 preempts g1 on node 2's next advert
     assert_converged(c, "after restart")
@@ -432,7 +466,7 @@ def test_restart_with_the_same_epoch_is_refused_as_replay(uptime):
     c.run_for(2.0)
     reasons = Counter(r for when, n, r in c.rejections if when >= t and n == 2)
     assert reasons and set(reasons) <= {"replayed", "outside window"}, reasons
-    assert c.nodes[2].core.groups["g1"].peers[1]["last_seen"] < t, "node 2 never heard node 1"
+    assert c.nodes[2].node.election.groups["g1"].peers[1]["last_seen"] < t, "node 2 never heard node 1"
     assert sorted(c.masters("g1")) == [1, 2], "two masters: the peer ignores the restarted node"
     c.restart(1)                               # a proper restart fixes it
     c.run_for(1.0)
@@ -442,7 +476,9 @@ def test_restart_with_the_same_epoch_is_refused_as_replay(uptime):
 # ------------------------------------------------------------------ known core bugs
 
 def core(node_id: int, advskew: int, preempt: bool = True, start: float = 0.0) -> ElectionCore:
-    c = ElectionCore(node_id, [group(1, advskew, preempt=preempt)], KEYS, 1)
+    """An election core alone (these tests pin down rules of the core itself)."""
+    groups = parse(node(node_id, [group(1, advskew, preempt=preempt)])).groups
+    c = ElectionCore(node_id, groups, ELECTION_KEYS, 1)
     c.start(start)
     return c
 
@@ -528,7 +564,7 @@ def test_bowout_survives_reordering(seeds):
     for seed in seeds:
         c = build(2, 1, seed, skews=[[0, 100]], jitter=0.005)
         settle(c)
-        c.run_until(c.nodes[1].core.next_deadline() + 0.0005)   # just after an advert
+        c.run_until(c.nodes[1].node.election.next_deadline() + 0.0005)   # just after an advert
         t_stop = c.now
         c.stop(1)
         interval, _ = c.timing(2, "g1")
@@ -547,7 +583,7 @@ MASTER_DOWN = ("regression: the master-down timer was 3 x the BACKUP's own inter
 def test_backup_with_advskew_0_survives_two_lost_adverts_and_a_late_third():
     """Default config (advskew 0 everywhere): two adverts lost, the third 2 ms
     later than the one heard (1 ms vs 3 ms of delay)."""
-    a, b, t0 = master_and_backup(0, 0)          # heard at t0 + 1 ms
+    a, b, _t0 = master_and_backup(0, 0)         # heard at t0 + 1 ms
     a.handle_timer(a.next_deadline())           # lost
     a.handle_timer(a.next_deadline())           # lost
     t3 = a.next_deadline()

@@ -15,7 +15,7 @@ frames through a receiving core.  Then 100k UPDATEs of the same flows.
 entries (attrs 150 bytes, the middle of the 80-250 range), bytes per entry
 including every Python object, minus nothing.
 
-`converge`: two nodes on the simulated network; node 1 gets 50k flows at
+`converge`: two nodes of the simulated cluster (tests/sim/cluster/); node 1 gets 50k flows at
 25k/s (what ctnetlink injection reached on the lab VM), with 20% or 50%
 random loss both ways; we report when node 2's copy equals node 1's table,
 counted from the end of the injection, in simulated seconds.
@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
-from meshd.crypto import SYNC_INFO, KeyRing  # noqa: E402
-from meshd.sync import NEW, UPDATE, SendFrame, SyncCore  # noqa: E402
-from meshd.sync.cache import ExternalCache, InternalCache  # noqa: E402
+from meshd.crypto import SYNC_INFO, KeyRing
+from meshd.sync import NEW, UPDATE, SendFrame, SyncCore
+from meshd.sync.cache import ExternalCache, InternalCache
 
 KEYS = KeyRing.from_secrets({1: b"bench secret bench secret bench!"}, 1, SYNC_INFO)
 
@@ -130,26 +130,27 @@ def bench_memory(n: int) -> None:
 
 
 def bench_converge(entries: int = 50_000, rate: float = 25_000.0) -> None:
-    from simnet import SimNet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
+    from cluster import Cluster, mesh
     for loss in (0.2, 0.5):
-        net = SimNet([1, 2], seed=7, loss=loss, jitter=0.0005)
-        net.start_all()
-        net.run_for(0.5)
+        c = Cluster(mesh([1, 2], commit="takeover"), seed=7, loss=loss, delay=0.0005, jitter=0.0005,
+                    capture=False)
+        c.start_all()
+        c.run_for(0.5)
         per_batch = 250
         batches = entries // per_batch
         for i in range(batches):
-            net.at(net.now + i * per_batch / rate,
-                   lambda: net.local(1, [(NEW, net.new_key(1), net.attrs()) for _ in range(per_batch)]))
-        t_end = net.now + batches * per_batch / rate
+            c.at(c.now + i * per_batch / rate, c.create, 1, per_batch)
+        t_end = c.now + batches * per_batch / rate
         t0 = time.process_time()
-        net.run_until(t_end)
-        at = net.run_for(120, net.converged, 0.05)
+        c.run_until(t_end)
+        at = c.run_for(120, c.converged, 0.05)
         cpu = time.process_time() - t0
-        n = len(net.nodes[1].kernel)
-        s = net.nodes[1].core.stats(net.now)
+        n = len(c.nodes[1].kernel.local)
+        s = c.nodes[1].sync.stats(c.now)
         print(f"converge {n} entries, {loss:.0%} loss: "
               + (f"converged {at - t_end:.2f} s (simulated) after the injection ended"
-                 if at is not None else "NOT converged after 120 s: " + "; ".join(net.differences()))
+                 if at is not None else "NOT converged after 120 s: " + "; ".join(c.differences()))
               + f"; {s['counters'].get('frames resent', 0)} frames resent; "
                 f"{sum(s['frames_sent'].values())} frames sent; sim CPU {cpu:.1f} s")
 
