@@ -23,7 +23,15 @@ from __future__ import annotations
 import random
 import time
 
-from cluster import ADVERT, OTHER_ELECTION_KEYS, OTHER_SYNC_KEYS, SYNC_KEYS, Cluster, flip_bit, reencode
+from cluster import (
+    ADVERT,
+    OTHER_ELECTION_KEYS,
+    OTHER_SYNC_KEYS,
+    SYNC_KEYS,
+    Cluster,
+    flip_bit,
+    reencode,
+)
 from cluster.scenarios import Chaos, failover_cluster
 
 from meshd.election.actions import AdvertRejected
