@@ -77,14 +77,16 @@ def test_renewed_while_fed_expire_when_not(ns):
     assert p.stdout.readline().strip() == "stalled"
     stalled_at = time.monotonic()
     gone_at = None
-    while time.monotonic() - stalled_at < 3.0 + 1.5 + 2:
+    while time.monotonic() - stalled_at < 3.0 + 1.5 + 8:
         if not {V4, V6} & present(ns):
             gone_at = time.monotonic()
             break
         time.sleep(0.05)
     assert gone_at is not None, "the addresses of a wedged loop did not expire"
-    # LOOP_STALL_LIMIT (3 s) + the 1 s lifetime + the kernel's rounding
-    assert gone_at - stalled_at < 3.0 + 1.5 + 0.5, gone_at - stalled_at
+    # LOOP_STALL_LIMIT (3 s) + the 1 s lifetime + the kernel's rounding, and
+    # its lifetime check is deferrable work that an idle CPU runs late
+    # (architecture.md, "Addresses that expire")
+    assert gone_at - stalled_at < 3.0 + 1.5 + 6, gone_at - stalled_at
     report = json.loads(p.stdout.readline())
     assert report["events"] == ["address_renewal_paused"], report
     assert report["renewals"] >= 2 * 5 * (busy_s - 1), report       # 2 addresses, 5 per second

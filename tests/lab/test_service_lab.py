@@ -24,7 +24,10 @@ from meshlab.watch import start_watch
 pytestmark = pytest.mark.lab
 
 GROUP_NAMES = [g["name"] for g in md.default_groups()]
-DEAD_NODE_BOUND_S = 2.0
+# The kernel's lifetime check is deferrable work: on time on a CPU that is
+# awake, later on an idle one (4.9 s seen once in a full suite run, ~1.0 s
+# otherwise).  What this bound checks is that nothing is left behind.
+DEAD_NODE_BOUND_S = 8.0
 
 
 def _start_pair(lab):
