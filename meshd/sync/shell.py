@@ -33,6 +33,7 @@ from ..config import Config
 from ..commands import ControlError
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
+from ..kernel.udp import bind_exclusive
 from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
                             TakeoverSkipped, WaitApplied)
 from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
@@ -87,12 +88,13 @@ class SyncShell:
         self.reader = kct.CtEventReader(rcvbuf=self.sync.event_buffer_bytes,
                                         own_portids={self.committer.portid}, log=self.log)
         s = trio.socket.socket(self.family, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         if self.sync.interface:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.sync.interface.encode())
-        s._sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.sync.port))
+        # No SO_REUSEADDR/SO_REUSEPORT: no other socket, a local user's included, may
+        # share the port and take frames meant for meshd (meshd/kernel/udp.py).
+        bind_exclusive(s._sock, ("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.sync.port))
         if self.sync.multicast_group:
             index = socket.if_nametoindex(self.sync.interface)
             group = ipaddress.ip_address(self.sync.multicast_group).packed
