@@ -2,13 +2,16 @@
 
 load_config() checks the file itself.  preflight() looks at the machine: the
 programs meshd will run (notify hooks, track scripts, health script checks),
-the CA files the TLS checks will load, the interfaces the groups use.  Each
+the configuration file and the key files' directories, the CA files the TLS
+checks will load, the interfaces the groups use.  Each
 problem is a Finding; `meshd --check` prints them, and the daemon logs them
 at start without refusing to start (a hook fixed later works from then on).
 
 Programs follow keepalived's enable_script_security: meshd runs them as
 root, so whoever can change one, or rename a directory on its path, runs
-code as root.  Every path component (of the name as written and of the file
+code as root.  The same holds for the configuration file (it names those
+programs) and for the directories of the key files (whoever can replace a
+key chooses it; the key files themselves are load_config's).  Every path component (of the name as written and of the file
 it resolves to) must be owned by root or by the user meshd runs as, and
 writable by nobody else, except a directory with the sticky bit (/tmp):
 there, others cannot replace a file they do not own.
@@ -58,6 +61,7 @@ def preflight(config: Config) -> list[Finding]:
                 found += _program(f"{where}.script", table.check.script)
             if table.check.ca_file:
                 found += _ca_file(f"{where}.ca_file", table.check.ca_file)
+    found += _secrets_and_file(config)
     for i, g in enumerate(config.groups):
         found += _interface(f"group[{i}].interface", g.interface,
                             "the group would stay in FAULT until it appears")
@@ -152,6 +156,28 @@ def _user(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+# ------------------------------------------------- secrets and the file itself
+
+
+def _secrets_and_file(config: Config) -> list[tuple[str, str, str]]:
+    """Directories others could use to replace a key file; a configuration file
+    others could change (it names the programs meshd runs as root, and the keys).
+
+    The key files themselves were checked by load_config (owner, mode), so
+    only their directories can be found here.  A file that is not there is
+    not preflight's to report: load_config does for keys it reads, and a
+    configuration parsed from a string has no file.
+    """
+    out: list[tuple[str, str, str]] = []
+    for i, key in enumerate(config.cluster.keys if config.cluster else ()):
+        if os.path.lexists(key.secret_file):
+            out += [("error", f"cluster.keys[{i}].secret_file", p) for p in _unsafe(key.secret_file)]
+    if config.path and os.path.lexists(config.path):
+        why = " (whoever can change it chooses the programs meshd runs as root)"
+        out += [("error", "file", p + why) for p in _unsafe(config.path)]
+    return out
 
 
 # ---------------------------------------------------------------- CA files
