@@ -2,7 +2,8 @@
 
 load_config() checks the file itself.  preflight() looks at the machine: the
 programs meshd will run (notify hooks, track scripts, health script checks),
-the configuration file and the key files' directories, the CA files the TLS
+the configuration file and the directories of the key files and the control
+socket, the CA files the TLS
 checks will load, the interfaces the groups use.  Each
 problem is a Finding; `meshd --check` prints them, and the daemon logs them
 at start without refusing to start (a hook fixed later works from then on).
@@ -10,8 +11,9 @@ at start without refusing to start (a hook fixed later works from then on).
 Programs follow keepalived's enable_script_security: meshd runs them as
 root, so whoever can change one, or rename a directory on its path, runs
 code as root.  The same holds for the configuration file (it names those
-programs) and for the directories of the key files (whoever can replace a
-key chooses it; the key files themselves are load_config's).  Every path component (of the name as written and of the file
+programs), for the directories of the key files (whoever can replace a
+key chooses it; the key files themselves are load_config's) and for the
+control socket's (whoever can replace the socket answers meshctl).  Every path component (of the name as written and of the file
 it resolves to) must be owned by root or by the user meshd runs as, and
 writable by nobody else, except a directory with the sticky bit (/tmp):
 there, others cannot replace a file they do not own.
@@ -162,8 +164,9 @@ def _user(uid: int) -> str:
 
 
 def _secrets_and_file(config: Config) -> list[tuple[str, str, str]]:
-    """Directories others could use to replace a key file; a configuration file
-    others could change (it names the programs meshd runs as root, and the keys).
+    """Directories others could use to replace a key file or the control socket;
+    a configuration file others could change (it names the programs meshd runs
+    as root, and the keys).
 
     The key files themselves were checked by load_config (owner, mode), so
     only their directories can be found here.  A file that is not there is
@@ -177,6 +180,12 @@ def _secrets_and_file(config: Config) -> list[tuple[str, str, str]]:
     if config.path and os.path.lexists(config.path):
         why = " (whoever can change it chooses the programs meshd runs as root)"
         out += [("error", "file", p + why) for p in _unsafe(config.path)]
+    if config.node is not None:
+        parent = os.path.dirname(os.path.abspath(config.node.control_socket))
+        if os.path.isdir(parent):   # meshd creates it (0755) when it is missing
+            why = (" (the control socket's directory: others could put their own socket "
+                   "in place of meshd's, and meshctl would talk to it)")
+            out += [("error", "node.control_socket", p + why) for p in _unsafe(parent)]
     return out
 
 

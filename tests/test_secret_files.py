@@ -130,3 +130,17 @@ def test_configuration_file_others_can_change_is_a_preflight_error(confdir):
         ("error", (f"{config_file} is writable by others (mode 646); chmod o-w it "
                   "(whoever can change it chooses the programs meshd runs as root)"))]
     assert stat.S_IMODE(os.stat(config_file).st_mode) == 0o646   # preflight never changes it
+
+
+def test_control_socket_directory_others_can_write_is_a_preflight_error(confdir):
+    run = confdir / "run"
+    run.mkdir()
+    os.chmod(run, 0o757)
+    (confdir / "meshd.toml").write_text(MINIMAL.replace("id = 1\n", f'id = 1\ncontrol_socket = "{run}/meshd.sock"\n', 1))
+    findings = [f for f in preflight(load_config(confdir / "meshd.toml")) if f.key == "node.control_socket"]
+    assert [(f.level, f.message) for f in findings] == [
+        ("error", (f"{run} is writable by others (mode 757); chmod o-w it (the control socket's "
+                   "directory: others could put their own socket in place of meshd's, and meshctl "
+                   "would talk to it)"))]
+    os.chmod(run, 0o1777)   # sticky, as /tmp: others cannot replace what they do not own
+    assert [f for f in preflight(load_config(confdir / "meshd.toml")) if f.key == "node.control_socket"] == []
