@@ -36,8 +36,12 @@ from ..track.scripts import run_track_script
 from .actions import AddAddresses, Announce, RemoveAddresses, RunNotify, SendAdvert
 from .transport import ElectionSockets, TransportError
 
-# Adverts read from each socket before a due election deadline is acted upon.
-READ_FIRST_LIMIT = 64
+# Adverts read from each socket before a due election deadline is acted upon:
+# more than the socket buffer holds (SO_RCVBUF 1 MiB, doubled by the kernel:
+# under 2,800 small datagrams), so that the master's advert queued behind a
+# flood of forged ones is read before a master-down acts; still a bound, so a
+# queue that never empties cannot hold the loop (tests/election/test_read_first_under_flood.py).
+READ_FIRST_LIMIT = 8192
 RECV_BURST = 64               # adverts read per wake-up of the receive loop
 
 
