@@ -15,9 +15,9 @@ The bounds are generous (a loaded 2-core machine): they tell a bounded
 daemon from a runaway one, not a benchmark.  The groups advertise every
 300 ms here (master-down 0.9 s): at 100 ms, on this 2-core VM shared by
 both daemons, both attackers and the kernel bridging the flood, the flood
-still cost fw2 enough of fw1's adverts for false takeovers (3 of 3 runs
-after the burst reads and the ReadFirst fix; docs/security.md, "Threat
-model" and "The adversarial suite").
+still cost fw2 enough of fw1's adverts for false takeovers (6 of 7 runs,
+before and after the burst reads and the ReadFirst fix; docs/security.md,
+"Threat model" and "The adversarial suite").
 """
 
 from __future__ import annotations
