@@ -42,7 +42,8 @@ def test_the_masters_advert_behind_a_full_buffer_of_forgeries_stops_the_takeover
 
 def test_a_queue_that_never_empties_is_read_boundedly():
     class Endless:
-        socks = {4: object()}
+        def __init__(self):
+            self.socks = {4: object()}
 
         def receive_nowait(self, family):
             return Datagram(b"forged", "192.0.2.9", 255, "eth0")

@@ -40,9 +40,10 @@ from cluster.scenarios import failover_cluster, failover_texts
 
 from meshd.crypto import hmac_sha256
 from meshd.election.actions import AdvertRejected
-from meshd.election.wire import ADVERT_LEN, HEADER as ADVERT_HEADER, AdvertError, decode_advert
+from meshd.election.wire import HEADER as ADVERT_HEADER
+from meshd.election.wire import AdvertError, decode_advert
 from meshd.sync.actions import FrameRejected
-from meshd.sync.frames import FrameError, FrameType, decode_body, decode_frame
+from meshd.sync.frames import FrameError, decode_body, decode_frame
 
 from .mutate import INTERESTING_INTS, mutate_bytes, mutate_value, pack
 from .snapshot import difference, snapshot

@@ -41,7 +41,7 @@ def sniff(iface: str, port: int, seconds: float) -> list[tuple[bytes, str]]:
     while time.monotonic() < end and len(got) < 2000:
         try:
             pkt, addr = s.recvfrom(65535)
-        except socket.timeout:
+        except TimeoutError:
             continue
         if addr[1] != ETH_P_IP:
             continue
