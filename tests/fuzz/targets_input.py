@@ -209,8 +209,8 @@ def _mutate_doc(doc: dict, rng: random.Random) -> str:
         return "removed"
     if isinstance(container, dict):
         container[rng.choice(("junk", "ID", "name ", "id"))] = _toml_value(rng)
-    elif container and isinstance(container[0], dict) and rng.random() < 0.5:
-        container.append(dict(rng.choice(container)))          # a table twice
+    elif any(isinstance(t, dict) for t in container) and rng.random() < 0.5:
+        container.append(dict(rng.choice([t for t in container if isinstance(t, dict)])))   # a table twice
     else:
         container.append(_toml_value(rng))
     return "added"
