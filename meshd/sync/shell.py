@@ -34,6 +34,7 @@ from ..commands import ControlError
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
 from ..kernel.udp import bind_exclusive
+from ..log import RejectLog
 from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
                             TakeoverSkipped, WaitApplied)
 from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
@@ -61,6 +62,7 @@ class SyncShell:
         self.node = node
         self.dispatch = dispatch
         self.log = log
+        self.reject_log = RejectLog(log, "sync_frame_rejected")
         self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
         self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
         self.family = socket.AF_INET6 if self.sync.family == 6 else socket.AF_INET
@@ -141,8 +143,8 @@ class SyncShell:
         elif isinstance(a, PeerChanged):
             self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
         elif isinstance(a, FrameRejected):
-            self.log("sync_frame_rejected", level="warning", reason=a.reason,
-                     detail=a.detail, peer=a.peer)
+            # Bounded per reason, whatever the sources (a flood of forgeries): meshd/log.py.
+            self.reject_log(a.reason, trio.current_time(), detail=a.detail, peer=a.peer)
         elif isinstance(a, FlowsAdopted):
             self.log("flows_adopted", entries=a.entries, ms=round(a.seconds * 1000, 1))
         elif isinstance(a, FlowsNotAdopted):
@@ -355,7 +357,7 @@ class SyncShell:
         if cmd == "stats":
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
-                    "send_errors": self.send_errors}
+                    "send_errors": self.send_errors, "reject_log": self.reject_log.stats()}
         if cmd == "resync":
             self.dispatch(self.node.resync_request(now))
             return {"peers": list(core.peers)}
