@@ -14,10 +14,10 @@ configuration file.
   through parse_config.  Only ConfigError may come out, every problem
   naming the file, and for a value its key path.
 
-Nesting in `control` stays below MAX_NESTING: a request nested thousands
-of levels deep raises RecursionError in the JSON decoder, which the bounds
-on control requests (issue 11; meshd/control, another change) turn into an
-error answer.  Raise MAX_NESTING once they are in.
+Values nest up to MAX_NESTING levels (json.dumps itself recurses), and
+"deep" lines, written as text, up to DEEP_NESTING, far past the 32 that
+decode_request accepts: a request nested thousands of levels deep used to
+raise RecursionError in the JSON decoder, and must now be an error answer.
 
 Must not: open a socket, or read files other than the temporary copy of
 the configuration it writes.
@@ -42,6 +42,7 @@ from .mutate import INTERESTING_INTS, mutate_bytes
 from .targets_wire import Finding
 
 MAX_NESTING = 200
+DEEP_NESTING = 20000
 
 # The arguments each handler checks, as it checks them (daemon.handle_control,
 # health/shell.py); the other commands read no argument through require.
@@ -99,6 +100,10 @@ def _request_line(rng: random.Random) -> tuple[str, bytes]:
         line = json.dumps(req).encode()
         how, line = mutate_bytes(line, rng, [json.dumps(x).encode() for x in REQUESTS], [])
         return how, line
+    if r < 0.35:
+        n = rng.randint(1, DEEP_NESTING)
+        opener, closer = ("[", "]") if rng.random() < 0.5 else ('{"a":', "}")
+        return "deep", f'{{"cmd": "status", "x": {opener * n}1{closer * n}}}'.encode()
     if r < 0.45:
         return "not an object", json.dumps(rng.choice((_json_value(rng), [req], "status", 5))).encode()
     key = rng.choice(list(req) + ["cmd", "name", "by", "group", "action", "junk"])
