@@ -300,7 +300,7 @@ class SyncCore:
         # ---- authenticated from here on
         if proven:
             self.replay.accept(sender, h.epoch, h.counter)
-        elif not membership.prove(self, p, h, body):
+        elif not membership.prove(self, p, h, body, now):
             self.out.extend(self._reject("unproven", f"node {sender} epoch {h.epoch} counter "
                                          f"{h.counter}: no echo of our start yet", sender))
             return self._flush()

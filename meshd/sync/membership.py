@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .core import SyncCore
 
 
-def prove(core: SyncCore, p: Peer, h: Header, body: tuple) -> bool:
+def prove(core: SyncCore, p: Peer, h: Header, body: tuple, now: float) -> bool:
     """An authentic frame of a start of p that is not its session: learn its
     boot id (echoed from now on), and return whether the frame is the proof
     that this start is alive now: a HEARTBEAT echoing our boot id, which no
@@ -47,13 +47,19 @@ def prove(core: SyncCore, p: Peer, h: Header, body: tuple) -> bool:
 
     The frame's counter then becomes the floor of its session: anything the
     peer sealed before it (a capture from before our restart) is refused.
+    A proof does not replace a proven session that is alive (heard within
+    peer_timeout_s) unless its epoch is newer: the echo says "sealed after
+    our start", not "after p's latest start", so a capture of an earlier
+    start of p, echoing us, must not take the place of the one running now.
     """
     if h.boot_id not in p.echo:
         p.echo = (*p.echo[-1:], h.boot_id)
         p.unproven = {s: c for s, c in p.unproven.items() if s[1] in p.echo}
         send_heartbeat(core)               # its proof, at once
     start = (h.epoch, h.boot_id)
-    if h.type != FrameType.HEARTBEAT or (core.node_id, core.boot_id) not in body[3]:
+    older = p.session is not None and h.epoch <= p.session[0] and p.last_heard is not None \
+        and now - p.last_heard < core.peer_timeout_s
+    if older or h.type != FrameType.HEARTBEAT or (core.node_id, core.boot_id) not in body[3]:
         p.unproven[start] = max(p.unproven.get(start, 0), h.counter)
         return False
     p.session = start

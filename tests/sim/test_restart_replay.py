@@ -63,3 +63,30 @@ def test_frames_captured_before_a_restart_are_refused_after_it(marks_age):
     ext = dict(c.nodes[2].sync.dump_external(1))
     assert ext == dict(c.nodes[1].sync.dump_internal())
     assert not set(keys[:43]) & set(ext)
+
+
+def test_frames_of_a_peers_earlier_start_are_refused_after_it_restarted():
+    """The echo proves "sealed after my start", not "after the peer's latest
+    start": a capture of the peer's earlier start (its proof included) must
+    not take the place of the start running now."""
+    c = Cluster(mesh([1, 2], commit="takeover"), seed=4)
+    c.start_all()
+    c.run_for(0.5)
+    since = c.now
+    keys = c.create(1, 30)
+    c.run_for(0.5)
+    c.destroy(1, keys[:10])
+    c.run_for(0.5)
+    old_start = [d for d in c.captured if d.src == 1 and d.kind is FRAME]
+    c.restart(1)                                   # node 1's daemon restarts, its kernel keeps the flows
+    core = c.nodes[2].sync
+    assert c.run_for(1.0, lambda: core.peers[1].session[0] == c.nodes[1].epoch and c.converged()) \
+        is not None
+    proven = core.peers[1].session
+    received = sum(core.frames_received.values())
+    for dg in old_start:
+        c.replay(2, dg)
+    assert core.peers[1].session == proven
+    assert sum(core.frames_received.values()) == received
+    assert [d for d in old_start if d.time >= since]
+    assert dict(core.dump_external(1)) == dict(c.nodes[1].sync.dump_internal())
