@@ -52,15 +52,19 @@ def prove(core: SyncCore, p: Peer, h: Header, body: tuple, now: float) -> bool:
     our start", not "after p's latest start", so a capture of an earlier
     start of p, echoing us, must not take the place of the one running now.
     """
-    if h.boot_id not in p.echo:
-        p.echo = (*p.echo[-1:], h.boot_id)
-        p.unproven = {s: c for s, c in p.unproven.items() if s[1] in p.echo}
-        send_heartbeat(core)               # its proof, at once
     start = (h.epoch, h.boot_id)
     older = p.session is not None and h.epoch <= p.session[0] and p.last_heard is not None \
         and now - p.last_heard < core.peer_timeout_s
+    if not older and h.boot_id not in p.echo:
+        # (An earlier start's boot id is not learned: a replay of it must not
+        # push the running start's out of our echoes, nor cost a heartbeat.)
+        p.echo = (*p.echo[-1:], h.boot_id)
+        p.unproven = {s: c for s, c in p.unproven.items() if s[1] in p.echo}
+        send_heartbeat(core)               # its proof, at once
     if older or h.type != FrameType.HEARTBEAT or (core.node_id, core.boot_id) not in body[3]:
-        p.unproven[start] = max(p.unproven.get(start, 0), h.counter)
+        p.unproven[start] = max(p.unproven.pop(start, 0), h.counter)
+        if len(p.unproven) > 4:          # starts are few: bound it all the same
+            p.unproven.pop(next(iter(p.unproven)))
         return False
     p.session = start
     core.replay.start_at(p.id, h.epoch, h.counter, p.unproven.pop(start, 0))
