@@ -43,6 +43,7 @@ from meshd.election.actions import AdvertRejected
 from meshd.election.wire import HEADER as ADVERT_HEADER
 from meshd.election.wire import AdvertError, decode_advert
 from meshd.sync.actions import FrameRejected
+from meshd.sync.core import QUIET_REJECTS
 from meshd.sync.frames import FrameError, decode_body, decode_frame
 
 from .mutate import INTERESTING_INTS, mutate_bytes, mutate_value, pack
@@ -133,6 +134,11 @@ class World:
 
 def _rejected(actions, kind) -> bool:
     return len(actions) == 1 and isinstance(actions[0], kind)
+
+
+def _quiet_rejects(sync) -> int:
+    """The sync core's rejects that it counts without reporting them."""
+    return sum(sync.rejected[r] for r in QUIET_REJECTS)
 
 
 def _timed(fn, *args, **kw):
@@ -377,6 +383,7 @@ def reorder(w: World, rng: random.Random, tally: Tally) -> None:
         tally.count("reorder")
         target = election if adverts else sync
         before = snapshot(target) if data in seen else None
+        quiet = _quiet_rejects(sync)
         try:
             if adverts:
                 actions = election.receive(data, "10.0.0.1", c.now, ttl=255, interface="eth0")
@@ -385,7 +392,13 @@ def reorder(w: World, rng: random.Random, tally: Tally) -> None:
         except Exception as e:  # noqa: BLE001 -- the finding
             tally.findings.append(Finding("reorder", "exception", repr(e), data))
             return
-        if before is not None:
+        if before is not None and not adverts and not actions and _quiet_rejects(sync) > quiet:
+            # Refused quietly (the frames of a start not yet proven, proto/sync.md 3.1):
+            # counted, not reported; still nothing may have changed.
+            tally.reasons[("duplicate", "unproven")] = tally.reasons.get(("duplicate", "unproven"), 0) + 1
+            if snapshot(target) != before:
+                tally.findings.append(Finding("reorder", "state changed", "duplicate (unproven)", data))
+        elif before is not None:
             kind = AdvertRejected if adverts else FrameRejected
             _check("reorder", tally, "duplicate", data, before, snapshot(target), actions, kind, 0.0)
         seen.add(data)
