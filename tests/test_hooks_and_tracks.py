@@ -4,7 +4,6 @@ They run as `script_user` (tests/conftest.py): "nobody" when the tests run as
 root, in `script_dir`, which that user can reach.
 """
 
-import stat
 
 import trio
 
