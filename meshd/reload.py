@@ -131,12 +131,14 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     for key, old_value, new_value in _fields_changed(old.node, new.node):
         if key in ("name", "script_user", "script_group"):
             changes.append(f"node.{key}: {_show(old_value)} -> {_show(new_value)}")
-        elif key == "run_as":
-            changes.append(f"node.script_user: runs as {old_value} -> {new_value}"
-                           + ("" if old_value.groups == new_value.groups else
-                              f", groups {list(old_value.groups)} -> {list(new_value.groups)}"))
+        elif key.startswith("run_as"):
+            continue                # the resolved identity, said once below
         else:
             refuse(f"node.{key}", f"{_show(old_value)} -> {_show(new_value)}; {NODE_RESTART_WHY[key]}")
+    a, b = old.node.run_as, new.node.run_as
+    if a != b:
+        changes.append(f"node.script_user: runs as {a} -> {b}"
+                       + ("" if a.groups == b.groups else f", groups {list(a.groups)} -> {list(b.groups)}"))
     _plan_cluster(old, new, changes, refuse)
     changes += _group_changes(old.groups, new.groups)
     changes += _track_changes(old, new)
