@@ -314,6 +314,8 @@ class Daemon:
             self.sync.reconfigure(old, new)
         if self.health is not None and new.health != old.health:
             self.health.apply_reload(new)
+        if self.health is not None and new.node.run_as != old.node.run_as:
+            self.health.set_script_user(new)
         self.dispatch(self.node.reconfigure(old, new, keys_changed(old, new), trio.current_time()))
         self.election.reconfigure(old, new)
         if self.sync is not None and _virtual_addresses(new) != _virtual_addresses(old):

@@ -259,7 +259,8 @@ class ElectionShell:
             cfg = action.config or (group.config if group else None)
             if cfg is not None:
                 self.hooks.submit(HookRun(cfg.notify, action.group, action.state.value,
-                                          action.priority, cfg.notify_timeout_ms / 1000))
+                                          action.priority, cfg.notify_timeout_ms / 1000,
+                                          self.config.node.run_as))
         else:                                  # the takeover commit (node/actions.py)
             await self.commit(action)
 
@@ -393,7 +394,8 @@ class ElectionShell:
             with scope:
                 async with trio.open_nursery() as n:
                     for t in self.config.track_scripts:
-                        n.start_soon(run_track_script, t, self._on_script, self.log)
+                        n.start_soon(run_track_script, t, self._on_script, self.log,
+                                     lambda: self.config.node.run_as)
                     await trio.sleep_forever()
         self.nursery.start_soon(tracks)
 

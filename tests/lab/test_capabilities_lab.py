@@ -1,8 +1,10 @@
-"""meshd needs CAP_NET_ADMIN and CAP_NET_RAW, and nothing else (systemd/meshd.service).
+"""meshd needs CAP_NET_ADMIN and CAP_NET_RAW, plus CAP_SETUID and CAP_SETGID to
+start its hooks and scripts as [node] script_user, and nothing else
+(systemd/meshd.service).
 
 Both lab firewalls run meshd under setpriv(1) the way the unit runs it: root,
-the bounding set reduced to net_admin,net_raw (so, as root, exactly these
-two are effective), no inheritable or ambient capability, no_new_privs. The
+the bounding set reduced to net_admin,net_raw,setuid,setgid (so, as root,
+exactly these are effective), no inheritable or ambient capability, no_new_privs. The
 configuration uses every part of meshd that talks to the kernel: the
 election (multicast on the group interfaces, rtnetlink addresses, AF_PACKET
 gratuitous ARP), the state mesh (ctnetlink events with SO_RCVBUFFORCE, a
@@ -29,8 +31,9 @@ from meshlab.topology import LAN_VIRTUAL, SERVER4, SRV_VIRTUAL, nsexec
 
 pytestmark = pytest.mark.lab
 
-CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
-UNIT_CAPABILITIES = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
+CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_NET_RAW = 6, 7, 12, 13
+UNIT_CAPABILITIES = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
+UNIT_SET = ["net_admin", "net_raw", "setuid", "setgid"]
 FLOW_PORT = 7021
 HEALTH_PORT = 8080
 GROUPS = ("lan", "srv")
@@ -101,10 +104,10 @@ def kernel_flows(ns: str) -> str:
     return run_in(ns, "conntrack", "-L", "-p", "tcp", "--dport", str(FLOW_PORT)).stdout
 
 
-def test_meshd_runs_whole_with_only_net_admin_and_net_raw(meshd_ready, lab):
+def test_meshd_runs_whole_with_only_the_units_capabilities(meshd_ready, lab):
     sync = md.sync_section()
     for n in (1, 2):
-        start_restricted(lab, n, ["net_admin", "net_raw"], sync=sync, extra_toml=HEALTH)
+        start_restricted(lab, n, UNIT_SET, sync=sync, extra_toml=HEALTH)
     md.wait_in_sync(lab.run_dir, (1, 2), timeout=20, procs=lab.procs)
     lab.wait_states({1: "MASTER", 2: "BACKUP"}, GROUPS, timeout=15)
 
