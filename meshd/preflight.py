@@ -178,10 +178,13 @@ def _is_script(path: str) -> bool:
         return False
 
 
-def _unsafe(path: str, run_as: RunAs) -> list[str]:
-    """Why someone other than root, us or script_user could change what `path` runs ([] when safe)."""
+def _unsafe(path: str, run_as: RunAs | None = None) -> list[str]:
+    """Why someone other than root, us or (for a program, run_as given) script_user
+    could change what `path` holds or runs ([] when safe)."""
     problems = []
-    trusted = {0, os.geteuid(), run_as.uid}
+    trusted = {0, os.geteuid()} | ({run_as.uid} if run_as is not None else set())
+    owners = (f"root, the user meshd runs as or script_user {run_as.user}" if run_as is not None
+              else "root or the user meshd runs as")
     given, real = os.path.abspath(path), os.path.realpath(path)
     # By inode: /bin and /usr/bin (merged /usr) are one directory, checked once;
     # a symbolic link's own mode means nothing, its directory and target do.
@@ -202,8 +205,7 @@ def _unsafe(path: str, run_as: RunAs) -> list[str]:
             what = f"directory {component}"
             how = f", so others could replace {path}"
         if st.st_uid not in trusted:
-            problems.append(f"{what} is owned by {_user(st.st_uid)}, not by root, the user "
-                            f"meshd runs as or script_user {run_as.user}{how}; chown it")
+            problems.append(f"{what} is owned by {_user(st.st_uid)}, not by {owners}{how}; chown it")
         writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if writable and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
             by = {stat.S_IWGRP: ("group", "g-w"), stat.S_IWOTH: ("others", "o-w"),
