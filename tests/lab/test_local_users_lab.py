@@ -71,7 +71,7 @@ def forgeries() -> list[dict]:
                 out.append({"what": f"advert {name} {kind.name}", "from": source, "to": dest,
                             "port": ELECTION_PORT, "copies": 3,
                             "data": encode_advert(advert, wrong).hex()})
-    frame = HEADER.pack(VERSION, FrameType.HEARTBEAT, 1, 0, 1, 2**32 - 1, 2**40) + os.urandom(48)
+    frame = HEADER.pack(VERSION, FrameType.HEARTBEAT, 1, 0, 1, 2**32 - 1, os.urandom(16), 2**40) + os.urandom(48)
     for source, dest in ((FW2_SYNC, FW2_SYNC), ("127.0.0.1", "127.0.0.1")):
         out.append({"what": "sync heartbeat", "from": source, "to": dest, "port": SYNC_PORT,
                     "copies": 3, "data": frame.hex()})
