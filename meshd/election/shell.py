@@ -52,6 +52,20 @@ def election_family(group: GroupConfig) -> int:
     return group.family
 
 
+def feed_queued(sockets, node, family: int, limit: int, now: float) -> list:
+    """Up to `limit` adverts already queued on one socket, fed to the node core."""
+    actions: list = []
+    for _ in range(limit):
+        try:
+            d = sockets.receive_nowait(family)
+        except OSError:
+            break
+        if d is None:
+            break
+        actions += node.advert(d.data, d.source, now, ttl=d.ttl, interface=d.interface)
+    return actions
+
+
 class GroupExecutor:
     """Carries out one group's actions in order, in its own task."""
 
@@ -325,30 +339,16 @@ class ElectionShell:
                 continue
             actions = self.node.advert(d.data, d.source, trio.current_time(), ttl=d.ttl,
                                        interface=d.interface)
-            for _ in range(RECV_BURST - 1):
-                try:
-                    d = self.sockets.receive_nowait(family)
-                except OSError:
-                    break
-                if d is None:
-                    break
-                actions += self.node.advert(d.data, d.source, trio.current_time(), ttl=d.ttl,
-                                            interface=d.interface)
+            actions += feed_queued(self.sockets, self.node, family, RECV_BURST - 1, trio.current_time())
             self.dispatch(actions)
 
     def read_queued(self, now: float) -> list:
         """The adverts already queued on the sockets, fed to the node (see ReadFirst)."""
         actions: list = []
         for family in list(self.sockets.socks):
-            for _ in range(READ_FIRST_LIMIT):
-                try:
-                    d = self.sockets.receive_nowait(family)
-                except OSError:
-                    break
-                if d is None:
-                    break
-                actions += self.node.advert(d.data, d.source, now, ttl=d.ttl, interface=d.interface)
+            actions += feed_queued(self.sockets, self.node, family, READ_FIRST_LIMIT, now)
         return actions
+
 
     # ------------------------------------------------------------------ links and tracks
 
