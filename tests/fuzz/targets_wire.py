@@ -44,7 +44,7 @@ from meshd.election.wire import HEADER as ADVERT_HEADER
 from meshd.election.wire import AdvertError, decode_advert
 from meshd.sync.actions import FrameRejected
 from meshd.sync.core import QUIET_REJECTS
-from meshd.sync.frames import FrameError, decode_body, decode_frame
+from meshd.sync.frames import HEADER_LEN, FrameError, decode_body, decode_frame
 
 from .mutate import INTERESTING_INTS, mutate_bytes, mutate_value, pack
 from .snapshot import difference, snapshot
@@ -55,7 +55,9 @@ SENDER = 1          # the node whose datagrams are the seeds
 # Header fields (offset, size) that swaps exchange.
 ADVERT_FIELDS = [(0, 1), (1, 1), (2, 2), (4, 4), (8, 4), (12, 1), (13, 1), (14, 2), (16, 4), (20, 8),
                  (28, 4), (32, 8)]
-FRAME_FIELDS = [(0, 1), (1, 1), (2, 1), (3, 1), (4, 4), (8, 4), (12, 8)]
+# version, type, key id, flags, sender, epoch, boot id, counter (frames.HEADER, version 2)
+FRAME_FIELDS = [(0, 1), (1, 1), (2, 1), (3, 1), (4, 4), (8, 4), (12, 16), (28, 8)]
+assert sum(size for _, size in FRAME_FIELDS) == HEADER_LEN
 # Authenticated advert fields a peer bug could get wrong: (field, bad values).
 ADVERT_BAD = {
     "type": (0, 3, 255), "group_id": (0, 77, 65535), "node_id": (0, TARGET),
@@ -150,38 +152,33 @@ def _timed(fn, *args, **kw):
 # ================================================================== decoders
 
 
-def advert_decoder(w: World, rng: random.Random, tally: Tally) -> None:
-    seed = rng.choice(w.adverts)
-    how, data = mutate_bytes(seed, rng, w.adverts, ADVERT_FIELDS)
+def _decoder(target: str, seeds: list[bytes], fields, decode, error, rng: random.Random,
+             tally: Tally) -> None:
+    """A mutated seed into a decoder without the sender's key: only `error`, with a reason."""
+    seed = rng.choice(seeds)
+    how, data = mutate_bytes(seed, rng, seeds, fields)
     tally.count(how)
     try:
-        decode_advert(data, ELECTION_KEYS)
-    except AdvertError as e:
+        decode(data)
+    except error as e:
         if not e.reason:
-            tally.findings.append(Finding("advert_decoder", "wrong answer", "empty reason", data))
+            tally.findings.append(Finding(target, "wrong answer", "empty reason", data))
         return
     except Exception as e:  # noqa: BLE001 -- the finding
-        tally.findings.append(Finding("advert_decoder", "exception", repr(e), data))
+        tally.findings.append(Finding(target, "exception", repr(e), data))
         return
-    if data != seed and data not in w.adverts:
-        tally.findings.append(Finding("advert_decoder", "accepted", f"a {how} without the key", data))
+    if data != seed and data not in seeds:
+        tally.findings.append(Finding(target, "accepted", f"a {how} without the key", data))
+
+
+def advert_decoder(w: World, rng: random.Random, tally: Tally) -> None:
+    _decoder("advert_decoder", w.adverts, ADVERT_FIELDS, lambda d: decode_advert(d, ELECTION_KEYS),
+             AdvertError, rng, tally)
 
 
 def frame_decoder(w: World, rng: random.Random, tally: Tally) -> None:
-    seed = rng.choice(w.frames)
-    how, data = mutate_bytes(seed, rng, w.frames, FRAME_FIELDS)
-    tally.count(how)
-    try:
-        decode_frame(data, SYNC_KEYS)
-    except FrameError as e:
-        if not e.reason:
-            tally.findings.append(Finding("frame_decoder", "wrong answer", "empty reason", data))
-        return
-    except Exception as e:  # noqa: BLE001 -- the finding
-        tally.findings.append(Finding("frame_decoder", "exception", repr(e), data))
-        return
-    if data != seed and data not in w.frames:
-        tally.findings.append(Finding("frame_decoder", "accepted", f"a {how} without the key", data))
+    _decoder("frame_decoder", w.frames, FRAME_FIELDS, lambda d: decode_frame(d, SYNC_KEYS),
+             FrameError, rng, tally)
 
 
 # ================================================================== the election core

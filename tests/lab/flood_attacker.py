@@ -26,6 +26,10 @@ import struct
 import sys
 import time
 
+from meshd.health.icmp import checksum  # the Internet checksum, IPv4 headers alike
+from meshd.sync.frames import HEADER_LEN
+
+COUNTER_AT = HEADER_LEN - 8                      # the header's last field (proto/sync.md)
 ETH_P_ALL = 0x0003      # only ETH_P_ALL taps see outgoing packets too
 ETH_P_IP = 0x0800
 BATCH_S = 0.005
@@ -68,19 +72,10 @@ def forged(kind: str, captured: list[bytes], replays: list[bytes], sender: int |
         else:
             if sender is not None:
                 base[4:8] = sender.to_bytes(4, "big")
-            base[12:20] = (rng.getrandbits(40) + 1).to_bytes(8, "big")  # counter
-            base[20:] = rng.randbytes(len(base) - 20)                   # ciphertext and tag
+            base[COUNTER_AT:HEADER_LEN] = (rng.getrandbits(40) + 1).to_bytes(8, "big")
+            base[HEADER_LEN:] = rng.randbytes(len(base) - HEADER_LEN)  # ciphertext and tag
         return bytes(base)
     return rng.randbytes(72 if kind == "adverts" and rng.random() < 0.5 else rng.randint(1, 300))
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
 
 
 def packet(src: str, dst: str, port: int, payload: bytes, ident: int) -> bytes:
