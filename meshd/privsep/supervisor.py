@@ -7,7 +7,9 @@
    only root may open);
 2. fork+exec of ``python -m <module> --fd N --parent PID ...`` (never a bare
    fork of this trio process: the child starts a fresh interpreter, which
-   then drops its privileges itself, meshd/privsep/drop.py);
+   then drops its privileges itself, meshd/privsep/drop.py), from the event
+   loop's thread, which lives as long as the daemon (the parent-death
+   signal follows the forking thread); the exit is watched through a pidfd;
 3. the child's first message must be `hello` within `hello_timeout`: only
    then is it *up* (`on_up(channel, hello)`); each later message goes to
    `on_message`;
@@ -187,8 +189,12 @@ class ChildSupervisor:
             argv += [f"--{option}", str(s.fileno())]
         fds = (child_sock.fileno(), *(s.fileno() for s in extra.values()))
         try:
-            proc = await trio.lowlevel.open_process(argv, pass_fds=fds, env=self._env(),
-                                                    stdin=subprocess.DEVNULL, close_fds=True)
+            # Popen here, in the event loop's own thread, not through
+            # trio.lowlevel.open_process, which forks from a worker thread:
+            # PR_SET_PDEATHSIG fires when the *thread* that forked the child
+            # ends, and trio retires idle worker threads after 10 s.
+            proc = subprocess.Popen(argv, pass_fds=fds, env=self._env(), stdin=subprocess.DEVNULL,  # noqa: ASYNC220
+                                    close_fds=True)
         except OSError as e:
             parent_sock.close()
             return f"cannot start: {e.strerror or e}"
@@ -196,6 +202,7 @@ class ChildSupervisor:
             child_sock.close()
             for s in extra.values():
                 s.close()
+        pidfd = os.pidfd_open(proc.pid)
         self.pid = proc.pid
         self.starts += 1
         self.backoff.started(trio.current_time())
@@ -205,7 +212,7 @@ class ChildSupervisor:
         try:
             async with trio.open_nursery() as nursery:
                 async def watch_process():
-                    await proc.wait()
+                    await trio.lowlevel.wait_readable(pidfd)
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(watch_process)
                 nursery.start_soon(channel.sender)
@@ -214,10 +221,12 @@ class ChildSupervisor:
         finally:
             channel.close()
             with trio.CancelScope(shield=True):
-                if proc.returncode is None:
+                if proc.poll() is None:
                     proc.kill()
                 with trio.move_on_after(REAP_TIMEOUT_S):
-                    await proc.wait()
+                    await trio.lowlevel.wait_readable(pidfd)
+                proc.poll()
+                os.close(pidfd)
         status = describe_exit(proc.returncode)
         self.log("child_exited", level="error", child=self.name, pid=proc.pid, status=status,
                  reason=reason)

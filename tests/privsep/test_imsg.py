@@ -9,9 +9,23 @@ import struct
 import msgpack
 import pytest
 
-from meshd.health.engineproto import FROM_ENGINE, TO_ENGINE, outcome_fields, target_fields, target_from
 from meshd.health.checkspec import CheckOutcome, CheckSpec, CheckTarget
-from meshd.privsep.imsg import HEADER, Decoder, Field, FramingError, Message, Rejected, Schema
+from meshd.health.engineproto import (
+    FROM_ENGINE,
+    TO_ENGINE,
+    outcome_fields,
+    target_fields,
+    target_from,
+)
+from meshd.privsep.imsg import (
+    HEADER,
+    Decoder,
+    Field,
+    FramingError,
+    Message,
+    Rejected,
+    Schema,
+)
 
 SCHEMA = Schema({
     "ping": {"id": Field("int", lo=0, hi=1000), "note": Field("str", optional=True, max_len=8)},
