@@ -174,8 +174,10 @@ def test_supervision(service):
     assert int(one(service, "OOMScoreAdjust")) in range(-999, -499)
 
 
-def test_capabilities_are_the_two_meshd_needs(service):
-    assert set(one(service, "CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+def test_capabilities_are_the_ones_meshd_needs(service):
+    # The two network ones, and the two the check engine drops to its user with.
+    assert set(one(service, "CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW",
+                                                                  "CAP_SETUID", "CAP_SETGID"}
     assert "AmbientCapabilities" not in service      # root: the bounding set is already effective
     assert "User" not in service and "DynamicUser" not in service
     assert one(service, "NoNewPrivileges") == "yes"
