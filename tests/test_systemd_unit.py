@@ -175,9 +175,10 @@ def test_supervision(service):
 
 
 def test_capabilities_are_the_ones_meshd_needs(service):
-    # The two network ones, and the two the check engine drops to its user with.
+    # The two network ones, the two the check engine drops to its user with,
+    # and the one that kills it (another user's process) when it hangs.
     assert set(one(service, "CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW",
-                                                                  "CAP_SETUID", "CAP_SETGID"}
+                                                                  "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
     assert "AmbientCapabilities" not in service      # root: the bounding set is already effective
     assert "User" not in service and "DynamicUser" not in service
     assert one(service, "NoNewPrivileges") == "yes"

@@ -69,7 +69,16 @@ def _preload() -> None:
     from . import checks, engineproto, icmp  # noqa: F401
 
 
+# Signals sent to meshd's whole process group (a terminal's ^C, a group
+# kill, `kill -HUP -PGID`) are meshd's to act on: the engine ends when meshd
+# closes its socket or dies (PR_SET_PDEATHSIG), never on its own.
+IGNORED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    for name in IGNORED_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     args = _args(argv)
     _preload()
     try:

@@ -33,6 +33,7 @@ import signal
 
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -77,12 +78,15 @@ def drop_privileges(uid: int, gid: int, parent: int) -> list[str]:
             os.setresgid(gid, gid, gid)
             kept = []
             for cap in range(_last_cap() + 1):
+                if _prctl(PR_CAPBSET_READ, cap) != 1:
+                    continue
                 try:
                     _prctl(PR_CAPBSET_DROP, cap)
                 except OSError:
                     kept.append(cap)
             if kept:
-                notes.append(f"capability bounding set not emptied (no CAP_SETPCAP): {len(kept)} left")
+                notes.append("capability bounding set not emptied (no CAP_SETPCAP): "
+                             f"{len(kept)} left, {','.join(map(str, kept))}")
             _prctl(PR_SET_KEEPCAPS, 0)
             os.setresuid(uid, uid, uid)
         elif (os.getuid(), os.getgid()) != (uid, gid):

@@ -14,7 +14,8 @@
    then is it *up* (`on_up(channel, hello)`); each later message goes to
    `on_message`;
 4. when the channel ends (end of file, a framing error, the process gone)
-   the child is killed if still there and reaped, its exit status or signal
+   the socket is closed, the child given EXIT_GRACE_S to leave, killed if
+   still there (SIGKILL to another user's process: CAP_KILL) and reaped, its exit status or signal
    logged (`child_exited`), `on_down(reason)` called, and after the delay of
    `Backoff` it is started again.
 
@@ -44,6 +45,7 @@ from .imsg import MAX_SIZE, Decoder, FramingError, Message, Rejected, Schema
 
 SEND_QUEUE = 4096           # messages waiting for the socket (a start burst)
 HELLO_TIMEOUT_S = 10.0      # a cold Python start on a loaded machine is well under 2 s
+EXIT_GRACE_S = 0.5          # for a child to leave by itself once its socket is closed
 REAP_TIMEOUT_S = 2.0
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])   # the directory holding meshd/
 
@@ -219,12 +221,20 @@ class ChildSupervisor:
                 reason = await self._converse(channel)
                 nursery.cancel_scope.cancel()
         finally:
+            # The end of its socket ends a healthy child by itself; a hung one
+            # is killed (which needs CAP_KILL: the child is another user's).
             channel.close()
             with trio.CancelScope(shield=True):
-                if proc.poll() is None:
-                    proc.kill()
-                with trio.move_on_after(REAP_TIMEOUT_S):
+                with trio.move_on_after(EXIT_GRACE_S):
                     await trio.lowlevel.wait_readable(pidfd)
+                if proc.poll() is None:
+                    try:
+                        proc.kill()
+                    except PermissionError:
+                        self.log("child_kill_failed", level="error", child=self.name, pid=proc.pid,
+                                 error="operation not permitted (no CAP_KILL)")
+                    with trio.move_on_after(REAP_TIMEOUT_S):
+                        await trio.lowlevel.wait_readable(pidfd)
                 proc.poll()
                 os.close(pidfd)
         status = describe_exit(proc.returncode)

@@ -1,9 +1,9 @@
 """meshd needs CAP_NET_ADMIN and CAP_NET_RAW, plus CAP_SETUID and CAP_SETGID
-for its check engine to drop to `[health] check_user`, and nothing else
-(systemd/meshd.service).
+for its check engine to drop to `[health] check_user` and CAP_KILL to kill
+it, and nothing else (systemd/meshd.service).
 
 Both lab firewalls run meshd under setpriv(1) the way the unit runs it: root,
-the bounding set reduced to net_admin,net_raw,setuid,setgid (so, as root,
+the bounding set reduced to net_admin,net_raw,setuid,setgid,kill (so, as root,
 exactly these are effective), no inheritable or ambient capability,
 no_new_privs; its check engine child holds none. The
 configuration uses every part of meshd that talks to the kernel: the
@@ -32,9 +32,11 @@ from meshlab.topology import LAN_VIRTUAL, SERVER4, SRV_VIRTUAL, nsexec
 
 pytestmark = pytest.mark.lab
 
-CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_NET_RAW = 6, 7, 12, 13
-UNIT_CAPABILITIES = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
-DROP = ["setuid", "setgid"]             # what the check engine becomes check_user with
+CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_NET_RAW = 5, 6, 7, 12, 13
+UNIT_CAPABILITIES = ((1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
+                     | (1 << CAP_KILL))
+# The check engine becomes check_user with setuid and setgid; kill ends it when it hangs.
+DROP = ["setuid", "setgid", "kill"]
 FLOW_PORT = 7021
 HEALTH_PORT = 8080
 GROUPS = ("lan", "srv")
