@@ -3,12 +3,12 @@
 On the wire (a SOCK_STREAM socketpair): a big-endian u32 length, then that
 many bytes of msgpack: an array ``[type, {field: value, ...}]``.  A length
 above ``max_size`` ends the channel (a stream cannot resynchronise after a
-lying length, and only a broken or compromised peer sends one).  Everything
+lying length, and only a broken or compromised peer sends one): the
+decoder is then `broken`.  Everything
 else that is wrong with one message (not msgpack, not ``[str, map]``, an
 unknown type, a missing, extra or mistyped field, a string or a byte string
 too long, a number out of range) drops that message alone, with the reason:
-`Rejected(where, what)`.  Nothing here raises on the peer's input but
-`FramingError` (the channel is then closed by its owner).
+`Rejected(where, what)`.  Nothing here raises on the peer's input.
 
 A `Schema` is the whole protocol of one direction: for each message type,
 its fields and their kinds (`Field`).  `bool` is never accepted for an int
@@ -174,29 +174,30 @@ def _check_value(f: Field, value: Any, path: str, depth: int) -> Rejected | None
 class Decoder:
     """Bytes of the stream in, messages (or rejections) out.
 
-    feed() raises FramingError on a length above max_size, and then again on
-    every call: the channel is dead.
+    A length above max_size breaks the decoder: feed() returns what came
+    before it and sets `broken` (the reason); the owner must then close the
+    channel, and a further feed() raises FramingError.
     """
 
     def __init__(self, schema: Schema, max_size: int = MAX_SIZE):
         self.schema = schema
         self.max_size = max_size
         self._buf = bytearray()
-        self._broken: str | None = None
+        self.broken: str | None = None
         self.received = 0
         self.rejected = 0
 
     def feed(self, data: bytes) -> list[Message | Rejected]:
-        if self._broken:
-            raise FramingError(self._broken)
+        if self.broken:
+            raise FramingError(self.broken)
         self._buf += data
         out: list[Message | Rejected] = []
         while len(self._buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buf)
             if size > self.max_size:
-                self._broken = f"message of {size} bytes announced, more than the limit of {self.max_size}"
+                self.broken = f"message of {size} bytes announced, more than the limit of {self.max_size}"
                 self._buf.clear()
-                raise FramingError(self._broken)
+                break
             if len(self._buf) < HEADER.size + size:
                 break
             body = bytes(self._buf[HEADER.size:HEADER.size + size])

@@ -41,7 +41,7 @@ from pathlib import Path
 import trio
 
 from .backoff import Backoff
-from .imsg import MAX_SIZE, Decoder, FramingError, Message, Rejected, Schema
+from .imsg import MAX_SIZE, Decoder, Message, Rejected, Schema
 
 SEND_QUEUE = 4096           # messages waiting for the socket (a start burst)
 HELLO_TIMEOUT_S = 10.0      # a cold Python start on a loaded machine is well under 2 s
@@ -113,9 +113,10 @@ class Channel:
                                  what=m.what)
                     else:
                         on_message(m)
-        except FramingError as e:
-            self.log("imsg_channel_broken", level="error", peer=self.peer, what=str(e))
-            return f"framing error: {e}"
+                if self.decoder.broken:
+                    self.log("imsg_channel_broken", level="error", peer=self.peer,
+                             what=self.decoder.broken)
+                    return f"framing error: {self.decoder.broken}"
         except OSError as e:
             return f"socket error: {e.strerror or e}"
         finally:
