@@ -31,7 +31,7 @@ from .election.shell import ElectionShell, ReadFirst
 from .election.transport import TransportError
 from .health.actions import CancelCheck, DeleteStates, Log, SetBackends, StartCheck
 from .kernel import addresses as kaddr
-from .log import EventLog, RateLimiter
+from .log import EventLog, RejectLog
 from .node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
                            TakeoverSkipped, WaitApplied)
 from .node.core import NodeCore
@@ -74,7 +74,8 @@ class Daemon:
         # Read (and scrubbed from the environment) before any hook is started.
         self.supervision = Supervision(self, notifier if notifier is not None else Notifier.from_environment())
         self.store = StateStore(config.node.state_dir)
-        self.reject_log = RateLimiter()
+        # Bounded per reason, whatever the sources (a flood of forgeries): meshd/log.py.
+        self.reject_log = RejectLog(log, "advert_rejected")
         self.node: NodeCore | None = None
         self.election: ElectionShell | None = None
         self.sync = None
@@ -179,10 +180,7 @@ class Daemon:
                 self.log("state", group=a.group, old=a.old.value, new=a.new.value, reason=a.reason)
                 status_changed = True
             elif isinstance(a, AdvertRejected):
-                ok, suppressed = self.reject_log.allow((a.reason, a.source), trio.current_time())
-                if ok:
-                    self.log("advert_rejected", level="warning", reason=a.reason, source=a.source,
-                             detail=a.detail, suppressed=suppressed or None)
+                self.reject_log(a.reason, trio.current_time(), source=a.source, detail=a.detail)
             elif isinstance(a, DemotionChanged):
                 self.log("demotion", name=a.name, value=a.value, reason=a.reason)
                 status_changed = True
@@ -316,6 +314,8 @@ class Daemon:
             self.sync.reconfigure(old, new)
         if self.health is not None and new.health != old.health:
             self.health.apply_reload(new)
+        if self.health is not None and new.node.run_as != old.node.run_as:
+            self.health.set_script_user(new)
         self.dispatch(self.node.reconfigure(old, new, keys_changed(old, new), trio.current_time()))
         self.election.reconfigure(old, new)
         if self.sync is not None and _virtual_addresses(new) != _virtual_addresses(old):
@@ -345,7 +345,8 @@ class Daemon:
                 raise ControlError(f"{cmd}: the state mesh is not configured (no [sync] section)")
             return await self.sync.handle_control(cmd, request)
         if cmd == "status":
-            return {"node": self.config.node.name, "version": __version__, **election.status(now)}
+            return {"node": self.config.node.name, "version": __version__, **election.status(now),
+                    "reject_log": self.reject_log.stats()}
         if cmd == "reload":
             outcome = await self.supervision.reload()
             if outcome.refused:

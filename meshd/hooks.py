@@ -2,8 +2,10 @@
 
 Hooks run in order, one at a time, from their own task, so a slow or hung
 script can delay later notifications but never the election.  Each run has a
-timeout after which the process is killed; its exit status and the tail of its
-output are logged.
+timeout after which the process is killed with its process group; its exit
+status and the tail of its output are logged.  Each runs as the run's
+`run_as` (`[node] script_user`, meshd/runas.py), in "/", with no other
+descriptor of meshd's open.
 
 Must not: block the election (hooks run in the runner's own task, off the
 group executors), run two hooks at once, or wait for room: beyond QUEUE_SIZE
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import trio
 
+from .runas import RunAs, deliver_kill_group, spawn_options
+
 QUEUE_SIZE = 256
 
 
@@ -28,6 +32,7 @@ class HookRun:
     state: str
     priority: int
     timeout_s: float
+    run_as: RunAs           # the configuration's script_user when the state changed
 
 
 class HookRunner:
@@ -56,9 +61,11 @@ class HookRunner:
         start = trio.current_time()
         try:
             with trio.move_on_after(item.timeout_s) as scope:
-                # run_process kills the child when the scope is cancelled.
+                # run_process kills the child's group when the scope is cancelled.
                 result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
-                                                check=False, stdin=subprocess.DEVNULL)
+                                                check=False, stdin=subprocess.DEVNULL,
+                                                deliver_cancel=deliver_kill_group,
+                                                **spawn_options(item.run_as))
         except OSError as e:
             self.log("notify", level="error", group=item.group, state=item.state,
                      program=program, error=e.strerror or str(e))

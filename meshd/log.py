@@ -29,7 +29,7 @@ PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3}
 TARGETS = "stderr, syslog or file:PATH"
 
 __all__ = ["LEVELS", "PRIORITIES", "EventLog", "LogTargetError", "RateLimiter",
-           "open_event_log", "parse_log_target"]
+           "RejectLog", "open_event_log", "parse_log_target"]
 
 
 def _fmt_value(value: Any) -> str:
@@ -136,8 +136,8 @@ class EventLog:
 class RateLimiter:
     """Lets the first event of a key through, then at most one per `period` seconds.
 
-    Rejected adverts can arrive at line rate (an attack or a misconfigured
-    peer); they are all counted, but the log gets a bounded number of lines.
+    Keys must come from a bounded set (RejectLog keys by reason, never by
+    source address): a key is remembered for as long as the limiter lives.
     """
 
     def __init__(self, period: float = 10.0):
@@ -152,6 +152,47 @@ class RateLimiter:
             self.suppressed[key] = self.suppressed.get(key, 0) + 1
             return False, 0
         self.last[key] = now
-        if len(self.last) > 10000:  # bounded memory under a spoofed-source flood
-            self.last.clear()
         return True, self.suppressed.pop(key, 0)
+
+
+class RejectLog:
+    """The log lines of rejected input (adverts, sync frames), bounded per reason.
+
+    Forged datagrams can arrive at line rate, each from a new source address:
+    limiting per (reason, source) would still give one line per packet.  So
+    the first reject of a reason is logged, then at most one line per
+    `period` seconds for that reason, whatever the source; a line let through
+    says how many of its reason were suppressed since the previous one
+    (`suppressed=N`).  The reasons are the cores' counter names, a fixed set,
+    so the state here is bounded too.
+
+    The counts stay exact: `stats()` gives, per reason, the rejects seen, the
+    lines logged and the lines suppressed (seen = logged + suppressed).  The
+    cores count the rejects themselves; this counts what the log did with
+    them.
+    """
+
+    def __init__(self, log: Any, event: str, period: float = 10.0, level: str = "warning"):
+        self.log = log
+        self.event = event
+        self.level = level
+        self.limiter = RateLimiter(period)
+        self.seen: dict[str, int] = {}
+        self.logged: dict[str, int] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def __call__(self, reason: str, now: float, **fields: Any) -> bool:
+        """One reject of `reason` at `now`; True if a line was written for it."""
+        self.seen[reason] = self.seen.get(reason, 0) + 1
+        ok, before = self.limiter.allow(reason, now)
+        if not ok:
+            self.suppressed[reason] = self.suppressed.get(reason, 0) + 1
+            return False
+        self.logged[reason] = self.logged.get(reason, 0) + 1
+        self.log(self.event, level=self.level, reason=reason, **fields, suppressed=before or None)
+        return True
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """{"seen": {reason: n}, "logged": {...}, "suppressed": {...}}."""
+        return {"seen": dict(self.seen), "logged": dict(self.logged),
+                "suppressed": dict(self.suppressed)}

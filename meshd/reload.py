@@ -23,6 +23,10 @@ What applies live, and why (Daemon.reload carries it out):
   NodeCore.reconfigure (node/core.py), SyncShell.reconfigure and the SyncCore reload methods.
 * `[health]` except its table and reset watcher: the node core reloads the health core (HealthShell.prepare_reload rebuilds the table first).
 * `node.name`: read where it is shown (status, logs).
+* `node.script_user`, `node.script_group` (and a change of that user's
+  groups in the group database): every hook, track script or script check
+  started from then on runs as the new identity; one already running ends
+  as it started.
 
 What needs a restart, and why:
 
@@ -127,10 +131,16 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         refusals.append(f"{new.path}: {key}: {RESTART} ({why})")
 
     for key, old_value, new_value in _fields_changed(old.node, new.node):
-        if key == "name":
-            changes.append(f"node.name: {_show(old_value)} -> {_show(new_value)}")
+        if key in ("name", "script_user", "script_group"):
+            changes.append(f"node.{key}: {_show(old_value)} -> {_show(new_value)}")
+        elif key.startswith("run_as"):
+            continue                # the resolved identity, said once below
         else:
             refuse(f"node.{key}", f"{_show(old_value)} -> {_show(new_value)}; {NODE_RESTART_WHY[key]}")
+    a, b = old.node.run_as, new.node.run_as
+    if a != b:
+        changes.append(f"node.script_user: runs as {a} -> {b}"
+                       + ("" if a.groups == b.groups else f", groups {list(a.groups)} -> {list(b.groups)}"))
     _plan_cluster(old, new, changes, refuse)
     changes += _group_changes(old.groups, new.groups)
     changes += _track_changes(old, new)

@@ -77,6 +77,15 @@ class ReplayGuard:
         else:
             s.seen |= 1 << (s.high - counter)
 
+    def start_at(self, sender: object, epoch: int, counter: int, refused: int = 0) -> None:
+        """A session of `sender` proved fresh by the message (epoch, counter):
+        record it and refuse everything the sender sealed before it, whatever
+        the epoch held so far (a proof of liveness, not an ordering of epochs,
+        decides which session is current), and everything up to `refused`
+        (messages of the session refused before its proof stay refused)."""
+        floor = max(counter - 1, refused)
+        self.streams[sender] = _Stream(epoch, max(counter, floor), 1, floor=floor)
+
     def snapshot(self) -> dict[object, tuple[int, int]]:
         return {k: (s.epoch, s.high) for k, s in self.streams.items()}
 

@@ -2,6 +2,9 @@
 
 The epoch must be on disk before the first advert of a boot is sent: a sender
 that restarts with an old epoch would have its adverts refused as replays.
+And it is handed out only once the wall clock has passed it, so that epochs
+never run ahead of the clock (a crash loop): then a lost file's clock floor
+is above every epoch used before, and no epoch recurs.
 Writes are atomic (temporary file, fsync, rename) so a crash mid-write leaves
 the previous value, never a torn file.
 
@@ -16,6 +19,10 @@ import json
 import os
 import time
 from pathlib import Path
+
+# A start waits at most this long for the clock to pass its epoch (a crash
+# loop of more than one start a second); a longer wait means a clock stepped back.
+MAX_EPOCH_WAIT = 2.0
 
 
 class StateError(Exception):
@@ -57,6 +64,14 @@ class StateStore:
         The wall clock is only a floor, for when the file was lost: the epoch is
         never below the stored one plus one, so a clock stepped backwards cannot
         reuse epochs (a clock ahead of it makes the epoch jump to the clock).
+
+        With the real clock (wall_clock None), it returns only once the clock
+        has passed the epoch's second (epoch + 1), sleeping up to about a
+        second: a start then never uses an epoch ahead of the clock, so after
+        a lost file the floor, the clock's second at a later start, is above
+        every epoch used (proto/election.md, section 3).  A clock more than
+        MAX_EPOCH_WAIT behind the epoch is a clock stepped back, not a crash
+        loop, and is not waited for.
         """
         stored = 0
         try:
@@ -74,6 +89,10 @@ class StateStore:
             _atomic_write(self.epoch_file, f"{epoch}\n")
         except OSError as e:
             raise StateError(f"cannot persist epoch to {self.epoch_file}: {e.strerror}") from None
+        if wall_clock is None:
+            wait = epoch + 1 - time.time()
+            if 0 < wait <= MAX_EPOCH_WAIT:
+                time.sleep(wait)
         return epoch
 
     def load_replay_marks(self, name: str = "replay.json") -> dict:

@@ -94,8 +94,8 @@ def test_rate_limiter_lets_one_line_through_per_period_and_counts_the_rest():
 # ------------------------------------------------- --check and preflight
 
 
-def notify_script(tmp_path, mode):
-    d = tmp_path / "hooks"
+def notify_script(script_dir, mode):
+    d = script_dir / "hooks"            # script_user ("nobody") can enter it, unlike tmp_path
     d.mkdir(mode=0o755, exist_ok=True)
     d.chmod(0o755)
     hook = d / "notify.sh"
@@ -104,8 +104,8 @@ def notify_script(tmp_path, mode):
     return hook
 
 
-def test_check_reports_what_a_start_would_trip_on_and_exits_2(tmp_path, capsys):
-    hook = notify_script(tmp_path, 0o777)
+def test_check_reports_what_a_start_would_trip_on_and_exits_2(tmp_path, script_dir, capsys):
+    hook = notify_script(script_dir, 0o777)
     path = write_config(tmp_path, f'notify = ["{hook}"]\n')
     assert main(["--config", str(path), "--check"]) == 2
     out, err = capsys.readouterr()
@@ -125,9 +125,17 @@ def test_check_with_warnings_only_exits_0_and_says_ok(tmp_path, capsys):
     assert "OK: node fw1 (id 1), groups: lan (id 1, nosuch0)" in out
 
 
-def test_start_logs_preflight_findings_at_their_level_and_goes_on(tmp_path):
+def test_check_names_a_script_user_that_does_not_exist(tmp_path, capsys):
+    path = write_config(tmp_path).read_text().replace('name = "fw1"\n', 'name = "fw1"\nscript_user = "nosuchuser"\n')
+    (tmp_path / "meshd.toml").write_text(path)
+    assert main(["--config", str(tmp_path / "meshd.toml"), "--check"]) == 2
+    _, err = capsys.readouterr()
+    assert f'{tmp_path}/meshd.toml: node.script_user: no user "nosuchuser" on this machine' in err
+
+
+def test_start_logs_preflight_findings_at_their_level_and_goes_on(tmp_path, script_dir):
     from meshd.cli import _load
-    hook = notify_script(tmp_path, 0o644)
+    hook = notify_script(script_dir, 0o644)
     text = write_config(tmp_path, f'notify = ["{hook}"]\n').read_text()
     (tmp_path / "meshd.toml").write_text(text.replace('interface = "eth0"', 'interface = "nosuch0"'))
     buf = io.StringIO()

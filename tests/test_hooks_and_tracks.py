@@ -1,6 +1,9 @@
-"""Notify hooks and track scripts run real processes (no root needed)."""
+"""Notify hooks and track scripts run real processes (no root needed).
 
-import stat
+They run as `script_user` (tests/conftest.py): "nobody" when the tests run as
+root, in `script_dir`, which that user can reach.
+"""
+
 
 import trio
 
@@ -9,10 +12,10 @@ from meshd.hooks import HookRun, HookRunner
 from meshd.track.scripts import ScriptTracker, run_check
 
 
-def script(tmp_path, name, body):
-    path = tmp_path / name
+def script(script_dir, name, body):
+    path = script_dir / name
     path.write_text("#!/bin/sh\n" + body)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    path.chmod(0o755)         # script_user must read and run it
     return str(path)
 
 
@@ -36,24 +39,24 @@ def run_hooks(runs):
     return lines
 
 
-def test_hooks_get_keepalived_arguments_and_run_in_order(tmp_path):
-    out = tmp_path / "out"
-    first = script(tmp_path, "a", f'echo "a $*" >> {out}\n')
-    second = script(tmp_path, "b", f'echo "b $*" >> {out}\nexit 3\n')
-    lines = run_hooks([HookRun((first, second), "lan", "MASTER", 245, 5.0)])
+def test_hooks_get_keepalived_arguments_and_run_in_order(script_dir, script_user):
+    out = script_dir / "out"
+    first = script(script_dir, "a", f'echo "a $*" >> {out}\n')
+    second = script(script_dir, "b", f'echo "b $*" >> {out}\nexit 3\n')
+    lines = run_hooks([HookRun((first, second), "lan", "MASTER", 245, 5.0, script_user)])
     assert out.read_text().splitlines() == ["a GROUP lan MASTER 245", "b GROUP lan MASTER 245"]
     assert [f["exit"] for _, f in lines] == [0, 3]
     assert lines[1][1]["level"] == "warning"
 
 
-def test_hung_hook_is_killed_after_its_timeout(tmp_path):
-    slow = script(tmp_path, "slow", "sleep 30\n")
-    lines = run_hooks([HookRun((slow,), "lan", "BACKUP", 255, 0.2)])
+def test_hung_hook_is_killed_after_its_timeout(script_dir, script_user):
+    slow = script(script_dir, "slow", "sleep 30\n")
+    lines = run_hooks([HookRun((slow,), "lan", "BACKUP", 255, 0.2, script_user)])
     assert "timed out after 200 ms" in lines[0][1]["error"]
 
 
-def test_missing_hook_program_is_logged_not_raised(tmp_path):
-    lines = run_hooks([HookRun((str(tmp_path / "nope"),), "lan", "FAULT", 255, 1.0)])
+def test_missing_hook_program_is_logged_not_raised(script_dir, script_user):
+    lines = run_hooks([HookRun((str(script_dir / "nope"),), "lan", "FAULT", 255, 1.0, script_user)])
     assert lines[0][1]["level"] == "error"
 
 
@@ -67,13 +70,13 @@ def test_tracker_needs_fall_failures_then_rise_successes():
     assert [t.record(True) for _ in range(2)] == [None, True]
 
 
-def test_run_check_reports_exit_status_and_timeout(tmp_path):
+def test_run_check_reports_exit_status_and_timeout(script_dir, script_user):
     ok = TrackScriptConfig("ok", ("/bin/true",))
-    bad = TrackScriptConfig("bad", (script(tmp_path, "bad", "echo broken >&2; exit 4\n"),))
-    slow = TrackScriptConfig("slow", (script(tmp_path, "slow", "sleep 30\n"),), timeout_ms=100)
-    missing = TrackScriptConfig("missing", (str(tmp_path / "nope"),))
-    assert trio.run(run_check, ok) == (True, "")
-    assert trio.run(run_check, bad) == (False, "exit 4: broken")
-    assert trio.run(run_check, slow) == (False, "timed out after 100 ms")
-    ok_, why = trio.run(run_check, missing)
+    bad = TrackScriptConfig("bad", (script(script_dir, "bad", "echo broken >&2; exit 4\n"),))
+    slow = TrackScriptConfig("slow", (script(script_dir, "slow", "sleep 30\n"),), timeout_ms=100)
+    missing = TrackScriptConfig("missing", (str(script_dir / "nope"),))
+    assert trio.run(run_check, ok, script_user) == (True, "")
+    assert trio.run(run_check, bad, script_user) == (False, "exit 4: broken")
+    assert trio.run(run_check, slow, script_user) == (False, "timed out after 100 ms")
+    ok_, why = trio.run(run_check, missing, script_user)
     assert not ok_ and "cannot run" in why

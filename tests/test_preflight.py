@@ -1,7 +1,10 @@
 """preflight(): programs, CA files and interfaces a valid configuration names.
 
 The tests run as root, so files owned by someone else are made with chown to
-nobody; /tmp (sticky, world-writable) is on the path of every temporary file.
+"daemon" ("nobody" is the default script_user, whom preflight trusts to own
+its scripts); /tmp (sticky, world-writable) is on the path of every
+temporary file.  Programs live in `base`, under /tmp, which script_user can
+enter (pytest's tmp_path is under a mode-700 directory).
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ from meshd.config import parse_config
 from meshd.preflight import Finding, preflight
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
+OTHER = pwd.getpwnam("daemon").pw_uid          # neither root nor script_user
 FILE = "meshd.toml"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to nobody needs root")
 
 
 def config(notify=(), track=(), script=None, ca_file=None, interface="lo",
-           track_interface=None, sync_interface=None):
+           track_interface=None, sync_interface=None, node=""):
     text = f"""
 [node]
 id = 1
+{node}
 [[cluster.keys]]
 id = 1
 secret_file = "k.key"
@@ -79,8 +84,18 @@ def program(path, mode=0o755, body="#!/bin/sh\nexit 0\n"):
 
 
 @pytest.fixture
-def bindir(tmp_path):
-    d = tmp_path / "bin"
+def base():
+    d = tempfile.mkdtemp(prefix="preflight-", dir="/tmp")
+    os.chmod(d, 0o755)
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d)
+
+
+@pytest.fixture
+def bindir(base):
+    d = base / "bin"
     d.mkdir(mode=0o755)
     d.chmod(0o755)
     return d
@@ -151,32 +166,62 @@ def test_sticky_directory_is_accepted(bindir):
 
 def test_program_owned_by_another_user(bindir):
     hook = program(bindir / "notify.sh")
-    os.chown(hook, NOBODY, -1)
+    os.chown(hook, OTHER, -1)
     f = only(preflight(config(notify=[hook])))
-    assert f.message == (f"{hook} is owned by nobody (uid {NOBODY}), not by root or the user "
-                         "meshd runs as; chown it")
+    assert f.message == (f"{hook} is owned by daemon (uid {OTHER}), not by root, the user "
+                         "meshd runs as or script_user nobody; chown it")
 
 
 def test_directory_owned_by_another_user(bindir):
     hook = program(bindir / "notify.sh")
-    os.chown(bindir, NOBODY, -1)
+    os.chown(bindir, OTHER, -1)
     f = only(preflight(config(notify=[hook])))
-    assert f.message.startswith(f"directory {bindir} is owned by nobody (uid {NOBODY}), ")
+    assert f.message.startswith(f"directory {bindir} is owned by daemon (uid {OTHER}), ")
     assert f.message.endswith(f", so others could replace {hook}; chown it")
 
 
 def test_several_problems_of_one_program_are_all_listed(bindir):
     hook = program(bindir / "notify.sh", 0o666)
-    os.chown(hook, NOBODY, -1)
+    os.chown(hook, OTHER, -1)
     messages = [f.message for f in preflight(config(notify=[hook]))]
     assert messages == [f"{hook} is not executable (mode 666); chmod +x it",
-                        (f"{hook} is owned by nobody (uid {NOBODY}), not by root or the user "
-                         "meshd runs as; chown it"),
+                        (f"{hook} is owned by daemon (uid {OTHER}), not by root, the user "
+                         "meshd runs as or script_user nobody; chown it"),
                         f"{hook} is writable by group and others (mode 666); chmod go-w it"]
 
 
-def test_symlink_is_judged_by_its_target_and_both_paths(tmp_path, bindir):
-    unsafe = tmp_path / "unsafe"
+def test_program_owned_by_script_user_is_trusted(bindir):
+    """keepalived's rule: root or script_user may own it (and so may change it)."""
+    hook = program(bindir / "notify.sh")
+    os.chown(hook, NOBODY, -1)
+    assert preflight(config(notify=[hook])) == []
+    assert "is owned by nobody" in only(preflight(config(notify=[hook], node='script_user = "daemon"'))).message
+
+
+def test_program_script_user_cannot_reach_or_run(base, bindir):
+    private = base / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    hidden = program(private / "hook.sh")
+    f = only(preflight(config(notify=[hidden])))
+    assert f.level == "error" and f.key == "group[0].notify[0]"
+    assert f.message == (f"script_user nobody cannot enter directory {private} (owner root (uid 0), "
+                         f"mode 700), so it cannot run {hidden}")
+    root_only = program(bindir / "root-only.sh", 0o700)
+    assert only(preflight(config(track=[[root_only]]))).message == (
+        f"script_user nobody may not execute {root_only} (owner root (uid 0), mode 700)")
+    unreadable = program(bindir / "unreadable.sh", 0o711)        # a #! script: sh must read it
+    assert only(preflight(config(script=unreadable))).message.startswith(
+        f"script_user nobody may not read {unreadable} (owner root (uid 0), mode 711)")
+    # As root the same programs run: no finding about them, one warning about root.
+    findings = preflight(config(notify=[hidden], track=[[root_only]], script=unreadable,
+                                node='script_user = "root"'))
+    assert [(f.level, f.key) for f in findings] == [("warning", "node.script_user")]
+    assert "run as root" in findings[0].message
+
+
+def test_symlink_is_judged_by_its_target_and_both_paths(base, bindir):
+    unsafe = base / "unsafe"
     unsafe.mkdir()
     unsafe.chmod(0o777)
     target = program(unsafe / "real.sh")

@@ -57,3 +57,59 @@ def test_sync_marks_keyed_by_node_id_round_trip(tmp_path):
     store.save_replay_marks({2: (1000, 77), 3: (1001, 5)}, "sync-replay.json")
     assert store.load_replay_marks("sync-replay.json") == {2: (1000, 77), 3: (1001, 5)}
     assert store.load_replay_marks() == {}   # the election's file is separate
+
+
+class FakeClock:
+    """time.time and time.sleep of a simulated wall clock."""
+
+    def __init__(self, t: float):
+        self.t = t
+        self.slept = 0.0
+
+    def time(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.t += seconds
+
+
+def test_a_crash_loop_then_a_lost_state_dir_never_reuses_an_epoch(tmp_path, monkeypatch):
+    """Issue 11: epochs of a crash loop ran ahead of the clock (stored + 1 at
+    each start, several starts a second), so the clock floor after a lost
+    state_dir gave an epoch already used; the election's adverts of the new
+    start were refused, old ones of the earlier start accepted.  An epoch is
+    now used only once the clock has passed it, so the floor is above every
+    epoch used before."""
+    import meshd.state
+
+    clock = FakeClock(1_700_000_000.25)
+    monkeypatch.setattr(meshd.state.time, "time", clock.time)
+    monkeypatch.setattr(meshd.state.time, "sleep", clock.sleep)
+    store = StateStore(str(tmp_path / "state"))
+    store.ensure()
+    used = []
+    for _ in range(20):                  # restarted 0.05 s after each start
+        used.append(store.next_epoch())
+        clock.t += 0.05
+    assert used == sorted(set(used))
+    for d in (tmp_path / "state").iterdir():
+        d.unlink()                       # the state_dir is lost
+    for _ in range(5):
+        epoch = store.next_epoch()
+        assert epoch not in used, f"epoch {epoch} used again"
+        used.append(epoch)
+        clock.t += 0.05
+    assert clock.slept < 20 * 1.05 + 5   # at most one second per start
+
+
+def test_a_clock_far_behind_the_stored_epoch_is_not_waited_for(tmp_path, monkeypatch):
+    """A clock stepped back (no RTC) is not a crash loop: no wait of years."""
+    import meshd.state
+
+    clock = FakeClock(1_000.0)
+    monkeypatch.setattr(meshd.state.time, "time", clock.time)
+    monkeypatch.setattr(meshd.state.time, "sleep", clock.sleep)
+    Path(tmp_path, "epoch").write_text("1700000000\n")
+    assert StateStore(str(tmp_path)).next_epoch() == 1_700_000_001
+    assert clock.slept == 0

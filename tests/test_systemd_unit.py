@@ -175,8 +175,9 @@ def test_supervision(service):
 
 
 def test_capabilities_are_the_ones_meshd_needs(service):
-    # The two network ones, the two the check engine drops to its user with,
-    # and the one that kills it (another user's process) when it hangs.
+    # SETUID/SETGID: hooks and scripts start as [node] script_user (meshd/runas.py),
+    # and the check engine drops to [health] check_user; KILL ends a hung engine
+    # (another user's process).
     assert set(one(service, "CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW",
                                                                   "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
     assert "AmbientCapabilities" not in service      # root: the bounding set is already effective

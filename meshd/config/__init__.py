@@ -16,9 +16,11 @@ Config` does not depend on where a name lives.  Section internals (key sets,
 the per-section `parse_*`) are imported from their module.
 
 Must not: touch the system beyond reading the file, the secret files it names
-(which `--check` must verify too) and the hostname (the default node name);
-accept half a file; or import anything from meshd but the value types of
-`meshd.health.checkspec`, on the floor below (tests/test_layers.py).
+(which `--check` must verify too), the hostname (the default node name) and
+the user and group databases (`[node] script_user`, which `--check` must
+verify too); accept half a file; or import anything from meshd but the value
+types of `meshd.health.checkspec` and `meshd.runas`, on the floor below
+(tests/test_layers.py).
 """
 
 from .cluster import (

@@ -2,19 +2,22 @@
 keys the cluster signs and seals with.
 
 This is the one module of the package that reads other files: the secret
-files the keys name (`read_secret_files`: size and mode checked, because `--check`
-must catch a bad key before a start does).
+files the keys name (`read_secret_files`: type, owner, mode and size checked
+on the descriptor read, because `--check` must catch a bad key before a
+start does, and a start must not use a key another user can read or choose).
 
 Must not: derive key material or open a socket (meshd/crypto.py and the shells
-do), or keep a secret that is too short or readable by group or others.
+do), or keep a secret that is too short, readable or writable by group or
+others, or owned by another user than root or meshd's.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .reader import Reader, describe
@@ -87,20 +90,52 @@ def parse_cluster(r: Reader, data: Any, base_dir: str) -> ClusterConfig | None:
 
 
 def read_secret_files(r: Reader, cluster: ClusterConfig) -> dict[int, bytes]:
+    """Each key's secret, checked on the file descriptor it is read from.
+
+    Refused (a problem naming the file): not a regular file (a FIFO would
+    block the read), owned by a user other than root or the one meshd runs
+    as (that user could read it, and write a key of their choosing), any
+    permission for group or others, fewer than MIN_SECRET_BYTES bytes.
+    Directories on the path are preflight's (meshd/preflight.py).
+    """
     secrets = {}
     for i, key in enumerate(cluster.keys):
         path = f"cluster.keys[{i}].secret_file"
         try:
-            st = os.stat(key.secret_file)
-            data = Path(key.secret_file).read_bytes()
+            problem, data = _read_secret(key.secret_file)
         except OSError as e:
             r.problem(path, f"cannot read {key.secret_file}: {e.strerror}")
+            continue
+        if problem:
+            r.problem(path, f"{key.secret_file} {problem}")
             continue
         if len(data) < MIN_SECRET_BYTES:
             r.problem(path, f"{key.secret_file} holds {len(data)} bytes, expected at least {MIN_SECRET_BYTES} random bytes")
             continue
-        if st.st_mode & 0o077:
-            r.problem(path, f"{key.secret_file} is readable by group or others (mode {st.st_mode & 0o777:o}); chmod 600 it")
-            continue
         secrets[key.id] = data
     return secrets
+
+
+def _read_secret(name: str) -> tuple[str, bytes]:
+    """(what is wrong with the file, "" if nothing; its bytes).  Raises OSError."""
+    # O_NONBLOCK: opening a FIFO does not wait for a writer; fstat then refuses it.
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file", b""
+        if st.st_uid not in (0, os.geteuid()):
+            return (f"is owned by {_user(st.st_uid)}, not by root or the user meshd runs as: "
+                    "that user can read and replace the key; chown root it"), b""
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            how = "readable" if mode & 0o044 else "writable" if mode & 0o022 else "accessible"
+            return f"is {how} by group or others (mode {mode:o}); chmod 600 it", b""
+        return "", f.read()
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

@@ -6,8 +6,9 @@ depends on another, such as `[health]` on the counters the groups follow, is
 read after it).
 
 Must not: accept half a file (any problem refuses all of it), or touch the
-system beyond reading the file, the secret files (`cluster.read_secret_files`)
-and the hostname (the default `[node] name`, node.py).
+system beyond reading the file, the secret files (`cluster.read_secret_files`),
+the hostname (the default `[node] name`, node.py) and the user and group
+databases (`[node] script_user`, node.py).
 """
 
 from __future__ import annotations

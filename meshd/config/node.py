@@ -1,25 +1,38 @@
 """The `[node]` section: this node's id and name, its state directory, its
-control socket and how long its virtual addresses outlive it.
+control socket, how long its virtual addresses outlive it, and the user its
+hooks and scripts run as (`script_user`, `script_group`).
 
 Owns the defaults of the run directory and the control socket, shared with
 `meshctl --config`, which reads only those two keys (`parse_control_socket`).
 Paths are checked as text: absolute, short enough for a Unix socket.
 
+`script_user` and `script_group` are looked up in the user and group
+databases here (meshd/runas.py), so a user that does not exist refuses the
+file, and `meshd --check` says so.
+
 Must not: look at the file system (the daemon creates the directories, the
 control server binds the socket), or read anything from the system but the
-hostname, the default `name`.
+hostname, the default `name`, and the user and group databases.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..runas import (
+    DEFAULT_SCRIPT_USER,
+    RunAs,
+    RunAsError,
+    default_run_as,
+    resolve_run_as,
+)
 from .reader import NAME_RE, Reader, describe
 
-NODE_KEYS = {"id", "name", "state_dir", "control_socket", "run_dir", "address_lifetime_s"}
+NODE_KEYS = {"id", "name", "state_dir", "control_socket", "run_dir", "address_lifetime_s",
+             "script_user", "script_group"}
 # sun_path is 108 bytes with its terminating NUL.
 MAX_SOCKET_PATH = 107
 DEFAULT_RUN_DIR = "/run/meshd"
@@ -34,6 +47,11 @@ class NodeConfig:
     control_socket: str
     run_dir: str = "/run/meshd"
     address_lifetime_s: int = 1
+    script_user: str = DEFAULT_SCRIPT_USER       # as written in the file (a name or an id)
+    script_group: str | None = None              # None: the user's primary group
+    # Resolved when the file is read; compared too, so a reload after a change
+    # of the user database applies the new groups.
+    run_as: RunAs = field(default_factory=default_run_as)
 
 
 def parse_node(r: Reader, data: Any) -> NodeConfig | None:
@@ -48,9 +66,32 @@ def parse_node(r: Reader, data: Any) -> NodeConfig | None:
     # The kernel drops the addresses of a node whose renewals stop (a crash)
     # this long after the last one; 0 keeps them forever (see docs/architecture.md).
     lifetime = r.get(t, "node", "address_lifetime_s", "int", default=1, lo=0, hi=3600)
-    if node_id is None or None in (state_dir, run_dir, sock, lifetime):
+    user, group, run_as = parse_script_user(r, t)
+    if node_id is None or None in (state_dir, run_dir, sock, lifetime, run_as):
         return None
-    return NodeConfig(node_id, name, state_dir, sock, run_dir, lifetime)
+    return NodeConfig(node_id, name, state_dir, sock, run_dir, lifetime, user, group, run_as)
+
+
+def parse_script_user(r: Reader, node: dict) -> tuple[str, str | None, RunAs | None]:
+    """[node].script_user and script_group: a name or a numeric id each, looked up.
+
+    Returns the two as written (ids as text) and their RunAs, None when wrong.
+    """
+    ids = {}
+    for key, default in (("script_user", DEFAULT_SCRIPT_USER), ("script_group", None)):
+        value = node.get(key, default)
+        if value is not None and not (isinstance(value, str) and value) and \
+                not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 - 1):
+            r.problem(f"node.{key}", f"expected a user or group name, or a numeric id, found {describe(value)}")
+            return DEFAULT_SCRIPT_USER, None, None
+        ids[key] = value
+    try:
+        run_as = resolve_run_as(ids["script_user"], ids["script_group"])
+    except RunAsError as e:
+        r.problem(f"node.{e.key}", str(e))
+        return DEFAULT_SCRIPT_USER, None, None
+    group = ids["script_group"]
+    return str(ids["script_user"]), None if group is None else str(group), run_as
 
 
 def parse_control_socket(r: Reader, node: dict) -> tuple[str | None, str | None]:

@@ -179,6 +179,9 @@ def format_status(answer: dict) -> str:
             where = [f"{g.get('name')} {n}" for g in groups
                      if (n := ((g.get("adverts") or {}).get("rejected") or {}).get(reason))]
             out.append(f"  {reason}: {count}" + (f" ({', '.join(where)})" if where else ""))
+        suppressed = sum(((answer.get("reject_log") or {}).get("suppressed") or {}).values())
+        if suppressed:
+            out.append(f"  (log lines suppressed by the per-reason rate limit: {suppressed})")
     demotions = answer.get("demotions") or {}
     if demotions:
         out.append("demotion counters: " + ", ".join(f"{n}={v}" for n, v in sorted(demotions.items())))

@@ -17,6 +17,7 @@ from meshd but `commands`: meshctl and the server both import it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ..commands import ControlError, describe
@@ -24,6 +25,17 @@ from ..commands import ControlError, describe
 # Longest request line accepted, newline excluded.  Requests are tiny; the
 # limit only bounds the memory a misbehaving client can make us buffer.
 MAX_LINE = 64 * 1024
+
+# Deepest nesting of arrays and objects accepted, the request object itself
+# being level 1.  Requests are flat (depth 1 or 2); the bound is checked before
+# json.loads, whose decoder recurses per level and raises RecursionError near
+# 1000 levels -- a 64 KiB line holds 32768 of them.
+MAX_DEPTH = 32
+
+# A JSON string, or an unclosed one up to the end of the line: its brackets
+# are text.  Unrolled ("normal* (special normal*)*") so long strings do not backtrack.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
 
 # ------------------------------------------------------------------ framing
 
@@ -42,14 +54,41 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def nested_deeper_than(line: bytes, limit: int) -> bool:
+    """Whether arrays and objects in a JSON text nest more than `limit` levels deep.
+
+    A pre-scan, cheap next to parsing: a line with at most `limit` opening
+    brackets cannot nest deeper and is not scanned; otherwise strings are cut
+    out and the brackets left are counted, stopping once past the limit.
+    Malformed text (unbalanced brackets) is judged by its opening brackets;
+    json.loads reports what else is wrong with it.
+    """
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub(b"", line)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif depth:
+            depth -= 1
+    return False
+
+
 def decode_request(line: bytes) -> dict:
-    """Parse one request line (newline already removed); ControlError names the problem."""
+    """Parse one request line (newline already removed); ControlError names the problem.
+
+    Bounded before parsing: at most MAX_LINE bytes and MAX_DEPTH levels.
+    """
     if len(line) > MAX_LINE:
         raise ControlError(f"request line longer than {MAX_LINE} bytes")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ControlError(f"request is not valid UTF-8 (byte {e.start})") from None
+    if nested_deeper_than(line, MAX_DEPTH):
+        raise ControlError(f"request nested deeper than {MAX_DEPTH} levels")
     try:
         request = json.loads(text, parse_constant=_no_constants)
     except ValueError as e:

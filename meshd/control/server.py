@@ -7,8 +7,10 @@ plain `async def handler(request) -> dict` that can be tested without sockets.
 Robustness rules, because this socket is how an operator reaches a daemon
 that may be in trouble:
 
-* nothing a client sends or does (garbage, huge lines, vanishing, never
-  reading) and nothing a handler raises stops the server or other clients;
+* nothing a client sends or does (garbage, huge lines, deep nesting,
+  vanishing, never reading) and nothing a handler raises stops the server or
+  other clients; what is parsed is bounded first (MAX_LINE bytes, MAX_DEPTH
+  levels: meshd/control/protocol.py), and answered with an error past that;
 * each connection is served by its own task; requests on one connection are
   answered in order, one answer line each (pipelining is allowed);
 * a client that is silent, or does not read its answer, for `idle_timeout`

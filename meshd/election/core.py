@@ -223,6 +223,12 @@ class ElectionCore:
         if advert.config_digest != g.digest:
             return self._reject(g, "peer config differs",
                                 f"node {advert.node_id} has other addresses or advbase for group {g.config.name}", source)
+        if advert.advbase_ms != g.config.advbase_ms:
+            # The digest covers advbase, but master-down is armed from this field:
+            # one that contradicts the digest is a peer bug, never acted on.
+            return self._reject(g, "peer config differs",
+                                f"node {advert.node_id} sends advbase {advert.advbase_ms} ms, its digest says "
+                                f"{g.config.advbase_ms} ms, in group {g.config.name}", source)
         if not newest:
             # Authentic but older than what we already acted on (reordered copy,
             # or replayed after we lost the original): its content is outdated.

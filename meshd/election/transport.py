@@ -1,7 +1,9 @@
 """Election carrier: UDP to a link-local multicast group or to unicast peers.
 
-One socket per address family, bound to the election port, joined to the
-multicast group on each group's interface.  Adverts leave with TTL / hop
+One socket per address family, bound to the election port on the wildcard
+address without SO_REUSEADDR or SO_REUSEPORT (meshd/kernel/udp.py: no other
+socket, of any user, can share the port), joined to the multicast group on
+each group's interface.  Adverts leave with TTL / hop
 limit 255 and the receive side reports the TTL it saw, so the core can refuse
 anything that crossed a router (the CARP/VRRP link-local guarantee).  Why UDP
 rather than raw IP protocol 112 is in proto/election.md.
@@ -19,6 +21,8 @@ import struct
 from dataclasses import dataclass
 
 import trio
+
+from ..kernel.udp import bind_exclusive
 
 # Linux values missing from Python's socket module.
 IP_PKTINFO = 8
@@ -64,7 +68,6 @@ class ElectionSockets:
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         s = trio.socket.socket(af, socket.SOCK_DGRAM)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == 4:
                 s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
                 s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
@@ -83,7 +86,7 @@ class ElectionSockets:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
                 bind_to = ("::", self.port)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            s._sock.bind(bind_to)  # synchronous bind: this runs before the loop matters
+            bind_exclusive(s._sock, bind_to)  # synchronous: this runs before the loop matters
         except OSError as e:
             s.close()
             raise TransportError(f"cannot open IPv{family} election socket on port {self.port}: "

@@ -6,7 +6,9 @@ process of its own, at most `max_parallel` at a time; the rest wait for a
 free place (that wait does not count against the script's timeout: a host is
 not down because the pool is busy). A script that overruns its timeout is
 killed with its whole process group, so a shell script's children (sleep,
-curl) die with it and cannot hold the pool or the stderr pipe.
+curl) die with it and cannot hold the pool or the stderr pipe.  Every script
+starts as the pool's `run_as` (`[node] script_user`; "nobody" for a pool
+built without one), with the arguments of meshd/runas.py.
 
 Must not: judge a script's result (checks.py does, through describe_exit), or
 leave a child behind: a script that overruns or is cancelled is killed with
@@ -16,12 +18,13 @@ its whole process group.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 from dataclasses import dataclass
 
 import trio
+
+from ..runas import RunAs, default_run_as, kill_group, spawn_options
 
 STDERR_KEEP = 4096          # bytes of stderr kept for the error message; the rest is read and dropped
 
@@ -41,10 +44,12 @@ class ScriptPool:
     executable); everything else is in the ScriptResult.
     """
 
-    def __init__(self, max_parallel: int = 8):
+    def __init__(self, max_parallel: int = 8, run_as: RunAs | None = None):
         if max_parallel < 1:
             raise ValueError(f"script pool: max_parallel must be at least 1, not {max_parallel}")
         self.max_parallel = max_parallel
+        # Replaced on reload (scripts started from then on use the new one).
+        self.run_as = run_as if run_as is not None else default_run_as()
         self._limiter: trio.CapacityLimiter | None = None
         self.started = 0
         self.killed = 0
@@ -66,15 +71,19 @@ class ScriptPool:
 
     async def run(self, argv: list[str], timeout_s: float) -> ScriptResult:
         async with self.limiter:
-            return await run_script(argv, timeout_s, self)
+            return await run_script(argv, timeout_s, self, run_as=self.run_as)
 
 
-async def run_script(argv: list[str], timeout_s: float, pool: ScriptPool | None = None) -> ScriptResult:
-    """Run argv with stdin and stdout closed, keep the start of stderr, kill at timeout_s."""
+async def run_script(argv: list[str], timeout_s: float, pool: ScriptPool | None = None, *,
+                     run_as: RunAs | None = None) -> ScriptResult:
+    """Run argv with stdin and stdout closed, keep the start of stderr, kill at timeout_s.
+
+    It runs as `run_as`, by default "nobody" (meshd/runas.py)."""
     start = trio.current_time()
+    options = spawn_options(run_as if run_as is not None else default_run_as())
+    # Its own session, and so its own process group: killed as a whole.
     proc = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)       # its own process group: killed as a whole
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **options)
     if pool is not None:
         pool.started += 1
     kept = bytearray()
@@ -86,7 +95,7 @@ async def run_script(argv: list[str], timeout_s: float, pool: ScriptPool | None 
                 await proc.wait()
             if scope.cancelled_caught:
                 timed_out = True
-                _kill_group(proc)
+                kill_group(proc)
                 if pool is not None:
                     pool.killed += 1
                 await proc.wait()
@@ -95,7 +104,7 @@ async def run_script(argv: list[str], timeout_s: float, pool: ScriptPool | None 
             nursery.cancel_scope.deadline = trio.current_time() + 0.2
     finally:
         if proc.returncode is None:     # cancelled from outside: never leave a child behind
-            _kill_group(proc)
+            kill_group(proc)
             with trio.CancelScope(shield=True):
                 await proc.wait()
         await trio.aclose_forcefully(proc.stderr)
@@ -114,15 +123,6 @@ async def _read_stderr(stream, kept: bytearray) -> None:
             return
         if len(kept) < STDERR_KEEP:
             kept += chunk[:STDERR_KEEP - len(kept)]
-
-
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    except PermissionError:         # the group leader changed its group: kill it at least
-        proc.kill()
 
 
 def _first_line(data: bytes) -> str:

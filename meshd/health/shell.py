@@ -70,7 +70,7 @@ class HealthShell:
         self.dispatch = dispatch
         self.log = log
         self.lb = lb if lb is not None else LoadBalancer(self.cfg.nft_table, log=self._log_fields)
-        self.scripts = ScriptPool(SCRIPT_POOL)
+        self.scripts = ScriptPool(SCRIPT_POOL, run_as=config.node.run_as)
         self.runner: CheckRunner | EngineRunner | None = None
         self._runner_factory = runner
         self._nft_send, self._nft_receive = trio.open_memory_channel(NFT_QUEUE)
@@ -125,6 +125,10 @@ class HealthShell:
         new = lb_redirects(config.health)
         if new != lb_redirects(self.cfg):
             await trio.to_thread.run_sync(self.lb.reconcile, new)
+
+    def set_script_user(self, config: Config) -> None:
+        """Script checks started from now on run as the new `[node] script_user`."""
+        self.scripts.run_as = config.node.run_as
 
     def apply_reload(self, config: Config) -> None:
         """The new configuration from now on (prepare_reload succeeded and the node

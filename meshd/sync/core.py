@@ -12,7 +12,9 @@ protocol:
 
 * A datagram is checked in the order of proto/sync.md, section 9, before
   anything changes (`receive` here; the codec's checks in frames.py, the
-  replay window in meshd/replay.py).
+  replay window in meshd/replay.py).  A peer's frames count only once one
+  of its heartbeats echoed this start's boot id (membership.prove,
+  proto/sync.md, 3.1): nothing captured before a restart is accepted after it.
 * Local events update the internal cache (cache.py); the net change of a
   batch is sent at once on this node's multicast stream, many records per
   frame (`local_events` here; packing in outbound.send_records).
@@ -69,6 +71,7 @@ replicated is decided before local_events (node/flows.py, sync/filters.py).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 from ..crypto import KeyRing
@@ -90,7 +93,9 @@ from .outbound import DATA_BASE_OVERHEAD, RECORD_OVERHEAD, RESEND_HEADROOM
 from .peer import Peer
 from .stream import OutboundStream
 
-QUIET_REJECTS = frozenset({"own frame"})   # looped-back multicast: counted, not reported
+# Looped-back multicast, and the frames of a peer's start before its proof
+# (every start has a few): counted, not reported.
+QUIET_REJECTS = frozenset({"own frame", "unproven"})
 TYPE_NAMES = {t.value: t.name for t in FrameType}
 
 # What an authentic frame does, by type: proto/sync.md, section 4.
@@ -123,10 +128,11 @@ class SyncCore:
         peer_timeout_s: silence after which a peer is declared absent.
         replay_window: frames that may arrive out of order per sender.
         report_external_changes: emit ExternalChanged actions.
-        replay: a ReplayGuard restored from persisted marks (`replay.snapshot()`, keyed
-            by peer id), as the election does; without it, a frame captured before
-            this node restarted is accepted once (its records are old, and the
-            peer's bulk resync sweeps them away, but better refused).
+        replay: a ReplayGuard (keyed by peer id), for the windows of the peers'
+            proven sessions; restored marks are overwritten by each proof and so
+            change nothing: the proof (membership.prove) is what refuses captures.
+        boot_id: this start's 16 random bytes (proto/sync.md, 3); os.urandom(16)
+            when None.  Bound into the frame key, echoed back by the peers.
 
     Every input returns the actions to carry out, in that order.
 
@@ -143,7 +149,8 @@ class SyncCore:
                  nack_interval_s: float = 0.05, resend_queue: int = 131072,
                  digest_interval_s: float = 5.0, bulk_rate: float = 100_000,
                  peer_timeout_s: float = 3.0, replay_window: int = 4096,
-                 report_external_changes: bool = False, replay: ReplayGuard | None = None):
+                 report_external_changes: bool = False, replay: ReplayGuard | None = None,
+                 boot_id: bytes | None = None):
         if not 1 <= node_id <= 2**32 - 1:
             raise ValueError(f"node id {node_id} out of range")
         if not 0 <= epoch <= 2**32 - 1:
@@ -176,7 +183,8 @@ class SyncCore:
         self.resend_queue = resend_queue
         self.max_gap = max(4096, resend_queue // 2)
 
-        self.sealer = FrameSealer(keys, node_id, epoch)
+        self.boot_id = os.urandom(16) if boot_id is None else boot_id
+        self.sealer = FrameSealer(keys, node_id, epoch, self.boot_id)
         self.opener = FrameOpener(keys)
         self.replay = replay if replay is not None else ReplayGuard(window=replay_window)
         self.internal = InternalCache(self.pack_budget - RECORD_OVERHEAD)
@@ -276,19 +284,28 @@ class SyncCore:
             return self._reject("sender mismatch",
                                 f"header says node {sender}, address is node {source_peer_hint}", sender)
         # Replay check before the AEAD: free for duplicates, records nothing.
-        why = self.replay.check(sender, h.epoch, h.counter)
-        if why:
-            return self._reject(why, f"node {sender} epoch {h.epoch} counter {h.counter}", sender)
+        # A frame of any other start than the peer's proven session has no
+        # window to be checked against: only its proof can let it in.
+        proven = p.session is not None and p.session[0] == h.epoch and p.session[1] == h.boot_id
+        if proven:
+            why = self.replay.check(sender, h.epoch, h.counter)
+            if why:
+                return self._reject(why, f"node {sender} epoch {h.epoch} counter {h.counter}", sender)
         try:
             plaintext = self.opener.open(data, h)
             self.opener.check_fields(h)
             body = decode_body(h.type, plaintext)
         except FrameError as e:
             return self._reject(e.reason, e.detail, sender)
-        self.replay.accept(sender, h.epoch, h.counter)
         # ---- authenticated from here on
+        if proven:
+            self.replay.accept(sender, h.epoch, h.counter)
+        elif not membership.prove(self, p, h, body, now):
+            self.out.extend(self._reject("unproven", f"node {sender} epoch {h.epoch} counter "
+                                         f"{h.counter}: no echo of our start yet", sender))
+            return self._flush()
         self.frames_received[TYPE_NAMES[h.type]] += 1
-        membership.heard(self, p, h.epoch, now)
+        membership.heard(self, p, h.epoch, now, not proven)
         HANDLERS[h.type](self, p, h.counter, body, now)
         return self._flush()
 

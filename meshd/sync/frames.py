@@ -6,11 +6,17 @@ with bytes from the network raises FrameError(reason); the reason is the
 stats counter name.
 
     header (associated data)   version u8, type u8, key id u8, flags u8,
-                               sender u32, epoch u32, counter u64
+                               sender u32, epoch u32, boot id 16 bytes, counter u64
     sealed body                AES-256-GCM(frame key, nonce, msgpack body, header)
-    frame key                  HKDF-SHA256(sync key of key id, salt "meshd sync frame v1",
-                                           info "meshd sync frame key" || sender u32 || epoch u32)
+    frame key                  HKDF-SHA256(sync key of key id, salt "meshd sync frame v2",
+                                           info "meshd sync frame key" || sender u32 || epoch u32
+                                                || boot id)
     nonce                      sender u32 || counter u64
+
+The boot id is 16 random bytes the sender draws at each start (os.urandom),
+so no two starts share a frame key even when an epoch recurs (a lost
+state_dir after a crash loop): the counter restarting at 1 never repeats a
+(key, nonce) pair.  proto/sync.md, section 3, has the argument.
 
 The counter is also the frame's *stamp*: records carry the state of a flow
 as it was when their frame was sealed, so a receiver orders records by it.
@@ -35,13 +41,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ..crypto import KeyRing
 from .digest import DIGEST_BYTES, NBUCKETS
 
-VERSION = 1
-HEADER = struct.Struct("!BBBBIIQ")
-HEADER_LEN = HEADER.size            # 20
+VERSION = 2
+HEADER = struct.Struct("!BBBBII16sQ")
+HEADER_LEN = HEADER.size            # 36
 TAG_LEN = 16
-OVERHEAD = HEADER_LEN + TAG_LEN     # 36 bytes around the msgpack body
+BOOT_ID_LEN = 16
+OVERHEAD = HEADER_LEN + TAG_LEN     # 52 bytes around the msgpack body
 MIN_DATAGRAM = 256                  # smaller max_datagram values are refused by SyncCore
-FRAME_KEY_SALT = b"meshd sync frame v1"
+FRAME_KEY_SALT = b"meshd sync frame v2"
 FRAME_KEY_INFO = b"meshd sync frame key"
 MAX_COUNTER = 2**64 - 1
 
@@ -79,15 +86,18 @@ class Header:
     flags: int
     sender: int
     epoch: int
+    boot_id: bytes
     counter: int
 
 
 # ------------------------------------------------------------------ keys and AEAD
 
-def frame_key(sync_key: bytes, sender: int, epoch: int) -> bytes:
-    """The AES-256 key of one (sender, epoch): see proto/sync.md, section 3."""
+def frame_key(sync_key: bytes, sender: int, epoch: int, boot_id: bytes) -> bytes:
+    """The AES-256 key of one (sender, epoch, boot id): see proto/sync.md, section 3."""
+    if len(boot_id) != BOOT_ID_LEN:
+        raise ValueError(f"boot id must be {BOOT_ID_LEN} bytes")
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=FRAME_KEY_SALT,
-                info=FRAME_KEY_INFO + sender.to_bytes(4, "big") + epoch.to_bytes(4, "big")
+                info=FRAME_KEY_INFO + sender.to_bytes(4, "big") + epoch.to_bytes(4, "big") + boot_id
                 ).derive(sync_key)
 
 
@@ -96,16 +106,20 @@ def nonce_for(sender: int, counter: int) -> bytes:
 
 
 class FrameSealer:
-    """Seals this node's frames.  One per (node, epoch); owns the counter.
+    """Seals this node's frames.  One per start; owns the counter.
 
-    The counter starts at 1 and never repeats within the epoch, and the epoch
-    is raised and persisted before a start, so a (frame key, nonce) pair is
-    never used twice.
+    The counter starts at 1 and never repeats within the start, and the frame
+    key is bound to the start's boot id (16 random bytes), so a (frame key,
+    nonce) pair is never used twice, even if the epoch recurs after a lost
+    state_dir.
     """
 
-    def __init__(self, keys: KeyRing, sender: int, epoch: int):
+    def __init__(self, keys: KeyRing, sender: int, epoch: int, boot_id: bytes):
+        if len(boot_id) != BOOT_ID_LEN:
+            raise ValueError(f"boot id must be {BOOT_ID_LEN} bytes")
         self.sender = sender
         self.epoch = epoch
+        self.boot_id = boot_id
         self._nonce_prefix = sender.to_bytes(4, "big")
         self.counter = 0
         self.rekey(keys)
@@ -120,13 +134,14 @@ class FrameSealer:
         used twice in the epoch, whatever the keys.
         """
         self.key_id = keys.send_id
-        self._aead = AESGCM(frame_key(keys.send_key, self.sender, self.epoch))
+        self._aead = AESGCM(frame_key(keys.send_key, self.sender, self.epoch, self.boot_id))
 
     def seal(self, ftype: int, body: bytes) -> bytes:
         self.counter += 1
         if self.counter > MAX_COUNTER:       # 2**64 frames: unreachable, but never wrap
             raise OverflowError("sync frame counter exhausted; restart with a new epoch")
-        header = HEADER.pack(VERSION, ftype, self.key_id, 0, self.sender, self.epoch, self.counter)
+        header = HEADER.pack(VERSION, ftype, self.key_id, 0, self.sender, self.epoch, self.boot_id,
+                             self.counter)
         return header + self._aead.encrypt(self._nonce_prefix + self.counter.to_bytes(8, "big"),
                                            body, header)
 
@@ -139,14 +154,14 @@ def parse_header(data: bytes) -> Header:
     """Length and version only: every other field is trusted after open()."""
     if len(data) < OVERHEAD:
         raise FrameError("truncated", f"{len(data)} bytes, at least {OVERHEAD} needed")
-    version, ftype, key_id, flags, sender, epoch, counter = HEADER.unpack_from(data)
-    if version != VERSION:
-        raise FrameError("bad version", f"version {version}, expected {VERSION}")
-    return Header(ftype, key_id, flags, sender, epoch, counter)
+    if data[0] != VERSION:
+        raise FrameError("bad version", f"version {data[0]}, expected {VERSION}")
+    _, ftype, key_id, flags, sender, epoch, boot_id, counter = HEADER.unpack_from(data)
+    return Header(ftype, key_id, flags, sender, epoch, boot_id, counter)
 
 
 class FrameOpener:
-    """Opens frames; caches one AESGCM per (key id, sender, epoch).
+    """Opens frames; caches one AESGCM per (key id, sender, epoch, boot id).
 
     A cache entry is only added after a frame opened under it, so forged
     headers with made-up epochs cost a key derivation each but cannot push
@@ -157,7 +172,7 @@ class FrameOpener:
 
     def __init__(self, keys: KeyRing):
         self.keys = keys
-        self._cache: dict[tuple[int, int, int], AESGCM] = {}
+        self._cache: dict[tuple[int, int, int, bytes], AESGCM] = {}
 
     def rekey(self, keys: KeyRing) -> None:
         """Open under `keys` from now on (a reload rotated the keys).
@@ -172,14 +187,14 @@ class FrameOpener:
 
     def open(self, data: bytes, header: Header) -> bytes:
         """Check the key id and the tag; return the plaintext body."""
-        ident = (header.key_id, header.sender, header.epoch)
+        ident = (header.key_id, header.sender, header.epoch, header.boot_id)
         aead = self._cache.get(ident)
         fresh = aead is None
         if fresh:
             key = self.keys.get(header.key_id)
             if key is None:
                 raise FrameError("unknown key", f"key id {header.key_id}")
-            aead = AESGCM(frame_key(key, header.sender, header.epoch))
+            aead = AESGCM(frame_key(key, header.sender, header.epoch, header.boot_id))
         try:
             body = aead.decrypt(nonce_for(header.sender, header.counter), data[HEADER_LEN:],
                                 data[:HEADER_LEN])
@@ -342,10 +357,16 @@ def _decode_status(v) -> tuple:
 
 
 def _decode_heartbeat(v) -> tuple:
-    mcast_high, directs, ask = _array(v, 3, "HEARTBEAT")
+    mcast_high, directs, ask, echoes = _array(v, 4, "HEARTBEAT")
     if not _is_uint(mcast_high) or ask not in (0, 1) or type(ask) is not int:
         _bad("HEARTBEAT: mcast high, ask 0 or 1")
     _directs(directs)
+    if type(echoes) is not tuple:
+        _bad("echoes: expected an array")
+    for e in echoes:
+        if type(e) is not tuple or len(e) != 2 or not _is_uint(e[0], 32) or e[0] == 0 \
+                or type(e[1]) is not bytes or len(e[1]) != BOOT_ID_LEN:
+            _bad("echoes: expected [peer, 16-byte boot id]")
     return v
 
 
@@ -409,9 +430,10 @@ def decode_frame(data: bytes, keys: KeyRing, opener: FrameOpener | None = None) 
 
 
 def encode_frame(keys: KeyRing, sender: int, epoch: int, counter: int, ftype: int, body: tuple,
-                 *, key_id: int | None = None, flags: int = 0, version: int = VERSION) -> bytes:
+                 *, boot_id: bytes = bytes(BOOT_ID_LEN), key_id: int | None = None, flags: int = 0,
+                 version: int = VERSION) -> bytes:
     """Seal one frame with an explicit counter (tests and vectors; the core uses FrameSealer)."""
     kid = keys.send_id if key_id is None else key_id
-    header = HEADER.pack(version, ftype, kid, flags, sender, epoch, counter)
-    aead = AESGCM(frame_key(keys.get(kid), sender, epoch))
+    header = HEADER.pack(version, ftype, kid, flags, sender, epoch, boot_id, counter)
+    aead = AESGCM(frame_key(keys.get(kid), sender, epoch, boot_id))
     return header + aead.encrypt(nonce_for(sender, counter), packb(body), header)

@@ -101,7 +101,7 @@ def settle_supersedes(core: SyncCore, p: Peer, now: float) -> None:
 
 
 def on_heartbeat(core: SyncCore, p: Peer, counter: int, body: tuple, now: float) -> None:
-    mcast_high, directs, ask = body
+    mcast_high, directs, ask, _echoes = body     # the echoes were checked in SyncCore.receive
     learn_highs(core, p, mcast_high, directs, now)
     if ask and p.status_due is None:
         p.status_due = now + core.ack_delay_s

@@ -3,10 +3,14 @@
 Owns (proto/sync.md, sections 6.2, 7.3 and 10), and emits every
 PeerChanged action:
 
-* an authentic frame from a peer (`heard`): its first epoch or a new one
+* an authentic frame from a peer (`heard`): its first session or a new one
   (a restart: both directions of its streams reset, its external cache kept
   until its bulk replaces it, a bulk asked for), back after being absent,
   the end of an adoption when it is heard again after the grace;
+* the proof of liveness (`prove`, proto/sync.md, 3.1): an authentic frame
+  of a start of the peer not proven yet teaches us its boot id, which our
+  heartbeats echo (an echo heartbeat goes out at once when it is new); its
+  HEARTBEAT that echoes our own boot id makes that start its session;
 * silence, checked at every heartbeat (`check_silence`): a peer silent for
   `peer_timeout_s` is absent and no longer holds our multicast queue back,
   and an in-sync round stops waiting for it; with it the per-heartbeat
@@ -17,7 +21,7 @@ PeerChanged action:
 It must not touch the streams' contents or the caches' entries beyond
 what those events require (resetting them, moving adopted entries), and
 sends nothing itself: a new or restarted peer is asked for a bulk through
-bulk.ask_bulk.
+bulk.ask_bulk, an echo goes out as outbound.send_heartbeat.
 """
 
 from __future__ import annotations
@@ -27,16 +31,51 @@ from typing import TYPE_CHECKING
 from .actions import PeerChanged
 from .bulk import ask_bulk, check_round
 from .cache import STAMP_LEN
-from .outbound import release_mcast
+from .frames import FrameType, Header
+from .outbound import release_mcast, send_heartbeat
 from .peer import Peer
 
 if TYPE_CHECKING:
     from .core import SyncCore
 
 
-def heard(core: SyncCore, p: Peer, epoch: int, now: float) -> None:
-    """An authentic frame from p, sent in `epoch`, arrived at `now`."""
-    if p.epoch != epoch:
+def prove(core: SyncCore, p: Peer, h: Header, body: tuple, now: float) -> bool:
+    """An authentic frame of a start of p that is not its session: learn its
+    boot id (echoed from now on), and return whether the frame is the proof
+    that this start is alive now: a HEARTBEAT echoing our boot id, which no
+    frame sealed before our own start can carry.
+
+    The frame's counter then becomes the floor of its session: anything the
+    peer sealed before it (a capture from before our restart) is refused.
+    A proof does not replace a proven session that is alive (heard within
+    peer_timeout_s) unless its epoch is newer: the echo says "sealed after
+    our start", not "after p's latest start", so a capture of an earlier
+    start of p, echoing us, must not take the place of the one running now.
+    """
+    start = (h.epoch, h.boot_id)
+    older = p.session is not None and h.epoch <= p.session[0] and p.last_heard is not None \
+        and now - p.last_heard < core.peer_timeout_s
+    if not older and h.boot_id not in p.echo:
+        # (An earlier start's boot id is not learned: a replay of it must not
+        # push the running start's out of our echoes, nor cost a heartbeat.)
+        p.echo = (*p.echo[-1:], h.boot_id)
+        p.unproven = {s: c for s, c in p.unproven.items() if s[1] in p.echo}
+        send_heartbeat(core)               # its proof, at once
+    if older or h.type != FrameType.HEARTBEAT or (core.node_id, core.boot_id) not in body[3]:
+        p.unproven[start] = max(p.unproven.pop(start, 0), h.counter)
+        if len(p.unproven) > 4:          # starts are few: bound it all the same
+            p.unproven.pop(next(iter(p.unproven)))
+        return False
+    p.session = start
+    core.replay.start_at(p.id, h.epoch, h.counter, p.unproven.pop(start, 0))
+    core.counters["sessions proven"] += 1
+    return True
+
+
+def heard(core: SyncCore, p: Peer, epoch: int, now: float, new_session: bool = False) -> None:
+    """An authentic frame from p, sent in `epoch`, arrived at `now`
+    (`new_session`: the first of a start of p just proven)."""
+    if p.epoch != epoch or new_session:
         restarted(core, p, epoch, now)
     p.last_heard = now
     if p.absent:

@@ -161,13 +161,20 @@ def directs(core: SyncCore) -> tuple:
                  if p.epoch is not None and p.tx.seq)
 
 
+def echoes(core: SyncCore, only: Peer | None = None) -> tuple:
+    """(peer, boot id) of the peers' starts we heard, for HEARTBEAT: the proof
+    a peer needs that our frames were sealed after its start (proto/sync.md, 3.1)."""
+    peers = (only,) if only is not None else core.peers.values()
+    return tuple((p.id, b) for p in peers for b in p.echo)
+
+
 def send_heartbeat(core: SyncCore) -> None:
     if core.peers:
         # ask: "send me a STATUS", while a peer has not acknowledged all we sent
         # (its last STATUS may have been lost, and it has no reason to send another).
         ask = any((p.mcast_cum is not None and p.mcast_cum < core.mcast.seq) or p.tx.held
                   for p in core.peers.values())
-        send(core, None, FrameType.HEARTBEAT, (core.mcast.seq, directs(core), int(ask)))
+        send(core, None, FrameType.HEARTBEAT, (core.mcast.seq, directs(core), int(ask), echoes(core)))
 
 
 def mcast_probe(core: SyncCore, now: float) -> None:
@@ -184,5 +191,6 @@ def direct_probe(core: SyncCore, p: Peer, now: float) -> None:
     if p.known_direct >= p.tx.seq or p.epoch is None or p.absent:
         p.probe_at = None
         return
-    send(core, p.id, FrameType.HEARTBEAT, (core.mcast.seq, ((p.id, p.epoch, p.tx.seq),), 1))
+    send(core, p.id, FrameType.HEARTBEAT,
+         (core.mcast.seq, ((p.id, p.epoch, p.tx.seq),), 1, echoes(core, p)))
     p.probe_at = now + max(core.probe_delay_s, core.nack_interval_s)

@@ -31,6 +31,15 @@ class Peer:
     resend_limit: int
     max_gap: int
     epoch: int | None = None             # authenticated epoch; None until first heard
+    # Its start that proved fresh to us (epoch, boot id): a HEARTBEAT of it
+    # echoed our boot id.  Only frames of this session pass (proto/sync.md, 3.1).
+    session: tuple[int, bytes] | None = None
+    # The boot ids of its last two starts seen in authentic frames, newest
+    # last: echoed in our heartbeats so that it can prove its frames fresh.
+    echo: tuple[bytes, ...] = ()
+    # (epoch, boot id) of those starts -> the highest counter refused before
+    # its proof: such a frame stays refused once the start is proven.
+    unproven: dict = field(default_factory=dict)
     last_heard: float | None = None
     absent: bool = False
     added_at: float | None = None        # added by a reload: silence counts from then

@@ -33,6 +33,8 @@ from ..config import Config
 from ..commands import ControlError
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
+from ..kernel.udp import bind_exclusive
+from ..log import RejectLog
 from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
                             TakeoverSkipped, WaitApplied)
 from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
@@ -60,6 +62,7 @@ class SyncShell:
         self.node = node
         self.dispatch = dispatch
         self.log = log
+        self.reject_log = RejectLog(log, "sync_frame_rejected")
         self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
         self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
         self.family = socket.AF_INET6 if self.sync.family == 6 else socket.AF_INET
@@ -87,12 +90,13 @@ class SyncShell:
         self.reader = kct.CtEventReader(rcvbuf=self.sync.event_buffer_bytes,
                                         own_portids={self.committer.portid}, log=self.log)
         s = trio.socket.socket(self.family, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         if self.sync.interface:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.sync.interface.encode())
-        s._sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.sync.port))
+        # No SO_REUSEADDR/SO_REUSEPORT: no other socket, a local user's included, may
+        # share the port and take frames meant for meshd (meshd/kernel/udp.py).
+        bind_exclusive(s._sock, ("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.sync.port))
         if self.sync.multicast_group:
             index = socket.if_nametoindex(self.sync.interface)
             group = ipaddress.ip_address(self.sync.multicast_group).packed
@@ -139,8 +143,8 @@ class SyncShell:
         elif isinstance(a, PeerChanged):
             self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
         elif isinstance(a, FrameRejected):
-            self.log("sync_frame_rejected", level="warning", reason=a.reason,
-                     detail=a.detail, peer=a.peer)
+            # Bounded per reason, whatever the sources (a flood of forgeries): meshd/log.py.
+            self.reject_log(a.reason, trio.current_time(), detail=a.detail, peer=a.peer)
         elif isinstance(a, FlowsAdopted):
             self.log("flows_adopted", entries=a.entries, ms=round(a.seconds * 1000, 1))
         elif isinstance(a, FlowsNotAdopted):
@@ -353,7 +357,7 @@ class SyncShell:
         if cmd == "stats":
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
-                    "send_errors": self.send_errors}
+                    "send_errors": self.send_errors, "reject_log": self.reject_log.stats()}
         if cmd == "resync":
             self.dispatch(self.node.resync_request(now))
             return {"peers": list(core.peers)}

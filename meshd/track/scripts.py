@@ -5,6 +5,11 @@ tested without processes; `run_track_script` is the trio loop around it.
 A script is assumed healthy at start, so a daemon restart does not demote the
 node before the script has had a chance to fail `fall` times.
 
+Each run starts as `[node] script_user` of the running configuration (the
+`run_as` callable is asked before every run, so a reload that changes it
+applies from the next run), with the arguments of meshd/runas.py; at its
+timeout it is killed with its process group.
+
 Must not: decide what a flip does (NodeCore.track_script turns it into a
 demotion, or a FAULT with weight 0), or run a script twice at once: each run
 waits for the previous one and its interval.
@@ -13,10 +18,12 @@ waits for the previous one and its interval.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 import trio
 
 from ..config import TrackScriptConfig
+from ..runas import RunAs, deliver_kill_group, spawn_options
 
 
 class ScriptTracker:
@@ -42,12 +49,14 @@ class ScriptTracker:
         return None
 
 
-async def run_check(config: TrackScriptConfig) -> tuple[bool, str]:
+async def run_check(config: TrackScriptConfig, run_as: RunAs) -> tuple[bool, str]:
     try:
         with trio.move_on_after(config.timeout_ms / 1000) as scope:
             result = await trio.run_process(list(config.command), capture_stdout=True,
                                             capture_stderr=True, check=False,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL,
+                                            deliver_cancel=deliver_kill_group,
+                                            **spawn_options(run_as))
     except OSError as e:
         return False, f"cannot run {config.command[0]}: {e.strerror or e}"
     if scope.cancelled_caught:
@@ -58,11 +67,12 @@ async def run_check(config: TrackScriptConfig) -> tuple[bool, str]:
     return True, ""
 
 
-async def run_track_script(config: TrackScriptConfig, on_change, log) -> None:
+async def run_track_script(config: TrackScriptConfig, on_change, log,
+                           run_as: Callable[[], RunAs]) -> None:
     """Loop forever; `on_change(config, healthy, reason)` is called on each flip."""
     tracker = ScriptTracker(config)
     while True:
-        ok, error = await run_check(config)
+        ok, error = await run_check(config, run_as())
         flipped = tracker.record(ok, error)
         if flipped is not None:
             reason = "recovered" if flipped else error

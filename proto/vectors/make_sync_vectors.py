@@ -35,16 +35,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 OUT = Path(__file__).resolve().parent / "sync.json"
 
-# proto/sync.md, section 2: 20-byte header, network byte order.
-HEADER = struct.Struct("!BBBBIIQ")
-VERSION = 1
+# proto/sync.md, section 2: 36-byte header, network byte order.
+HEADER = struct.Struct("!BBBBII16sQ")
+VERSION = 2
 TYPES = {"DATA": 1, "STATUS": 2, "HEARTBEAT": 3, "DIGEST": 4, "RESYNC_REQUEST": 5,
          "REPAIR_REQUEST": 6}
 
 # proto/sync.md, section 3.
 CLUSTER_SALT = b"meshd cluster key v1"
 SYNC_INFO = b"meshd sync aead key-id "
-FRAME_SALT = b"meshd sync frame v1"
+FRAME_SALT = b"meshd sync frame v2"
 FRAME_INFO = b"meshd sync frame key"
 
 SECRETS = {
@@ -53,6 +53,9 @@ SECRETS = {
     3: bytes(range(0x40, 0x60)),   # held by the sender only: "unknown key"
 }
 RECEIVER_KEY_IDS = (1, 2)
+# The senders' boot ids (random per start in meshd; fixed here).
+BOOT_IDS = {0: bytes(16), 1: bytes(range(0xa0, 0xb0)), 2: bytes(range(0xb0, 0xc0)),
+            3: bytes(range(0xc0, 0xd0))}
 
 
 def sync_key(key_id: int) -> bytes:
@@ -60,9 +63,10 @@ def sync_key(key_id: int) -> bytes:
                 info=SYNC_INFO + bytes([key_id])).derive(SECRETS[key_id])
 
 
-def frame_key(key_id: int, sender: int, epoch: int) -> bytes:
+def frame_key(key_id: int, sender: int, epoch: int, boot_id: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=FRAME_SALT,
-                info=FRAME_INFO + struct.pack("!II", sender, epoch)).derive(sync_key(key_id))
+                info=FRAME_INFO + struct.pack("!II", sender, epoch) + boot_id
+                ).derive(sync_key(key_id))
 
 
 def nonce(sender: int, counter: int) -> bytes:
@@ -86,10 +90,11 @@ def case(name: str, description: str, ftype: str | int, body, *, sender=1, epoch
          counter=1, key_id=1, version=VERSION, flags=0, error: str | None = None,
          mutation: dict | None = None, plaintext_override: bytes | None = None) -> dict:
     kind = TYPES[ftype] if isinstance(ftype, str) else ftype
-    header = HEADER.pack(version, kind, key_id, flags, sender, epoch, counter)
+    boot_id = BOOT_IDS[sender]
+    header = HEADER.pack(version, kind, key_id, flags, sender, epoch, boot_id, counter)
     plaintext = msgpack.packb(from_json(body), use_bin_type=True) if plaintext_override is None \
         else plaintext_override
-    fk = frame_key(key_id, sender, epoch)
+    fk = frame_key(key_id, sender, epoch, boot_id)
     n = nonce(sender, counter)
     frame = header + AESGCM(fk).encrypt(n, plaintext, header)
     if mutation:
@@ -104,7 +109,7 @@ def case(name: str, description: str, ftype: str | int, body, *, sender=1, epoch
         "description": description,
         "header": {"version": version, "type": ftype if isinstance(ftype, str) else kind,
                    "key_id": key_id, "flags": flags, "sender": sender, "epoch": epoch,
-                   "counter": counter},
+                   "boot_id_hex": boot_id.hex(), "counter": counter},
         "body": body,
         "secret_hex": SECRETS[key_id].hex(),
         "sync_key_hex": sync_key(key_id).hex(),
@@ -154,8 +159,10 @@ def build() -> dict:
                                         [1, 7, 7, 0, hx(b"")]]],
              sender=2, epoch=1_700_000_100, counter=9),
         case("heartbeat", "HEARTBEAT: multicast high 40; direct high 7 to node 2 (epoch "
-             "1700000100) and 1 to node 3; ask = 1 (please send a STATUS).",
-             "HEARTBEAT", [40, [[2, 1_700_000_100, 7], [3, 1_700_000_300, 1]], 1],
+             "1700000100) and 1 to node 3; ask = 1 (please send a STATUS); echoes the boot "
+             "ids of node 2 and node 3 (their proofs of liveness, section 3.1).",
+             "HEARTBEAT", [40, [[2, 1_700_000_100, 7], [3, 1_700_000_300, 1]], 1,
+                           [[2, hx(BOOT_IDS[2])], [3, hx(BOOT_IDS[3])]]],
              sender=1, counter=46),
         case("digest", "DIGEST of buckets 128..131 (4 x 8 bytes), with the heartbeat fields.",
              "DIGEST", [40, [[2, 1_700_000_100, 7]], 128,
@@ -170,33 +177,37 @@ def build() -> dict:
                                 hx(bytes([0b10000001]) + bytes(30) + bytes([0b00000001]))],
              sender=2, epoch=1_700_000_100, counter=10),
         case("key2", "A heartbeat sealed under key id 2 (rotation; the receiver holds 1 and 2).",
-             "HEARTBEAT", [0, [], 0], sender=3, epoch=7, counter=2**40 + 5, key_id=2),
+             "HEARTBEAT", [0, [], 0, []], sender=3, epoch=7, counter=2**40 + 5, key_id=2),
         # ---- rejects, in the order of proto/sync.md, section 9
-        case("empty", "No bytes at all.", "HEARTBEAT", [0, [], 0], error="truncated",
+        case("empty", "No bytes at all.", "HEARTBEAT", [0, [], 0, []], error="truncated",
              mutation={"truncate": 0}),
-        case("truncated", "35 bytes: one short of header + tag.", "HEARTBEAT", [0, [], 0],
-             error="truncated", mutation={"truncate": 35}),
-        case("bad_version", "Version 2, sealed correctly: refused before the key is looked up.",
-             "HEARTBEAT", [0, [], 0], version=2, error="bad version"),
+        case("truncated", "51 bytes: one short of header + tag.", "HEARTBEAT", [0, [], 0, []],
+             error="truncated", mutation={"truncate": 51}),
+        case("bad_version", "Version 1 (the 20-byte header without a boot id), sealed as "
+             "version 2 otherwise: refused before the key is looked up.",
+             "HEARTBEAT", [0, [], 0, []], version=1, error="bad version"),
         case("unknown_key", "Key id 3, sealed under key 3; the receiver holds 1 and 2.",
-             "HEARTBEAT", [0, [], 0], key_id=3, error="unknown key"),
-        case("bad_tag", "The last tag byte flipped.", "HEARTBEAT", [0, [], 0], error="bad tag",
+             "HEARTBEAT", [0, [], 0, []], key_id=3, error="unknown key"),
+        case("bad_tag", "The last tag byte flipped.", "HEARTBEAT", [0, [], 0, []], error="bad tag",
              mutation={"xor": {"offset": -1, "mask": 0x01}}),
         case("bad_tag_counter", "The counter (associated data, and the nonce) changed after "
-             "sealing.", "HEARTBEAT", [0, [], 0], error="bad tag",
-             mutation={"xor": {"offset": 19, "mask": 0x02}}),
+             "sealing.", "HEARTBEAT", [0, [], 0, []], error="bad tag",
+             mutation={"xor": {"offset": 35, "mask": 0x02}}),
         case("bad_tag_sender", "The sender changed after sealing: another frame key.",
-             "HEARTBEAT", [0, [], 0], error="bad tag",
+             "HEARTBEAT", [0, [], 0, []], error="bad tag",
              mutation={"xor": {"offset": 7, "mask": 0x04}}),
-        case("bad_type", "Type 9, sealed correctly.", 9, [0, [], 0], error="bad type"),
-        case("bad_flags", "Flags 0x01, sealed correctly.", "HEARTBEAT", [0, [], 0], flags=1,
+        case("bad_tag_boot_id", "The boot id changed after sealing: another frame key.",
+             "HEARTBEAT", [0, [], 0, []], error="bad tag",
+             mutation={"xor": {"offset": 12, "mask": 0x80}}),
+        case("bad_type", "Type 9, sealed correctly.", 9, [0, [], 0, []], error="bad type"),
+        case("bad_flags", "Flags 0x01, sealed correctly.", "HEARTBEAT", [0, [], 0, []], flags=1,
              error="bad flags"),
-        case("bad_sender", "Sender 0, sealed correctly.", "HEARTBEAT", [0, [], 0], sender=0,
+        case("bad_sender", "Sender 0, sealed correctly.", "HEARTBEAT", [0, [], 0, []], sender=0,
              error="bad id"),
         case("bad_counter", "Counter 0, sealed correctly: counters start at 1.", "HEARTBEAT",
-             [0, [], 0], counter=0, error="bad counter"),
+             [0, [], 0, []], counter=0, error="bad counter"),
         case("bad_body_msgpack", "A sealed body that is not msgpack (0xc1 is never used).",
-             "HEARTBEAT", [0, [], 0], plaintext_override=b"\xc1", error="bad body"),
+             "HEARTBEAT", [0, [], 0, []], plaintext_override=b"\xc1", error="bad body"),
         case("bad_body_shape", "DATA with five fields instead of six.", "DATA",
              [0, 0, 1, [], []], error="bad body"),
         case("bad_body_record", "DATA whose record has an empty attrs bin (gone is nil, not "
@@ -206,17 +217,21 @@ def build() -> dict:
         case("bad_body_status_bitmap", "STATUS asking for a seq at or below its own "
              "cumulative ack.", "STATUS", [1_700_000_000, [[0, 16, 40, 16, hx(b"\x80")]]],
              sender=2, error="bad body"),
+        case("bad_body_echo", "HEARTBEAT whose echo is a 15-byte boot id.", "HEARTBEAT",
+             [0, [], 0, [[2, hx(BOOT_IDS[2][:15])]]], error="bad body"),
     ]
     return {
-        "format": "meshd sync frames, version 1 (proto/sync.md)",
+        "format": "meshd sync frames, version 2 (proto/sync.md)",
         "generator": "proto/vectors/make_sync_vectors.py",
-        "header": "!BBBBIIQ: version, type, key id, flags, sender, epoch, counter (20 bytes)",
-        "aead": "AES-256-GCM, 16-byte tag appended; associated data = the 20-byte header",
+        "header": "!BBBBII16sQ: version, type, key id, flags, sender, epoch, boot id, counter "
+                  "(36 bytes)",
+        "aead": "AES-256-GCM, 16-byte tag appended; associated data = the 36-byte header",
         "sync_key": {"hash": "SHA-256", "length": 32, "salt_hex": CLUSTER_SALT.hex(),
                      "info": "'meshd sync aead key-id ' || one octet key id"},
         "frame_key": {"hash": "SHA-256", "length": 32, "ikm": "the sync key",
                       "salt_hex": FRAME_SALT.hex(),
-                      "info": "'meshd sync frame key' || sender u32 || epoch u32"},
+                      "info": "'meshd sync frame key' || sender u32 || epoch u32 || boot id "
+                              "(16 bytes)"},
         "nonce": "sender u32 || counter u64 (12 bytes)",
         "cases": cases,
     }

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from meshd.commands import ControlError, require
-from meshd.control.protocol import MAX_LINE, decode_request
+from meshd.control.protocol import MAX_DEPTH, MAX_LINE, decode_request
 from meshd.control.server import ControlSocketError, serve_control
 
 
@@ -438,3 +438,67 @@ def test_path_too_long():
         with pytest.raises(ControlSocketError, match="longer than 107 bytes"):
             await serve_control("/tmp/" + "x" * 200, fake_handler, log=Log())
     trio.run(main)
+
+
+# ------------------------------------------------------------ request bounds
+
+
+def nested(depth: int, open_: bytes = b"[", close: bytes = b"]") -> bytes:
+    """A request whose "value" member is `depth` containers deep (the request object is one more)."""
+    return b'{"cmd":"echo","value":' + open_ * depth + close * depth + b"}"
+
+
+def test_decode_request_refuses_deep_nesting_with_a_control_error():
+    # A few thousand levels: json.loads alone raises RecursionError, not a ControlError.
+    for line in (nested(5000), nested(5000, b'{"a":', b"}"), b"[" * 30000 + b"]" * 30000,
+                 b'{"cmd":"echo","value":' + b"[" * 3000):          # unbalanced, still too deep
+        assert len(line) <= MAX_LINE
+        with pytest.raises(ControlError, match=rf"^request nested deeper than {MAX_DEPTH} levels"):
+            decode_request(line)
+    # The bound itself is accepted: the request object plus MAX_DEPTH - 1 levels inside it.
+    assert decode_request(nested(MAX_DEPTH - 1))["cmd"] == "echo"
+    with pytest.raises(ControlError, match="nested deeper than"):
+        decode_request(nested(MAX_DEPTH))
+    # Brackets inside strings (escaped quotes included) are text, not nesting.
+    text = '[{\\"[' * 4000
+    req = decode_request(('{"cmd":"echo","value":"' + text + '"}').encode())
+    assert req["value"] == json.loads('"' + text + '"')
+    # A string that is not closed is still a JSON error, not a nesting one.
+    with pytest.raises(ControlError, match="not valid JSON"):
+        decode_request(b'{"cmd":"echo","value":"' + b"[" * 3000)
+
+
+def test_deeply_nested_request_is_answered_and_the_server_keeps_serving(sock_path):
+    log = Log()
+
+    async def test(path):
+        other = await Client.open(path)           # connected before, asks after
+        c = await Client.open(path)
+        for line in (nested(5000), nested(3000, b'{"k":', b"}"), b"[" * 30000 + b"]" * 30000):
+            await c.send_raw(line + b"\n")
+            answer = await c.recv()
+            assert answer == {"ok": False,
+                              "error": f"request nested deeper than {MAX_DEPTH} levels"}, answer
+            # The same connection goes on: the next request is answered.
+            assert await c.ask({"cmd": "echo", "value": "after"}) == {"ok": True, "echo": "after"}
+        assert await other.ask({"cmd": "echo", "value": 1}) == {"ok": True, "echo": 1}
+        fresh = await Client.open(path)
+        assert await fresh.ask({"cmd": "echo", "value": [[["ok"]]]}) == {"ok": True, "echo": [[["ok"]]]}
+        for client in (c, other, fresh):
+            await client.aclose()
+
+    run_with_server(sock_path, test, log=log)
+    assert "control_connection_error" not in log.names(), log.events
+
+
+def test_over_long_deeply_nested_line_gets_one_error_then_service(sock_path):
+    async def test(path):
+        c = await Client.open(path)
+        # Longer than MAX_LINE and deeply nested: the length is what is reported,
+        # once, and nothing of the line reaches the parser.
+        await c.send_raw(b"[" * (MAX_LINE + 5000) + b"\n" + b'{"cmd":"echo","value":9}\n')
+        answer = await c.recv()
+        assert answer == {"ok": False, "error": f"request line longer than {MAX_LINE} bytes"}
+        assert await c.recv() == {"ok": True, "echo": 9}
+        await c.aclose()
+    run_with_server(sock_path, test)

@@ -31,8 +31,8 @@ from meshd.health.scriptpool import ScriptPool
 LOCAL = "127.0.0.1"
 
 
-def check(method, port, address=LOCAL, **kw) -> CheckOutcome:
-    return trio.run(run_check, CheckTarget(address, port, CheckSpec(method, **kw)))
+def check(method, port, address=LOCAL, scripts=None, **kw) -> CheckOutcome:
+    return trio.run(partial(run_check, CheckTarget(address, port, CheckSpec(method, **kw)), scripts=scripts))
 
 
 # --- servers ---------------------------------------------------------------------------------
@@ -380,29 +380,32 @@ def script(tmp_path, name, body) -> str:
     return str(path)
 
 
-def test_script_exit_codes_and_arguments(tmp_path):
-    ok = script(tmp_path, "ok", f'echo "$1 $2" > {tmp_path}/args\nexit 0\n')
-    out = check("script", 8080, address="10.1.0.11", script=ok)
+# Scripts run as script_user ("nobody" as root) from script_dir (tests/conftest.py).
+
+def test_script_exit_codes_and_arguments(script_dir, script_user):
+    pool = ScriptPool(run_as=script_user)
+    ok = script(script_dir, "ok", f'echo "$1 $2" > {script_dir}/args\nexit 0\n')
+    out = check("script", 8080, address="10.1.0.11", script=ok, scripts=pool)
     assert out.ok and out.latency_s is not None
-    assert (tmp_path / "args").read_text() == "10.1.0.11 8080\n"
-    fail = script(tmp_path, "fail", 'echo "" >&2\necho "backend says no" >&2\necho second >&2\nexit 2\n')
-    assert check("script", 80, script=fail).error == "script exit 2: backend says no"
-    quiet = script(tmp_path, "quiet", "exit 3\n")
-    assert check("script", 80, script=quiet).error == "script exit 3"
-    selfkill = script(tmp_path, "selfkill", "kill -TERM $$\n")
-    assert check("script", 80, script=selfkill).error == "script killed by SIGTERM"
-    missing = check("script", 80, script=str(tmp_path / "nope"))
-    assert missing.error == f"script: cannot run {tmp_path / 'nope'}: no such file or directory"
+    assert (script_dir / "args").read_text() == "10.1.0.11 8080\n"
+    fail = script(script_dir, "fail", 'echo "" >&2\necho "backend says no" >&2\necho second >&2\nexit 2\n')
+    assert check("script", 80, script=fail, scripts=pool).error == "script exit 2: backend says no"
+    quiet = script(script_dir, "quiet", "exit 3\n")
+    assert check("script", 80, script=quiet, scripts=pool).error == "script exit 3"
+    selfkill = script(script_dir, "selfkill", "kill -TERM $$\n")
+    assert check("script", 80, script=selfkill, scripts=pool).error == "script killed by SIGTERM"
+    missing = check("script", 80, script=str(script_dir / "nope"), scripts=pool)
+    assert missing.error == f"script: cannot run {script_dir / 'nope'}: no such file or directory"
     assert check("script", 80).error == "script: no script configured"
 
 
-def test_script_timeout_kills_the_whole_process_group(tmp_path):
-    hang = script(tmp_path, "hang", f"sleep 30 &\necho $! > {tmp_path}/child\nsleep 30\n")
+def test_script_timeout_kills_the_whole_process_group(script_dir, script_user):
+    hang = script(script_dir, "hang", f"sleep 30 &\necho $! > {script_dir}/child\nsleep 30\n")
     t0 = time.monotonic()
-    out = check("script", 80, script=hang, timeout_s=0.3)
+    out = check("script", 80, script=hang, timeout_s=0.3, scripts=ScriptPool(run_as=script_user))
     assert out == CheckOutcome(False, None, "timeout after 300 ms (script killed)")
     assert time.monotonic() - t0 < 2
-    child = int((tmp_path / "child").read_text())
+    child = int((script_dir / "child").read_text())
     for _ in range(100):
         if not alive(child):
             break
@@ -421,9 +424,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_script_pool_bounds_parallelism_without_eating_timeouts(tmp_path):
-    slow = script(tmp_path, "slow", f"echo start >> {tmp_path}/log\nsleep 0.3\n")
-    pool = ScriptPool(max_parallel=2)
+def test_script_pool_bounds_parallelism_without_eating_timeouts(script_dir, script_user):
+    slow = script(script_dir, "slow", f"echo start >> {script_dir}/log\nsleep 0.3\n")
+    pool = ScriptPool(max_parallel=2, run_as=script_user)
     peak = []
 
     async def main():

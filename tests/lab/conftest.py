@@ -63,6 +63,9 @@ class LabRun:
         self.up_seconds = self.topo.up()       # removes what it built if it fails
         # Short path: control sockets live under it (sun_path is 108 bytes).
         self.run_dir = tempfile.mkdtemp(prefix=f"mlab-{PREFIX}")
+        # Hooks and scripts run as [node] script_user ("nobody"): it may pass
+        # through (not list) the directory to the scripts the tests put there.
+        os.chmod(self.run_dir, 0o711)
         self.procs = Procs(self.run_dir, env=md.child_env())
 
     # names

@@ -1,6 +1,7 @@
-"""meshd needs CAP_NET_ADMIN and CAP_NET_RAW, plus CAP_SETUID and CAP_SETGID
-for its check engine to drop to `[health] check_user` and CAP_KILL to kill
-it, and nothing else (systemd/meshd.service).
+"""meshd needs CAP_NET_ADMIN and CAP_NET_RAW, plus CAP_SETUID and CAP_SETGID to
+start its hooks and scripts as [node] script_user and for its check engine to
+drop to [health] check_user, and CAP_KILL to kill that engine when it hangs,
+and nothing else (systemd/meshd.service).
 
 Both lab firewalls run meshd under setpriv(1) the way the unit runs it: root,
 the bounding set reduced to net_admin,net_raw,setuid,setgid,kill (so, as root,
@@ -35,8 +36,9 @@ pytestmark = pytest.mark.lab
 CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_NET_RAW = 5, 6, 7, 12, 13
 UNIT_CAPABILITIES = ((1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
                      | (1 << CAP_KILL))
-# The check engine becomes check_user with setuid and setgid; kill ends it when it hangs.
+# setuid, setgid: scripts as script_user, the check engine as check_user; kill ends a hung engine.
 DROP = ["setuid", "setgid", "kill"]
+UNIT_SET = ["net_admin", "net_raw", *DROP]
 FLOW_PORT = 7021
 HEALTH_PORT = 8080
 GROUPS = ("lan", "srv")
@@ -107,10 +109,10 @@ def kernel_flows(ns: str) -> str:
     return run_in(ns, "conntrack", "-L", "-p", "tcp", "--dport", str(FLOW_PORT)).stdout
 
 
-def test_meshd_runs_whole_with_only_the_unit_capabilities(meshd_ready, lab):
+def test_meshd_runs_whole_with_only_the_units_capabilities(meshd_ready, lab):
     sync = md.sync_section()
     for n in (1, 2):
-        start_restricted(lab, n, ["net_admin", "net_raw", *DROP], sync=sync, extra_toml=HEALTH)
+        start_restricted(lab, n, UNIT_SET, sync=sync, extra_toml=HEALTH)
     md.wait_in_sync(lab.run_dir, (1, 2), timeout=20, procs=lab.procs)
     lab.wait_states({1: "MASTER", 2: "BACKUP"}, GROUPS, timeout=15)
 

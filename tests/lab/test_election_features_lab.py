@@ -147,6 +147,10 @@ def write_notify_script(lab, n: int) -> tuple[str, str]:
                 'if ip -o -4 addr show | grep -q " $a/"; then v=yes; else v=no; fi\n'
                 f'echo "$* vip=$v" >> {out}\n')
     os.chmod(script, 0o755)
+    # The hook runs as script_user ("nobody"): it may append to this one file.
+    if not os.path.exists(out):
+        open(out, "w").close()
+        os.chmod(out, 0o666)
     return script, out
 
 

@@ -5,8 +5,16 @@ milliseconds, hands one to a node: a replay of a captured advert or frame
 to a node that has received it already (or to its sender), or a forgery (a
 flipped bit, a truncation, random bytes, a valid advert or frame sealed with
 another key, or with the right sender, epoch and a fresh counter but another
-key).  A replay of a datagram the node never received is no attack: the
-network could have delayed it that long.
+key), an extension (bytes appended), a splice (the head of one captured
+datagram with the tail of another), or a reseal under the cluster key with
+malformed contents (an advert with a bad type, flags, id or counter 0; a
+frame with a body of the wrong shape or a bad type) and the sender's *next*
+counter: rejected before the replay window records it, so the sender's real
+datagram with that counter is still accepted, and the run stays the same
+(were anything applied before the body was checked, it would not).  A
+replay of a datagram the node never received is no attack: the network
+could have delayed it that long.  tests/fuzz/ mutates the same kinds of
+input by the million against single cores.
 
 Property, over many seeded runs of a failover cluster under a random script
 of faults (cluster/scenarios.py): each run is made twice from its seed, with
@@ -20,11 +28,13 @@ every cache and every kernel table.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 
 from cluster import (
     ADVERT,
+    ELECTION_KEYS,
     OTHER_ELECTION_KEYS,
     OTHER_SYNC_KEYS,
     SYNC_KEYS,
@@ -36,11 +46,11 @@ from cluster.scenarios import Chaos, failover_cluster
 
 from meshd.election.actions import AdvertRejected
 from meshd.sync.actions import FrameRejected, PeerChanged, SyncState
-from meshd.sync.frames import FrameError, decode_frame, encode_frame
+from meshd.sync.frames import FrameError, decode_frame, encode_frame, packb
 
 RUNS = 60
 PERIOD = 0.004
-FORGERIES = ("flip", "truncate", "random", "other key", "fresh counter")
+FORGERIES = ("flip", "truncate", "random", "other key", "fresh counter", "extend", "splice", "resealed")
 RESULTS: list[str] = []
 
 
@@ -79,6 +89,16 @@ class Attacker:
 
     def forge(self, how: str, dg) -> bytes:
         rng, data = self.rng, dg.data
+        if how == "extend":
+            return data + rng.randbytes(rng.randint(1, 64))
+        if how == "splice":
+            other = rng.choice([d for d in self.c.captured[-200:] if d.kind is dg.kind]).data
+            cut = rng.randrange(1, min(len(data), len(other)))
+            spliced = data[:cut] + other[cut:]
+            # Not one of the two (the other's head can be the same: then it is a replay).
+            return spliced if spliced not in (data, other) else flip_bit(data, 0)
+        if how == "resealed":
+            return self.reseal(dg)
         if how == "flip":
             return flip_bit(data, rng.randrange(len(data) * 8))
         if how == "truncate":
@@ -94,6 +114,21 @@ class Attacker:
         h = f.header
         counter = h.counter + 10**9 if how == "fresh counter" else h.counter
         return encode_frame(OTHER_SYNC_KEYS, h.sender, h.epoch, counter, h.type, f.body)
+
+
+    def reseal(self, dg) -> bytes:
+        """Malformed contents under the cluster key, with the sender's next counter."""
+        rng, sender = self.rng, self.c.nodes[dg.src]
+        if not sender.alive:
+            return flip_bit(dg.data, 0)
+        if dg.kind is ADVERT:
+            nxt = sender.node.election.counter + 1
+            bad = rng.choice(({"type": 0}, {"type": 9}, {"node_id": 0}, {"group_id": 0}, {"counter": 0}))
+            return reencode(dg.data, ELECTION_KEYS, **{"counter": nxt, **bad})
+        sealer = copy.copy(sender.node.sync.sealer)              # the sender's own stays untouched
+        ftype, body = rng.choice(((1, packb([0, 0])), (2, packb([[1, 2]])), (3, b"\xc1"), (4, packb({})),
+                                  (9, packb([1])), (5, packb([0]))))
+        return sealer.seal(ftype, body)
 
 
 def trajectory(c: Cluster) -> tuple:

@@ -31,10 +31,10 @@ VECTORS = json.loads(VECTORS_PATH.read_text())
 CASES = VECTORS["cases"]
 
 # The documented constants (proto/sync.md, sections 2 and 3), written out on purpose.
-DOC_HEADER = struct.Struct("!BBBBIIQ")
+DOC_HEADER = struct.Struct("!BBBBII16sQ")
 DOC_CLUSTER_SALT = b"meshd cluster key v1"
 DOC_SYNC_INFO = b"meshd sync aead key-id "
-DOC_FRAME_SALT = b"meshd sync frame v1"
+DOC_FRAME_SALT = b"meshd sync frame v2"
 DOC_FRAME_INFO = b"meshd sync frame key"
 DOC_TYPES = {"DATA": 1, "STATUS": 2, "HEARTBEAT": 3, "DIGEST": 4, "RESYNC_REQUEST": 5,
              "REPAIR_REQUEST": 6}
@@ -49,9 +49,9 @@ def doc_sync_key(secret: bytes, key_id: int) -> bytes:
                 info=DOC_SYNC_INFO + bytes([key_id])).derive(secret)
 
 
-def doc_frame_key(sync_key: bytes, sender: int, epoch: int) -> bytes:
+def doc_frame_key(sync_key: bytes, sender: int, epoch: int, boot_id: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=DOC_FRAME_SALT,
-                info=DOC_FRAME_INFO + struct.pack("!II", sender, epoch)).derive(sync_key)
+                info=DOC_FRAME_INFO + struct.pack("!II", sender, epoch) + boot_id).derive(sync_key)
 
 
 def from_json(v):
@@ -92,13 +92,14 @@ def independent_frame(case: dict) -> bytes:
     h = case["header"]
     kind = DOC_TYPES.get(h["type"], h["type"])
     header = DOC_HEADER.pack(h["version"], kind, h["key_id"], h["flags"], h["sender"], h["epoch"],
-                             h["counter"])
+                             bytes.fromhex(h["boot_id_hex"]), h["counter"])
     if "plaintext_hex_override" in case:
         plaintext = bytes.fromhex(case["plaintext_hex_override"])
     else:
         plaintext = msgpack.packb(from_json(case["body"]), use_bin_type=True)
     secret = bytes.fromhex(case["secret_hex"])
-    fk = doc_frame_key(doc_sync_key(secret, h["key_id"]), h["sender"], h["epoch"])
+    fk = doc_frame_key(doc_sync_key(secret, h["key_id"]), h["sender"], h["epoch"],
+                       bytes.fromhex(h["boot_id_hex"]))
     nonce = struct.pack("!IQ", h["sender"], h["counter"])
     return apply_mutation(header + AESGCM(fk).encrypt(nonce, plaintext, header), case["mutation"])
 
@@ -130,8 +131,9 @@ def test_vector_keys(case):
     sk = doc_sync_key(secret, h["key_id"])
     assert sk.hex() == case["sync_key_hex"]
     assert derive_key(secret, SYNC_INFO, h["key_id"]).hex() == case["sync_key_hex"]
-    assert doc_frame_key(sk, h["sender"], h["epoch"]).hex() == case["frame_key_hex"]
-    assert frame_key(sk, h["sender"], h["epoch"]).hex() == case["frame_key_hex"]
+    boot_id = bytes.fromhex(h["boot_id_hex"])
+    assert doc_frame_key(sk, h["sender"], h["epoch"], boot_id).hex() == case["frame_key_hex"]
+    assert frame_key(sk, h["sender"], h["epoch"], boot_id).hex() == case["frame_key_hex"]
     assert nonce_for(h["sender"], h["counter"]).hex() == case["nonce_hex"]
 
 
@@ -153,9 +155,11 @@ def test_vector_encode(case):
     ring = KeyRing.from_secrets({h["key_id"]: secret}, h["key_id"], SYNC_INFO)
     body = from_json(case["body"])
     assert packb(body).hex() == case["plaintext_hex"]
-    data = encode_frame(ring, h["sender"], h["epoch"], h["counter"], DOC_TYPES[h["type"]], body)
+    boot_id = bytes.fromhex(h["boot_id_hex"])
+    data = encode_frame(ring, h["sender"], h["epoch"], h["counter"], DOC_TYPES[h["type"]], body,
+                        boot_id=boot_id)
     assert data.hex() == case["frame_hex"]
-    sealer = FrameSealer(ring, h["sender"], h["epoch"])
+    sealer = FrameSealer(ring, h["sender"], h["epoch"], boot_id)
     sealer.counter = h["counter"] - 1
     assert sealer.seal(DOC_TYPES[h["type"]], packb(body)).hex() == case["frame_hex"]
 
@@ -168,8 +172,9 @@ def test_vector_decode(case):
         frame = decode_frame(data, ring)
         h = case["header"]
         assert frame.header.type == DOC_TYPES[h["type"]]
-        assert (frame.header.sender, frame.header.epoch, frame.header.counter,
-                frame.header.key_id) == (h["sender"], h["epoch"], h["counter"], h["key_id"])
+        assert (frame.header.sender, frame.header.epoch, frame.header.boot_id.hex(),
+                frame.header.counter, frame.header.key_id) == \
+            (h["sender"], h["epoch"], h["boot_id_hex"], h["counter"], h["key_id"])
         assert to_json(frame.body) == case["expect"]["ok"]
     else:
         with pytest.raises(FrameError) as info:
@@ -183,7 +188,7 @@ BODIES = [
     (FrameType.DATA, (0, 0, 1, ((b"k", b"a"), (b"k2", None)), (), ())),
     (FrameType.DATA, (2, 5, 9, (), ((0, 1, 3, ()), (1, 2, 2, ((1, 1),))), ((1, 1, 7, 0, 0),))),
     (FrameType.STATUS, (5, ((0, 3, 9, 4, b"\x80"), (1, 0, 0, 0, b"")))),
-    (FrameType.HEARTBEAT, (3, ((2, 5, 1),), 0)),
+    (FrameType.HEARTBEAT, (3, ((2, 5, 1),), 0, ((2, bytes(range(16))),))),
     (FrameType.DIGEST, (3, (), 250, bytes(48))),
     (FrameType.RESYNC_REQUEST, (4,)),
     (FrameType.REPAIR_REQUEST, (5, bytes(32))),
@@ -207,26 +212,30 @@ def test_key_rotation_and_unknown_key():
 
 
 def test_sealer_never_repeats_a_nonce():
-    sealer = FrameSealer(RING, 3, 99)
+    boot = bytes(range(16))
+    sealer = FrameSealer(RING, 3, 99, boot)
     nonces = set()
     for _ in range(1000):
-        header = parse_header(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0))))
+        header = parse_header(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0, ()))))
+        assert header.boot_id == boot
         nonces.add(nonce_for(header.sender, header.counter))
     assert len(nonces) == 1000
-    # Another epoch (the next start) has another frame key altogether.
-    assert frame_key(RING.send_key, 3, 99) != frame_key(RING.send_key, 3, 100)
+    # Another start has another frame key altogether: another epoch, or the
+    # same epoch (a lost state_dir) with another boot id.
+    assert frame_key(RING.send_key, 3, 99, boot) != frame_key(RING.send_key, 3, 100, boot)
+    assert frame_key(RING.send_key, 3, 99, boot) != frame_key(RING.send_key, 3, 99, bytes(16))
 
 
 def test_opener_caches_only_keys_that_opened_something():
     opener = FrameOpener(RING)
-    forged = bytearray(encode_frame(RING, 7, 11, 13, FrameType.HEARTBEAT, (0, (), 0)))
+    forged = bytearray(encode_frame(RING, 7, 11, 13, FrameType.HEARTBEAT, (0, (), 0, ())))
     forged[-1] ^= 1
     for epoch in range(100):
         bad = bytes(forged[:8]) + struct.pack("!I", epoch) + bytes(forged[12:])
         with pytest.raises(FrameError):
             opener.open(bad, parse_header(bad))
     assert not opener._cache
-    good = encode_frame(RING, 7, 11, 14, FrameType.HEARTBEAT, (0, (), 0))
+    good = encode_frame(RING, 7, 11, 14, FrameType.HEARTBEAT, (0, (), 0, ()))
     opener.open(good, parse_header(good))
     assert len(opener._cache) == 1
 
@@ -291,12 +300,12 @@ def test_a_rekeyed_sealer_keeps_its_counter_and_seals_under_the_new_key():
     """Key rotation by reload: the counter is the nonce and must run on (1 -> 2 -> 1
     would otherwise reuse nonces of this epoch under key 1)."""
     both = {1: b"a" * 32, 2: b"b" * 32}
-    sealer = FrameSealer(KeyRing.from_secrets(both, 1, SYNC_INFO), 7, 9)
-    frames = [sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0)))]
+    sealer = FrameSealer(KeyRing.from_secrets(both, 1, SYNC_INFO), 7, 9, bytes(16))
+    frames = [sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0, ())))]
     sealer.rekey(KeyRing.from_secrets(both, 2, SYNC_INFO))
-    frames.append(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0))))
+    frames.append(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0, ()))))
     sealer.rekey(KeyRing.from_secrets(both, 1, SYNC_INFO))
-    frames.append(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0))))
+    frames.append(sealer.seal(FrameType.HEARTBEAT, packb((0, (), 0, ()))))
     headers = [parse_header(f) for f in frames]
     assert [(h.key_id, h.counter) for h in headers] == [(1, 1), (2, 2), (1, 3)]
     for kid, f in zip((1, 2, 1), frames):
@@ -307,8 +316,8 @@ def test_a_rekeyed_sealer_keeps_its_counter_and_seals_under_the_new_key():
 def test_a_rekeyed_opener_forgets_keys_that_are_gone_or_changed():
     old = KeyRing.from_secrets({1: b"a" * 32, 2: b"b" * 32}, 1, SYNC_INFO)
     opener = FrameOpener(old)
-    f1 = encode_frame(old, 7, 9, 1, FrameType.HEARTBEAT, (0, (), 0), key_id=1)
-    f2 = encode_frame(old, 7, 9, 2, FrameType.HEARTBEAT, (0, (), 0), key_id=2)
+    f1 = encode_frame(old, 7, 9, 1, FrameType.HEARTBEAT, (0, (), 0, ()), key_id=1)
+    f2 = encode_frame(old, 7, 9, 2, FrameType.HEARTBEAT, (0, (), 0, ()), key_id=2)
     for f in (f1, f2):
         decode_frame(f, old, opener)                  # both cached now
     opener.rekey(KeyRing.from_secrets({2: b"c" * 32}, 2, SYNC_INFO))
