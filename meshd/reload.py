@@ -49,6 +49,8 @@ What needs a restart, and why:
   yet) only make sense there.
 * `health.nft_table`, `health.nflog_group` and turning the reset watcher
   on: the table and the NFLOG socket are set up at start.
+* `health.check_user` naming another uid or gid: the check engine drops to
+  its user when it starts.
 
 Must not: apply anything or read a file: Daemon.reload loads the new file and
 carries the plan out (NodeCore.reconfigure and the shells' reload methods).
@@ -276,7 +278,12 @@ def _plan_health(old: HealthConfig | None, new: HealthConfig | None, changes: li
     if _reset_watcher(new) and not _reset_watcher(old):
         key = "health.rst_burst" if old.rst_burst == 0 else "health.redirects"
         refuse(key, "it turns the reset watcher on; its NFLOG socket is opened at start")
+    if (old.check_uid, old.check_gid) != (new.check_uid, new.check_gid):
+        refuse("health.check_user", f"{_show(old.check_user)} -> {_show(new.check_user)}; "
+                                    "the check engine drops to its user when it starts")
     for key, a, b in _fields_changed(old, new):
+        if key in ("check_uid", "check_gid"):
+            continue
         if key in ("hosts", "tables", "redirects"):
             changes.extend(f"health: {line}" for line in _named_changes(key[:-1], a, b))
         elif key != "nft_table":

@@ -37,7 +37,10 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         # checkspec the value types the [health] section and the checks share.
         "foundation": ("meshd", "meshd.crypto", "meshd.replay", "meshd.state", "meshd.log",
                        "meshd.logsinks", "meshd.logbridge", "meshd.timers", "meshd.commands",
-                       "meshd.health.checkspec", "meshd.runas"),
+                       "meshd.health.checkspec", "meshd.runas",
+                       # privilege separation without I/O: messages, the drop, the back-off
+                       "meshd.privsep", "meshd.privsep.imsg", "meshd.privsep.drop",
+                       "meshd.privsep.backoff"),
     }),
     ("configuration", {
         "config": ("meshd.config",),
@@ -47,7 +50,10 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "election core": ("meshd.election",),
         "sync core": ("meshd.sync",),
         "health core": ("meshd.health",),
-        "health checks": ("meshd.health.checks", "meshd.health.icmp", "meshd.health.scriptpool"),
+        "health checks": ("meshd.health.checks", "meshd.health.icmp", "meshd.health.scriptpool",
+                          "meshd.health.engineproto"),
+        # Starts, watches and restarts a child process (trio, no rules of its own).
+        "process supervisor": ("meshd.privsep.supervisor",),
         "reload plan": ("meshd.reload",),
         "preflight": ("meshd.preflight",),
         "lifecycle": ("meshd.lifecycle",),      # the supervision's rules, without trio
@@ -60,7 +66,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         # It runs the notify hooks and the track scripts.
         "election shell": ("meshd.election.transport", "meshd.election.shell", "meshd.hooks", "meshd.track"),
         "sync shell": ("meshd.sync.shell",),
-        "health shell": ("meshd.health.shell",),
+        # The daemon's side of the check engine: a runner like CheckRunner.
+        "health shell": ("meshd.health.shell", "meshd.health.remote"),
         "supervision": ("meshd.supervision",),
         "control server": ("meshd.control", "meshd.control.server", "meshd.control.protocol"),
     }),
@@ -69,6 +76,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
     }),
     ("entry points", {
         "cli": ("meshd.cli", "meshd.__main__"),
+        # The check engine child's own entry point (python -m meshd.health.engine).
+        "check engine": ("meshd.health.engine",),
         "meshctl": ("meshd.control.meshctl",),
     }),
 ]

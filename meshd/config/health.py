@@ -13,6 +13,10 @@ documented in docs/health.md.  The shapes follow relayd.conf:
 Cross references are checked here, so the core never meets an unknown name.
 The `check` sub-table of a table is parsed in meshd/config/health_check.py.
 
+`check_user` is looked up in the user database (pwd) here, so that a user
+that does not exist is a configuration error like any other; it is the one
+read of this section beyond the file.
+
 Must not: probe a host or touch nftables (meshd/health/ does, from the
 `HealthConfig` this module returns), or import the health core: only the
 value types of `meshd.health.checkspec`.
@@ -21,6 +25,7 @@ value types of `meshd.health.checkspec`.
 from __future__ import annotations
 
 import ipaddress
+import pwd
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +38,7 @@ NFT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 PROTOCOLS = ("tcp", "udp")
 MODES = ("round-robin", "random", "source-hash", "weighted")
 HEALTH_KEYS = {"max_in_flight", "rst_burst", "rst_window_ms", "nflog_group",
-               "keep_table_on_stop", "nft_table", "host", "table", "redirect"}
+               "keep_table_on_stop", "nft_table", "check_user", "host", "table", "redirect"}
 HOST_KEYS = {"name", "address", "weight", "disabled"}
 TABLE_KEYS = {"name", "hosts", "port", "check", "interval_ms", "fast_interval_ms",
               "down_interval_ms", "rise", "fall", "jitter_percent", "disabled"}
@@ -102,6 +107,9 @@ class HealthConfig:
     nflog_group: int = 7112
     keep_table_on_stop: bool = False
     nft_table: str = "meshd"
+    check_user: str = "nobody"        # as written: a name or a numeric uid
+    check_uid: int = 65534            # the check engine's uid and gid (from the user database)
+    check_gid: int = 65534
 
     def host(self, name: str) -> HealthHost | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -131,6 +139,7 @@ def parse_health(r: Reader, data: Any, followed_counters: set[str] | None) -> He
         r.problem("health.nft_table", "expected an nftables name (a letter, then letters, digits "
                   f"or '_', at most 32), found {describe(kw['nft_table'])}")
         kw["nft_table"] = None
+    kw.update(_check_user(r, t))
     # Names of items refused for their own errors: references to them are not
     # reported again as unknown, so one mistake gives one message.
     broken: set[tuple[str, str]] = set()
@@ -141,6 +150,34 @@ def parse_health(r: Reader, data: Any, followed_counters: set[str] | None) -> He
     if any(v is None for v in kw.values()):
         return None
     return HealthConfig(tuple(hosts.values()), tuple(tables.values()), tuple(redirects), **kw)
+
+
+DEFAULT_CHECK_USER = "nobody"
+
+
+def _check_user(r: Reader, t: dict) -> dict[str, Any]:
+    """`check_user`: a user name or a numeric uid that the user database knows, not root."""
+    value = t.get("check_user", DEFAULT_CHECK_USER)
+    where = "health.check_user"
+    bad = {"check_user": None, "check_uid": None, "check_gid": None}
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < 2**32 - 1:
+                r.problem(where, f"expected a uid (0 – 4294967294), found {value}")
+                return bad
+            pw = pwd.getpwuid(value)
+        elif isinstance(value, str) and value:
+            pw = pwd.getpwnam(value)
+        else:
+            r.problem(where, f"expected a user name or a numeric uid, found {describe(value)}")
+            return bad
+    except KeyError:
+        r.problem(where, f"no such user: {value!r} (not in the user database)")
+        return bad
+    if pw.pw_uid == 0:
+        r.problem(where, f"{value!r} is root: the check engine must run as an unprivileged user")
+        return bad
+    return {"check_user": str(value), "check_uid": pw.pw_uid, "check_gid": pw.pw_gid}
 
 
 def _array(r: Reader, t: dict, key: str) -> list:

@@ -14,15 +14,23 @@ Two kinds of socket, tried in this order per family:
 
 The first kind that works is remembered per family.
 
-Must not: keep a socket between checks (each echo opens its own), or time out
-by itself: the caller's cancel scope, the check's timeout, bounds `echo`.
+A process without CAP_NET_RAW (the check engine, meshd/health/engine.py)
+cannot open a raw socket, and Debian's default ping_group_range ("1 0")
+allows no ping socket either.  Its privileged parent then opens one raw
+socket per family (`open_raw`) and passes it over at exec; `SharedRaw`
+holds it, one reader task hands each reply to the echo waiting for it
+(matched by id, sequence and token as above), and `echo` uses it when one
+is installed for the family (`install_shared`).
+
+Must not: keep a socket between checks (each echo opens its own, unless a
+shared raw socket was installed), or time out by itself: the caller's cancel scope, the check's timeout, bounds `echo`.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import itertools
+import os
 import random
 import socket
 import struct
@@ -164,6 +172,61 @@ def icmp_available(family: int = socket.AF_INET) -> str | None:
     return "neither an ICMP datagram socket (net.ipv4.ping_group_range) nor a raw socket (CAP_NET_RAW) is allowed"
 
 
+def open_raw(family: int) -> socket.socket:
+    """A raw ICMP socket of `family` (needs CAP_NET_RAW), for `SharedRaw` in another process."""
+    return _open(family, "raw")
+
+
+class SharedRaw:
+    """One raw ICMP socket shared by every echo of this process (see the module's docstring)."""
+
+    def __init__(self, sock: socket.socket):
+        self.v6 = sock.family == socket.AF_INET6
+        sock.setblocking(False)
+        self.sock = trio.socket.from_stdlib_socket(sock)
+        self._waiters: dict[int, list] = {}      # key -> [ident, seq, token, event, verdict]
+        self._keys = itertools.count()
+
+    async def run(self) -> None:
+        """The reader: every packet offered to each waiting echo."""
+        while True:
+            data = await self.sock.recv(2048)
+            for w in list(self._waiters.values()):
+                verdict = match_reply(data, self.v6, True, w[0], w[1], w[2])
+                if verdict is not None:
+                    w[4] = verdict
+                    w[3].set()
+
+    async def echo(self, sockaddr) -> None:
+        seq = next(_seq) & 0xFFFF
+        token = os.urandom(8)
+        ident = random.randrange(1, 1 << 16)
+        waiter = [ident, seq, token, trio.Event(), None]
+        key = next(self._keys)
+        self._waiters[key] = waiter
+        try:
+            try:
+                await self.sock.sendto(echo_request(self.v6, ident, seq, token), sockaddr)
+            except OSError as e:
+                raise IcmpError(f"icmp: {_phrase(e)}") from None
+            await waiter[3].wait()
+        finally:
+            del self._waiters[key]
+        if waiter[4] != "ok":
+            raise IcmpError(waiter[4])
+
+
+_shared: dict[int, SharedRaw] = {}
+
+
+def install_shared(sock: socket.socket) -> SharedRaw:
+    """Use `sock` (a raw ICMP socket) for every echo of its family from now on;
+    the caller runs the returned object's `run()` in its nursery."""
+    shared = SharedRaw(sock)
+    _shared[sock.family] = shared
+    return shared
+
+
 async def echo(address: str, kind: str | None = None) -> None:
     """One echo request to address; returns on the matching reply, IcmpError otherwise.
 
@@ -173,6 +236,9 @@ async def echo(address: str, kind: str | None = None) -> None:
     info = socket.getaddrinfo(address, 0, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
     family, sockaddr = info[0], info[4]
     v6 = family == socket.AF_INET6
+    if kind is None and family in _shared:
+        await _shared[family].echo(sockaddr)
+        return
     if kind is None:
         plain, kind = open_socket(family)
     else:

@@ -12,6 +12,12 @@ Ordering: nftables changes go through one task, in the order the core asked
 for them (SetBackends before the DeleteStates that follow it), each in a
 worker thread (a netlink round trip must not stall the election's adverts).
 
+Where checks run: by default in the check engine, an unprivileged child
+process (meshd/health/remote.py's EngineRunner; scripts stay here); its
+coming and going goes to the node core (`check_engine`), which demotes the
+node while it is down.  Tests may pass `runner=` a factory of an in-process
+`CheckRunner` instead.
+
 Must not: decide when a host is up or down, or what a redirect forwards to
 (the health core does).
 """
@@ -28,6 +34,7 @@ from . import report
 from .actions import CancelCheck, DeleteStates, Log, SetBackends, StartCheck
 from .checks import CheckRunner
 from .core import UnknownName
+from .remote import EngineRunner
 from .scriptpool import ScriptPool
 
 NFT_QUEUE = 1024            # nftables changes waiting for the worker (a burst of health changes)
@@ -52,16 +59,20 @@ class HealthShell:
         dispatch: the daemon's router for actions the node returns.
         log: the event logger.
         lb: meshd's load balancer table (tests pass their own).
+        runner: None for the check engine child; else runner(nursery, report,
+            scripts) builds an in-process runner (CheckRunner, for tests).
     """
 
-    def __init__(self, config: Config, node, dispatch, log, lb: LoadBalancer | None = None):
+    def __init__(self, config: Config, node, dispatch, log, lb: LoadBalancer | None = None,
+                 runner=None):
         self.cfg: HealthConfig = config.health
         self.node = node
         self.dispatch = dispatch
         self.log = log
         self.lb = lb if lb is not None else LoadBalancer(self.cfg.nft_table, log=self._log_fields)
         self.scripts = ScriptPool(SCRIPT_POOL, run_as=config.node.run_as)
-        self.runner: CheckRunner | None = None
+        self.runner: CheckRunner | EngineRunner | None = None
+        self._runner_factory = runner
         self._nft_send, self._nft_receive = trio.open_memory_channel(NFT_QUEUE)
         self.nflog = None
 
@@ -82,7 +93,14 @@ class HealthShell:
 
     async def run(self, nursery: trio.Nursery) -> None:
         """The check runner, the nftables task and the reset watcher, in `nursery`."""
-        self.runner = CheckRunner(nursery, self._on_result, scripts=self.scripts)
+        if self._runner_factory is not None:
+            self.runner = self._runner_factory(nursery, self._on_result, self.scripts)
+        else:
+            # Demoted from the start until the engine says hello.
+            self._on_engine(False, "check engine starting")
+            self.runner = EngineRunner(nursery, self._on_result, self._on_refused, self._on_engine,
+                                       uid=self.cfg.check_uid, gid=self.cfg.check_gid,
+                                       log=self._log_fields, scripts=self.scripts)
         nursery.start_soon(self._nft_loop)
         if self.nflog is not None:
             nursery.start_soon(self._reset_loop)
@@ -140,6 +158,12 @@ class HealthShell:
 
     def _on_result(self, check_id, outcome) -> None:
         self.dispatch(self.node.check_done(check_id, outcome, trio.current_time()))
+
+    def _on_refused(self, check_id) -> None:
+        self.dispatch(self.node.check_refused(check_id, trio.current_time()))
+
+    def _on_engine(self, up: bool, reason: str) -> None:
+        self.dispatch(self.node.check_engine(up, reason, trio.current_time()))
 
     async def _nft_loop(self) -> None:
         async for a in self._nft_receive:

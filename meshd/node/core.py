@@ -11,6 +11,9 @@ The node composes the election core (ElectionCore), the state mesh
   the node never becomes master with half of its peers' flows;
 * a redirect with nothing to forward to raises its `demote` counter by
   HEALTH_DEMOTION (health core's Demote);
+* while the check engine (the health checks' own process) is down, every
+  group is demoted by HEALTH_DEMOTION: the node cannot tell its live
+  backends from its dead ones;
 * tracked interfaces and scripts add their weight to a demotion counter, or
   with weight 0 put the groups that follow it in FAULT;
 * the flows taken over become this node's once the addresses moved;
@@ -33,8 +36,14 @@ import random
 
 from ..config import ALL_GROUPS, Config
 from ..crypto import ELECTION_INFO, SYNC_INFO, KeyRing
-from ..election.actions import (AddAddresses, Announce, PrepareTakeover, RemoveAddresses,
-                                RunNotify, SendAdvert)
+from ..election.actions import (
+    AddAddresses,
+    Announce,
+    PrepareTakeover,
+    RemoveAddresses,
+    RunNotify,
+    SendAdvert,
+)
 from ..election.core import ElectionCore
 from ..health.actions import Demote
 from ..health.core import HealthCore
@@ -301,6 +310,14 @@ class NodeCore:
         self._route(self.health.check_refused(check_id, now), now)
         return self._flush()
 
+    def check_engine(self, up: bool, reason: str, now: float) -> list:
+        """The check engine came up or went down (meshd/health/remote.py): down
+        demotes every group until it is back.  The checks it held are handed
+        back one by one through check_refused."""
+        self._route(self.election.set_demotion(ALL_GROUPS, "check-engine", 0 if up else HEALTH_DEMOTION,
+                                               now, reason), now)
+        return self._flush()
+
     def reset_seen(self, address: str, port: int, now: float) -> list:
         """A backend sent a TCP reset (the NFLOG watcher); see HealthCore.rst_seen."""
         self._route(self.health.rst_seen(address, port, now), now)
@@ -395,5 +412,12 @@ class NodeCore:
         return out
 
 
-__all__ = ["NodeCore", "SYNC_DEMOTION", "HEALTH_DEMOTION", "KernelResynced", "election_keys",
-           "sync_keys", "core_timers"]
+__all__ = [
+    "HEALTH_DEMOTION",
+    "SYNC_DEMOTION",
+    "KernelResynced",
+    "NodeCore",
+    "core_timers",
+    "election_keys",
+    "sync_keys",
+]

@@ -400,13 +400,36 @@ def test_two_redirects_cannot_take_the_same_address_and_port():
 def test_global_errors():
     text = BASE + '[health]\nmax_in_flight = 0\nnft_table = "meshd-lb"\nrst_burst = -1\nhosts = []\n'
     assert problems(text) == [
-        ("meshd.toml: health.hosts: unknown key (known keys: host, keep_table_on_stop, max_in_flight, "
-         "nflog_group, nft_table, redirect, rst_burst, rst_window_ms, table)"),
+        ("meshd.toml: health.hosts: unknown key (known keys: check_user, host, keep_table_on_stop, "
+         "max_in_flight, nflog_group, nft_table, redirect, rst_burst, rst_window_ms, table)"),
         "meshd.toml: health.max_in_flight: expected an integer from 1 to 10000, found 0",
         "meshd.toml: health.rst_burst: expected an integer from 0 to 100000, found -1",
         ("meshd.toml: health.nft_table: expected an nftables name (a letter, then letters, digits or "
          "'_', at most 32), found \"meshd-lb\""),
     ]
+
+
+def test_check_user_defaults_to_nobody_and_takes_a_name_or_a_uid():
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    h = parse(BASE + "[health]\n" + HOSTS + TABLE).health
+    assert (h.check_user, h.check_uid, h.check_gid) == ("nobody", nobody.pw_uid, nobody.pw_gid)
+    h = parse(BASE + f"[health]\ncheck_user = {nobody.pw_uid}\n" + HOSTS + TABLE).health
+    assert (h.check_user, h.check_uid, h.check_gid) == (str(nobody.pw_uid), nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"no-such-user-meshd"', "health.check_user: no such user: 'no-such-user-meshd' (not in the user database)"),
+    ("4242424", "health.check_user: no such user: 4242424 (not in the user database)"),
+    ('"root"', "health.check_user: 'root' is root: the check engine must run as an unprivileged user"),
+    ("0", "health.check_user: 0 is root: the check engine must run as an unprivileged user"),
+    ("-1", "health.check_user: expected a uid (0 – 4294967294), found -1"),
+    ('""', "health.check_user: expected a user name or a numeric uid, found \"\""),
+    ("true", "health.check_user: expected a user name or a numeric uid, found"),
+])
+def test_check_user_errors_name_the_key_and_the_value(value, message):
+    found = problems(BASE + f"[health]\ncheck_user = {value}\n" + HOSTS + TABLE)
+    assert len(found) == 1 and found[0].startswith("meshd.toml: " + message), found
 
 
 def test_health_errors_come_with_the_other_errors_of_the_file():

@@ -1,10 +1,12 @@
 """meshd needs CAP_NET_ADMIN and CAP_NET_RAW, plus CAP_SETUID and CAP_SETGID to
-start its hooks and scripts as [node] script_user, and nothing else
-(systemd/meshd.service).
+start its hooks and scripts as [node] script_user and for its check engine to
+drop to [health] check_user, and CAP_KILL to kill that engine when it hangs,
+and nothing else (systemd/meshd.service).
 
 Both lab firewalls run meshd under setpriv(1) the way the unit runs it: root,
-the bounding set reduced to net_admin,net_raw,setuid,setgid (so, as root,
-exactly these are effective), no inheritable or ambient capability, no_new_privs. The
+the bounding set reduced to net_admin,net_raw,setuid,setgid,kill (so, as root,
+exactly these are effective), no inheritable or ambient capability,
+no_new_privs; its check engine child holds none. The
 configuration uses every part of meshd that talks to the kernel: the
 election (multicast on the group interfaces, rtnetlink addresses, AF_PACKET
 gratuitous ARP), the state mesh (ctnetlink events with SO_RCVBUFFORCE, a
@@ -31,9 +33,12 @@ from meshlab.topology import LAN_VIRTUAL, SERVER4, SRV_VIRTUAL, nsexec
 
 pytestmark = pytest.mark.lab
 
-CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_NET_RAW = 6, 7, 12, 13
-UNIT_CAPABILITIES = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
-UNIT_SET = ["net_admin", "net_raw", "setuid", "setgid"]
+CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_NET_RAW = 5, 6, 7, 12, 13
+UNIT_CAPABILITIES = ((1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
+                     | (1 << CAP_KILL))
+# setuid, setgid: scripts as script_user, the check engine as check_user; kill ends a hung engine.
+DROP = ["setuid", "setgid", "kill"]
+UNIT_SET = ["net_admin", "net_raw", *DROP]
 FLOW_PORT = 7021
 HEALTH_PORT = 8080
 GROUPS = ("lan", "srv")
@@ -117,6 +122,11 @@ def test_meshd_runs_whole_with_only_the_units_capabilities(meshd_ready, lab):
         assert int(status["CapBnd"], 16) == UNIT_CAPABILITIES, status["CapBnd"]
         assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
         assert status["NoNewPrivs"].strip() == "1"
+        engines = [r for r in log_records(lab, n) if r.get("event") == "check_engine_up"]
+        assert engines, f"fw{n}: no check engine came up"
+        engine = process_status(engines[-1]["pid"])
+        assert int(engine["CapEff"], 16) == 0 and int(engine["CapPrm"], 16) == 0
+        assert engine["Uid"].split()[0] != "0" and engine["NoNewPrivs"].strip() == "1"
 
     # The election: fw1 holds every virtual address, fw2 none; meshctl answers.
     for address in LAN_VIRTUAL + SRV_VIRTUAL:
@@ -162,7 +172,7 @@ def test_meshd_runs_whole_with_only_the_units_capabilities(meshd_ready, lab):
     ("net_admin", "announce_failed"),    # no CAP_NET_RAW: no AF_PACKET socket for gratuitous ARP
 ])
 def test_each_of_the_two_capabilities_is_needed(meshd_ready, lab, kept, event):
-    start_restricted(lab, 1, [kept])
+    start_restricted(lab, 1, [kept, *DROP])
     lab.wait_states({1: "MASTER"}, GROUPS, timeout=15)
     wait_for(f"{event} in the log", lambda: any(r.get("event") == event for r in log_records(lab, 1)), 5, lab)
     errors = [r for r in log_records(lab, 1) if r.get("event") == event]

@@ -212,6 +212,20 @@ def test_health_and_tracks_demote():
     assert node.election.counter_value("all") == 0
 
 
+def test_a_check_engine_down_demotes_every_group_until_it_is_back():
+    node = started(None, extra='\n[[health.host]]\nname = "web1"\naddress = "10.1.0.11"\n'
+                               '[[health.table]]\nname = "web"\nhosts = ["web1"]\nport = 80\n'
+                               'check = { method = "tcp" }\n')
+    assert node.election.counter_value("all") == 0
+    out = node.check_engine(False, "check engine down: killed by SIGKILL", 1.0)
+    assert node.election.counter_value("all") == HEALTH_DEMOTION
+    assert any(getattr(a, "reason", "") == "check engine down: killed by SIGKILL" for a in out)
+    node.link("eth2", False, 2.0)                   # other sources add up, apart
+    assert node.election.counter_value("all") == HEALTH_DEMOTION + 30
+    node.check_engine(True, "check engine up", 3.0)
+    assert node.election.counter_value("all") == 30
+
+
 def test_adoption_waits_for_the_addresses_then_moves_a_bucket_per_step():
     node = started("takeover")
     in_sync(node)
