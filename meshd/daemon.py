@@ -346,7 +346,8 @@ class Daemon:
             return await self.sync.handle_control(cmd, request)
         if cmd == "status":
             return {"node": self.config.node.name, "version": __version__, **election.status(now),
-                    "reject_log": self.reject_log.stats()}
+                    "reject_log": self.reject_log.stats(),
+                    "flood_guard": self.election.guard.status(now)}
         if cmd == "reload":
             outcome = await self.supervision.reload()
             if outcome.refused:

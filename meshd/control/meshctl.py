@@ -182,6 +182,13 @@ def format_status(answer: dict) -> str:
         suppressed = sum(((answer.get("reject_log") or {}).get("suppressed") or {}).values())
         if suppressed:
             out.append(f"  (log lines suppressed by the per-reason rate limit: {suppressed})")
+    guard = answer.get("flood_guard") or {}
+    if guard.get("engaged"):
+        out.append(f"flood guard: ENGAGED for {_ago(guard.get('engaged_s'))}, about "
+                   f"{guard.get('rejects_per_s', '?')} rejected adverts/s; admitted: "
+                   f"{', '.join(guard.get('admitted') or []) or 'none known'} and a sample of the rest")
+    elif guard.get("engagements"):
+        out.append(f"flood guard: released (engaged {guard['engagements']} times since start)")
     demotions = answer.get("demotions") or {}
     if demotions:
         out.append("demotion counters: " + ", ".join(f"{n}={v}" for n, v in sorted(demotions.items())))

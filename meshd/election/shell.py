@@ -33,7 +33,9 @@ from ..kernel.announce import AnnounceError, announce
 from ..kernel.leases import AddressLeases
 from ..kernel.links import LinkMonitor, initial_state
 from ..track.scripts import run_track_script
-from .actions import AddAddresses, Announce, RemoveAddresses, RunNotify, SendAdvert
+from ..kernel import sockfilter
+from .actions import AddAddresses, AdvertRejected, Announce, RemoveAddresses, RunNotify, SendAdvert
+from .floodguard import FloodGuard
 from .transport import ElectionSockets, TransportError
 
 # Adverts read from each socket before a due election deadline is acted upon:
@@ -123,6 +125,7 @@ class ElectionShell:
         self._receiving: set[int] = set()                    # families whose receive loop runs
         self._tracks_scope: trio.CancelScope | None = None
         self._monitor: LinkMonitor | None = None
+        self.guard = FloodGuard()
 
     # ------------------------------------------------------------------ start and end
 
@@ -148,6 +151,7 @@ class ElectionShell:
         for family in list(self.sockets.socks):
             self._start_receiving(family)
         self.nursery.start_soon(self._link_loop, self._monitor)
+        self.nursery.start_soon(self._guard_loop)
         self.start_tracks()
 
     async def drain(self) -> None:
@@ -339,7 +343,9 @@ class ElectionShell:
                 continue
             actions = self.node.advert(d.data, d.source, trio.current_time(), ttl=d.ttl,
                                        interface=d.interface)
-            actions += feed_queued(self.sockets, self.node, family, RECV_BURST - 1, trio.current_time())
+            now = trio.current_time()
+            actions += feed_queued(self.sockets, self.node, family, RECV_BURST - 1, now)
+            self._watch_rejects(actions, now)
             self.dispatch(actions)
 
     def read_queued(self, now: float) -> list:
@@ -347,7 +353,56 @@ class ElectionShell:
         actions: list = []
         for family in list(self.sockets.socks):
             actions += feed_queued(self.sockets, self.node, family, READ_FIRST_LIMIT, now)
+        self._watch_rejects(actions, now)
         return actions
+
+    # ------------------------------------------------------------------ the flood guard
+
+    def _watch_rejects(self, actions: list, now: float) -> None:
+        """Tell the flood guard of the rejects and of the senders now known."""
+        changed = False
+        for a in actions:
+            if type(a) is AdvertRejected:
+                changed |= self.guard.rejected(a.source, now)
+        changed |= self.guard.known(self._known_sources(), now)
+        if changed:
+            self._apply_guard()
+
+    def _known_sources(self) -> set[str]:
+        """The configured unicast peers, and the sources of the adverts that
+        passed every check (the core's peer table)."""
+        known = {p for g in self.config.groups for p in g.peers}
+        for g in self.node.election.groups.values():
+            for peer in g.peers.values():
+                known.add(peer["source"])
+        return known
+
+    async def _guard_loop(self) -> None:
+        """Time for the guard when nothing arrives (a flood that stopped)."""
+        while True:
+            await trio.sleep(1.0)
+            if self.guard.tick(trio.current_time()):
+                self._apply_guard()
+
+    def _apply_guard(self) -> None:
+        """Attach or remove the socket filter as the guard says (meshd/kernel/sockfilter.py)."""
+        g = self.guard
+        for family, s in self.sockets.socks.items():
+            try:
+                if g.engaged:
+                    admitted = [a for a in g.admitted if ipaddress.ip_address(a).version == family]
+                    sockfilter.attach(s, sockfilter.source_filter(family, admitted, g.sample_shift))
+                else:
+                    sockfilter.detach(s)
+            except (OSError, ValueError) as e:
+                self.log("flood_guard_error", level="warning", family=family, error=str(e))
+                continue
+        if g.engaged:
+            self.log("flood_guard", level="warning", engaged=True, rejects_per_s=round(g.last_rate),
+                     admitted=",".join(g.admitted) or "-",
+                     sampled=f"1 in {1 << g.sample_shift} of the other datagrams")
+        else:
+            self.log("flood_guard", engaged=False, rejects_per_s=round(g.last_rate))
 
 
     # ------------------------------------------------------------------ links and tracks

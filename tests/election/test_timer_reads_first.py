@@ -52,6 +52,9 @@ class FakeShell:
 
     read_queued = ElectionShell.read_queued       # the real one, on the fakes
 
+    def _watch_rejects(self, actions, now):       # the flood guard: tests/election/test_flood_guard.py
+        pass
+
 
 def test_a_queued_advert_stops_a_stale_takeover():
     node = FakeNode(deadline=10.0)

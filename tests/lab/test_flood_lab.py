@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 from meshlab import meshd_node as md
-from meshlab.topology import LAN4, SYNC4
+from meshlab.topology import LAN4, SYNC4, fw_host
 
 from meshd.sync.core import QUIET_REJECTS
 
@@ -76,6 +76,10 @@ def _log_records(path: str, offset: int) -> tuple[list[dict], int, int]:
             except ValueError:
                 pass
     return recs, raw.count(b"\n"), len(raw)
+
+
+def rejected_seen_by(status: dict) -> int:
+    return sum((status.get("rejected") or {}).values())
 
 
 def _attacker_result(proc) -> dict:
@@ -148,6 +152,13 @@ def test_flood_of_forged_adverts_and_frames_while_the_master_dies(meshd_ready, l
     assert cpu1[1] / before_kill < CPU_BOUND and cpu1[2] / before_kill < CPU_BOUND, cpu1
     assert cpu2 / flood_s < CPU_BOUND, cpu2
     assert rss_flood[1] - rss0[1] < RSS_GROWTH_BOUND and rss_end - rss0[2] < RSS_GROWTH_BOUND
+    # The flood guard engaged on fw2 (meshd/election/floodguard.py) and admitted
+    # fw1, whose adverts it had accepted; the kernel dropped most of the rest.
+    engaged = [r for r in recs2 if r.get("event") == "flood_guard" and r.get("engaged")]
+    assert engaged, "fw2's flood guard never engaged"
+    assert f"{LAN4}.{fw_host(1)}" in engaged[0]["admitted"].split(","), engaged[0]
+    assert st2["flood_guard"]["engagements"] >= 1
+    assert rejected_seen_by(st2) < 0.5 * a["sent"], "the kernel should have dropped most forgeries"
     # The log is bounded, the counters count every reject.
     assert bytes2 < LOG_BYTES_BOUND and lines2 < 200, (lines2, bytes2)
     assert len(advert_lines) <= 20 and len(frame_lines) <= 20, (len(advert_lines), len(frame_lines))
