@@ -151,6 +151,13 @@ class ElectionCore:
         deadlines = [g.deadline for g in self.groups.values() if g.deadline is not None]
         return min(deadlines) if deadlines else None
 
+    def next_master_down(self) -> float | None:
+        """When the first backup's master-down falls due, or None: the only
+        deadline before which queued adverts matter (ReadFirst)."""
+        deadlines = [g.deadline for g in self.groups.values()
+                     if g.state is State.BACKUP and g.deadline is not None]
+        return min(deadlines) if deadlines else None
+
     def handle_timer(self, now: float) -> list[Action]:
         """What is due at `now`: a master's advert, a backup's takeover (the
         failover ordering), a FAULT's retry after a send failure."""

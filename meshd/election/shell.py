@@ -484,7 +484,10 @@ class ReadFirst:
     After the event loop was busy (a big commit, a starved CPU), the timer and
     the receive task become runnable together; if the timer ran first, a
     backup would take over from a master whose adverts sit unread in its
-    socket buffer.
+    socket buffer.  Only a backup's master-down waits for the reading: a
+    master's advert does not (under a flood of forged adverts the queue can
+    take a few hundred ms to read, and a late advert is what makes a backup
+    take over; tests/lab/test_flood_lab.py).
     """
 
     def __init__(self, node, shell: ElectionShell, dispatch: Callable[[list], None]):
@@ -496,8 +499,8 @@ class ReadFirst:
         return self.node.next_deadline()
 
     def handle_timer(self, now: float) -> list:
-        election_due = self.node.election.next_deadline()
-        if election_due is not None and election_due <= now:
+        master_down = self.node.election.next_master_down()
+        if master_down is not None and master_down <= now:
             actions = self.shell.read_queued(now)
             if actions:
                 # Handled first: the deadline may have moved (an advert re-arms it).

@@ -185,3 +185,14 @@ def test_track_with_weight_0_faults_the_groups_following_its_counter():
     assert core.group_demotion(core.groups["lan"]) == 0    # a fault, not a demotion
     core.set_tracked_fault("uplink", "tracked interface eth9 failed", False, 2.0)
     assert core.groups["lan"].state is State.BACKUP
+
+
+def test_next_master_down_is_a_backups_deadline_never_a_masters_advert():
+    core = ElectionCore(1, [group(), group(id=2, name="srv", interface="eth1", addresses=("198.51.100.1/24",))],
+                        KEYS, epoch=1)
+    core.start(0.0)
+    backup_due = core.next_master_down()
+    assert backup_due is not None and backup_due == core.next_deadline()
+    core.handle_timer(10.0)                          # both take over: masters now
+    assert all(g.state is State.MASTER for g in core.groups.values())
+    assert core.next_deadline() is not None and core.next_master_down() is None

@@ -7,11 +7,17 @@ from meshd.election.transport import Datagram
 
 
 class FakeElection:
-    def __init__(self, deadline: float):
+    """One group: a backup (its deadline a master-down) or a master (an advert due)."""
+
+    def __init__(self, deadline: float, master: bool = False):
         self.deadline = deadline
+        self.master = master
 
     def next_deadline(self):
         return self.deadline
+
+    def next_master_down(self):
+        return None if self.master else self.deadline
 
 
 class FakeNode:
@@ -54,6 +60,16 @@ class FakeShell:
 
     def _watch_rejects(self, actions, now):       # the flood guard: tests/election/test_flood_guard.py
         pass
+
+
+def test_a_masters_due_advert_does_not_wait_for_the_queue():
+    """Found by the lab flood: the master read a queue full of forged adverts
+    before each advert it sent, and sent it a few hundred ms late."""
+    node = FakeNode(deadline=10.0)
+    node.election.master = True
+    shell = FakeShell(node, FakeSockets([Datagram(b"forged", "192.0.2.9", 255, "eth0")] * 100))
+    ReadFirst(node, shell, [].extend).handle_timer(10.5)
+    assert node.received == [] and node.timer_calls == 1
 
 
 def test_a_queued_advert_stops_a_stale_takeover():

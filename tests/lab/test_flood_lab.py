@@ -13,11 +13,11 @@ reason, meshd/log.py RejectLog), while the counters count every reject.
 
 The bounds are generous (a loaded 2-core machine): they tell a bounded
 daemon from a runaway one, not a benchmark.  The groups advertise every
-300 ms here (master-down 0.9 s): at 100 ms, on this 2-core VM shared by
-both daemons, both attackers and the kernel bridging the flood, the flood
-still cost fw2 enough of fw1's adverts for false takeovers (6 of 7 runs,
-before and after the burst reads and the ReadFirst fix; docs/security.md,
-"Threat model" and "The adversarial suite").
+100 ms (master-down 0.3 s).  Before the flood guard (the kernel keeps only
+known senders' adverts, meshd/election/floodguard.py) and the master's not
+reading its queue before an advert (ReadFirst), the flood cost fw2 enough of
+fw1's adverts for false takeovers at 100 ms in 6 of 7 runs
+(docs/security.md, "Threat model" and "The adversarial suite").
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ TAKEOVER_BOUND_S = 2.0
 CPU_BOUND = 1.5             # cores: one trio loop, the lease thread, some kernel time
 RSS_GROWTH_BOUND = 64 << 20
 LOG_BYTES_BOUND = 64 << 10
-ADVBASE_MS = 300
+ADVBASE_MS = 100
 
 
 def _proc_cpu(pid: int) -> float:
