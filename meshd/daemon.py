@@ -345,9 +345,12 @@ class Daemon:
                 raise ControlError(f"{cmd}: the state mesh is not configured (no [sync] section)")
             return await self.sync.handle_control(cmd, request)
         if cmd == "status":
-            return {"node": self.config.node.name, "version": __version__, **election.status(now),
-                    "reject_log": self.reject_log.stats(),
-                    "flood_guard": self.election.guard.status(now)}
+            answer = {"node": self.config.node.name, "version": __version__, **election.status(now),
+                      "reject_log": self.reject_log.stats(),
+                      "flood_guard": self.election.guard.status(now)}
+            if self.health is not None:
+                answer["check_engine"] = self.health.engine_status(now)
+            return answer
         if cmd == "reload":
             outcome = await self.supervision.reload()
             if outcome.refused:

@@ -182,6 +182,15 @@ def format_status(answer: dict) -> str:
         suppressed = sum(((answer.get("reject_log") or {}).get("suppressed") or {}).values())
         if suppressed:
             out.append(f"  (log lines suppressed by the per-reason rate limit: {suppressed})")
+    engine = answer.get("check_engine")
+    if isinstance(engine, dict):
+        if engine.get("up"):
+            out.append(f"check engine: up for {_ago(engine.get('since_s'))}, pid {engine.get('pid')}, "
+                       f"uid {engine.get('uid')}, {engine.get('checks_in_flight', 0)} checks in flight, "
+                       f"started {engine.get('starts', '?')} times")
+        else:
+            out.append(f"check engine: DOWN for {_ago(engine.get('since_s'))} "
+                       f"({engine.get('down_reason') or 'unknown'}); the node is demoted")
     guard = answer.get("flood_guard") or {}
     if guard.get("engaged"):
         out.append(f"flood guard: ENGAGED for {_ago(guard.get('engaged_s'))}, about "

@@ -73,6 +73,9 @@ class EngineRunner:
         self.remote: dict[Hashable, CheckTarget] = {}
         self.channel: Channel | None = None
         self.stale = 0
+        self.engine_uid: int | None = None
+        self.down_reason: str | None = "starting"
+        self.changed_at = trio.current_time()
         self.supervisor = ChildSupervisor(
             "check engine", module, ["--uid", str(uid), "--gid", str(gid)], FROM_ENGINE, TO_ENGINE,
             log=log, on_up=self._up, on_message=self._message, on_down=self._down,
@@ -106,8 +109,19 @@ class EngineRunner:
 
     # ------------------------------------------------------------ the supervisor's callbacks
 
+    def status(self, now: float) -> dict:
+        """For `meshctl status`: whether the engine is up, as whom, since when."""
+        return {"up": self.up, "pid": self.supervisor.pid if self.up else None,
+                "uid": self.engine_uid if self.up else None,
+                "since_s": round(now - self.changed_at, 1), "down_reason": self.down_reason,
+                "starts": self.supervisor.starts, "checks_in_flight": len(self.remote),
+                "stale_answers": self.stale}
+
     def _up(self, channel: Channel, hello) -> None:
         self.channel = channel
+        self.engine_uid = hello.fields["uid"]
+        self.down_reason = None
+        self.changed_at = trio.current_time()
         self.log("check_engine_up", pid=hello.fields["pid"], uid=hello.fields["uid"],
                  notes=hello.fields["notes"] or None)
         self.engine(True, "check engine up")
@@ -129,6 +143,8 @@ class EngineRunner:
 
     def _down(self, reason: str) -> None:
         self.channel = None
+        self.down_reason = reason
+        self.changed_at = trio.current_time()
         lost = list(self.remote)
         self.remote.clear()
         self.engine(False, f"check engine down: {reason}")

@@ -105,6 +105,11 @@ class HealthShell:
         if self.nflog is not None:
             nursery.start_soon(self._reset_loop)
 
+    def engine_status(self, now: float) -> dict | None:
+        """The check engine's state, or None where checks run in this process."""
+        status = getattr(self.runner, "status", None)
+        return status(now) if status is not None else None
+
     async def close(self) -> None:
         """On stop: remove meshd's table unless the configuration keeps it."""
         if self.nflog is not None:

@@ -152,6 +152,23 @@ def test_status_header_with_name_and_version():
     assert text.splitlines()[0] == "node fw2 (id 2), epoch 7, meshd 0.1.0"
 
 
+def test_status_shows_the_check_engine_and_the_flood_guard():
+    up = meshctl.format_status({**STATUS, "check_engine": {"up": True, "pid": 4242, "uid": 65534,
+                                                           "since_s": 75.0, "starts": 2,
+                                                           "checks_in_flight": 3}})
+    assert "check engine: up for 1m15s, pid 4242, uid 65534, 3 checks in flight, started 2 times" in up
+    down = meshctl.format_status({**STATUS, "check_engine": {"up": False, "since_s": 0.4,
+                                                             "down_reason": "killed by SIGKILL (ended)"},
+                                  "flood_guard": {"engaged": True, "engaged_s": 3.0, "rejects_per_s": 48000,
+                                                  "admitted": ["192.0.2.2"], "engagements": 1}})
+    assert "check engine: DOWN for 0.4s (killed by SIGKILL (ended)); the node is demoted" in down
+    assert ("flood guard: ENGAGED for 3.0s, about 48000 rejected adverts/s; admitted: 192.0.2.2 "
+            "and a sample of the rest") in down
+    released = meshctl.format_status({**STATUS, "flood_guard": {"engaged": False, "engagements": 2}})
+    assert "flood guard: released (engaged 2 times since start)" in released
+    assert "check engine" not in meshctl.format_status(STATUS)
+
+
 def test_status_json(daemon, capsys):
     code, out, _err = run(capsys, "--socket", daemon.path, "status", "--json")
     assert code == 0

@@ -216,7 +216,10 @@ def test_the_check_engine_is_unprivileged_and_hostile_backends_reach_only_it(lab
     assert growth_mib < 20, f"the daemon grew by {growth_mib:.1f} MiB"
     # The engine kept running (or, had it died, was back), the election went on.
     assert engine_pid(meshd_pid) == engine
-    assert md.status(lab.run_dir, 1)["demotions"].get("all", 0) == 0
+    st = md.status(lab.run_dir, 1)
+    assert st["demotions"].get("all", 0) == 0
+    assert st["check_engine"]["up"] and st["check_engine"]["pid"] == engine, st["check_engine"]
+    assert st["check_engine"]["uid"] == NOBODY and st["check_engine"]["starts"] == 1
     lab.wait_states({1: "MASTER", 2: "BACKUP"}, names, timeout=5)
 
 
@@ -242,6 +245,8 @@ def test_a_killed_check_engine_demotes_the_node_until_it_is_back(lab):
     lab.wait_states({1: "MASTER", 2: "BACKUP"}, names, timeout=10)
     up = md.log_events(lab.procs.get("meshd-fw1").log, "check_engine_up")
     assert len(up) >= 2 and up[-1]["pid"] == new
+    engine_status = md.status(lab.run_dir, 1)["check_engine"]
+    assert engine_status["up"] and engine_status["pid"] == new and engine_status["starts"] == 2, engine_status
     # The checks resumed: web1 is checked again, and still up.
     wait_for(lambda: (r := hosts(lab, 1)["web1"])["status"] == "up" and r["last_check_ago_s"] < 1.0,
              5, "web1 checked again")
