@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="validate the configuration, and what a start would trip on (scripts, "
                         "CA files, interfaces), then exit (0 valid, 2 invalid); touches nothing")
+    p.add_argument("--peer", metavar="FILE",
+                   help="with --check: compare with another node's configuration file: every "
+                        "setting that must agree and does not, every one that must differ and collides")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="one line per event: key=value text (default) or JSON")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -56,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.peer and not args.check:
+        parser.error("--peer compares two files and needs --check")
     if args.check:
-        return check(args.config)
+        code = check(args.config)
+        if args.peer and code != 2:
+            code = max(code, check_peer(args.config, args.peer))
+        return code
     try:
         log = open_event_log(args.log_target, args.log_format, args.log_level)
     except LogTargetError as e:
@@ -89,6 +98,41 @@ def check(path: str) -> int:
         return 2
     groups = ", ".join(f"{g.name} (id {g.id}, {g.interface})" for g in config.groups)
     print(f"{path}: OK: node {config.node.name} (id {config.node.id}), groups: {groups}")
+    return 0
+
+
+def check_peer(path: str, peer_path: str) -> int:
+    """`meshd --check --config FILE --peer FILE`: the two files side by side
+    (meshd/config/compare.py).  The peer's secret files are read where this
+    machine has them (the same path on both nodes, usually); else the secrets
+    are not compared, and that is said."""
+    from .config.compare import compare
+
+    here = load_config(path)
+    try:
+        peer = load_config(peer_path)
+        secrets_compared = True
+    except ConfigError as first:
+        try:
+            peer = load_config(peer_path, read_secrets=False)
+        except ConfigError as e:
+            for problem in e.problems:
+                print(problem, file=sys.stderr)
+            print(f"meshd: {len(e.problems)} problem(s) in the peer's file {peer_path}", file=sys.stderr)
+            return 2
+        secrets_compared = False
+        print(f"{peer_path}: its key files cannot be read here ({first.problems[0]}); "
+              "the secrets are not compared, only the key ids", file=sys.stderr)
+    who = peer.node.name or peer_path
+    findings = compare(here, peer, who, secrets_compared=secrets_compared)
+    for f in findings:
+        print(f, file=sys.stderr)
+    errors = sum(f.level == "error" for f in findings)
+    if errors:
+        print(f"meshd: {errors} setting(s) of {path} and {peer_path} break the cluster", file=sys.stderr)
+        return 2
+    print(f"{path} and {peer_path}: agree ({len(findings)} warning(s)): node {here.node.name} "
+          f"(id {here.node.id}) and {who} (id {peer.node.id})")
     return 0
 
 
