@@ -228,8 +228,13 @@ class ElectionCore:
         newest = self.replay.is_newest(sender, advert.epoch, advert.counter)
         self.replay.accept(sender, advert.epoch, advert.counter)
         if advert.config_digest != g.digest:
+            # The digest covers the group id, advbase and addresses; advbase is
+            # also in the clear, so it can be named when it is the one that differs.
+            why = (f"advbase_ms {advert.advbase_ms} there, {g.config.advbase_ms} here"
+                   if advert.advbase_ms != g.config.advbase_ms else
+                   "its addresses differ from this node's (advbase_ms agrees; `meshd --check --peer` names them)")
             return self._reject(g, "peer config differs",
-                                f"node {advert.node_id} has other addresses or advbase for group {g.config.name}", source)
+                                f"node {advert.node_id}, group {g.config.name}: {why}", source)
         if advert.advbase_ms != g.config.advbase_ms:
             # The digest covers advbase, but master-down is armed from this field:
             # one that contradicts the digest is a peer bug, never acted on.

@@ -91,7 +91,10 @@ def decode_advert(data: bytes, keys: KeyRing) -> Advert:
         raise AdvertError("bad version", f"version {version}, expected {VERSION}")
     key = keys.get(key_id)
     if key is None:
-        raise AdvertError("unknown key", f"key id {key_id}")
+        # Unauthenticated, but what explains a misconfiguration: the peer's send_key.
+        here = ", ".join(str(k) for k in sorted(keys.keys))
+        raise AdvertError("unknown key", f"key id {key_id} (cluster.send_key of the sender?); "
+                                         f"the cluster keys here are {{{here}}}")
     if not constant_time_equal(hmac_sha256(key, data[:HEADER.size]), data[HEADER.size:]):
         raise AdvertError("bad mac", f"from node {node_id} group {group_id} key id {key_id}")
     # Fields below are authenticated: a bad value is a peer bug, not an attack.

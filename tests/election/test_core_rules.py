@@ -196,3 +196,25 @@ def test_next_master_down_is_a_backups_deadline_never_a_masters_advert():
     core.handle_timer(10.0)                          # both take over: masters now
     assert all(g.state is State.MASTER for g in core.groups.values())
     assert core.next_deadline() is not None and core.next_master_down() is None
+
+
+def _rejected_detail(core, data):
+    (a,) = [x for x in core.receive(data, "192.0.2.2", 1.0, ttl=255, interface="eth0")
+            if isinstance(x, AdvertRejected)]
+    return a.reason, a.detail
+
+
+def test_a_rejected_advert_says_which_setting_explains_it():
+    """Issue 12: a node whose peer's adverts are rejected says why, where it can know."""
+    core = ElectionCore(1, [group()], KEYS, epoch=1)
+    core.start(0.0)
+    assert _rejected_detail(core, master_advert(advbase_ms=200)) == (
+        "peer config differs", "node 2, group lan: advbase_ms 200 there, 100 here")
+    reason, detail = _rejected_detail(core, master_advert(node_id=3, addresses=("192.0.2.254/24",)))
+    assert reason == "peer config differs" and "its addresses differ" in detail
+    other = KeyRing.from_secrets({7: b"s" * 32}, 7, ELECTION_INFO)
+    peer = ElectionCore(4, [group()], other, epoch=5)
+    peer.start(0.0)
+    data = next(a.data for a in peer.handle_timer(10.0) if isinstance(a, SendAdvert))
+    assert _rejected_detail(core, data) == (
+        "unknown key", "key id 7 (cluster.send_key of the sender?); the cluster keys here are {1}")
