@@ -33,7 +33,7 @@ from .health.actions import CancelCheck, DeleteStates, Log, SetBackends, StartCh
 from .kernel import addresses as kaddr
 from .log import EventLog, RejectLog
 from .node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
-                           TakeoverSkipped, WaitApplied)
+                           SplitBrain, TakeoverSkipped, WaitApplied)
 from .node.core import NodeCore
 from .reload import ReloadOutcome, keys_changed, plan_reload
 from .replay import ReplayGuard
@@ -179,6 +179,13 @@ class Daemon:
             elif isinstance(a, StateChanged):
                 self.log("state", group=a.group, old=a.old.value, new=a.new.value, reason=a.reason)
                 status_changed = True
+            elif isinstance(a, SplitBrain):
+                if a.on:
+                    self.log("split_brain", level="error", group=a.group,
+                             masters=",".join(map(str, a.nodes)),
+                             reason="more than one node claims MASTER (their ABOUT frames, 3 s apart)")
+                else:
+                    self.log("split_brain_ended", group=a.group, masters_were=",".join(map(str, a.nodes)))
             elif isinstance(a, AdvertRejected):
                 self.reject_log(a.reason, trio.current_time(), source=a.source, detail=a.detail)
             elif isinstance(a, DemotionChanged):
@@ -351,6 +358,8 @@ class Daemon:
             if self.health is not None:
                 answer["check_engine"] = self.health.engine_status(now)
             return answer
+        if cmd == "cluster":
+            return self.node.cluster(now)
         if cmd == "reload":
             outcome = await self.supervision.reload()
             if outcome.refused:

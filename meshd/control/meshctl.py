@@ -206,9 +206,53 @@ def format_status(answer: dict) -> str:
     return "\n".join(out)
 
 
+def format_cluster(answer: dict) -> str:
+    """The human view of a `cluster` answer (meshd/node/cluster.py)."""
+    me = answer.get("node") or {}
+    out = [f"this node: {me.get('name')} (id {me.get('id')}), epoch {me.get('epoch')}, "
+           + ("in sync" if me.get("in_sync") else "not in sync" if me.get("in_sync") is False else "no state mesh")]
+    out.append("  groups: " + ", ".join(f"{g['name']} {g['state']} (demotion {g['demotion']})"
+                                        for g in me.get("groups") or []))
+    for n in answer.get("nodes") or []:
+        label = f"{n.get('name') or '?'} (id {n['id']})"
+        out.append(f"node {label}, meshd {n.get('version') or '?'}, epoch {n.get('epoch') or '?'}")
+        if n.get("groups"):
+            out.append("  groups: " + ", ".join(f"{g['name']} {g['state']} (demotion {g['demotion']})"
+                                                for g in n["groups"]))
+        adverts = n.get("adverts") or {}
+        if adverts:
+            out.append("  adverts: " + ", ".join(f"{g} heard {_ago(a.get('last_heard_ago_s'))} ago"
+                                                 for g, a in sorted(adverts.items())))
+        else:
+            out.append("  adverts: none heard (a backup sends none)")
+        sync = n.get("sync")
+        if sync:
+            state = "ABSENT" if sync.get("absent") else "present"
+            out.append(f"  sync: {state}, last frame {_ago(sync.get('last_frame_ago_s'))} ago, lag in "
+                       f"{sync.get('lag_in_frames')} / out {sync.get('lag_out_frames')} frames, "
+                       f"{sync.get('external_entries', 0)} flows cached")
+        settings = n.get("settings")
+        if settings is None:
+            out.append("  settings: not known (nothing heard in its ABOUT frames yet)" if sync else
+                       "  settings: not known (no state mesh)")
+        elif settings.get("agree"):
+            out.append("  settings: agree")
+        else:
+            out.append("  settings that differ:")
+            out += [f"    {d}" for d in settings.get("differences") or []]
+    split = answer.get("split_brain") or {}
+    for group, nodes in sorted(split.items()):
+        out.append(f"SPLIT BRAIN: group {group} has {len(nodes)} masters: nodes {', '.join(map(str, nodes))}")
+    if answer.get("split_brains_seen"):
+        out.append(f"split brains seen since start: {answer['split_brains_seen']}")
+    return "\n".join(out)
+
+
 def format_answer(cmd: str, answer: dict) -> str:
     if cmd == "status":
         return format_status(answer)
+    if cmd == "cluster":
+        return format_cluster(answer)
     if cmd in ("demote", "promote"):
         return f"demotion counter {answer.get('name')} is now {answer.get('value')}"
     if cmd in ("enable", "disable"):
@@ -290,7 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     options(parser, True)
     parser.add_argument("--version", action="version", version=f"meshctl {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
-    args = {"status": [], "demote": [("name", str, "demotion counter"),
+    args = {"status": [], "cluster": [], "demote": [("name", str, "demotion counter"),
                                      ("by", int, "amount to add (may be negative)")],
             "promote": [("name", str, "demotion counter")],
             "enable": [("group", str, "group name")], "disable": [("group", str, "group name")]}

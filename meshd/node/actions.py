@@ -76,3 +76,13 @@ class FlowsNotAdopted:
     group: str
     peer: int
     reason: str
+
+
+@dataclass(frozen=True)
+class SplitBrain:
+    """Two or more nodes claim MASTER of `group` (this one among them or not),
+    for at least SPLIT_BRAIN_CONFIRM_S (node/cluster.py): `on`; `on` False
+    when one master is left.  For the log and the counters."""
+    group: str
+    nodes: tuple[int, ...]
+    on: bool

@@ -34,24 +34,29 @@ from __future__ import annotations
 
 import random
 
+from .. import __version__
 from ..config import ALL_GROUPS, Config
+from ..config.shared import settings_digest, shared_settings
 from ..crypto import ELECTION_INFO, SYNC_INFO, KeyRing
 from ..election.actions import (
     AddAddresses,
     Announce,
+    DemotionChanged,
     PrepareTakeover,
     RemoveAddresses,
     RunNotify,
     SendAdvert,
+    StateChanged,
 )
 from ..election.core import ElectionCore
 from ..health.actions import Demote
 from ..health.core import HealthCore
 from ..replay import ReplayGuard
-from ..sync.actions import ExternalChanged, SendFrame, SyncState
+from ..sync.actions import ExternalChanged, PeerAbout, SendFrame, SyncState
 from ..sync.core import SyncCore
 from ..sync.filters import EventFilter
 from .actions import DumpKernel, KernelResynced
+from .cluster import SplitBrainWatch, cluster_view, masters
 from .flows import KernelFlows
 from .takeover import Takeovers
 
@@ -110,6 +115,7 @@ class NodeCore:
         self.flows: KernelFlows | None = None
         self.takeovers: Takeovers | None = None
         self.in_sync: bool | None = None
+        self.split_brain = SplitBrainWatch()
         self._dump_when_in_sync = False
         if config.sync is not None:
             s = config.sync
@@ -133,6 +139,7 @@ class NodeCore:
         fed the start dump before (`kernel_table(..., "start", ...)`)."""
         if self.sync is not None:
             self._dump_when_in_sync = self.config.sync.commit == "continuous"
+            self._set_about(now)
             self._route(self.sync.start(now), now)
         if self.health is not None:
             self._route(self.health.start(now), now)
@@ -342,6 +349,7 @@ class NodeCore:
         self._route(self.election.reconfigure(new.groups, now), now)
         if self.sync is not None:
             self._reconfigure_sync(old, new, keys_changed, now)
+            self._set_about(now)
         if self.health is not None and new.health != old.health:
             self._route(self.health.reload(new.health, now), now)
         return self._flush()
@@ -397,7 +405,29 @@ class NodeCore:
                 self._route(self.election.set_demotion(a.counter, "health", HEALTH_DEMOTION if a.on else 0,
                                                        now, f"health: {a.reason}"), now)
                 continue
+            if isinstance(a, PeerAbout):
+                out.extend(self.split_brain.update(masters(self), now))
+                continue
+            if isinstance(a, (StateChanged, DemotionChanged)) and self.sync is not None:
+                self._about_groups(now)
+                if isinstance(a, StateChanged):
+                    out.extend(self.split_brain.update(masters(self), now))
             out.append(a)
+
+    def cluster(self, now: float) -> dict:
+        """`meshctl cluster`: every node this one hears (node/cluster.py)."""
+        return cluster_view(self, now)
+
+    def _set_about(self, now: float) -> None:
+        """Who this node is, for the peers' `meshctl cluster` (sync/about.py)."""
+        settings = shared_settings(self.config)
+        self.sync.set_about(self.config.node.name, __version__, settings, settings_digest(settings), now)
+        self._about_groups(now)
+
+    def _about_groups(self, now: float) -> None:
+        e = self.election
+        self.sync.set_about_groups([(g.config.id, g.state.value, e.group_demotion(g))
+                                    for g in e.groups.values()], now)
 
     def _sync_state(self, a: SyncState, now: float) -> None:
         self.in_sync = a.in_sync

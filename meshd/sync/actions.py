@@ -74,4 +74,11 @@ class FrameRejected:
     peer: int | None
 
 
-Action = SendFrame | ExternalChanged | SyncState | PeerChanged | FrameRejected
+@dataclass(frozen=True, slots=True)
+class PeerAbout:
+    """An authentic ABOUT from `peer` arrived (SyncCore.peer_about() has it):
+    for the node core's split-brain rule, never a shell's."""
+    peer: int
+
+
+Action = SendFrame | ExternalChanged | SyncState | PeerChanged | FrameRejected | PeerAbout

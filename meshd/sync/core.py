@@ -60,7 +60,7 @@ what it may touch.  The state is in two places only: the attributes set in
 SyncCore.__init__ (this node's, one copy) and Peer (peer.py, per peer, both
 directions).  Each part imports only parts after it in this list, by name
 (`from .bulk import pump`, so that a cycle would fail at import):
-membership, antientropy, inbound, resend, bulk, outbound.  A frame handler
+membership, antientropy, inbound, resend, bulk, about, outbound.  A frame handler
 takes `(core, peer, counter, body, now)`: the counter is the frame's, the
 stamp of its records.
 
@@ -76,7 +76,7 @@ from collections import Counter
 
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from . import antientropy, bulk, inbound, membership, outbound, resend
+from . import about, antientropy, bulk, inbound, membership, outbound, resend
 from .actions import Action, ExternalChanged, FrameRejected
 from .cache import InternalCache
 from .frames import (
@@ -106,6 +106,7 @@ HANDLERS = {
     FrameType.DIGEST: antientropy.on_digest,                # compare, ask for repairs (8)
     FrameType.RESYNC_REQUEST: bulk.on_resync_request,       # start a bulk (7.1)
     FrameType.REPAIR_REQUEST: antientropy.on_repair_request,  # queue buckets (8)
+    FrameType.ABOUT: about.on_about,                        # who the peer is (4.7)
 }
 
 
@@ -200,6 +201,10 @@ class SyncCore:
         self.started_at: float | None = None
         self.heartbeat_at: float | None = None
         self.digest_at: float | None = None
+        # ABOUT (about.py): set by the node core; None until then, and nothing is sent.
+        self.about_identity: tuple | None = None
+        self.about_groups: tuple = ()
+        self.about_at: float | None = None
         self.probe_at: float | None = None
         self.round: dict[int, int] | None = None     # peer -> request id its bulk must answer
         self.round_started = 0.0
@@ -312,7 +317,7 @@ class SyncCore:
     def next_deadline(self) -> float | None:
         """When handle_timer has work next (heartbeat, probe, digest, a peer's
         STATUS, retry, bulk or pacing), or None."""
-        times = [self.heartbeat_at, self.probe_at, self.digest_at]
+        times = [self.heartbeat_at, self.probe_at, self.digest_at, self.about_at]
         for p in self.peers.values():
             times.append(p.status_due)
             times.append(p.pump_at)
@@ -348,7 +353,32 @@ class SyncCore:
         if self.digest_at is not None and self.digest_at <= now:
             antientropy.send_digests(self)
             self.digest_at = now + self.digest_interval_s
+        if self.about_at is not None and self.about_at <= now:
+            about.send(self, now)                                  # who we are (4.7)
         return self._flush()
+
+    def set_about(self, name: str, version: str, settings: list[tuple[str, str]], digest: bytes,
+                  now: float) -> list[Action]:
+        """Who this node is, for its ABOUT frames (sent at once, then every
+        about.ABOUT_INTERVAL_S): its name, meshd's version, the shared settings
+        (meshd/config/shared.py) and their digest.  Again after a reload."""
+        self.about_identity = (name, version, list(settings), digest)
+        self.about_at = now
+        return []
+
+    def set_about_groups(self, groups, now: float) -> list[Action]:
+        """The groups as this node sees them, [(id, state, demotion)]: sent at once
+        when they changed."""
+        groups = tuple(groups)
+        if groups != self.about_groups:
+            self.about_groups = groups
+            if self.about_identity is not None:
+                self.about_at = now
+        return []
+
+    def peer_about(self) -> dict[int, tuple[dict | None, float | None]]:
+        """What each peer last said in its ABOUT, and when (None: never)."""
+        return {pid: (p.about, p.about_heard) for pid, p in self.peers.items()}
 
     # ------------------------------------------------------------ takeover and operator
 

@@ -68,6 +68,7 @@ class FrameType(enum.IntEnum):
     DIGEST = 4
     RESYNC_REQUEST = 5
     REPAIR_REQUEST = 6
+    ABOUT = 7
 
 
 class FrameError(Exception):
@@ -395,6 +396,45 @@ def _decode_repair_request(v) -> tuple:
     return v
 
 
+# ABOUT (4.7): who the sender is, its groups as it sees them, and the settings
+# every node must agree on (meshd/config/shared.py), as text.
+ABOUT_STATES = ("INIT", "BACKUP", "MASTER", "FAULT", "DISABLED")
+ABOUT_NAME_MAX = 64
+ABOUT_VERSION_MAX = 32
+ABOUT_GROUPS_MAX = 255
+ABOUT_SETTINGS_MAX = 512
+ABOUT_SETTING_NAME_MAX = 128
+ABOUT_SETTING_VALUE_MAX = 256
+ABOUT_DIGEST_LEN = 16
+
+
+def _short_str(x, limit: int) -> bool:
+    return type(x) is str and len(x) <= limit
+
+
+def _decode_about(v) -> tuple:
+    name, version, groups, digest, settings, complete = _array(v, 6, "ABOUT")
+    if not _short_str(name, ABOUT_NAME_MAX) or not _short_str(version, ABOUT_VERSION_MAX):
+        _bad(f"ABOUT: name (at most {ABOUT_NAME_MAX}) and version (at most {ABOUT_VERSION_MAX}) strings")
+    if type(groups) is not tuple or len(groups) > ABOUT_GROUPS_MAX:
+        _bad(f"ABOUT: groups, an array of at most {ABOUT_GROUPS_MAX}")
+    for g in groups:
+        if type(g) is not tuple or len(g) != 3 or not _is_uint(g[0], 16) or g[0] == 0 \
+                or g[1] not in ABOUT_STATES or type(g[1]) is not str or not _is_uint(g[2], 32):
+            _bad("ABOUT: groups: [id 1..65535, state, demotion]")
+    if type(digest) is not bytes or len(digest) != ABOUT_DIGEST_LEN:
+        _bad(f"ABOUT: settings digest, {ABOUT_DIGEST_LEN} bytes")
+    if type(settings) is not tuple or len(settings) > ABOUT_SETTINGS_MAX:
+        _bad(f"ABOUT: settings, an array of at most {ABOUT_SETTINGS_MAX}")
+    for pair in settings:
+        if type(pair) is not tuple or len(pair) != 2 or not _short_str(pair[0], ABOUT_SETTING_NAME_MAX) \
+                or not _short_str(pair[1], ABOUT_SETTING_VALUE_MAX):
+            _bad("ABOUT: settings: [name, value] strings")
+    if complete not in (0, 1) or type(complete) is not int:
+        _bad("ABOUT: complete 0 or 1")
+    return v
+
+
 _BODY_DECODERS = {
     FrameType.DATA: _decode_data,
     FrameType.STATUS: _decode_status,
@@ -402,6 +442,7 @@ _BODY_DECODERS = {
     FrameType.DIGEST: _decode_digest,
     FrameType.RESYNC_REQUEST: _decode_resync_request,
     FrameType.REPAIR_REQUEST: _decode_repair_request,
+    FrameType.ABOUT: _decode_about,
 }
 
 

@@ -31,6 +31,8 @@ class Peer:
     resend_limit: int
     max_gap: int
     epoch: int | None = None             # authenticated epoch; None until first heard
+    about: dict | None = None            # its last ABOUT (about.py), kept across its restarts
+    about_heard: float | None = None
     # Its start that proved fresh to us (epoch, boot id): a HEARTBEAT of it
     # echoed our boot id.  Only frames of this session pass (proto/sync.md, 3.1).
     session: tuple[int, bytes] | None = None
