@@ -89,16 +89,21 @@ def check(path: str) -> int:
             print(problem, file=sys.stderr)
         print(f"meshd: {len(e.problems)} problem(s) in {path}; not starting", file=sys.stderr)
         return 2
-    findings = preflight(config)
-    for finding in findings:
-        print(finding, file=sys.stderr)
-    errors = sum(f.level == "error" for f in findings)
-    if errors:
-        print(f"meshd: {errors} problem(s) a start of {path} would trip on", file=sys.stderr)
+    if _errors_printed(preflight(config), f"problem(s) a start of {path} would trip on"):
         return 2
     groups = ", ".join(f"{g.name} (id {g.id}, {g.interface})" for g in config.groups)
     print(f"{path}: OK: node {config.node.name} (id {config.node.id}), groups: {groups}")
     return 0
+
+
+def _errors_printed(findings, what: str) -> bool:
+    """Print every finding (each has a `level`); then, if any is an error, how many."""
+    for finding in findings:
+        print(finding, file=sys.stderr)
+    errors = sum(f.level == "error" for f in findings)
+    if errors:
+        print(f"meshd: {errors} {what}", file=sys.stderr)
+    return bool(errors)
 
 
 def check_peer(path: str, peer_path: str) -> int:
@@ -125,11 +130,7 @@ def check_peer(path: str, peer_path: str) -> int:
               "the secrets are not compared, only the key ids", file=sys.stderr)
     who = peer.node.name or peer_path
     findings = compare(here, peer, who, secrets_compared=secrets_compared)
-    for f in findings:
-        print(f, file=sys.stderr)
-    errors = sum(f.level == "error" for f in findings)
-    if errors:
-        print(f"meshd: {errors} setting(s) of {path} and {peer_path} break the cluster", file=sys.stderr)
+    if _errors_printed(findings, f"setting(s) of {path} and {peer_path} break the cluster"):
         return 2
     print(f"{path} and {peer_path}: agree ({len(findings)} warning(s)): node {here.node.name} "
           f"(id {here.node.id}) and {who} (id {peer.node.id})")
