@@ -231,6 +231,12 @@ def format_cluster(answer: dict) -> str:
             out.append(f"  sync: {state}, last frame {_ago(sync.get('last_frame_ago_s'))} ago, lag in "
                        f"{sync.get('lag_in_frames')} / out {sync.get('lag_out_frames')} frames, "
                        f"{sync.get('external_entries', 0)} flows cached")
+            rejected = sync.get("rejected") or {}
+            if rejected:
+                last = sync.get("last_reject") or {}
+                out.append("  frames rejected: " + ", ".join(f"{r} {c}" for r, c in sorted(rejected.items()))
+                           + (f" (last {_ago(last.get('ago_s'))} ago: {last.get('reason')}, {last.get('detail')})"
+                              if last else ""))
         settings = n.get("settings")
         if settings is None:
             out.append("  settings: not known (nothing heard in its ABOUT frames yet)" if sync else

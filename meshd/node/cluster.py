@@ -62,6 +62,17 @@ class SplitBrainWatch:
         return out
 
 
+KEY_HINT_S = 10.0         # an unknown-key reject this recent explains a silent peer
+
+
+def _key_hint(last: dict | None, keys_here: str) -> str | None:
+    """What a recent `unknown key` reject of a peer's frames says about the keys."""
+    if last is None or last["reason"] != "unknown key" or last["ago_s"] > KEY_HINT_S:
+        return None
+    return (f"cluster keys: its frames are sealed under {last['detail']}, the cluster keys here are "
+            f"{keys_here} (its cluster.send_key, or cluster.keys here; from the frames' clear header)")
+
+
 def cluster_view(node, now: float) -> dict:
     """The `cluster` answer: this node, then every node it hears."""
     e, s, cfg = node.election, node.sync, node.config
@@ -80,6 +91,8 @@ def cluster_view(node, now: float) -> dict:
     if s is not None:
         names = {g.config.id: g.config.name for g in e.groups.values()}
         summaries = s.stats(now)["peers"]
+        rejects = s.peer_rejects(now)
+        keys_here = "{" + ", ".join(str(k.id) for k in sorted(cfg.cluster.keys, key=lambda k: k.id)) + "}"
         for pid, (about, heard) in s.peer_about().items():
             n, p = entry(pid), s.peers[pid]
             summary = summaries[pid]
@@ -90,8 +103,12 @@ def cluster_view(node, now: float) -> dict:
             n["sync"] = {"absent": p.absent, "last_frame_ago_s": summary["since_last_frame_s"],
                          "lag_in_frames": summary["in"]["mcast"]["lag"], "lag_out_frames": lag_out,
                          "missing_in": summary["in"]["mcast"]["missing"],
-                         "external_entries": summary["in"]["external_entries"]}
+                         "external_entries": summary["in"]["external_entries"],
+                         "rejected": rejects[pid]["counts"], "last_reject": rejects[pid]["last"]}
+            hint = _key_hint(rejects[pid]["last"], keys_here)
             if about is None:
+                if hint:
+                    n["settings"] = {"agree": False, "complete": False, "differences": [hint]}
                 continue
             n["name"], n["version"] = about["name"], about["version"]
             n["about_ago_s"] = round(now - heard, 3)
@@ -101,6 +118,9 @@ def cluster_view(node, now: float) -> dict:
             agree = about["settings_digest"] == settings_digest(here)
             if not agree and not diffs:
                 diffs = ["settings beyond those carried differ (`meshd --check --peer` compares the files)"]
+            if hint:
+                diffs.append(hint)
+                agree = False
             n["settings"] = {"agree": agree, "complete": about["complete"], "differences": diffs}
     claims = masters(node)
     return {

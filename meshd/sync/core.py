@@ -376,6 +376,20 @@ class SyncCore:
                 self.about_at = now
         return []
 
+    def peer_rejects(self, now: float) -> dict[int, dict]:
+        """Per peer: its frames refused, by reason, and the last one (a hint:
+        the reasons before the tag are not authenticated)."""
+        out = {}
+        for pid, p in self.peers.items():
+            counts = {k[len("rejected: "):]: v for k, v in p.stats.items()
+                      if k.startswith("rejected: ") and v and k[len("rejected: "):] not in QUIET_REJECTS}
+            last = None
+            if p.last_reject is not None:
+                reason, detail, when = p.last_reject
+                last = {"reason": reason, "detail": detail, "ago_s": round(now - when, 3)}
+            out[pid] = {"counts": counts, "last": last}
+        return out
+
     def peer_about(self) -> dict[int, tuple[dict | None, float | None]]:
         """What each peer last said in its ABOUT, and when (None: never)."""
         return {pid: (p.about, p.about_heard) for pid, p in self.peers.items()}
@@ -566,7 +580,10 @@ class SyncCore:
     def _reject(self, reason: str, detail: str, peer: int | None) -> list[Action]:
         self.rejected[reason] += 1
         if peer is not None and peer in self.peers:
-            self.peers[peer].stats[f"rejected: {reason}"] += 1
+            p = self.peers[peer]
+            p.stats[f"rejected: {reason}"] += 1
+            if reason not in QUIET_REJECTS:
+                p.last_reject = (reason, detail, self.now)
         if reason in QUIET_REJECTS:
             return []
         return [FrameRejected(reason, detail, peer)]

@@ -33,6 +33,10 @@ class Peer:
     epoch: int | None = None             # authenticated epoch; None until first heard
     about: dict | None = None            # its last ABOUT (about.py), kept across its restarts
     about_heard: float | None = None
+    # The last frame refused that named this peer as its sender, (reason, detail,
+    # when): unauthenticated for the reasons before the tag, so a hint
+    # (`meshctl cluster`), never acted on.
+    last_reject: tuple[str, str, float] | None = None
     # Its start that proved fresh to us (epoch, boot id): a HEARTBEAT of it
     # echoed our boot id.  Only frames of this session pass (proto/sync.md, 3.1).
     session: tuple[int, bytes] | None = None

@@ -439,3 +439,28 @@ def test_reload_waits_longer_than_other_commands(daemon, capsys, monkeypatch):
     run(capsys, "--socket", daemon.path, "status")
     run(capsys, "--socket", daemon.path, "reload", "--timeout", "2")
     assert seen == [("reload", 30.0), ("status", 5.0), ("reload", 2.0)]
+
+
+def test_cluster_view_in_words():
+    answer = {"node": {"id": 1, "name": "fw1", "epoch": 7, "in_sync": True,
+                       "groups": [{"name": "lan", "id": 1, "state": "MASTER", "demotion": 0}]},
+              "nodes": [{"id": 2, "name": "fw2", "version": "0.1.0", "epoch": 9,
+                         "groups": [{"name": "lan", "id": 1, "state": "MASTER", "demotion": 0}],
+                         "adverts": {"lan": {"last_heard_ago_s": 0.05}},
+                         "sync": {"absent": False, "last_frame_ago_s": 0.1, "lag_in_frames": 0,
+                                  "lag_out_frames": 2, "external_entries": 12,
+                                  "rejected": {"unknown key": 3},
+                                  "last_reject": {"reason": "unknown key", "detail": "key id 2", "ago_s": 1.0}},
+                         "settings": {"agree": False, "complete": True,
+                                      "differences": ["group lan: advbase_ms: 100 here, 200 on fw2"]}},
+                        {"id": 3, "adverts": {}, "sync": None, "settings": None, "groups": []}],
+              "masters": {"lan": [1, 2]}, "split_brain": {"lan": [1, 2]}, "split_brains_seen": 1}
+    lines = meshctl.format_cluster(answer).splitlines()
+    assert lines[0] == "this node: fw1 (id 1), epoch 7, in sync"
+    assert "node fw2 (id 2), meshd 0.1.0, epoch 9" in lines
+    assert "  sync: present, last frame 0.1s ago, lag in 0 / out 2 frames, 12 flows cached" in lines
+    assert "  frames rejected: unknown key 3 (last 1.0s ago: unknown key, key id 2)" in lines
+    assert "    group lan: advbase_ms: 100 here, 200 on fw2" in lines
+    assert "  adverts: none heard (a backup sends none)" in lines
+    assert "  settings: not known (no state mesh)" in lines
+    assert "SPLIT BRAIN: group lan has 2 masters: nodes 1, 2" in lines
