@@ -38,6 +38,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "foundation": ("meshd", "meshd.crypto", "meshd.replay", "meshd.state", "meshd.log",
                        "meshd.logsinks", "meshd.logbridge", "meshd.timers", "meshd.commands",
                        "meshd.health.checkspec", "meshd.runas",
+                       # when a flood of rejects closes a socket to all but known senders
+                       "meshd.floodguard",
                        # privilege separation without I/O: messages, the drop, the back-off
                        "meshd.privsep", "meshd.privsep.imsg", "meshd.privsep.drop",
                        "meshd.privsep.backoff"),

@@ -35,7 +35,7 @@ from ..kernel.links import LinkMonitor, initial_state
 from ..track.scripts import run_track_script
 from ..kernel import sockfilter
 from .actions import AddAddresses, AdvertRejected, Announce, RemoveAddresses, RunNotify, SendAdvert
-from .floodguard import FloodGuard
+from ..floodguard import FloodGuard
 from .transport import ElectionSockets, TransportError
 
 # Adverts read from each socket before a due election deadline is acted upon:

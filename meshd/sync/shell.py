@@ -33,6 +33,8 @@ from ..config import Config
 from ..commands import ControlError
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
+from ..floodguard import FloodGuard
+from ..kernel import sockfilter
 from ..kernel.udp import bind_exclusive
 from ..log import RejectLog
 from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
@@ -64,6 +66,7 @@ class SyncShell:
         self.log = log
         self.reject_log = RejectLog(log, "sync_frame_rejected")
         self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
+        self.guard = FloodGuard()         # under a flood of refused frames: peers only (meshd/floodguard.py)
         self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
         self.family = socket.AF_INET6 if self.sync.family == 6 else socket.AF_INET
         self.sock: trio.socket.SocketType | None = None
@@ -122,6 +125,7 @@ class SyncShell:
         nursery.start_soon(self.reader.run, events_send)
         nursery.start_soon(self._consume_events, events_receive)
         nursery.start_soon(self._receive_loop)
+        nursery.start_soon(self._guard_loop)
         nursery.start_soon(self._apply_loop)
         if self.sync.commit != "continuous":
             await self.resync_from_kernel("start")
@@ -258,6 +262,7 @@ class SyncShell:
         view = memoryview(buf)
         frame = self.node.frame
         hints = self._peer_hints              # a hint only; cleared when the peers change
+        guard = self.guard
 
         def peer_of(address: str) -> int | None:
             hint = hints.get(address, -1)
@@ -280,9 +285,44 @@ class SyncShell:
                     self.log("sync_receive_error", level="warning", error=e.strerror or str(e))
                     await trio.sleep(0.01)
                     break
-                actions += frame(bytes(view[:n]), peer_of(addr[0]), now)
+                acts = frame(bytes(view[:n]), peer_of(addr[0]), now)
+                if acts:
+                    for a in acts:
+                        if type(a) is FrameRejected and guard.rejected(addr[0], now):
+                            self._apply_guard()
+                    actions += acts
             if actions:
                 self.dispatch(actions)
+
+    async def _guard_loop(self) -> None:
+        """The flood guard's clock (a flood that stopped sends nothing to count)."""
+        while True:
+            await trio.sleep(1.0)
+            if self.guard.tick(trio.current_time()):
+                self._apply_guard()
+
+    def _apply_guard(self) -> None:
+        """The socket filter as the guard says: while engaged, the configured peers'
+        addresses and a sample of the rest (meshd/kernel/sockfilter.py)."""
+        g = self.guard
+        g.known(self.peer_by_address, trio.current_time())
+        g.admitted = tuple(sorted(self.peer_by_address)) if g.engaged else ()
+        family = 6 if self.family == socket.AF_INET6 else 4
+        try:
+            if g.engaged:
+                admitted = [a for a in g.admitted if ipaddress.ip_address(a).version == family]
+                sockfilter.attach(self.sock, sockfilter.source_filter(family, admitted, g.sample_shift))
+            else:
+                sockfilter.detach(self.sock)
+        except (OSError, ValueError) as e:
+            self.log("sync_flood_guard_error", level="warning", error=str(e))
+            return
+        if g.engaged:
+            self.log("sync_flood_guard", level="warning", engaged=True, rejects_per_s=round(g.last_rate),
+                     admitted=",".join(g.admitted) or "-",
+                     sampled=f"1 in {1 << g.sample_shift} of the other datagrams")
+        else:
+            self.log("sync_flood_guard", engaged=False, rejects_per_s=round(g.last_rate))
 
     async def _apply_loop(self) -> None:
         """commit = "continuous": keep the kernel table populated with the peers' flows.
@@ -357,7 +397,8 @@ class SyncShell:
         if cmd == "stats":
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
-                    "send_errors": self.send_errors, "reject_log": self.reject_log.stats()}
+                    "send_errors": self.send_errors, "reject_log": self.reject_log.stats(),
+                    "flood_guard": self.guard.status(now)}
         if cmd == "resync":
             self.dispatch(self.node.resync_request(now))
             return {"peers": list(core.peers)}

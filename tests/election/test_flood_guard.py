@@ -3,7 +3,7 @@ how it estimates a flood it no longer sees, when it lets go."""
 
 from __future__ import annotations
 
-from meshd.election.floodguard import ENGAGE_PER_S, HOLD_S, SAMPLE_SHIFT, FloodGuard
+from meshd.floodguard import ENGAGE_PER_S, HOLD_S, SAMPLE_SHIFT, FloodGuard
 
 
 def _flood(guard: FloodGuard, start: float, seconds: float, per_s: int, source=lambda i: f"192.0.2.{i % 250}"):

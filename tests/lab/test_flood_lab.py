@@ -14,7 +14,7 @@ reason, meshd/log.py RejectLog), while the counters count every reject.
 The bounds are generous (a loaded 2-core machine): they tell a bounded
 daemon from a runaway one, not a benchmark.  The groups advertise every
 100 ms (master-down 0.3 s).  Before the flood guard (the kernel keeps only
-known senders' adverts, meshd/election/floodguard.py) and the master's not
+known senders' adverts, meshd/floodguard.py) and the master's not
 reading its queue before an advert (ReadFirst), the flood cost fw2 enough of
 fw1's adverts for false takeovers at 100 ms in 6 of 7 runs
 (docs/security.md, "Threat model" and "The adversarial suite").
@@ -152,13 +152,18 @@ def test_flood_of_forged_adverts_and_frames_while_the_master_dies(meshd_ready, l
     assert cpu1[1] / before_kill < CPU_BOUND and cpu1[2] / before_kill < CPU_BOUND, cpu1
     assert cpu2 / flood_s < CPU_BOUND, cpu2
     assert rss_flood[1] - rss0[1] < RSS_GROWTH_BOUND and rss_end - rss0[2] < RSS_GROWTH_BOUND
-    # The flood guard engaged on fw2 (meshd/election/floodguard.py) and admitted
+    # The flood guard engaged on fw2 (meshd/floodguard.py) and admitted
     # fw1, whose adverts it had accepted; the kernel dropped most of the rest.
     engaged = [r for r in recs2 if r.get("event") == "flood_guard" and r.get("engaged")]
     assert engaged, "fw2's flood guard never engaged"
     assert f"{LAN4}.{fw_host(1)}" in engaged[0]["admitted"].split(","), engaged[0]
     assert st2["flood_guard"]["engagements"] >= 1
     assert rejected_seen_by(st2) < 0.5 * a["sent"], "the kernel should have dropped most forgeries"
+    # The state mesh's guard engaged too and admits the configured peer, fw1's
+    # sync address (which this attacker spoofs: it gets in, and is rejected by tag).
+    sync_engaged = [r for r in recs2 if r.get("event") == "sync_flood_guard" and r.get("engaged")]
+    assert sync_engaged and sync_engaged[0]["admitted"] == f"{SYNC4}.1", sync_engaged
+    assert stats2["flood_guard"]["engagements"] >= 1
     # The log is bounded, the counters count every reject.
     assert bytes2 < LOG_BYTES_BOUND and lines2 < 200, (lines2, bytes2)
     assert len(advert_lines) <= 20 and len(frame_lines) <= 20, (len(advert_lines), len(frame_lines))

@@ -1,7 +1,8 @@
-"""When the election sockets should admit only the senders already known.
+"""When a socket should admit only the senders already known.
 
-Sans-I/O, time passed in; the election shell attaches and removes the socket
-filter (meshd/kernel/sockfilter.py) as this decides.
+Sans-I/O, time passed in; the election shell and the state mesh's shell
+each keep one for their sockets and attach and remove the socket filter
+(meshd/kernel/sockfilter.py) as it decides.
 
 Why: a flood of forged adverts (each from its own source address) fills the
 socket's receive queue faster than one Python loop rejects them, and the
@@ -11,7 +12,9 @@ check in user space can help once the kernel has dropped the advert, so
 under a flood the guard has the kernel keep only datagrams from the sources
 of adverts that passed every check, the configured unicast peers, and one in
 2**SAMPLE_SHIFT of the rest: a node that joins during a flood, or a peer that
-changed its address, is still heard, after a few tens of adverts.
+changed its address, is still heard, after a few tens of adverts.  The state
+mesh admits its configured peers' addresses (a frame from another address of
+a peer is sampled like the rest).
 
 What it does not stop: a flood that spoofs a known peer's address gets in as
 before (docs/security.md, "Threat model").
