@@ -37,7 +37,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         # checkspec the value types the [health] section and the checks share.
         "foundation": ("meshd", "meshd.crypto", "meshd.replay", "meshd.state", "meshd.log",
                        "meshd.logsinks", "meshd.logbridge", "meshd.timers", "meshd.commands",
-                       "meshd.health.checkspec", "meshd.runas",
+                       "meshd.health.checkspec", "meshd.runas", "meshd.histogram",
                        # privilege separation without I/O: messages, the drop, the back-off
                        "meshd.privsep", "meshd.privsep.imsg", "meshd.privsep.drop",
                        "meshd.privsep.backoff"),
