@@ -20,7 +20,10 @@ The node composes the election core (ElectionCore), the state mesh
 * the kernel dump that rebuilds the internal cache (node/flows.py), at start
   (commit = "takeover") or once the peers' bulk is in (commit = "continuous");
 * what a reload changes in the cores (Daemon.reload decides *whether*:
-  meshd/reload.py).
+  meshd/reload.py);
+* how long each takeover took, from the decision to become MASTER (the
+  master-down timer, a bow-out, a preemption) to the addresses up
+  (`takeover_seconds`, per group, for meshd_takeover_duration_seconds).
 
 Inputs are method calls that take `now`; outputs are lists of actions: the
 engines' own (meshd/election/actions.py, sync/actions.py, health/actions.py)
@@ -43,10 +46,13 @@ from ..election.actions import (
     RemoveAddresses,
     RunNotify,
     SendAdvert,
+    State,
+    StateChanged,
 )
 from ..election.core import ElectionCore
 from ..health.actions import Demote
 from ..health.core import HealthCore
+from ..histogram import LATENCY_BUCKETS, Histogram
 from ..replay import ReplayGuard
 from ..sync.actions import ExternalChanged, SendFrame, SyncState
 from ..sync.core import SyncCore
@@ -122,6 +128,8 @@ class NodeCore:
             # Until the first bulk is in: demoted before anything is advertised.
             self.election.set_demotion(ALL_GROUPS, "sync", SYNC_DEMOTION, 0.0, "state mesh not in sync yet")
         self.health = HealthCore(config.health, rng or random.Random()) if config.health else None
+        self.takeover_seconds: dict[str, Histogram] = {}
+        self._takeover_since: dict[str, float] = {}     # group -> when it became MASTER
         self._out: list = []
 
     # ================================================================== start, stop, time
@@ -277,7 +285,11 @@ class NodeCore:
         return self._flush()
 
     def addresses_added(self, group: str, now: float) -> list:
-        """A group's addresses are up (AddAddresses carried out)."""
+        """A group's addresses are up (AddAddresses carried out): the takeover
+        is timed, and what it committed may be adopted."""
+        since = self._takeover_since.pop(group, None)
+        if since is not None:
+            self.takeover_seconds.setdefault(group, Histogram(LATENCY_BUCKETS)).observe(now - since)
         if self.takeovers is not None:
             self.takeovers.addresses_added(now)
         return self._flush()
@@ -392,6 +404,14 @@ class NodeCore:
             if isinstance(a, SyncState):
                 out.append(a)
                 self._sync_state(a, now)
+                continue
+            if type(a) is StateChanged:
+                # A master that steps down before its addresses are up took no takeover.
+                if a.new is State.MASTER:
+                    self._takeover_since[a.group] = now
+                else:
+                    self._takeover_since.pop(a.group, None)
+                out.append(a)
                 continue
             if isinstance(a, Demote):
                 self._route(self.election.set_demotion(a.counter, "health", HEALTH_DEMOTION if a.on else 0,
