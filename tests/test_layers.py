@@ -70,6 +70,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "health shell": ("meshd.health.shell", "meshd.health.remote"),
         "supervision": ("meshd.supervision",),
         "control server": ("meshd.control", "meshd.control.server", "meshd.control.protocol"),
+        # The Prometheus endpoint: reads a snapshot of the node core and the shells' counts.
+        "metrics": ("meshd.metrics",),
     }),
     ("daemon", {
         "daemon": ("meshd.daemon",),
