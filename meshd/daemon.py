@@ -35,7 +35,7 @@ from .health.actions import CancelCheck, DeleteStates, Log, SetBackends, StartCh
 from .kernel import addresses as kaddr
 from .log import EventLog, RejectLog
 from .metrics import snapshot as metrics_snapshot
-from .metrics.collector import MeshdCollector
+from .metrics.collector import MeshdCollector, SnapshotUnavailable
 from .metrics.server import LoopSnapshots, MetricsError, MetricsServer, registry_for
 from .node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
                            TakeoverSkipped, WaitApplied)
@@ -227,12 +227,20 @@ class Daemon:
         return MetricsServer(config.metrics, self._metrics_registry)
 
     def _metrics_snapshot(self) -> metrics_snapshot.Snapshot:
-        """On the event loop's thread, between two of its steps (LoopSnapshots)."""
+        """On the event loop's thread, between two of its steps (LoopSnapshots).
+
+        A failure is a bug: logged here (the HTTP thread has no log), and the
+        scrape is served as one without a snapshot rather than as an error page.
+        """
         sync = self.sync
-        return metrics_snapshot.take(self.node, trio.current_time(), node_name=self.config.node.name,
-                                     version=__version__,
-                                     kernel=sync.reader.stats() if sync is not None else None,
-                                     commits=sync.commit_seconds if sync is not None else None)
+        try:
+            return metrics_snapshot.take(self.node, trio.current_time(), node_name=self.config.node.name,
+                                         version=__version__,
+                                         kernel=sync.reader.stats() if sync is not None else None,
+                                         commits=sync.commit_seconds if sync is not None else None)
+        except Exception as e:
+            self.log("metrics_snapshot_failed", level="error", error=repr(e))
+            raise SnapshotUnavailable(repr(e)) from None
 
     async def _close_metrics(self, server: MetricsServer) -> None:
         await trio.to_thread.run_sync(server.close)

@@ -22,6 +22,7 @@ Must not: read a live object of the daemon (only the Snapshot), or import trio.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -43,6 +44,7 @@ class MeshdCollector:
     def __init__(self, fetch: Callable[[], Snapshot]):
         self.fetch = fetch
         self.unavailable = 0           # scrapes served without a snapshot
+        self._lock = threading.Lock()  # scrapes run on several threads at once
 
     def describe(self) -> list:
         # Known only once a snapshot is taken; an empty answer keeps the
@@ -54,7 +56,8 @@ class MeshdCollector:
         try:
             snapshot = self.fetch()
         except SnapshotUnavailable:
-            self.unavailable += 1
+            with self._lock:
+                self.unavailable += 1
             snapshot = None
         seconds = time.monotonic() - started
         yield _gauge("meshd_metrics_snapshot_seconds",
