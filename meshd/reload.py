@@ -27,6 +27,11 @@ What applies live, and why (Daemon.reload carries it out):
   groups in the group database): every hook, track script or script check
   started from then on runs as the new identity; one already running ends
   as it started.
+* `[metrics]` added, removed, or its `listen` changed: the endpoint is
+  bound anew before anything else changes (a port that cannot be bound
+  fails the whole reload, the old endpoint still serving), then the old
+  one is closed.  Nothing but scrapers depends on the socket, and the
+  counters live in the cores, so nothing is lost by re-binding.
 
 What needs a restart, and why:
 
@@ -146,6 +151,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     changes += _track_changes(old, new)
     _plan_sync(old.sync, new.sync, changes, refuse)
     _plan_health(old.health, new.health, changes, refuse)
+    changes += _metrics_changes(old, new)
     return ReloadPlan(old, new, tuple(changes), tuple(refusals))
 
 
@@ -288,6 +294,19 @@ def _plan_health(old: HealthConfig | None, new: HealthConfig | None, changes: li
             changes.extend(f"health: {line}" for line in _named_changes(key[:-1], a, b))
         elif key != "nft_table":
             changes.append(f"health.{key}: {_show(a)} -> {_show(b)}")
+
+
+# ------------------------------------------------------------------ [metrics]
+
+def _metrics_changes(old: Config, new: Config) -> list[str]:
+    a, b = old.metrics, new.metrics
+    if a == b:
+        return []
+    if a is None:
+        return [f"metrics: section added (serving on {b.listen})"]
+    if b is None:
+        return [f"metrics: section removed (the endpoint on {a.listen} closes)"]
+    return [f"metrics.listen: {a.listen} -> {b.listen} (the endpoint is bound anew)"]
 
 
 # ------------------------------------------------------------------ helpers

@@ -218,7 +218,7 @@ def test_relative_path_is_reported_as_given(confdir, monkeypatch):
 
 def test_unknown_top_level_key(confdir):
     msg = only_problem(confdir, "colour = 1\n" + MINIMAL)
-    assert msg.endswith("meshd.toml: colour: unknown key (known keys: cluster, group, health, node, "
+    assert msg.endswith("meshd.toml: colour: unknown key (known keys: cluster, group, health, metrics, node, "
                         "sync, track_interface, track_script)")
 
 

@@ -37,7 +37,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         # checkspec the value types the [health] section and the checks share.
         "foundation": ("meshd", "meshd.crypto", "meshd.replay", "meshd.state", "meshd.log",
                        "meshd.logsinks", "meshd.logbridge", "meshd.timers", "meshd.commands",
-                       "meshd.health.checkspec", "meshd.runas",
+                       "meshd.health.checkspec", "meshd.runas", "meshd.histogram",
                        # when a flood of rejects closes a socket to all but known senders
                        "meshd.floodguard",
                        # privilege separation without I/O: messages, the drop, the back-off
@@ -72,6 +72,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "health shell": ("meshd.health.shell", "meshd.health.remote"),
         "supervision": ("meshd.supervision",),
         "control server": ("meshd.control", "meshd.control.server", "meshd.control.protocol"),
+        # The Prometheus endpoint: reads a snapshot of the node core and the shells' counts.
+        "metrics": ("meshd.metrics",),
     }),
     ("daemon", {
         "daemon": ("meshd.daemon",),

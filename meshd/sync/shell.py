@@ -31,6 +31,7 @@ import trio
 
 from ..config import Config
 from ..commands import ControlError
+from ..histogram import COMMIT_BUCKETS, Histogram
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
 from ..floodguard import FloodGuard
@@ -46,6 +47,9 @@ APPLY_BATCH = 4096
 RECV_BURST = 64               # datagrams received per wake-up of the receive loop
 APPLY_CHUNK = 512             # entries committed per step of the apply loop
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
+# What a commit into the kernel was for: a takeover's (commit = "takeover"),
+# meshctl commit's, and the continuous applier's batches.
+COMMIT_KINDS = ("takeover", "operator", "continuous")
 
 
 class SyncShell:
@@ -73,6 +77,8 @@ class SyncShell:
         self.committer: kct.CtCommitter | None = None
         self.reader: kct.CtEventReader | None = None
         self.last_commit: dict = {}
+        # Kernel time of each commit, by kind (COMMIT_KINDS): meshd_sync_commit_duration_seconds.
+        self.commit_seconds = {kind: Histogram(COMMIT_BUCKETS) for kind in COMMIT_KINDS}
         self.send_errors = 0
         self.nursery: trio.Nursery | None = None
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
@@ -206,7 +212,7 @@ class SyncShell:
                      waited_ms=round(waited * 1000, 1),
                      unapplied=self._apply_pending + self._apply_receive.statistics().current_buffer_used)
         else:
-            result = await self.commit(list(a.entries))
+            result = await self.commit(list(a.entries), "takeover")
             self.log("takeover_commit", group=a.group, from_node=a.from_node, committed=result.ok,
                      failed=result.failed, ms=round(result.seconds * 1000, 1),
                      errors=result.errors_by_reason or None)
@@ -219,12 +225,14 @@ class SyncShell:
             await trio.sleep(0.001)
         return trio.current_time() - start
 
-    async def commit(self, entries: list[bytes]):
+    async def commit(self, entries: list[bytes], kind: str = "operator"):
         """Commit `entries` (attrs) into the kernel, one commit at a time (the
         apply loop takes the same lock); the CommitResult, also kept for
-        `meshctl stats`.  Failed entries are counted in it, not raised."""
+        `meshctl stats` and timed under `kind` (COMMIT_KINDS).  Failed entries
+        are counted in it, not raised."""
         async with self._commit_lock:
             result = await self.committer.commit_async(entries)
+        self.commit_seconds[kind].observe(result.seconds)
         self.last_commit = {"entries": len(entries), "ok": result.ok, "failed": result.failed,
                             "seconds": round(result.seconds, 4), "errors": result.errors_by_reason,
                             "at": time.time()}
@@ -342,19 +350,23 @@ class SyncShell:
                     break
             self._apply_pending = len(batch)
             upserts, deletes = self.node.kernel_changes(batch)
+            seconds = 0.0             # in the kernel calls, not in the checkpoints between them
             try:
                 async with self._commit_lock:
                     for lo in range(0, len(deletes), APPLY_CHUNK):
-                        self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False)
+                        seconds += self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False).seconds
                         await trio.sleep(0)
                     for lo in range(0, len(upserts), APPLY_CHUNK):
                         result = self.committer.commit(upserts[lo:lo + APPLY_CHUNK], pipeline=False)
+                        seconds += result.seconds
                         if result.failed:
                             self.log("ct_apply_errors", level="warning", failed=result.failed,
                                      errors=result.errors_by_reason)
                         await trio.sleep(0)
             finally:
                 self._apply_pending = 0
+            if upserts or deletes:
+                self.commit_seconds["continuous"].observe(seconds)
 
     # ------------------------------------------------------------------ reload
 
@@ -398,7 +410,8 @@ class SyncShell:
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
                     "send_errors": self.send_errors, "reject_log": self.reject_log.stats(),
-                    "flood_guard": self.guard.status(now)}
+                    "flood_guard": self.guard.status(now),
+                    "commits": {kind: h.count for kind, h in self.commit_seconds.items()}}
         if cmd == "resync":
             self.dispatch(self.node.resync_request(now))
             return {"peers": list(core.peers)}
