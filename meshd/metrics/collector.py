@@ -84,6 +84,12 @@ def families(s: Snapshot) -> list[Metric]:
     out.append(_labelled(CounterMetricFamily, "meshd_adverts_rejected",
                          "Adverts rejected, of every group and of none (unknown group), by reason.",
                          ("reason",), [((r,), n) for r, n in s.adverts_rejected]))
+    out.append(_labelled(GaugeMetricFamily, "meshd_group_split_brain",
+                         "1 while more than one node claims MASTER of the group for 3 s or more (this "
+                         "node's state and the peers' ABOUT frames: meshctl cluster).",
+                         ("group",), [((g.name,), int(g.name in s.split_brain)) for g in s.groups]))
+    out.append(_counter("meshd_split_brains", "Split brains confirmed since start (two masters of a group "
+                        "for 3 s or more).", s.split_brains))
     if s.sync is not None:
         out += _sync(s)
     if s.health is not None:

@@ -106,6 +106,8 @@ class Snapshot:
     adverts_rejected: tuple[tuple[str, int], ...]      # every group's and none's
     sync: SyncSample | None
     health: HealthSample | None
+    split_brain: tuple[str, ...] = ()                  # groups with two masters now (node/cluster.py)
+    split_brains: int = 0                              # confirmed since start
 
 
 GROUP_STATES = tuple(s.value for s in State)
@@ -132,6 +134,7 @@ def take(node, now: float, *, node_name: str, version: str, kernel: dict | None 
         adverts_rejected=_pairs(election.rejected),
         sync=None if node.sync is None else _sync(node.sync, now, kernel or {}, commits or {}),
         health=None if node.health is None else _health(node.health),
+        split_brain=tuple(sorted(node.split_brain.confirmed)), split_brains=node.split_brain.count,
     )
 
 
