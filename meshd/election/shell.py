@@ -27,15 +27,22 @@ from typing import Any
 import trio
 
 from ..config import Config, GroupConfig
+from ..floodguard import FloodGuard
 from ..hooks import HookRun, HookRunner
 from ..kernel import addresses as kaddr
+from ..kernel import sockfilter
 from ..kernel.announce import AnnounceError, announce
 from ..kernel.leases import AddressLeases
 from ..kernel.links import LinkMonitor, initial_state
 from ..track.scripts import run_track_script
-from ..kernel import sockfilter
-from .actions import AddAddresses, AdvertRejected, Announce, RemoveAddresses, RunNotify, SendAdvert
-from ..floodguard import FloodGuard
+from .actions import (
+    AddAddresses,
+    AdvertRejected,
+    Announce,
+    RemoveAddresses,
+    RunNotify,
+    SendAdvert,
+)
 from .transport import ElectionSockets, TransportError
 
 # Adverts read from each socket before a due election deadline is acted upon:
@@ -386,23 +393,7 @@ class ElectionShell:
 
     def _apply_guard(self) -> None:
         """Attach or remove the socket filter as the guard says (meshd/kernel/sockfilter.py)."""
-        g = self.guard
-        for family, s in self.sockets.socks.items():
-            try:
-                if g.engaged:
-                    admitted = [a for a in g.admitted if ipaddress.ip_address(a).version == family]
-                    sockfilter.attach(s, sockfilter.source_filter(family, admitted, g.sample_shift))
-                else:
-                    sockfilter.detach(s)
-            except (OSError, ValueError) as e:
-                self.log("flood_guard_error", level="warning", family=family, error=str(e))
-                continue
-        if g.engaged:
-            self.log("flood_guard", level="warning", engaged=True, rejects_per_s=round(g.last_rate),
-                     admitted=",".join(g.admitted) or "-",
-                     sampled=f"1 in {1 << g.sample_shift} of the other datagrams")
-        else:
-            self.log("flood_guard", engaged=False, rejects_per_s=round(g.last_rate))
+        sockfilter.apply_guard(self.guard, self.sockets.socks, self.log, "flood_guard")
 
 
     # ------------------------------------------------------------------ links and tracks

@@ -108,3 +108,24 @@ def detach(sock: socket.socket) -> None:
     except OSError as e:
         if e.errno != 2:                      # ENOENT: no filter attached
             raise
+
+
+def apply_guard(guard, sockets: dict, log, event: str) -> None:
+    """Attach or remove the filter on each socket ({family: socket}) as a
+    FloodGuard (meshd/floodguard.py) says, and log the change as `event`.
+    A socket that refuses is logged (`EVENT_error`) and left as it was."""
+    for family, s in sockets.items():
+        try:
+            if guard.engaged:
+                admitted = [a for a in guard.admitted if ipaddress.ip_address(a).version == family]
+                attach(s, source_filter(family, admitted, guard.sample_shift))
+            else:
+                detach(s)
+        except (OSError, ValueError) as e:
+            log(f"{event}_error", level="warning", family=family, error=str(e))
+    if guard.engaged:
+        log(event, level="warning", engaged=True, rejects_per_s=round(guard.last_rate),
+            admitted=",".join(guard.admitted) or "-",
+            sampled=f"1 in {1 << guard.sample_shift} of the other datagrams")
+    else:
+        log(event, engaged=False, rejects_per_s=round(guard.last_rate))

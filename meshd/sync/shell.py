@@ -29,17 +29,24 @@ from typing import Any
 
 import trio
 
-from ..config import Config
 from ..commands import ControlError
+from ..config import Config
+from ..floodguard import FloodGuard
 from ..histogram import COMMIT_BUCKETS, Histogram
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
-from ..floodguard import FloodGuard
 from ..kernel import sockfilter
 from ..kernel.udp import bind_exclusive
 from ..log import RejectLog
-from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
-                            TakeoverSkipped, WaitApplied)
+from ..node.actions import (
+    CommitFlows,
+    DumpKernel,
+    FlowsAdopted,
+    FlowsNotAdopted,
+    KernelResynced,
+    TakeoverSkipped,
+    WaitApplied,
+)
 from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
@@ -316,21 +323,7 @@ class SyncShell:
         g.known(self.peer_by_address, trio.current_time())
         g.admitted = tuple(sorted(self.peer_by_address)) if g.engaged else ()
         family = 6 if self.family == socket.AF_INET6 else 4
-        try:
-            if g.engaged:
-                admitted = [a for a in g.admitted if ipaddress.ip_address(a).version == family]
-                sockfilter.attach(self.sock, sockfilter.source_filter(family, admitted, g.sample_shift))
-            else:
-                sockfilter.detach(self.sock)
-        except (OSError, ValueError) as e:
-            self.log("sync_flood_guard_error", level="warning", error=str(e))
-            return
-        if g.engaged:
-            self.log("sync_flood_guard", level="warning", engaged=True, rejects_per_s=round(g.last_rate),
-                     admitted=",".join(g.admitted) or "-",
-                     sampled=f"1 in {1 << g.sample_shift} of the other datagrams")
-        else:
-            self.log("sync_flood_guard", engaged=False, rejects_per_s=round(g.last_rate))
+        sockfilter.apply_guard(g, {family: self.sock}, self.log, "sync_flood_guard")
 
     async def _apply_loop(self) -> None:
         """commit = "continuous": keep the kernel table populated with the peers' flows.
