@@ -76,6 +76,15 @@ class FloodGuard:
             return True
         return False
 
+    def set_known(self, sources) -> bool:
+        """Exactly these sources, for good (a fixed list: the state mesh's
+        configured peers); True when the filter must be rebuilt."""
+        self._known = dict.fromkeys(sources, float("inf"))
+        if self.engaged and set(self._known) != set(self.admitted):
+            self.admitted = tuple(sorted(self._known))
+            return True
+        return False
+
     def tick(self, now: float) -> bool:
         if self._window_start is None:
             self._window_start = now

@@ -158,7 +158,7 @@ class ElectionShell:
         for family in list(self.sockets.socks):
             self._start_receiving(family)
         self.nursery.start_soon(self._link_loop, self._monitor)
-        self.nursery.start_soon(self._guard_loop)
+        self.nursery.start_soon(sockfilter.guard_clock, self.guard, self._apply_guard)
         self.start_tracks()
 
     async def drain(self) -> None:
@@ -383,13 +383,6 @@ class ElectionShell:
             for peer in g.peers.values():
                 known.add(peer["source"])
         return known
-
-    async def _guard_loop(self) -> None:
-        """Time for the guard when nothing arrives (a flood that stopped)."""
-        while True:
-            await trio.sleep(1.0)
-            if self.guard.tick(trio.current_time()):
-                self._apply_guard()
 
     def _apply_guard(self) -> None:
         """Attach or remove the socket filter as the guard says (meshd/kernel/sockfilter.py)."""

@@ -25,6 +25,8 @@ import ipaddress
 import socket
 import struct
 
+import trio
+
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
 
@@ -129,3 +131,12 @@ def apply_guard(guard, sockets: dict, log, event: str) -> None:
             sampled=f"1 in {1 << guard.sample_shift} of the other datagrams")
     else:
         log(event, engaged=False, rejects_per_s=round(guard.last_rate))
+
+
+async def guard_clock(guard, on_change) -> None:
+    """Time for a FloodGuard when nothing arrives (a flood that stopped sends
+    nothing to count): a tick a second, `on_change()` when the filter must change."""
+    while True:
+        await trio.sleep(1.0)
+        if guard.tick(trio.current_time()):
+            on_change()

@@ -78,6 +78,7 @@ class SyncShell:
         self.reject_log = RejectLog(log, "sync_frame_rejected")
         self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
         self.guard = FloodGuard()         # under a flood of refused frames: peers only (meshd/floodguard.py)
+        self.guard.set_known(self.peer_by_address)
         self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
         self.family = socket.AF_INET6 if self.sync.family == 6 else socket.AF_INET
         self.sock: trio.socket.SocketType | None = None
@@ -138,7 +139,7 @@ class SyncShell:
         nursery.start_soon(self.reader.run, events_send)
         nursery.start_soon(self._consume_events, events_receive)
         nursery.start_soon(self._receive_loop)
-        nursery.start_soon(self._guard_loop)
+        nursery.start_soon(sockfilter.guard_clock, self.guard, self._apply_guard)
         nursery.start_soon(self._apply_loop)
         if self.sync.commit != "continuous":
             await self.resync_from_kernel("start")
@@ -309,21 +310,11 @@ class SyncShell:
             if actions:
                 self.dispatch(actions)
 
-    async def _guard_loop(self) -> None:
-        """The flood guard's clock (a flood that stopped sends nothing to count)."""
-        while True:
-            await trio.sleep(1.0)
-            if self.guard.tick(trio.current_time()):
-                self._apply_guard()
-
     def _apply_guard(self) -> None:
         """The socket filter as the guard says: while engaged, the configured peers'
         addresses and a sample of the rest (meshd/kernel/sockfilter.py)."""
-        g = self.guard
-        g.known(self.peer_by_address, trio.current_time())
-        g.admitted = tuple(sorted(self.peer_by_address)) if g.engaged else ()
         family = 6 if self.family == socket.AF_INET6 else 4
-        sockfilter.apply_guard(g, {family: self.sock}, self.log, "sync_flood_guard")
+        sockfilter.apply_guard(self.guard, {family: self.sock}, self.log, "sync_flood_guard")
 
     async def _apply_loop(self) -> None:
         """commit = "continuous": keep the kernel table populated with the peers' flows.
@@ -373,6 +364,8 @@ class SyncShell:
         self.config, self.sync = new, new.sync
         self.peer_by_address = {_norm(p.address): p.id for p in new.sync.peers if p.address}
         self._peer_hints.clear()
+        if self.guard.set_known(self.peer_by_address) and self.sock is not None:
+            self._apply_guard()               # engaged: the readdressed peers are admitted now
         if new.sync.event_buffer_bytes != old.sync.event_buffer_bytes:
             try:
                 self.reader.set_rcvbuf(new.sync.event_buffer_bytes)
