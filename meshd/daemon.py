@@ -41,6 +41,7 @@ from .node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopte
                            SplitBrain, TakeoverSkipped, WaitApplied)
 from .node.core import NodeCore
 from .reload import ReloadOutcome, keys_changed, plan_reload
+from .wire.remote import WireEngine
 from .replay import ReplayGuard
 from .sdnotify import Notifier
 from .state import StateStore
@@ -83,6 +84,7 @@ class Daemon:
         self.reject_log = RejectLog(log, "advert_rejected")
         self.node: NodeCore | None = None
         self.election: ElectionShell | None = None
+        self.wire: WireEngine | None = None
         self.sync = None
         self.health = None
         self.nursery: trio.Nursery | None = None
@@ -172,6 +174,13 @@ class Daemon:
                 await self.sync.run(nursery)
             if self.health is not None:
                 await self.health.run(nursery)
+            # The datagrams from the network are read by the wire engine: deaf
+            # until it says hello (no backup's master-down runs meanwhile).
+            self.wire = WireEngine(self.node, self.election, self.sync, self.dispatch,
+                                   uid=cfg.node.wire_uid, gid=cfg.node.wire_gid, log=self.log)
+            self.election.wire = self.wire
+            self.dispatch(self.node.wire_engine(False, "wire engine starting", trio.current_time()))
+            nursery.start_soon(self.wire.run)
             # Not the `now` from before the state mesh's start-up: its table dump
             # can take a while, and a stale `now` arms an expired master-down timer.
             self.dispatch(self.node.start(trio.current_time()))
@@ -204,7 +213,7 @@ class Daemon:
                 else:
                     self.log("split_brain_ended", group=a.group, masters_were=",".join(map(str, a.nodes)))
             elif isinstance(a, AdvertRejected):
-                self.reject_log(a.reason, trio.current_time(), source=a.source, detail=a.detail)
+                self.reject_log(a.reason, trio.current_time(), a.count, source=a.source, detail=a.detail)
             elif isinstance(a, DemotionChanged):
                 self.log("demotion", name=a.name, value=a.value, reason=a.reason)
                 status_changed = True
@@ -377,6 +386,9 @@ class Daemon:
             self.health.set_script_user(new)
         self.dispatch(self.node.reconfigure(old, new, keys_changed(old, new), trio.current_time()))
         self.election.reconfigure(old, new)
+        if self.wire is not None:
+            self.wire.keys_changed()
+            self.wire.sockets_changed()
         if new.metrics != old.metrics:
             if self.metrics is not None:
                 self.nursery.start_soon(self._close_metrics, self.metrics)
@@ -412,7 +424,8 @@ class Daemon:
         if cmd == "status":
             answer = {"node": self.config.node.name, "version": __version__, **election.status(now),
                       "reject_log": self.reject_log.stats(),
-                      "flood_guard": self.election.guard.status(now)}
+                      "flood_guard": self.election.guard.status(now),
+                      "wire_engine": self.wire.status(now) if self.wire is not None else None}
             if self.health is not None:
                 answer["check_engine"] = self.health.engine_status(now)
             return answer

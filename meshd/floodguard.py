@@ -59,9 +59,11 @@ class FloodGuard:
     def engaged(self) -> bool:
         return self.engaged_since is not None
 
-    def rejected(self, source: str, now: float) -> bool:
+    def rejected(self, source: str | None, now: float, count: int = 1) -> bool:
+        """`count` rejects from `source` (None: from sources not named, the tail
+        of a flood the wire engine counted under its reason alone)."""
         weight = 1 if not self.engaged or source in self.admitted else 1 << self.sample_shift
-        self._window_count += weight
+        self._window_count += weight * count
         return self.tick(now)
 
     def known(self, sources, now: float) -> bool:

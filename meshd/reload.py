@@ -55,7 +55,7 @@ What needs a restart, and why:
 * `health.nft_table`, `health.nflog_group` and turning the reset watcher
   on: the table and the NFLOG socket are set up at start.
 * `health.check_user` naming another uid or gid: the check engine drops to
-  its user when it starts.
+  its user when it starts; `node.wire_user` likewise for the wire engine.
 
 Must not: apply anything or read a file: Daemon.reload loads the new file and
 carries the plan out (NodeCore.reconfigure and the shells' reload methods).
@@ -140,8 +140,13 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             changes.append(f"node.{key}: {_show(old_value)} -> {_show(new_value)}")
         elif key.startswith("run_as"):
             continue                # the resolved identity, said once below
+        elif key in ("wire_user", "wire_uid", "wire_gid"):
+            continue                # said once below, by the uid and gid it names
         else:
             refuse(f"node.{key}", f"{_show(old_value)} -> {_show(new_value)}; {NODE_RESTART_WHY[key]}")
+    if (old.node.wire_uid, old.node.wire_gid) != (new.node.wire_uid, new.node.wire_gid):
+        refuse("node.wire_user", f"{_show(old.node.wire_user)} -> {_show(new.node.wire_user)}; "
+                                 "the wire engine drops to its user when it starts")
     a, b = old.node.run_as, new.node.run_as
     if a != b:
         changes.append(f"node.script_user: runs as {a} -> {b}"

@@ -124,6 +124,7 @@ class AdvertRejected:
     reason: str
     detail: str
     source: str
+    count: int = 1           # refused together (the wire engine reports in batches)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,7 @@ class ElectionCore:
         self.interfaces_down: set[str] = set()
         self.rejected: Counter = Counter()
         self.started = False
+        self.deaf: str | None = None        # why no advert can be heard now (set_deaf)
         for g in groups:
             self._add_group(g)
 
@@ -186,6 +187,37 @@ class ElectionCore:
                 else:
                     g.deadline = None
         return out
+
+    def set_deaf(self, why: str | None, now: float) -> list[Action]:
+        """Whether this node can hear adverts: `why` it cannot (the wire engine,
+        which reads the sockets, is down), or None when it can again.
+
+        While deaf, a backup's master-down is held: silence it cannot hear
+        through is no evidence that the master is gone, and a takeover on it
+        would put the addresses on two nodes.  A master goes on advertising
+        (its peers hear it and stay backups).  Hearing again, every backup
+        waits one whole master-down interval from `now`, for the adverts it
+        missed.  Nothing is emitted: the groups' states do not change.
+        """
+        was = self.deaf
+        self.deaf = why
+        if (was is None) == (why is None):
+            return []
+        for g in self.groups.values():
+            if g.state is State.BACKUP:
+                if why is not None:
+                    g.deadline = None
+                else:
+                    g.bowout_from = None
+                    self._arm_master_down(g, now, g.master_down)
+        return []
+
+    def rejected_elsewhere(self, reason: str, detail: str, source: str | None,
+                           count: int) -> list[Action]:
+        """`count` datagrams refused before they reached this core (the wire
+        engine's screen: a bad MAC, an unknown key...), counted as if refused here."""
+        self.rejected[reason] += count
+        return [AdvertRejected(reason, detail, source or "", count)]
 
     def receive(self, data: bytes, source: str, now: float, *, ttl: int | None = None,
                 interface: str | None = None) -> list[Action]:
@@ -424,7 +456,7 @@ class ElectionCore:
             })
         return {"node_id": self.node_id, "epoch": self.epoch, "groups": groups,
                 "demotions": {n: self.counter_value(n) for n in sorted(self.demotions)},
-                "rejected": dict(self.rejected)}
+                "rejected": dict(self.rejected), "deaf": self.deaf}
 
     # ---------------------------------------------------------------- internals
 
@@ -557,7 +589,7 @@ class ElectionCore:
 
     def _arm_master_down(self, g: GroupRuntime, now: float, wait: float) -> None:
         g.armed_down = wait
-        g.deadline = now + wait
+        g.deadline = None if self.deaf is not None else now + wait   # held (set_deaf)
 
     def _to_fault(self, g: GroupRuntime, now: float, reason: str) -> list[Action]:
         if g.state is State.FAULT:

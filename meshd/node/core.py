@@ -199,6 +199,20 @@ class NodeCore:
         self._route(self.election.receive(data, source, now, ttl=ttl, interface=interface), now)
         return self._flush()
 
+    def advert_refused(self, reason: str, detail: str, source: str | None, count: int,
+                       now: float) -> list:
+        """Adverts the wire engine refused (a bad MAC, an unknown key...): counted
+        by the election core as its own rejects."""
+        self._route(self.election.rejected_elsewhere(reason, detail, source, count), now)
+        return self._flush()
+
+    def wire_engine(self, up: bool, reason: str, now: float) -> list:
+        """The wire engine (meshd/wire/remote.py) came up or went down: down, the
+        node hears no advert, and a backup's master-down is held until it is
+        back (ElectionCore.set_deaf; why not a demotion: docs/architecture.md)."""
+        self._route(self.election.set_deaf(None if up else reason, now), now)
+        return self._flush()
+
     def advert_send_failed(self, group: str, error: str, now: float) -> list:
         """The election shell could not send an advert of `group` (ElectionCore.send_failed)."""
         self._route(self.election.send_failed(group, now, error), now)
@@ -263,6 +277,13 @@ class NodeCore:
         address belongs to (None: no peer's).  Never raises for what it holds: a
         bad one becomes a FrameRejected."""
         self._route(self.sync.receive(data, peer_hint, now), now)
+        return self._flush()
+
+    def frame_refused(self, reason: str, detail: str, peer_hint: int | None, count: int,
+                      now: float) -> list:
+        """Frames the wire engine refused (truncated, an unknown key, a bad tag),
+        from the address of `peer_hint`: counted by the sync core as its own."""
+        self._route(self.sync.rejected_elsewhere(reason, detail, peer_hint, count, now), now)
         return self._flush()
 
     def kernel_events(self, burst, now: float) -> list:

@@ -51,7 +51,6 @@ from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, Syn
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
-RECV_BURST = 64               # datagrams received per wake-up of the receive loop
 APPLY_CHUNK = 512             # entries committed per step of the apply loop
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
 # What a commit into the kernel was for: a takeover's (commit = "takeover"),
@@ -138,7 +137,6 @@ class SyncShell:
         events_send, events_receive = trio.open_memory_channel(EVENT_QUEUE_BURSTS)
         nursery.start_soon(self.reader.run, events_send)
         nursery.start_soon(self._consume_events, events_receive)
-        nursery.start_soon(self._receive_loop)
         nursery.start_soon(sockfilter.guard_clock, self.guard, self._apply_guard)
         nursery.start_soon(self._apply_loop)
         if self.sync.commit != "continuous":
@@ -162,7 +160,7 @@ class SyncShell:
             self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
         elif isinstance(a, FrameRejected):
             # Bounded per reason, whatever the sources (a flood of forgeries): meshd/log.py.
-            self.reject_log(a.reason, trio.current_time(), detail=a.detail, peer=a.peer)
+            self.reject_log(a.reason, trio.current_time(), a.count, detail=a.detail, peer=a.peer)
         elif isinstance(a, FlowsAdopted):
             self.log("flows_adopted", entries=a.entries, ms=round(a.seconds * 1000, 1))
         elif isinstance(a, FlowsNotAdopted):
@@ -270,45 +268,37 @@ class SyncShell:
                 await self._resynced.wait()       # a diff runs: let the channel push back
             dispatch(node.kernel_events(burst, trio.current_time()))
 
-    async def _receive_loop(self) -> None:
-        """Drain the socket in bursts: one wake-up per burst, not per datagram
-        (the per-call overhead of an await is a good part of a record's cost)."""
-        raw = self.sock._sock                 # non-blocking, as trio keeps it
-        buf = bytearray(65536)
-        view = memoryview(buf)
-        frame = self.node.frame
-        hints = self._peer_hints              # a hint only; cleared when the peers change
-        guard = self.guard
+    # Frames are read by the wire engine, in its own process (meshd/wire/):
+    # it hands each one whose tag is valid to `frame_in`, and what it
+    # refused to `refused_in`, then the actions to the dispatcher.
 
-        def peer_of(address: str) -> int | None:
-            hint = hints.get(address, -1)
-            if hint == -1:
-                if len(hints) > 1024:         # bounded: sources are not trusted
-                    hints.clear()
-                hint = hints[address] = self.peer_by_address.get(_norm(address))
-            return hint
+    def frame_in(self, data: bytes, source: str, now: float) -> list:
+        """A frame the wire engine let through, from `source`: to the node core."""
+        acts = self.node.frame(data, self._peer_of(source), now)
+        for a in acts:
+            if type(a) is FrameRejected and self.guard.rejected(source, now):
+                self._apply_guard()
+        return acts
 
-        while True:
-            await trio.lowlevel.wait_readable(raw)
-            now = trio.current_time()
-            actions: list = []
-            for _ in range(RECV_BURST):
-                try:
-                    n, addr = raw.recvfrom_into(buf)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    self.log("sync_receive_error", level="warning", error=e.strerror or str(e))
-                    await trio.sleep(0.01)
-                    break
-                acts = frame(bytes(view[:n]), peer_of(addr[0]), now)
-                if acts:
-                    for a in acts:
-                        if type(a) is FrameRejected and guard.rejected(addr[0], now):
-                            self._apply_guard()
-                    actions += acts
-            if actions:
-                self.dispatch(actions)
+    def refused_in(self, reason: str, detail: str, source: str | None, count: int,
+                   now: float) -> list:
+        """`count` datagrams the wire engine refused, from `source` (None: many sources)."""
+        peer = self._peer_of(source) if source else None
+        acts = self.node.frame_refused(reason, detail, peer, count, now)
+        if self.guard.rejected(source, now, count):
+            self._apply_guard()
+        return acts
+
+    def _peer_of(self, address: str) -> int | None:
+        """The peer an address belongs to; a cache of hints, bounded, since
+        sources are not trusted (cleared when the peers change)."""
+        hints = self._peer_hints
+        hint = hints.get(address, -1)
+        if hint == -1:
+            if len(hints) > 1024:
+                hints.clear()
+            hint = hints[address] = self.peer_by_address.get(_norm(address))
+        return hint
 
     def _apply_guard(self) -> None:
         """The socket filter as the guard says: while engaged, the configured peers'
