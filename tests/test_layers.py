@@ -55,7 +55,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "health checks": ("meshd.health.checks", "meshd.health.icmp", "meshd.health.scriptpool",
                           "meshd.health.engineproto"),
         # Starts, watches and restarts a child process (trio, no rules of its own).
-        "process supervisor": ("meshd.privsep.supervisor",),
+        "process supervisor": ("meshd.privsep.supervisor", "meshd.privsep.child"),
         "reload plan": ("meshd.reload",),
         "preflight": ("meshd.preflight",),
         "lifecycle": ("meshd.lifecycle",),      # the supervision's rules, without trio

@@ -34,18 +34,13 @@ import argparse
 import os
 import sys
 
-from ..privsep.drop import PrivilegeError, drop_privileges
+from ..privsep.child import ChildLog, child_main, parser
 
-EXIT_PRIVILEGES = 70          # EX_SOFTWARE: the drop failed, do not run
 ENGINE_CAP = 20000            # the runner's own safety cap (the core's limit is at most 10000)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="meshd-check-engine")
-    p.add_argument("--fd", type=int, required=True)
-    p.add_argument("--parent", type=int, required=True)
-    p.add_argument("--uid", type=int, required=True)
-    p.add_argument("--gid", type=int, required=True)
+    p = parser("meshd-check-engine")
     p.add_argument("--icmp4", type=int)
     p.add_argument("--icmp6", type=int)
     return p.parse_args(argv)
@@ -69,26 +64,8 @@ def _preload() -> None:
     from . import checks, engineproto, icmp  # noqa: F401
 
 
-# Signals sent to meshd's whole process group (a terminal's ^C, a group
-# kill, `kill -HUP -PGID`) are meshd's to act on: the engine ends when meshd
-# closes its socket or dies (PR_SET_PDEATHSIG), never on its own.
-IGNORED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2")
-
-
 def main(argv: list[str] | None = None) -> int:
-    import signal
-    for name in IGNORED_SIGNALS:
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    args = _args(argv)
-    _preload()
-    try:
-        notes = drop_privileges(args.uid, args.gid, args.parent)
-    except PrivilegeError as e:
-        print(f"meshd check engine: {e}; not running", file=sys.stderr, flush=True)
-        return EXIT_PRIVILEGES
-    import trio
-    trio.run(_serve, args, "; ".join(notes))
-    return 0
+    return child_main("check engine", _args(argv), _preload, _serve)
 
 
 async def _serve(args: argparse.Namespace, notes: str) -> None:
@@ -101,16 +78,10 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
     from .checks import CheckRunner
     from .engineproto import FROM_ENGINE, TO_ENGINE, outcome_fields, target_from
 
-    channel: Channel | None = None
-
-    def log(event: str, level: str = "warning", **fields) -> None:
-        text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        if channel is None or not channel.send_nowait("log", event=event[:64], level=level,
-                                                      text=text[:1024]):
-            print(f"meshd check engine: {event} {text}", file=sys.stderr, flush=True)
+    log = ChildLog("check engine")
 
     sock = socket.socket(fileno=args.fd)
-    channel = Channel(sock, TO_ENGINE, FROM_ENGINE, log, "daemon")
+    channel = log.channel = Channel(sock, TO_ENGINE, FROM_ENGINE, log, "daemon")
 
     def report(check_id, outcome) -> None:
         if not channel.send_nowait("outcome", id=check_id, **outcome_fields(outcome)):

@@ -38,26 +38,16 @@ import os
 import sys
 import time
 
-from ..privsep.drop import PrivilegeError, drop_privileges
+from ..privsep.child import ChildLog, child_main, parser
 
-EXIT_PRIVILEGES = 70          # EX_SOFTWARE: the drop failed, do not run
 RECV_BURST = 64               # datagrams read per wake-up (then a checkpoint)
 MAX_RECV = 65535
 
-# Signals sent to meshd's whole process group are meshd's to act on: the
-# engine ends when meshd closes its socket or dies (PR_SET_PDEATHSIG).
-IGNORED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2")
-
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="meshd-wire-engine")
-    p.add_argument("--fd", type=int, required=True)
-    p.add_argument("--parent", type=int, required=True)
-    p.add_argument("--uid", type=int, required=True)
-    p.add_argument("--gid", type=int, required=True)
-    p.add_argument("--election4", type=int)
-    p.add_argument("--election6", type=int)
-    p.add_argument("--sync", type=int)
+    p = parser("meshd-wire-engine")
+    for option in ("--election4", "--election6", "--sync"):
+        p.add_argument(option, type=int)
     return p.parse_args(argv)
 
 
@@ -74,19 +64,7 @@ def _preload() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-    for name in IGNORED_SIGNALS:
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    args = _args(argv)
-    _preload()
-    try:
-        notes = drop_privileges(args.uid, args.gid, args.parent)
-    except PrivilegeError as e:
-        print(f"meshd wire engine: {e}; not running", file=sys.stderr, flush=True)
-        return EXIT_PRIVILEGES
-    import trio
-    trio.run(_serve, args, "; ".join(notes))
-    return 0
+    return child_main("wire engine", _args(argv), _preload, _serve)
 
 
 async def _serve(args: argparse.Namespace, notes: str) -> None:
@@ -99,53 +77,44 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
     from .proto import FROM_WIRE, TICK_S, TO_WIRE, rings_from
     from .screen import Screen
 
-    channel: Channel | None = None
-
-    def log(event: str, level: str = "warning", **fields) -> None:
-        text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        if channel is None or not channel.send_nowait("log", event=event[:64], level=level,
-                                                      text=text[:1024]):
-            print(f"meshd wire engine: {event} {text}", file=sys.stderr, flush=True)
-
-    channel = Channel(socket.socket(fileno=args.fd), TO_WIRE, FROM_WIRE, log, "daemon")
+    log = ChildLog("wire engine")
+    channel = log.channel = Channel(socket.socket(fileno=args.fd), TO_WIRE, FROM_WIRE, log, "daemon")
     screen = Screen(None, None)
     keyed = trio.Event()
 
-    async def election(family: int, sock: socket.socket) -> None:
+    async def drain(sock: socket.socket, receive, forward, what: str) -> None:
+        """Read `sock` in bursts (a checkpoint between them); each datagram to `forward`."""
         sock.setblocking(False)
         await keyed.wait()
         while True:
             await trio.lowlevel.wait_readable(sock)
             for _ in range(RECV_BURST):
                 try:
-                    data, ancillary, _flags, addr = sock.recvmsg(MAX_DATAGRAM, 256)
+                    got = receive(sock)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as e:
-                    log("receive_error", family=family, error=e.strerror or str(e))
+                    log("receive_error", socket=what, error=e.strerror or str(e))
                     await trio.sleep(0.01)
                     break
-                d = datagram_of(family, data, ancillary, addr)
-                if screen.advert(d.data, d.source):
-                    await channel.send("advert", family=family, data=d.data, source=d.source,
-                                       ttl=d.ttl, interface=d.interface)
+                await forward(got)
 
-    async def sync(sock: socket.socket) -> None:
-        sock.setblocking(False)
-        await keyed.wait()
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            for _ in range(RECV_BURST):
-                try:
-                    data, addr = sock.recvfrom(MAX_RECV)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as e:
-                    log("sync_receive_error", error=e.strerror or str(e))
-                    await trio.sleep(0.01)
-                    break
-                if screen.frame(data, addr[0]):
-                    await channel.send("frame", data=data, source=addr[0])
+    def election_receive(family: int):
+        def receive(sock: socket.socket):
+            data, ancillary, _flags, addr = sock.recvmsg(MAX_DATAGRAM, 256)
+            return family, datagram_of(family, data, ancillary, addr)
+        return receive
+
+    async def advert(got) -> None:
+        family, d = got
+        if screen.advert(d.data, d.source):
+            await channel.send("advert", family=family, data=d.data, source=d.source,
+                               ttl=d.ttl, interface=d.interface)
+
+    async def frame(got) -> None:
+        data, addr = got
+        if screen.frame(data, addr[0]):
+            await channel.send("frame", data=data, source=addr[0])
 
     async def report() -> None:
         while True:
@@ -166,9 +135,16 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
         for option, family in (("election4", 4), ("election6", 6)):
             fd = getattr(args, option)
             if fd is not None:
-                nursery.start_soon(election, family, socket.socket(fileno=fd))
+                nursery.start_soon(drain, socket.socket(fileno=fd), election_receive(family), advert,
+                                   option)
         if args.sync is not None:
-            nursery.start_soon(sync, socket.socket(fileno=args.sync))
+            buf = bytearray(MAX_RECV)
+            view = memoryview(buf)
+
+            def receive_frame(sock: socket.socket):
+                n, addr = sock.recvfrom_into(buf)       # one buffer, not 64 KiB per datagram
+                return bytes(view[:n]), addr
+            nursery.start_soon(drain, socket.socket(fileno=args.sync), receive_frame, frame, "sync")
         nursery.start_soon(report)
         channel.send_nowait("hello", pid=os.getpid(), uid=os.getuid(), notes=notes)
         await channel.messages(handle)
