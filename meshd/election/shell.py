@@ -46,14 +46,6 @@ from .actions import (
 )
 from .transport import ElectionSockets, TransportError
 
-# Adverts read from each socket before a due election deadline is acted upon:
-# more than the socket buffer holds (SO_RCVBUF 1 MiB, doubled by the kernel:
-# under 2,800 small datagrams), so that the master's advert queued behind a
-# flood of forged ones is read before a master-down acts; still a bound, so a
-# queue that never empties cannot hold the loop (tests/election/test_read_first_under_flood.py).
-READ_FIRST_LIMIT = 8192
-RECV_BURST = 64               # adverts read per wake-up of the receive loop
-
 
 def election_family(group: GroupConfig) -> int:
     """Family the group's adverts use: its peers' if unicast, else its first address's."""
