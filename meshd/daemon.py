@@ -8,7 +8,9 @@ nftables: health/shell.py).  `dispatch` sends each action to its shell and
 logs the events; one timer task wakes the node core at its next deadline.
 
 Here too: the start-up order, the bow-out at stop, reload (all or nothing:
-meshd/reload.py), the replay marks on disk, the operator's commands.
+meshd/reload.py), the replay marks on disk, the operator's commands, and
+the metrics endpoint's snapshot (meshd/metrics/: served from its own
+threads, the snapshot copied here on the event loop).
 
 Must not: hold a rule of the cores (a decision here would escape the
 simulator, tests/sim/).
@@ -32,10 +34,14 @@ from .election.transport import TransportError
 from .health.actions import CancelCheck, DeleteStates, Log, SetBackends, StartCheck
 from .kernel import addresses as kaddr
 from .log import EventLog, RejectLog
+from .metrics import snapshot as metrics_snapshot
+from .metrics.collector import MeshdCollector, SnapshotUnavailable
+from .metrics.server import LoopSnapshots, MetricsError, MetricsServer, registry_for
 from .node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
                            SplitBrain, TakeoverSkipped, WaitApplied)
 from .node.core import NodeCore
 from .reload import ReloadOutcome, keys_changed, plan_reload
+from .wire.remote import WireEngine
 from .replay import ReplayGuard
 from .sdnotify import Notifier
 from .state import StateStore
@@ -78,9 +84,13 @@ class Daemon:
         self.reject_log = RejectLog(log, "advert_rejected")
         self.node: NodeCore | None = None
         self.election: ElectionShell | None = None
+        self.wire: WireEngine | None = None
         self.sync = None
         self.health = None
         self.nursery: trio.Nursery | None = None
+        self.metrics: MetricsServer | None = None
+        self._metrics_registry = None        # one collector for every endpoint a reload binds
+        self._next_metrics: MetricsServer | None = None   # bound by a reload's prepare step
         self._stopping = False
         self._reload_lock = trio.Lock()      # SIGHUP and meshctl reload: one at a time
 
@@ -127,6 +137,12 @@ class Daemon:
             self.election.open()
         except TransportError as e:
             raise StartupError(str(e)) from None
+        if cfg.metrics is not None:
+            try:
+                self.metrics = self._bind_metrics(cfg)
+            except MetricsError as e:
+                raise StartupError(f"{cfg.path}: metrics.listen: {e}") from None
+            self.metrics.start()
 
     async def run(self) -> None:
         self._prepare()
@@ -134,6 +150,8 @@ class Daemon:
             await self._run()
         finally:
             self.election.drop_held_addresses()
+            if self.metrics is not None:
+                self.metrics.close()
 
     async def _run(self) -> None:
         cfg = self.config
@@ -156,6 +174,13 @@ class Daemon:
                 await self.sync.run(nursery)
             if self.health is not None:
                 await self.health.run(nursery)
+            # The datagrams from the network are read by the wire engine: deaf
+            # until it says hello (no backup's master-down runs meanwhile).
+            self.wire = WireEngine(self.node, self.election, self.sync, self.dispatch,
+                                   uid=cfg.node.wire_uid, gid=cfg.node.wire_gid, log=self.log)
+            self.election.wire = self.wire
+            self.dispatch(self.node.wire_engine(False, "wire engine starting", trio.current_time()))
+            nursery.start_soon(self.wire.run)
             # Not the `now` from before the state mesh's start-up: its table dump
             # can take a while, and a stale `now` arms an expired master-down timer.
             self.dispatch(self.node.start(trio.current_time()))
@@ -177,7 +202,8 @@ class Daemon:
             elif isinstance(a, ELECTION_ACTIONS):
                 self.election.submit(a)
             elif isinstance(a, StateChanged):
-                self.log("state", group=a.group, old=a.old.value, new=a.new.value, reason=a.reason)
+                self.log("state", group=a.group, old=a.old.value, new=a.new.value, reason=a.reason,
+                         cause=a.cause.value)
                 status_changed = True
             elif isinstance(a, SplitBrain):
                 if a.on:
@@ -187,7 +213,7 @@ class Daemon:
                 else:
                     self.log("split_brain_ended", group=a.group, masters_were=",".join(map(str, a.nodes)))
             elif isinstance(a, AdvertRejected):
-                self.reject_log(a.reason, trio.current_time(), source=a.source, detail=a.detail)
+                self.reject_log(a.reason, trio.current_time(), a.count, source=a.source, detail=a.detail)
             elif isinstance(a, DemotionChanged):
                 self.log("demotion", name=a.name, value=a.value, reason=a.reason)
                 status_changed = True
@@ -206,6 +232,34 @@ class Daemon:
     async def _commit(self, action) -> None:
         """A takeover's commit (on the group's executor): the state mesh's to carry out."""
         await self.sync.commit_for_takeover(action)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _bind_metrics(self, config: Config) -> MetricsServer:
+        """The endpoint of `config` bound (not serving yet); MetricsError if it cannot be."""
+        if self._metrics_registry is None:
+            snapshots = LoopSnapshots(self._metrics_snapshot, trio.lowlevel.current_trio_token().run_sync_soon)
+            self._metrics_registry = registry_for(MeshdCollector(snapshots.fetch))
+        return MetricsServer(config.metrics, self._metrics_registry)
+
+    def _metrics_snapshot(self) -> metrics_snapshot.Snapshot:
+        """On the event loop's thread, between two of its steps (LoopSnapshots).
+
+        A failure is a bug: logged here (the HTTP thread has no log), and the
+        scrape is served as one without a snapshot rather than as an error page.
+        """
+        sync = self.sync
+        try:
+            return metrics_snapshot.take(self.node, trio.current_time(), node_name=self.config.node.name,
+                                         version=__version__,
+                                         kernel=sync.reader.stats() if sync is not None else None,
+                                         commits=sync.commit_seconds if sync is not None else None)
+        except Exception as e:
+            self.log("metrics_snapshot_failed", level="error", error=repr(e))
+            raise SnapshotUnavailable(repr(e)) from None
+
+    async def _close_metrics(self, server: MetricsServer) -> None:
+        await trio.to_thread.run_sync(server.close)
 
     # ------------------------------------------------------------------ replay marks
 
@@ -311,6 +365,13 @@ class Daemon:
                 await self.health.prepare_reload(new)
             except (NftError, OSError) as e:
                 return f"health: cannot rebuild nftables table {old.health.nft_table!r}: {e}"
+        # Last: nothing after it can fail, so a new endpoint bound here is used.
+        self._next_metrics = None
+        if new.metrics != old.metrics and new.metrics is not None:
+            try:
+                self._next_metrics = self._bind_metrics(new)
+            except MetricsError as e:
+                return f"{new.path}: metrics.listen: {e}"
         return None
 
     def _apply_reload(self, old: Config, new: Config) -> None:
@@ -325,6 +386,15 @@ class Daemon:
             self.health.set_script_user(new)
         self.dispatch(self.node.reconfigure(old, new, keys_changed(old, new), trio.current_time()))
         self.election.reconfigure(old, new)
+        if self.wire is not None:
+            self.wire.keys_changed()
+            self.wire.sockets_changed()
+        if new.metrics != old.metrics:
+            if self.metrics is not None:
+                self.nursery.start_soon(self._close_metrics, self.metrics)
+            self.metrics, self._next_metrics = self._next_metrics, None
+            if self.metrics is not None:
+                self.metrics.start()
         if self.sync is not None and _virtual_addresses(new) != _virtual_addresses(old):
             self.nursery.start_soon(self._refresh_sync_addresses)
 
@@ -354,7 +424,8 @@ class Daemon:
         if cmd == "status":
             answer = {"node": self.config.node.name, "version": __version__, **election.status(now),
                       "reject_log": self.reject_log.stats(),
-                      "flood_guard": self.election.guard.status(now)}
+                      "flood_guard": self.election.guard.status(now),
+                      "wire_engine": self.wire.status(now) if self.wire is not None else None}
             if self.health is not None:
                 answer["check_engine"] = self.health.engine_status(now)
             return answer

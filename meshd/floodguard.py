@@ -59,9 +59,11 @@ class FloodGuard:
     def engaged(self) -> bool:
         return self.engaged_since is not None
 
-    def rejected(self, source: str, now: float) -> bool:
+    def rejected(self, source: str | None, now: float, count: int = 1) -> bool:
+        """`count` rejects from `source` (None: from sources not named, the tail
+        of a flood the wire engine counted under its reason alone)."""
         weight = 1 if not self.engaged or source in self.admitted else 1 << self.sample_shift
-        self._window_count += weight
+        self._window_count += weight * count
         return self.tick(now)
 
     def known(self, sources, now: float) -> bool:
@@ -71,6 +73,15 @@ class FloodGuard:
         if len(self._known) > MAX_SOURCES:
             newest = sorted(self._known.items(), key=lambda kv: kv[1])[-MAX_SOURCES:]
             self._known = dict(newest)
+        if self.engaged and set(self._known) != set(self.admitted):
+            self.admitted = tuple(sorted(self._known))
+            return True
+        return False
+
+    def set_known(self, sources) -> bool:
+        """Exactly these sources, for good (a fixed list: the state mesh's
+        configured peers); True when the filter must be rebuilt."""
+        self._known = dict.fromkeys(sources, float("inf"))
         if self.engaged and set(self._known) != set(self.admitted):
             self.admitted = tuple(sorted(self._known))
             return True

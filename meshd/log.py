@@ -181,15 +181,20 @@ class RejectLog:
         self.logged: dict[str, int] = {}
         self.suppressed: dict[str, int] = {}
 
-    def __call__(self, reason: str, now: float, **fields: Any) -> bool:
-        """One reject of `reason` at `now`; True if a line was written for it."""
-        self.seen[reason] = self.seen.get(reason, 0) + 1
+    def __call__(self, reason: str, now: float, count: int = 1, **fields: Any) -> bool:
+        """`count` rejects of `reason` at `now` (more than one: refused together,
+        reported by the wire engine); True if a line was written for them."""
+        self.seen[reason] = self.seen.get(reason, 0) + count
         ok, before = self.limiter.allow(reason, now)
         if not ok:
-            self.suppressed[reason] = self.suppressed.get(reason, 0) + 1
+            self.suppressed[reason] = self.suppressed.get(reason, 0) + count
+            self.limiter.suppressed[reason] += count - 1
             return False
         self.logged[reason] = self.logged.get(reason, 0) + 1
-        self.log(self.event, level=self.level, reason=reason, **fields, suppressed=before or None)
+        if count > 1:
+            self.suppressed[reason] = self.suppressed.get(reason, 0) + count - 1
+        self.log(self.event, level=self.level, reason=reason, **fields,
+                 count=count if count > 1 else None, suppressed=before or None)
         return True
 
     def stats(self) -> dict[str, dict[str, int]]:

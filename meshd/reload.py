@@ -27,6 +27,11 @@ What applies live, and why (Daemon.reload carries it out):
   groups in the group database): every hook, track script or script check
   started from then on runs as the new identity; one already running ends
   as it started.
+* `[metrics]` added, removed, or its `listen` changed: the endpoint is
+  bound anew before anything else changes (a port that cannot be bound
+  fails the whole reload, the old endpoint still serving), then the old
+  one is closed.  Nothing but scrapers depends on the socket, and the
+  counters live in the cores, so nothing is lost by re-binding.
 
 What needs a restart, and why:
 
@@ -50,7 +55,7 @@ What needs a restart, and why:
 * `health.nft_table`, `health.nflog_group` and turning the reset watcher
   on: the table and the NFLOG socket are set up at start.
 * `health.check_user` naming another uid or gid: the check engine drops to
-  its user when it starts.
+  its user when it starts; `node.wire_user` likewise for the wire engine.
 
 Must not: apply anything or read a file: Daemon.reload loads the new file and
 carries the plan out (NodeCore.reconfigure and the shells' reload methods).
@@ -136,8 +141,13 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             changes.append(f"node.{key}: {_show(old_value)} -> {_show(new_value)}")
         elif key.startswith("run_as"):
             continue                # the resolved identity, said once below
+        elif key in ("wire_user", "wire_uid", "wire_gid"):
+            continue                # said once below, by the uid and gid it names
         else:
             refuse(f"node.{key}", f"{_show(old_value)} -> {_show(new_value)}; {NODE_RESTART_WHY[key]}")
+    if (old.node.wire_uid, old.node.wire_gid) != (new.node.wire_uid, new.node.wire_gid):
+        refuse("node.wire_user", f"{_show(old.node.wire_user)} -> {_show(new.node.wire_user)}; "
+                                 "the wire engine drops to its user when it starts")
     a, b = old.node.run_as, new.node.run_as
     if a != b:
         changes.append(f"node.script_user: runs as {a} -> {b}"
@@ -147,6 +157,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     changes += _track_changes(old, new)
     _plan_sync(old.sync, new.sync, changes, refuse)
     _plan_health(old.health, new.health, changes, refuse)
+    changes += _metrics_changes(old, new)
     return ReloadPlan(old, new, tuple(changes), tuple(refusals))
 
 
@@ -289,6 +300,19 @@ def _plan_health(old: HealthConfig | None, new: HealthConfig | None, changes: li
             changes.extend(f"health: {line}" for line in _named_changes(key[:-1], a, b))
         elif key != "nft_table":
             changes.append(f"health.{key}: {_show(a)} -> {_show(b)}")
+
+
+# ------------------------------------------------------------------ [metrics]
+
+def _metrics_changes(old: Config, new: Config) -> list[str]:
+    a, b = old.metrics, new.metrics
+    if a == b:
+        return []
+    if a is None:
+        return [f"metrics: section added (serving on {b.listen})"]
+    if b is None:
+        return [f"metrics: section removed (the endpoint on {a.listen} closes)"]
+    return [f"metrics.listen: {a.listen} -> {b.listen} (the endpoint is bound anew)"]
 
 
 # ------------------------------------------------------------------ helpers

@@ -218,7 +218,7 @@ def test_relative_path_is_reported_as_given(confdir, monkeypatch):
 
 def test_unknown_top_level_key(confdir):
     msg = only_problem(confdir, "colour = 1\n" + MINIMAL)
-    assert msg.endswith("meshd.toml: colour: unknown key (known keys: cluster, group, health, node, "
+    assert msg.endswith("meshd.toml: colour: unknown key (known keys: cluster, group, health, metrics, node, "
                         "sync, track_interface, track_script)")
 
 
@@ -228,7 +228,7 @@ def test_unknown_nested_keys(confdir):
     text = text.replace('secret_file = "k1.key"', 'secret_file = "k1.key"\nsecret = "x"')
     found = problems(confdir, text)
     assert len(found) == 4, found
-    assert any(": node.nmae: unknown key (known keys: address_lifetime_s, control_socket, id, name, run_dir, script_group, script_user, state_dir)" in p
+    assert any(": node.nmae: unknown key (known keys: address_lifetime_s, control_socket, id, name, run_dir, script_group, script_user, state_dir, wire_user)" in p
                for p in found)
     assert any(": cluster.keys[0].secret: unknown key (known keys: id, secret_file)" in p for p in found)
     assert any(": group[0].advskw: unknown key (known keys: " in p and "advskew" in p for p in found)

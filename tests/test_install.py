@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -158,11 +159,16 @@ def test_meshd_comes_from_the_environment_not_the_source_tree(installed, probe):
 def test_dependencies_are_declared_and_resolved(probe):
     imported = third_party_imports()
     assert {"trio", "cryptography"} <= imported       # the scan sees what meshd imports
-    declared = {name.lower() for name in probe["requires"]}
+    declared = {_normal(name) for name in probe["requires"]}
     for module in sorted(imported):
-        dists = {d.lower() for d in probe["module_dists"].get(module, [])}
+        dists = {_normal(d) for d in probe["module_dists"].get(module, [])}
         assert dists & declared, f"meshd imports {module} (from {dists or 'nowhere'}) but does not declare it"
     assert all(probe["satisfied"].values()), probe["satisfied"]
+
+
+def _normal(name: str) -> str:
+    """A distribution's name as PEP 503 compares them: prometheus_client is prometheus-client."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_no_test_extras_in_the_environment(installed, probe):

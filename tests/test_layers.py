@@ -37,7 +37,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         # checkspec the value types the [health] section and the checks share.
         "foundation": ("meshd", "meshd.crypto", "meshd.replay", "meshd.state", "meshd.log",
                        "meshd.logsinks", "meshd.logbridge", "meshd.timers", "meshd.commands",
-                       "meshd.health.checkspec", "meshd.runas",
+                       "meshd.health.checkspec", "meshd.runas", "meshd.histogram",
                        # when a flood of rejects closes a socket to all but known senders
                        "meshd.floodguard",
                        # privilege separation without I/O: messages, the drop, the back-off
@@ -63,6 +63,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
     ("node", {
         # The rules between the engines: composes the three cores.
         "node core": ("meshd.node",),
+        # What the wire engine lets through (the cores' decoders, before any history).
+        "wire screen": ("meshd.wire", "meshd.wire.screen", "meshd.wire.proto"),
     }),
     ("shells", {
         # It runs the notify hooks and the track scripts.
@@ -70,8 +72,12 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "sync shell": ("meshd.sync.shell",),
         # The daemon's side of the check engine: a runner like CheckRunner.
         "health shell": ("meshd.health.shell", "meshd.health.remote"),
+        # The daemon's side of the wire engine: feeds the node core what it forwards.
+        "wire shell": ("meshd.wire.remote",),
         "supervision": ("meshd.supervision",),
         "control server": ("meshd.control", "meshd.control.server", "meshd.control.protocol"),
+        # The Prometheus endpoint: reads a snapshot of the node core and the shells' counts.
+        "metrics": ("meshd.metrics",),
     }),
     ("daemon", {
         "daemon": ("meshd.daemon",),
@@ -80,6 +86,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "cli": ("meshd.cli", "meshd.__main__"),
         # The check engine child's own entry point (python -m meshd.health.engine).
         "check engine": ("meshd.health.engine",),
+        # The wire engine child's (python -m meshd.wire.engine): the election's datagram parsing.
+        "wire engine": ("meshd.wire.engine",),
         "meshctl": ("meshd.control.meshctl",),
     }),
 ]

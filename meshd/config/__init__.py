@@ -9,7 +9,7 @@ The package is one room per part of the file:
 * `reader`: the typed TOML walker every section uses;
 * `load`: the whole file (`Config`, `ConfigError`, `load_config`, `parse_config`);
 * one module per section: `node`, `cluster` (and the secret files), `groups`,
-  `tracks`, `sync`, `health` with its `health_check` sub-table.
+  `tracks`, `sync`, `health` with its `health_check` sub-table, `metrics`.
 
 This module only re-exports what callers use, so `from meshd.config import
 Config` does not depend on where a name lives.  Section internals (key sets,
@@ -34,13 +34,15 @@ from .cluster import (
 from .groups import ALL_GROUPS, GroupConfig
 from .health import HealthConfig
 from .load import Config, ConfigError, load_config, parse_config, read_toml
+from .metrics import DEFAULT_METRICS_PORT, MetricsConfig
 from .node import CONTROL_SOCKET_NAME, DEFAULT_RUN_DIR, NodeConfig, parse_control_socket
 from .sync import SyncConfig
 from .tracks import TrackInterfaceConfig, TrackScriptConfig
 
 __all__ = [
-    "ALL_GROUPS", "CONTROL_SOCKET_NAME", "DEFAULT_MCAST_V4", "DEFAULT_MCAST_V6", "DEFAULT_PORT",
-    "DEFAULT_RUN_DIR", "MIN_SECRET_BYTES", "ClusterConfig", "Config", "ConfigError", "GroupConfig",
-    "HealthConfig", "KeyConfig", "NodeConfig", "SyncConfig", "TrackInterfaceConfig",
+    "ALL_GROUPS", "CONTROL_SOCKET_NAME", "DEFAULT_MCAST_V4", "DEFAULT_METRICS_PORT", "DEFAULT_MCAST_V6",
+    "DEFAULT_PORT", "DEFAULT_RUN_DIR", "MIN_SECRET_BYTES", "ClusterConfig", "Config", "ConfigError",
+    "GroupConfig", "HealthConfig", "KeyConfig", "MetricsConfig", "NodeConfig", "SyncConfig",
+    "TrackInterfaceConfig",
     "TrackScriptConfig", "load_config", "parse_config", "parse_control_socket", "read_toml",
 ]

@@ -126,7 +126,8 @@ def _groups(here: Config, peer: Config, who: str, out: list[Finding]) -> None:
             out.append(Finding("error", f"{label}: addresses",
                                f"only here {only_here or '-'}, only on {who} {only_there or '-'}: {rejects}"))
         if bool(g.peers) != bool(p.peers):
-            mode = lambda c: "unicast" if c.peers else "multicast"   # noqa: E731
+            def mode(c) -> str:
+                return "unicast" if c.peers else "multicast"
             out.append(Finding("error", f"{label}: peers",
                                f"{mode(g)} here, {mode(p)} on {who}: the unicast side only hears its "
                                "peers' addresses, the multicast side only sends to the group"))

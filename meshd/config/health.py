@@ -25,7 +25,6 @@ value types of `meshd.health.checkspec`.
 from __future__ import annotations
 
 import ipaddress
-import pwd
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from ..health.checkspec import CheckSpec, CheckTarget
 from .health_check import parse_check
 from .reader import NAME_RE, Reader, describe, is_ip
+from .users import engine_user
 
 NFT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 PROTOCOLS = ("tcp", "udp")
@@ -152,32 +152,12 @@ def parse_health(r: Reader, data: Any, followed_counters: set[str] | None) -> He
     return HealthConfig(tuple(hosts.values()), tuple(tables.values()), tuple(redirects), **kw)
 
 
-DEFAULT_CHECK_USER = "nobody"
-
-
 def _check_user(r: Reader, t: dict) -> dict[str, Any]:
-    """`check_user`: a user name or a numeric uid that the user database knows, not root."""
-    value = t.get("check_user", DEFAULT_CHECK_USER)
-    where = "health.check_user"
-    bad = {"check_user": None, "check_uid": None, "check_gid": None}
-    try:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not 0 <= value < 2**32 - 1:
-                r.problem(where, f"expected a uid (0 – 4294967294), found {value}")
-                return bad
-            pw = pwd.getpwuid(value)
-        elif isinstance(value, str) and value:
-            pw = pwd.getpwnam(value)
-        else:
-            r.problem(where, f"expected a user name or a numeric uid, found {describe(value)}")
-            return bad
-    except KeyError:
-        r.problem(where, f"no such user: {value!r} (not in the user database)")
-        return bad
-    if pw.pw_uid == 0:
-        r.problem(where, f"{value!r} is root: the check engine must run as an unprivileged user")
-        return bad
-    return {"check_user": str(value), "check_uid": pw.pw_uid, "check_gid": pw.pw_gid}
+    """`check_user`: see meshd/config/users.py."""
+    user = engine_user(r, t, "health.check_user", "check engine")
+    if user is None:
+        return {"check_user": None, "check_uid": None, "check_gid": None}
+    return {"check_user": user[0], "check_uid": user[1], "check_gid": user[2]}
 
 
 def _array(r: Reader, t: dict, key: str) -> list:

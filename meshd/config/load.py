@@ -21,6 +21,7 @@ from pathlib import Path
 from .cluster import ClusterConfig, parse_cluster, read_secret_files
 from .groups import ALL_GROUPS, GroupConfig, check_names, parse_groups
 from .health import HealthConfig, parse_health
+from .metrics import MetricsConfig, parse_metrics
 from .node import NodeConfig, parse_node
 from .reader import Reader
 from .sync import SyncConfig, parse_sync
@@ -32,7 +33,8 @@ from .tracks import (
     parse_track_scripts,
 )
 
-TOP_KEYS = {"node", "cluster", "group", "track_interface", "track_script", "sync", "health"}
+TOP_KEYS = {"node", "cluster", "group", "track_interface", "track_script", "sync", "health",
+            "metrics"}
 
 
 class ConfigError(Exception):
@@ -53,6 +55,7 @@ class Config:
     track_scripts: tuple[TrackScriptConfig, ...] = ()
     sync: SyncConfig | None = None
     health: HealthConfig | None = None
+    metrics: MetricsConfig | None = None
     secrets: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def group(self, name: str) -> GroupConfig | None:
@@ -107,9 +110,11 @@ def parse_config(data: dict, filename: str = "<config>", base_dir: str = ".",
     if "health" in top:
         followed = {name for g in groups for name in g.counters()} if groups else None
         health = parse_health(r, top["health"], followed)
+    metrics = parse_metrics(r, top["metrics"]) if "metrics" in top else None
     secrets: dict[int, bytes] = {}
     if cluster is not None and read_secrets:
         secrets = read_secret_files(r, cluster)
     if r.problems or node is None or cluster is None:
         raise ConfigError(r.problems or [f"{filename}: invalid configuration"])
-    return Config(filename, node, cluster, groups, track_ifs, track_scripts, sync, health, secrets)
+    return Config(filename, node, cluster, groups, track_ifs, track_scripts, sync, health, metrics,
+                  secrets)

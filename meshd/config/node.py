@@ -1,13 +1,15 @@
 """The `[node]` section: this node's id and name, its state directory, its
 control socket, how long its virtual addresses outlive it, and the user its
-hooks and scripts run as (`script_user`, `script_group`).
+hooks and scripts run as (`script_user`, `script_group`), and the user of the
+wire engine (`wire_user`, meshd/wire/engine.py).
 
 Owns the defaults of the run directory and the control socket, shared with
 `meshctl --config`, which reads only those two keys (`parse_control_socket`).
 Paths are checked as text: absolute, short enough for a Unix socket.
 
 `script_user` and `script_group` are looked up in the user and group
-databases here (meshd/runas.py), so a user that does not exist refuses the
+databases here (meshd/runas.py), `wire_user` in the user database
+(meshd/config/users.py: never root), so a user that does not exist refuses the
 file, and `meshd --check` says so.
 
 Must not: look at the file system (the daemon creates the directories, the
@@ -30,9 +32,10 @@ from ..runas import (
     resolve_run_as,
 )
 from .reader import NAME_RE, Reader, describe
+from .users import DEFAULT_ENGINE_USER, engine_user
 
 NODE_KEYS = {"id", "name", "state_dir", "control_socket", "run_dir", "address_lifetime_s",
-             "script_user", "script_group"}
+             "script_user", "script_group", "wire_user"}
 # sun_path is 108 bytes with its terminating NUL.
 MAX_SOCKET_PATH = 107
 DEFAULT_RUN_DIR = "/run/meshd"
@@ -52,6 +55,10 @@ class NodeConfig:
     # Resolved when the file is read; compared too, so a reload after a change
     # of the user database applies the new groups.
     run_as: RunAs = field(default_factory=default_run_as)
+    # The wire engine's user (meshd/wire/engine.py): never root.
+    wire_user: str = DEFAULT_ENGINE_USER
+    wire_uid: int = 65534
+    wire_gid: int = 65534
 
 
 def parse_node(r: Reader, data: Any) -> NodeConfig | None:
@@ -67,9 +74,10 @@ def parse_node(r: Reader, data: Any) -> NodeConfig | None:
     # this long after the last one; 0 keeps them forever (see docs/architecture.md).
     lifetime = r.get(t, "node", "address_lifetime_s", "int", default=1, lo=0, hi=3600)
     user, group, run_as = parse_script_user(r, t)
-    if node_id is None or None in (state_dir, run_dir, sock, lifetime, run_as):
+    wire = engine_user(r, t, "node.wire_user", "wire engine")
+    if node_id is None or None in (state_dir, run_dir, sock, lifetime, run_as, wire):
         return None
-    return NodeConfig(node_id, name, state_dir, sock, run_dir, lifetime, user, group, run_as)
+    return NodeConfig(node_id, name, state_dir, sock, run_dir, lifetime, user, group, run_as, *wire)
 
 
 def parse_script_user(r: Reader, node: dict) -> tuple[str, str | None, RunAs | None]:

@@ -191,6 +191,18 @@ def format_status(answer: dict) -> str:
         else:
             out.append(f"check engine: DOWN for {_ago(engine.get('since_s'))} "
                        f"({engine.get('down_reason') or 'unknown'}); the node is demoted")
+    wire = answer.get("wire_engine")
+    if isinstance(wire, dict):
+        if wire.get("up"):
+            fwd, ref = wire.get("forwarded") or {}, wire.get("refused") or {}
+            out.append(f"wire engine: up for {_ago(wire.get('since_s'))}, pid {wire.get('pid')}, "
+                       f"uid {wire.get('uid')}, forwarded {fwd.get('advert', 0)} adverts and "
+                       f"{fwd.get('frame', 0)} frames, refused {ref.get('election', 0)} and "
+                       f"{ref.get('sync', 0)}, started {wire.get('starts', '?')} times")
+        else:
+            out.append(f"wire engine: DOWN for {_ago(wire.get('since_s'))} "
+                       f"({wire.get('down_reason') or 'unknown'}); the node hears no advert, "
+                       "and its backups hold (no takeover) until it is back")
     guard = answer.get("flood_guard") or {}
     if guard.get("engaged"):
         out.append(f"flood guard: ENGAGED for {_ago(guard.get('engaged_s'))}, about "

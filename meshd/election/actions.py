@@ -8,6 +8,12 @@ until that is done; the election shell carries out the rest, each group's in
 order.  StateChanged, AdvertRejected and DemotionChanged are events: the
 daemon logs them.
 
+A StateChanged carries its reason twice: as words for the log
+(`no advert for 304 ms (master down)`), which may hold node ids,
+durations and interface names, and as a `Cause`, one of a fixed set, so
+that counting transitions by cause (meshd/metrics/) keeps a bounded number
+of series whatever the words say.
+
 Must not: hold behaviour: these are frozen values, and every rule that emits
 them lives in core.py.
 """
@@ -26,6 +32,27 @@ class State(enum.Enum):
     MASTER = "MASTER"
     FAULT = "FAULT"
     DISABLED = "DISABLED"
+
+
+class Cause(enum.Enum):
+    """Why a group changed state, as a bounded set (docs/metrics.md has the table).
+
+    From this node's side: `preempt` and `peer_demoted` take the master role
+    from a worse master; `preempted` and `demoted` give it up to a better one
+    (by advskew or node id, or because this node's demotion is higher).
+    """
+    STARTUP = "startup"              # INIT -> BACKUP (or FAULT) at start
+    MASTER_DOWN = "master_down"      # BACKUP -> MASTER: no advert for master-down
+    BOWOUT = "bowout"                # BACKUP -> MASTER: the master bowed out
+    PREEMPT = "preempt"              # BACKUP -> MASTER: preempting a master with worse advskew/id
+    PEER_DEMOTED = "peer_demoted"    # BACKUP -> MASTER: the master advertises a higher demotion
+    PREEMPTED = "preempted"          # MASTER -> BACKUP: a better advskew or node id
+    DEMOTED = "demoted"              # MASTER -> BACKUP: this node's demotion is higher
+    FAULT = "fault"                  # -> FAULT: interface down, send failed, weight-0 track failed
+    RECOVERED = "recovered"          # FAULT -> BACKUP: the fault cleared, or a send retried
+    OPERATOR = "operator"            # meshctl enable / disable
+    RELOAD = "reload"                # a group added, changed or removed by a reload
+    SHUTDOWN = "shutdown"            # the bow-out at stop
 
 
 @dataclass(frozen=True)
@@ -88,7 +115,8 @@ class StateChanged:
     group: str
     old: State
     new: State
-    reason: str
+    reason: str              # words, for the log
+    cause: Cause             # the same, bounded, for counting
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,7 @@ class AdvertRejected:
     reason: str
     detail: str
     source: str
+    count: int = 1           # refused together (the wire engine reports in batches)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from ..config import GroupConfig
 from ..crypto import KeyRing
 from ..replay import ReplayGuard
-from .actions import (Action, AddAddresses, AdvertRejected, Announce, DemotionChanged,
+from .actions import (Action, AddAddresses, AdvertRejected, Announce, Cause, DemotionChanged,
                       PrepareTakeover, RemoveAddresses, RunNotify, SendAdvert, State,
                       StateChanged)
 from .wire import (Advert, AdvertError, AdvertType, config_digest, decode_advert,
@@ -63,6 +63,8 @@ class GroupRuntime:
     last_change: float | None = None
     last_reason: str = "startup"
     transitions: int = 0
+    # (new state, cause) -> count: bounded, since Cause is (docs/metrics.md).
+    transitions_by: Counter = field(default_factory=Counter)
     sent: int = 0
     received: int = 0
     stale: int = 0
@@ -133,6 +135,7 @@ class ElectionCore:
         self.interfaces_down: set[str] = set()
         self.rejected: Counter = Counter()
         self.started = False
+        self.deaf: str | None = None        # why no advert can be heard now (set_deaf)
         for g in groups:
             self._add_group(g)
 
@@ -143,7 +146,7 @@ class ElectionCore:
         self.started = True
         out: list[Action] = []
         for g in self.groups.values():
-            out += self._leave_init(g, now, "startup")
+            out += self._leave_init(g, now, "startup", Cause.STARTUP)
         return out
 
     def next_deadline(self) -> float | None:
@@ -172,18 +175,49 @@ class ElectionCore:
             elif g.state is State.BACKUP:
                 if g.bowout_from is not None:
                     reason = f"master node {g.bowout_from} bowed out"
-                    previous = g.bowout_from
+                    previous, cause = g.bowout_from, Cause.BOWOUT
                 else:
                     reason = f"no advert for {round(g.armed_down * 1000)} ms (master down)"
-                    previous = g.master_node
-                out += self._become_master(g, now, reason, from_node=previous)
+                    previous, cause = g.master_node, Cause.MASTER_DOWN
+                out += self._become_master(g, now, reason, cause, from_node=previous)
             elif g.state is State.FAULT and "send failed" in g.faults:
                 g.faults.discard("send failed")
                 if not g.faults:
-                    out += self._leave_init(g, now, "retrying after send failure")
+                    out += self._leave_init(g, now, "retrying after send failure", Cause.RECOVERED)
                 else:
                     g.deadline = None
         return out
+
+    def set_deaf(self, why: str | None, now: float) -> list[Action]:
+        """Whether this node can hear adverts: `why` it cannot (the wire engine,
+        which reads the sockets, is down), or None when it can again.
+
+        While deaf, a backup's master-down is held: silence it cannot hear
+        through is no evidence that the master is gone, and a takeover on it
+        would put the addresses on two nodes.  A master goes on advertising
+        (its peers hear it and stay backups).  Hearing again, every backup
+        waits one whole master-down interval from `now`, for the adverts it
+        missed.  Nothing is emitted: the groups' states do not change.
+        """
+        was = self.deaf
+        self.deaf = why
+        if (was is None) == (why is None):
+            return []
+        for g in self.groups.values():
+            if g.state is State.BACKUP:
+                if why is not None:
+                    g.deadline = None
+                else:
+                    g.bowout_from = None
+                    self._arm_master_down(g, now, g.master_down)
+        return []
+
+    def rejected_elsewhere(self, reason: str, detail: str, source: str | None,
+                           count: int) -> list[Action]:
+        """`count` datagrams refused before they reached this core (the wire
+        engine's screen: a bad MAC, an unknown key...), counted as if refused here."""
+        self.rejected[reason] += count
+        return [AdvertRejected(reason, detail, source or "", count)]
 
     def receive(self, data: bytes, source: str, now: float, *, ttl: int | None = None,
                 interface: str | None = None) -> list[Action]:
@@ -285,7 +319,7 @@ class ElectionCore:
             elif "interface down" in g.faults:
                 g.faults.discard("interface down")
                 if self.started and not g.faults and g.state is State.FAULT:
-                    out += self._leave_init(g, now, f"interface {interface} up")
+                    out += self._leave_init(g, now, f"interface {interface} up", Cause.RECOVERED)
         return out
 
     def set_demotion(self, name: str, source: str, value: int, now: float,
@@ -330,7 +364,7 @@ class ElectionCore:
             elif not failed and source in g.faults:
                 g.faults.discard(source)
                 if self.started and not g.faults and g.state is State.FAULT:
-                    out += self._leave_init(g, now, f"{source} recovered")
+                    out += self._leave_init(g, now, f"{source} recovered", Cause.RECOVERED)
         return out
 
     def operator_demote(self, name: str, delta: int, now: float) -> list[Action]:
@@ -349,7 +383,7 @@ class ElectionCore:
         g = self.groups[group]
         if g.state is State.DISABLED:
             return []
-        out = self._release(g, now, State.DISABLED, reason)
+        out = self._release(g, now, State.DISABLED, reason, Cause.OPERATOR)
         g.deadline = None
         return out
 
@@ -359,14 +393,14 @@ class ElectionCore:
         g = self.groups[group]
         if g.state is not State.DISABLED:
             return []
-        return self._leave_init(g, now, "enabled by operator")
+        return self._leave_init(g, now, "enabled by operator", Cause.OPERATOR)
 
     def shutdown(self, now: float, reason: str = "shutting down") -> list[Action]:
         """Bow out of every group: masters tell backups to take over at once."""
         out: list[Action] = []
         for g in self.groups.values():
             if g.state is not State.DISABLED:
-                out += self._release(g, now, State.INIT, reason)
+                out += self._release(g, now, State.INIT, reason, Cause.SHUTDOWN)
             g.deadline = None
         return out
 
@@ -380,14 +414,14 @@ class ElectionCore:
                 g.config = new
                 continue
             out += self._release(g, now, State.INIT, "removed from configuration" if new is None
-                                 else "configuration changed")
+                                 else "configuration changed", Cause.RELOAD)
             del self.groups[name]
             del self.by_id[g.config.id]
         for name, cfg in wanted.items():
             if name not in self.groups:
                 g = self._add_group(cfg)
                 if self.started:
-                    out += self._leave_init(g, now, "added by reload")
+                    out += self._leave_init(g, now, "added by reload", Cause.RELOAD)
         return out
 
     # ----------------------------------------------------------------- queries
@@ -422,7 +456,7 @@ class ElectionCore:
             })
         return {"node_id": self.node_id, "epoch": self.epoch, "groups": groups,
                 "demotions": {n: self.counter_value(n) for n in sorted(self.demotions)},
-                "rejected": dict(self.rejected)}
+                "rejected": dict(self.rejected), "deaf": self.deaf}
 
     # ---------------------------------------------------------------- internals
 
@@ -448,8 +482,9 @@ class ElectionCore:
         if g.state is State.MASTER:
             if a.type is AdvertType.BOWOUT or theirs > mine:
                 return []
+            cause = Cause.DEMOTED if a.demotion < mine[0] else Cause.PREEMPTED
             return self._become_backup(g, now, a, f"node {a.node_id} has better priority "
-                                       f"(demotion {a.demotion}, advskew {a.advskew})")
+                                       f"(demotion {a.demotion}, advskew {a.advskew})", cause)
         if g.state is not State.BACKUP:
             return []
         if a.type is AdvertType.BOWOUT:
@@ -462,9 +497,12 @@ class ElectionCore:
             # when it hears ours.  Preempting it would take the addresses from ours.
             return []
         if mine < theirs and (mine[0] < theirs[0] or g.config.preempt):
-            why = "lower demotion" if mine[0] < theirs[0] else "preempt"
+            by_demotion = mine[0] < theirs[0]
+            why = "lower demotion" if by_demotion else "preempt"
             return self._become_master(g, now, f"{why}: node {a.node_id} advertises demotion "
-                                       f"{a.demotion} advskew {a.advskew}", from_node=a.node_id)
+                                       f"{a.demotion} advskew {a.advskew}",
+                                       Cause.PEER_DEMOTED if by_demotion else Cause.PREEMPT,
+                                       from_node=a.node_id)
         g.master_node = a.node_id
         g.master_demotion = a.demotion
         g.bowout_from = None
@@ -500,33 +538,35 @@ class ElectionCore:
         return [SendAdvert(g.config.name, self._advert_bytes(g, kind), kind is AdvertType.BOWOUT,
                            g.config) for _ in range(copies)]
 
-    def _transition(self, g: GroupRuntime, new: State, now: float, reason: str) -> list[Action]:
+    def _transition(self, g: GroupRuntime, new: State, now: float, reason: str,
+                    cause: Cause) -> list[Action]:
         old = g.state
         g.state = new
         g.last_change = now
         g.last_reason = reason
         g.transitions += 1
-        return [StateChanged(g.config.name, old, new, reason)]
+        g.transitions_by[(new, cause)] += 1
+        return [StateChanged(g.config.name, old, new, reason, cause)]
 
     def _notify(self, g: GroupRuntime) -> RunNotify:
         return RunNotify(g.config.name, g.state, 255 - g.config.advskew, g.config)
 
-    def _leave_init(self, g: GroupRuntime, now: float, reason: str) -> list[Action]:
+    def _leave_init(self, g: GroupRuntime, now: float, reason: str, cause: Cause) -> list[Action]:
         if g.faults:
             return self._to_fault(g, now, ", ".join(sorted(g.faults)))
-        out = self._transition(g, State.BACKUP, now, reason)
+        out = self._transition(g, State.BACKUP, now, reason, cause)
         g.master_node = None
         g.bowout_from = None
         self._arm_master_down(g, now, g.master_down)
         out += self._sync_set_fault(g, False, now)
         return out + [self._notify(g)]
 
-    def _become_master(self, g: GroupRuntime, now: float, reason: str,
+    def _become_master(self, g: GroupRuntime, now: float, reason: str, cause: Cause,
                        from_node: int | None = None) -> list[Action]:
         c = g.config
         previous = from_node
         g.bowout_from = None
-        out = self._transition(g, State.MASTER, now, reason)
+        out = self._transition(g, State.MASTER, now, reason, cause)
         out.append(PrepareTakeover(c.name, previous))
         out.append(AddAddresses(c.name, c.interface, c.addresses))
         if c.garp_count:
@@ -537,9 +577,10 @@ class ElectionCore:
         out.append(self._notify(g))
         return out
 
-    def _become_backup(self, g: GroupRuntime, now: float, a: Advert, reason: str) -> list[Action]:
+    def _become_backup(self, g: GroupRuntime, now: float, a: Advert, reason: str,
+                       cause: Cause) -> list[Action]:
         c = g.config
-        out = self._transition(g, State.BACKUP, now, reason)
+        out = self._transition(g, State.BACKUP, now, reason, cause)
         out.append(RemoveAddresses(c.name, c.interface, c.addresses))
         g.master_node = a.node_id
         g.master_demotion = a.demotion
@@ -548,13 +589,13 @@ class ElectionCore:
 
     def _arm_master_down(self, g: GroupRuntime, now: float, wait: float) -> None:
         g.armed_down = wait
-        g.deadline = now + wait
+        g.deadline = None if self.deaf is not None else now + wait   # held (set_deaf)
 
     def _to_fault(self, g: GroupRuntime, now: float, reason: str) -> list[Action]:
         if g.state is State.FAULT:
             return []
         was_master = g.state is State.MASTER
-        out = self._transition(g, State.FAULT, now, reason)
+        out = self._transition(g, State.FAULT, now, reason, Cause.FAULT)
         if was_master:
             out.append(RemoveAddresses(g.config.name, g.config.interface, g.config.addresses))
         g.deadline = None
@@ -568,14 +609,15 @@ class ElectionCore:
                                  FAULT_DEMOTION if faulted else 0, now,
                                  f"group {g.config.name} {'FAULT' if faulted else 'recovered'}")
 
-    def _release(self, g: GroupRuntime, now: float, new: State, reason: str) -> list[Action]:
+    def _release(self, g: GroupRuntime, now: float, new: State, reason: str,
+                 cause: Cause) -> list[Action]:
         """Leave a group: bow out if master, remove addresses."""
         out: list[Action] = []
         was_master = g.state is State.MASTER
         if was_master:
             out += self._advertise(g, AdvertType.BOWOUT)
         if g.state is not new:
-            out += self._transition(g, new, now, reason)
+            out += self._transition(g, new, now, reason, cause)
         if was_master:
             out.append(RemoveAddresses(g.config.name, g.config.interface, g.config.addresses))
             out.append(self._notify(g))

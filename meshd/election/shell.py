@@ -21,21 +21,29 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from ..config import Config, GroupConfig
+from ..floodguard import FloodGuard
 from ..hooks import HookRun, HookRunner
 from ..kernel import addresses as kaddr
+from ..kernel import sockfilter
 from ..kernel.announce import AnnounceError, announce
 from ..kernel.leases import AddressLeases
 from ..kernel.links import LinkMonitor, initial_state
 from ..track.scripts import run_track_script
-from ..kernel import sockfilter
-from .actions import AddAddresses, AdvertRejected, Announce, RemoveAddresses, RunNotify, SendAdvert
-from ..floodguard import FloodGuard
+from .actions import (
+    AddAddresses,
+    AdvertRejected,
+    Announce,
+    RemoveAddresses,
+    RunNotify,
+    SendAdvert,
+)
 from .transport import ElectionSockets, TransportError
 
 # Adverts read from each socket before a due election deadline is acted upon:
@@ -52,20 +60,6 @@ def election_family(group: GroupConfig) -> int:
     if group.peers:
         return ipaddress.ip_address(group.peers[0]).version
     return group.family
-
-
-def feed_queued(sockets, node, family: int, limit: int, now: float) -> list:
-    """Up to `limit` adverts already queued on one socket, fed to the node core."""
-    actions: list = []
-    for _ in range(limit):
-        try:
-            d = sockets.receive_nowait(family)
-        except OSError:
-            break
-        if d is None:
-            break
-        actions += node.advert(d.data, d.source, now, ttl=d.ttl, interface=d.interface)
-    return actions
 
 
 class GroupExecutor:
@@ -122,7 +116,7 @@ class ElectionShell:
         self.executors: dict[str, GroupExecutor] = {}
         self.nursery: trio.Nursery | None = None
         self._announcing: dict[str, trio.CancelScope] = {}   # group -> its GARP/NA burst
-        self._receiving: set[int] = set()                    # families whose receive loop runs
+        self.wire = None                                     # the wire engine (meshd/wire/remote.py)
         self._tracks_scope: trio.CancelScope | None = None
         self._monitor: LinkMonitor | None = None
         self.guard = FloodGuard()
@@ -147,11 +141,9 @@ class ElectionShell:
         self.join_all()
 
     def run(self) -> None:
-        """Once the groups started: receive loops, the link monitor, track scripts."""
-        for family in list(self.sockets.socks):
-            self._start_receiving(family)
+        """Once the groups started: the link monitor, the flood guard, track scripts."""
         self.nursery.start_soon(self._link_loop, self._monitor)
-        self.nursery.start_soon(self._guard_loop)
+        self.nursery.start_soon(sockfilter.guard_clock, self.guard, self._apply_guard)
         self.start_tracks()
 
     async def drain(self) -> None:
@@ -324,46 +316,28 @@ class ElectionShell:
 
     # ------------------------------------------------------------------ adverts in
 
-    def _start_receiving(self, family: int) -> None:
-        if family not in self._receiving:
-            self._receiving.add(family)
-            self.nursery.start_soon(self._receive_loop, family)
-
-    async def _receive_loop(self, family: int) -> None:
-        """Adverts into the node core: one wait, then what is already queued (up to
-        RECV_BURST) without a checkpoint each, as the sync shell does.  Under a
-        flood of forged adverts the per-datagram cost is what decides how many
-        the kernel drops, the master's among them (tests/lab/test_flood_lab.py)."""
-        while True:
-            try:
-                d = await self.sockets.receive(family)
-            except OSError as e:
-                self.log("receive_error", level="warning", family=family, error=e.strerror or str(e))
-                await trio.sleep(0.01)
-                continue
-            actions = self.node.advert(d.data, d.source, trio.current_time(), ttl=d.ttl,
-                                       interface=d.interface)
-            now = trio.current_time()
-            actions += feed_queued(self.sockets, self.node, family, RECV_BURST - 1, now)
-            self._watch_rejects(actions, now)
-            self.dispatch(actions)
+    # Adverts are read by the wire engine, in its own process (meshd/wire/):
+    # it hands each authentic one to the node core and, once per read of
+    # its channel, the actions to `watch_rejects` and the dispatcher.
 
     def read_queued(self, now: float) -> list:
-        """The adverts already queued on the sockets, fed to the node (see ReadFirst)."""
-        actions: list = []
-        for family in list(self.sockets.socks):
-            actions += feed_queued(self.sockets, self.node, family, READ_FIRST_LIMIT, now)
-        self._watch_rejects(actions, now)
-        return actions
+        """The adverts the wire engine has forwarded and nobody read yet, fed to
+        the node (see ReadFirst)."""
+        if self.wire is None:
+            return []
+        actions = self.wire.read_queued(now)
+        self.watch_rejects(actions, now)
+        # Silence read through a hung engine is not the master's silence.
+        return actions + self.wire.check_silence(time.monotonic())
 
     # ------------------------------------------------------------------ the flood guard
 
-    def _watch_rejects(self, actions: list, now: float) -> None:
+    def watch_rejects(self, actions: list, now: float) -> None:
         """Tell the flood guard of the rejects and of the senders now known."""
         changed = False
         for a in actions:
             if type(a) is AdvertRejected:
-                changed |= self.guard.rejected(a.source, now)
+                changed |= self.guard.rejected(a.source or None, now, a.count)
         changed |= self.guard.known(self._known_sources(), now)
         if changed:
             self._apply_guard()
@@ -377,32 +351,9 @@ class ElectionShell:
                 known.add(peer["source"])
         return known
 
-    async def _guard_loop(self) -> None:
-        """Time for the guard when nothing arrives (a flood that stopped)."""
-        while True:
-            await trio.sleep(1.0)
-            if self.guard.tick(trio.current_time()):
-                self._apply_guard()
-
     def _apply_guard(self) -> None:
         """Attach or remove the socket filter as the guard says (meshd/kernel/sockfilter.py)."""
-        g = self.guard
-        for family, s in self.sockets.socks.items():
-            try:
-                if g.engaged:
-                    admitted = [a for a in g.admitted if ipaddress.ip_address(a).version == family]
-                    sockfilter.attach(s, sockfilter.source_filter(family, admitted, g.sample_shift))
-                else:
-                    sockfilter.detach(s)
-            except (OSError, ValueError) as e:
-                self.log("flood_guard_error", level="warning", family=family, error=str(e))
-                continue
-        if g.engaged:
-            self.log("flood_guard", level="warning", engaged=True, rejects_per_s=round(g.last_rate),
-                     admitted=",".join(g.admitted) or "-",
-                     sampled=f"1 in {1 << g.sample_shift} of the other datagrams")
-        else:
-            self.log("flood_guard", engaged=False, rejects_per_s=round(g.last_rate))
+        sockfilter.apply_guard(self.guard, self.sockets.socks, self.log, "flood_guard")
 
 
     # ------------------------------------------------------------------ links and tracks
@@ -467,8 +418,6 @@ class ElectionShell:
     def reconfigure(self, old: Config, new: Config) -> None:
         """After the node core took the new configuration: sockets, joins, tracks, links."""
         self.config = new
-        for family in list(self.sockets.socks):
-            self._start_receiving(family)
         self.join_all()
         if new.track_scripts != old.track_scripts:
             self.start_tracks(old.track_scripts)

@@ -8,6 +8,9 @@ limit 255 and the receive side reports the TTL it saw, so the core can refuse
 anything that crossed a router (the CARP/VRRP link-local guarantee).  Why UDP
 rather than raw IP protocol 112 is in proto/election.md.
 
+The daemon opens, binds, joins and sends on these sockets and never reads
+them: the wire engine does, in its own process (meshd/wire/engine.py).
+
 Must not: judge an advert (the TTL, the interface and the MAC are checked by
 the core), or block: a send is a non-blocking sendto, and a full buffer is an
 OSError that the shell reports to the core as a send failure.
@@ -128,26 +131,15 @@ class ElectionSockets:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
             s._sock.sendto(data, (self.mcast[6], self.port, 0, index))
 
-    async def receive(self, family: int) -> Datagram:
-        data, ancillary, _flags, addr = await self.socks[family].recvmsg(MAX_DATAGRAM, 256)
-        return _datagram(family, data, ancillary, addr)
-
-    def receive_nowait(self, family: int) -> Datagram | None:
-        """A datagram already queued, or None: for a timer that must not act on
-        silence while adverts wait unread (the event loop was busy)."""
-        try:
-            data, ancillary, _flags, addr = self.socks[family]._sock.recvmsg(MAX_DATAGRAM, 256)
-        except BlockingIOError:
-            return None
-        return _datagram(family, data, ancillary, addr)
-
     def close(self) -> None:
         for s in self.socks.values():
             s.close()
         self.socks.clear()
 
 
-def _datagram(family: int, data: bytes, ancillary, addr) -> Datagram:
+def datagram_of(family: int, data: bytes, ancillary, addr) -> Datagram:
+    """A datagram as recvmsg gave it, with the TTL (hop limit) and the arrival
+    interface from its ancillary data (the wire engine reads the sockets)."""
     ttl = index = None
     for level, kind, payload in ancillary:
         if family == 4 and level == socket.IPPROTO_IP:

@@ -26,6 +26,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..histogram import Histogram
 from .checkspec import CheckOutcome
 
 WINDOW = 20          # recent results kept per host for `show hosts`
@@ -65,6 +66,8 @@ class HostHealth:
     last_error: str | None = None
     last_warning: str | None = None
     window: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # Of the checks that succeeded: a failure's latency is mostly its timeout.
+    latency: Histogram = field(default_factory=Histogram)
 
     def record(self, outcome: CheckOutcome, started: float, now: float) -> Status | None:
         """Count one result of a check started at `started`; return the new status if it changed."""
@@ -72,6 +75,8 @@ class HostHealth:
         self.window.append(Result(now, outcome.ok, outcome.latency_s, outcome.error))
         if outcome.ok:
             self.successes += 1
+            if outcome.latency_s is not None:
+                self.latency.observe(outcome.latency_s)
         else:
             self.last_error = outcome.error or "check failed"
         if self.suspect_since is not None and started >= self.suspect_since:

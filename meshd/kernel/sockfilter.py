@@ -25,6 +25,8 @@ import ipaddress
 import socket
 import struct
 
+import trio
+
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
 
@@ -108,3 +110,33 @@ def detach(sock: socket.socket) -> None:
     except OSError as e:
         if e.errno != 2:                      # ENOENT: no filter attached
             raise
+
+
+def apply_guard(guard, sockets: dict, log, event: str) -> None:
+    """Attach or remove the filter on each socket ({family: socket}) as a
+    FloodGuard (meshd/floodguard.py) says, and log the change as `event`.
+    A socket that refuses is logged (`EVENT_error`) and left as it was."""
+    for family, s in sockets.items():
+        try:
+            if guard.engaged:
+                admitted = [a for a in guard.admitted if ipaddress.ip_address(a).version == family]
+                attach(s, source_filter(family, admitted, guard.sample_shift))
+            else:
+                detach(s)
+        except (OSError, ValueError) as e:
+            log(f"{event}_error", level="warning", family=family, error=str(e))
+    if guard.engaged:
+        log(event, level="warning", engaged=True, rejects_per_s=round(guard.last_rate),
+            admitted=",".join(guard.admitted) or "-",
+            sampled=f"1 in {1 << guard.sample_shift} of the other datagrams")
+    else:
+        log(event, engaged=False, rejects_per_s=round(guard.last_rate))
+
+
+async def guard_clock(guard, on_change) -> None:
+    """Time for a FloodGuard when nothing arrives (a flood that stopped sends
+    nothing to count): a tick a second, `on_change()` when the filter must change."""
+    while True:
+        await trio.sleep(1.0)
+        if guard.tick(trio.current_time()):
+            on_change()

@@ -90,12 +90,11 @@ def cluster_view(node, now: float) -> dict:
                 "advskew": peer["advskew"], "source": peer["source"]}
     if s is not None:
         names = {g.config.id: g.config.name for g in e.groups.values()}
-        summaries = s.stats(now)["peers"]
         rejects = s.peer_rejects(now)
         keys_here = "{" + ", ".join(str(k.id) for k in sorted(cfg.cluster.keys, key=lambda k: k.id)) + "}"
         for pid, (about, heard) in s.peer_about().items():
             n, p = entry(pid), s.peers[pid]
-            summary = summaries[pid]
+            summary = p.summary(now)
             lag_out = None
             if p.mcast_cum is not None:
                 lag_out = s.mcast.seq - p.mcast_cum

@@ -20,7 +20,10 @@ The node composes the election core (ElectionCore), the state mesh
 * the kernel dump that rebuilds the internal cache (node/flows.py), at start
   (commit = "takeover") or once the peers' bulk is in (commit = "continuous");
 * what a reload changes in the cores (Daemon.reload decides *whether*:
-  meshd/reload.py).
+  meshd/reload.py);
+* how long each takeover took, from the decision to become MASTER (the
+  master-down timer, a bow-out, a preemption) to the addresses up
+  (`takeover_seconds`, per group, for meshd_takeover_duration_seconds).
 
 Inputs are method calls that take `now`; outputs are lists of actions: the
 engines' own (meshd/election/actions.py, sync/actions.py, health/actions.py)
@@ -46,11 +49,13 @@ from ..election.actions import (
     RemoveAddresses,
     RunNotify,
     SendAdvert,
+    State,
     StateChanged,
 )
 from ..election.core import ElectionCore
 from ..health.actions import Demote
 from ..health.core import HealthCore
+from ..histogram import LATENCY_BUCKETS, Histogram
 from ..replay import ReplayGuard
 from ..sync.actions import ExternalChanged, PeerAbout, PeerChanged, SendFrame, SyncState
 from ..sync.core import SyncCore
@@ -139,6 +144,8 @@ class NodeCore:
             # Until the first bulk is in: demoted before anything is advertised.
             self.election.set_demotion(ALL_GROUPS, "sync", SYNC_DEMOTION, 0.0, "state mesh not in sync yet")
         self.health = HealthCore(config.health, rng or random.Random()) if config.health else None
+        self.takeover_seconds: dict[str, Histogram] = {}
+        self._takeover_since: dict[str, float] = {}     # group -> when it became MASTER
         self._out: list = []
 
     # ================================================================== start, stop, time
@@ -201,6 +208,20 @@ class NodeCore:
         """A datagram on the election socket (see ElectionCore.receive: never raises
         for what it holds)."""
         self._route(self.election.receive(data, source, now, ttl=ttl, interface=interface), now)
+        return self._flush()
+
+    def advert_refused(self, reason: str, detail: str, source: str | None, count: int,
+                       now: float) -> list:
+        """Adverts the wire engine refused (a bad MAC, an unknown key...): counted
+        by the election core as its own rejects."""
+        self._route(self.election.rejected_elsewhere(reason, detail, source, count), now)
+        return self._flush()
+
+    def wire_engine(self, up: bool, reason: str, now: float) -> list:
+        """The wire engine (meshd/wire/remote.py) came up or went down: down, the
+        node hears no advert, and a backup's master-down is held until it is
+        back (ElectionCore.set_deaf; why not a demotion: docs/architecture.md)."""
+        self._route(self.election.set_deaf(None if up else reason, now), now)
         return self._flush()
 
     def advert_send_failed(self, group: str, error: str, now: float) -> list:
@@ -296,6 +317,13 @@ class NodeCore:
             return {"discover": False, "heard": []}
         return {"discover": True, **self.discovery.view(now)}
 
+    def frame_refused(self, reason: str, detail: str, peer_hint: int | None, count: int,
+                      now: float) -> list:
+        """Frames the wire engine refused (truncated, an unknown key, a bad tag),
+        from the address of `peer_hint`: counted by the sync core as its own."""
+        self._route(self.sync.rejected_elsewhere(reason, detail, peer_hint, count, now), now)
+        return self._flush()
+
     def kernel_events(self, burst, now: float) -> list:
         """A burst of conntrack events (CtEvents) read from the kernel."""
         self._route(self.flows.events(burst, now), now)
@@ -322,7 +350,11 @@ class NodeCore:
         return self._flush()
 
     def addresses_added(self, group: str, now: float) -> list:
-        """A group's addresses are up (AddAddresses carried out)."""
+        """A group's addresses are up (AddAddresses carried out): the takeover
+        is timed, and what it committed may be adopted."""
+        since = self._takeover_since.pop(group, None)
+        if since is not None:
+            self.takeover_seconds.setdefault(group, Histogram(LATENCY_BUCKETS)).observe(now - since)
         if self.takeovers is not None:
             self.takeovers.addresses_added(now)
         return self._flush()
@@ -445,6 +477,17 @@ class NodeCore:
                 out.append(a)
                 self._sync_state(a, now)
                 continue
+            if type(a) is StateChanged:
+                # A master that steps down before its addresses are up took no takeover.
+                if a.new is State.MASTER:
+                    self._takeover_since[a.group] = now
+                else:
+                    self._takeover_since.pop(a.group, None)
+                out.append(a)
+                if self.sync is not None:
+                    self._about_groups(now)
+                    out.extend(self.split_brain.update(masters(self), now))
+                continue
             if isinstance(a, Demote):
                 self._route(self.election.set_demotion(a.counter, "health", HEALTH_DEMOTION if a.on else 0,
                                                        now, f"health: {a.reason}"), now)
@@ -452,10 +495,8 @@ class NodeCore:
             if isinstance(a, PeerAbout):
                 out.extend(self.split_brain.update(masters(self), now))
                 continue
-            if isinstance(a, (StateChanged, DemotionChanged)) and self.sync is not None:
+            if isinstance(a, DemotionChanged) and self.sync is not None:
                 self._about_groups(now)
-                if isinstance(a, StateChanged):
-                    out.extend(self.split_brain.update(masters(self), now))
             out.append(a)
 
     def cluster(self, now: float) -> dict:

@@ -42,14 +42,16 @@ class FramingError(Exception):
 @dataclass(frozen=True)
 class Field:
     """One field: its kind ("int", "float", "str", "bytes", "bool", a nested
-    Schema-like dict of Fields as "struct", or "pair" of two ints), whether
-    None is allowed, and bounds."""
+    Schema-like dict of Fields as "struct", "pair" of two ints, or "list" of
+    at most `max_len` values that each pass `item`), whether None is
+    allowed, and bounds."""
     kind: str
     optional: bool = False
     lo: float | None = None
     hi: float | None = None
     max_len: int = MAX_STR
     struct: dict[str, Field] | None = None
+    item: Field | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ def _check_value(f: Field, value: Any, path: str, depth: int) -> Rejected | None
               and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
     elif kind == "struct":
         return _check_struct(f.struct or {}, value, path, depth + 1)
+    elif kind == "list":
+        return _check_list(f, value, path, depth)
     else:
         return Rejected(path, f"schema error: unknown kind {kind!r}")
     if not ok:
@@ -168,6 +172,22 @@ def _check_value(f: Field, value: Any, path: str, depth: int) -> Rejected | None
     for v in numbers:
         if (f.lo is not None and v < f.lo) or (f.hi is not None and v > f.hi):
             return Rejected(path, f"{v} out of range {f.lo}..{f.hi}")
+    return None
+
+
+def _check_list(f: Field, value: Any, path: str, depth: int) -> Rejected | None:
+    if not isinstance(value, (list, tuple)):
+        return Rejected(path, f"expected a list, found {_describe(value)}")
+    if len(value) > f.max_len:
+        return Rejected(path, f"more than {f.max_len} items ({len(value)})")
+    if depth + 1 > MAX_DEPTH:
+        return Rejected(path, "nested too deep")
+    if f.item is None:
+        return Rejected(path, "schema error: a list without an item kind")
+    for i, v in enumerate(value):
+        problem = _check_value(f.item, v, f"{path}[{i}]", depth + 1)
+        if problem is not None:
+            return problem
     return None
 
 

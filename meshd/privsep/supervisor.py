@@ -44,6 +44,8 @@ from .backoff import Backoff
 from .imsg import MAX_SIZE, Decoder, Message, Rejected, Schema
 
 SEND_QUEUE = 4096           # messages waiting for the socket (a start burst)
+COALESCE_BYTES = 256 << 10  # queued messages joined into one write, up to this much
+READ_BYTES = 256 << 10      # one read of the channel
 HELLO_TIMEOUT_S = 10.0      # a cold Python start on a loaded machine is well under 2 s
 EXIT_GRACE_S = 0.5          # for a child to leave by itself once its socket is closed
 REAP_TIMEOUT_S = 2.0
@@ -87,10 +89,40 @@ class Channel:
             return False
         return True
 
-    async def sender(self) -> None:
-        """Writes the queue to the socket until the channel closes."""
+    async def send(self, mtype: str, **fields) -> bool:
+        """Queue one message, waiting while the queue is full (the wire engine's
+        datagrams: a slow reader slows the engine, whose socket then drops, as
+        one process would); False when the channel is closed."""
+        if self.closed:
+            return False
+        data = self.outgoing.encode(mtype, **fields)
         try:
-            async for data in self._receive:
+            try:
+                self._send.send_nowait(data)        # no checkpoint while there is room
+            except trio.WouldBlock:
+                await self._send.send(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def sender(self) -> None:
+        """Writes the queue to the socket until the channel closes; what is
+        queued together leaves in one write (one syscall for a burst)."""
+        try:
+            async for first in self._receive:
+                data = first
+                if len(data) < COALESCE_BYTES:
+                    parts = [first]
+                    size = len(first)
+                    while size < COALESCE_BYTES:
+                        try:
+                            more = self._receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        parts.append(more)
+                        size += len(more)
+                    if len(parts) > 1:
+                        data = b"".join(parts)
                 view = memoryview(data)
                 while view:
                     n = await self.sock.send(view)
@@ -100,27 +132,55 @@ class Channel:
         finally:
             self.closed = True
 
-    async def messages(self, on_message: Callable[[Message], None]) -> str:
-        """Reads until the end; every valid message to on_message.  Returns why it ended."""
+    async def messages(self, on_message: Callable[[Message], None],
+                       on_batch: Callable[[], None] | None = None) -> str:
+        """Reads until the end; every valid message to on_message, then
+        on_batch() after each read's messages (where a caller dispatches what
+        they produced, once per read).  Returns why it ended."""
         try:
             while True:
-                data = await self.sock.recv(65536)
+                data = await self.sock.recv(READ_BYTES)
                 if not data:
                     return "end of file"
-                for m in self.decoder.feed(data):
-                    if isinstance(m, Rejected):
-                        self.log("imsg_rejected", level="warning", peer=self.peer, where=m.where,
-                                 what=m.what)
-                    else:
-                        on_message(m)
+                self._deliver(data, on_message)
+                if on_batch is not None:
+                    on_batch()
                 if self.decoder.broken:
                     self.log("imsg_channel_broken", level="error", peer=self.peer,
                              what=self.decoder.broken)
                     return f"framing error: {self.decoder.broken}"
         except OSError as e:
             return f"socket error: {e.strerror or e}"
+        except trio.ClosedResourceError:
+            return "closed here"            # restart(), or the daemon stopping
         finally:
             self.close()
+
+    def read_nowait(self, on_message: Callable[[Message], None], limit: int = READ_BYTES) -> int:
+        """What the socket holds already, up to about `limit` bytes, without
+        waiting (a timer that must not act on silence while messages wait
+        unread); the reader task sees the rest, or the end.  Returns bytes read."""
+        total = 0
+        while total < limit and not self.closed and not self.decoder.broken:
+            try:
+                data = self.sock._sock.recv(READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break               # the reader task meets it too, and ends the channel
+            if not data:
+                break
+            total += len(data)
+            self._deliver(data, on_message)
+        return total
+
+    def _deliver(self, data: bytes, on_message: Callable[[Message], None]) -> None:
+        for m in self.decoder.feed(data):
+            if isinstance(m, Rejected):
+                self.log("imsg_rejected", level="warning", peer=self.peer, where=m.where,
+                         what=m.what)
+            else:
+                on_message(m)
 
     def close(self) -> None:
         self.closed = True
@@ -142,11 +202,14 @@ class ChildSupervisor:
         on_down(reason): it is gone (also when it never said hello).
         extra_fds(): descriptors to pass, as {option name: socket}, opened anew for each start.
         backoff: the restart rule (a fresh `Backoff()` by default).
+        on_batch(): after each read's messages (see Channel.messages).
+        max_size: the largest message the child may send.
     """
 
     def __init__(self, name: str, module: str, args: list[str], incoming: Schema, outgoing: Schema,
                  *, log, on_up, on_message, on_down, extra_fds: Callable[[], dict] | None = None,
-                 backoff: Backoff | None = None, hello_timeout: float = HELLO_TIMEOUT_S):
+                 backoff: Backoff | None = None, hello_timeout: float = HELLO_TIMEOUT_S,
+                 on_batch: Callable[[], None] | None = None, max_size: int = MAX_SIZE):
         self.name = name
         self.module = module
         self.args = args
@@ -159,6 +222,10 @@ class ChildSupervisor:
         self.extra_fds = extra_fds or dict
         self.backoff = backoff or Backoff()
         self.hello_timeout = hello_timeout
+        self.on_batch = on_batch
+        self.max_size = max_size
+        self.channel: Channel | None = None
+        self._restart_now = False
         self.pid: int | None = None
         self.up = False
         self.starts = 0
@@ -174,10 +241,22 @@ class ChildSupervisor:
             reason = await self._run_once()
             self.up = False
             self.on_down(reason)
+            if self._restart_now:
+                self._restart_now = False
+                self.log("child_restart", child=self.name, delay_s=0, reason="asked")
+                continue
             delay = self.backoff.died(trio.current_time())
             self.log("child_restart", level="warning", child=self.name, delay_s=round(delay, 3),
                      restarts=self.backoff.restarts)
             await trio.sleep(delay)
+
+    def restart(self, why: str) -> None:
+        """End the running child and start a new one at once, without counting
+        it as a death (a reload that changes what the child is given at exec)."""
+        if self.channel is not None and not self.channel.closed:
+            self.log("child_restarting", child=self.name, reason=why)
+            self._restart_now = True
+            self.channel.close()
 
     async def _run_once(self) -> str:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -210,7 +289,8 @@ class ChildSupervisor:
         self.starts += 1
         self.backoff.started(trio.current_time())
         self.log("child_started", child=self.name, pid=proc.pid)
-        channel = Channel(parent_sock, self.incoming, self.outgoing, self.log, self.name)
+        channel = self.channel = Channel(parent_sock, self.incoming, self.outgoing, self.log, self.name,
+                                         max_size=self.max_size)
         reason = "ended"
         try:
             async with trio.open_nursery() as nursery:
@@ -270,6 +350,6 @@ class ChildSupervisor:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(deadline)
-            result = await channel.messages(dispatch)
+            result = await channel.messages(dispatch, self.on_batch)
             nursery.cancel_scope.cancel()
         return f"no hello within {self.hello_timeout:g} s" if timed_out else result

@@ -30,10 +30,16 @@ def body(core: SyncCore) -> tuple | None:
         return None
     name, version, settings, digest = ident
     groups = tuple(core.about_groups)
-    room = core.max_datagram - 52 - 64     # header and tag; msgpack framing of the rest
-    kept = list(settings[:ABOUT_SETTINGS_MAX])
-    while kept and len(packb((name, version, groups, digest, tuple(kept), 0))) > room:
-        kept.pop()
+    # Each pair's packed size, summed: one pass, not a repack per pair dropped.
+    # The room left after the rest of the body, its header and tag (52 bytes),
+    # and the settings array's own header (at most 3 bytes).
+    room = core.max_datagram - 52 - 3 - len(packb((name, version, groups, digest, (), 0)))
+    kept = []
+    for pair in settings[:ABOUT_SETTINGS_MAX]:
+        room -= len(packb(tuple(pair)))
+        if room < 0:
+            break
+        kept.append(pair)
     complete = int(len(kept) == len(settings))
     return (name, version, groups, digest, tuple(tuple(p) for p in kept), complete)
 

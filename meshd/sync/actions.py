@@ -72,6 +72,7 @@ class FrameRejected:
     reason: str
     detail: str
     peer: int | None
+    count: int = 1           # refused together (the wire engine reports in batches)
 
 
 @dataclass(frozen=True, slots=True)

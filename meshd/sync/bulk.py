@@ -145,6 +145,7 @@ def start_bulk(core: SyncCore, p: Peer, req: int, now: float, why: str) -> None:
     p.bulk_needed = None
     p.tokens, p.tokens_at = core.bulk_burst, now
     core.bulks[why] += 1
+    p.stats["bulk resyncs sent"] += 1
     send_records(core, p, (), "bulk", controls=((CTL_BULK_BEGIN, req, instance, base_m, base_d),))
     pump(core, p, now)
 

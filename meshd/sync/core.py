@@ -619,16 +619,24 @@ class SyncCore:
         out, self.out = self.out, []
         return out
 
-    def _reject(self, reason: str, detail: str, peer: int | None) -> list[Action]:
-        self.rejected[reason] += 1
+    def rejected_elsewhere(self, reason: str, detail: str, peer: int | None, count: int,
+                           now: float) -> list[Action]:
+        """`count` datagrams refused before they reached this core (the wire
+        engine's screen: truncated, an unknown key, a bad tag), from the address
+        of `peer` (None: no peer's); counted as if refused here."""
+        self.now = now
+        return self._reject(reason, detail, peer, count)
+
+    def _reject(self, reason: str, detail: str, peer: int | None, count: int = 1) -> list[Action]:
+        self.rejected[reason] += count
         if peer is not None and peer in self.peers:
             p = self.peers[peer]
-            p.stats[f"rejected: {reason}"] += 1
+            p.stats[f"rejected: {reason}"] += count
             if reason not in QUIET_REJECTS:
                 p.last_reject = (reason, detail, self.now)
         if reason in QUIET_REJECTS:
             return []
-        return [FrameRejected(reason, detail, peer)]
+        return [FrameRejected(reason, detail, peer, count)]
 
 
 def _check_timers(heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float) -> None:

@@ -29,23 +29,33 @@ from typing import Any
 
 import trio
 
-from ..config import Config
 from ..commands import ControlError
+from ..config import Config
+from ..floodguard import FloodGuard
+from ..histogram import COMMIT_BUCKETS, Histogram
 from ..kernel import conntrack as kct
 from ..kernel import ctnetlink as ct
-from ..floodguard import FloodGuard
 from ..kernel import sockfilter
 from ..kernel.udp import bind_exclusive
 from ..log import RejectLog
-from ..node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
-                            TakeoverSkipped, WaitApplied)
+from ..node.actions import (
+    CommitFlows,
+    DumpKernel,
+    FlowsAdopted,
+    FlowsNotAdopted,
+    KernelResynced,
+    TakeoverSkipped,
+    WaitApplied,
+)
 from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
-RECV_BURST = 64               # datagrams received per wake-up of the receive loop
 APPLY_CHUNK = 512             # entries committed per step of the apply loop
 DUMP_CHECKPOINT = 1000        # entries streamed between two checkpoints
+# What a commit into the kernel was for: a takeover's (commit = "takeover"),
+# meshctl commit's, and the continuous applier's batches.
+COMMIT_KINDS = ("takeover", "operator", "continuous")
 
 
 class SyncShell:
@@ -67,12 +77,15 @@ class SyncShell:
         self.reject_log = RejectLog(log, "sync_frame_rejected")
         self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
         self.guard = FloodGuard()         # under a flood of refused frames: peers only (meshd/floodguard.py)
+        self.guard.set_known(self.peer_by_address)
         self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
         self.family = socket.AF_INET6 if self.sync.family == 6 else socket.AF_INET
         self.sock: trio.socket.SocketType | None = None
         self.committer: kct.CtCommitter | None = None
         self.reader: kct.CtEventReader | None = None
         self.last_commit: dict = {}
+        # Kernel time of each commit, by kind (COMMIT_KINDS): meshd_sync_commit_duration_seconds.
+        self.commit_seconds = {kind: Histogram(COMMIT_BUCKETS) for kind in COMMIT_KINDS}
         self.send_errors = 0
         self.nursery: trio.Nursery | None = None
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
@@ -124,8 +137,7 @@ class SyncShell:
         events_send, events_receive = trio.open_memory_channel(EVENT_QUEUE_BURSTS)
         nursery.start_soon(self.reader.run, events_send)
         nursery.start_soon(self._consume_events, events_receive)
-        nursery.start_soon(self._receive_loop)
-        nursery.start_soon(self._guard_loop)
+        nursery.start_soon(sockfilter.guard_clock, self.guard, self._apply_guard)
         nursery.start_soon(self._apply_loop)
         if self.sync.commit != "continuous":
             await self.resync_from_kernel("start")
@@ -148,7 +160,7 @@ class SyncShell:
             self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
         elif isinstance(a, FrameRejected):
             # Bounded per reason, whatever the sources (a flood of forgeries): meshd/log.py.
-            self.reject_log(a.reason, trio.current_time(), detail=a.detail, peer=a.peer)
+            self.reject_log(a.reason, trio.current_time(), a.count, detail=a.detail, peer=a.peer)
         elif isinstance(a, FlowsAdopted):
             self.log("flows_adopted", entries=a.entries, ms=round(a.seconds * 1000, 1))
         elif isinstance(a, FlowsNotAdopted):
@@ -206,7 +218,7 @@ class SyncShell:
                      waited_ms=round(waited * 1000, 1),
                      unapplied=self._apply_pending + self._apply_receive.statistics().current_buffer_used)
         else:
-            result = await self.commit(list(a.entries))
+            result = await self.commit(list(a.entries), "takeover")
             self.log("takeover_commit", group=a.group, from_node=a.from_node, committed=result.ok,
                      failed=result.failed, ms=round(result.seconds * 1000, 1),
                      errors=result.errors_by_reason or None)
@@ -219,12 +231,14 @@ class SyncShell:
             await trio.sleep(0.001)
         return trio.current_time() - start
 
-    async def commit(self, entries: list[bytes]):
+    async def commit(self, entries: list[bytes], kind: str = "operator"):
         """Commit `entries` (attrs) into the kernel, one commit at a time (the
         apply loop takes the same lock); the CommitResult, also kept for
-        `meshctl stats`.  Failed entries are counted in it, not raised."""
+        `meshctl stats` and timed under `kind` (COMMIT_KINDS).  Failed entries
+        are counted in it, not raised."""
         async with self._commit_lock:
             result = await self.committer.commit_async(entries)
+        self.commit_seconds[kind].observe(result.seconds)
         self.last_commit = {"entries": len(entries), "ok": result.ok, "failed": result.failed,
                             "seconds": round(result.seconds, 4), "errors": result.errors_by_reason,
                             "at": time.time()}
@@ -254,75 +268,43 @@ class SyncShell:
                 await self._resynced.wait()       # a diff runs: let the channel push back
             dispatch(node.kernel_events(burst, trio.current_time()))
 
-    async def _receive_loop(self) -> None:
-        """Drain the socket in bursts: one wake-up per burst, not per datagram
-        (the per-call overhead of an await is a good part of a record's cost)."""
-        raw = self.sock._sock                 # non-blocking, as trio keeps it
-        buf = bytearray(65536)
-        view = memoryview(buf)
-        frame = self.node.frame
-        hints = self._peer_hints              # a hint only; cleared when the peers change
-        guard = self.guard
+    # Frames are read by the wire engine, in its own process (meshd/wire/):
+    # it hands each one whose tag is valid to `frame_in`, and what it
+    # refused to `refused_in`, then the actions to the dispatcher.
 
-        def peer_of(address: str) -> int | None:
-            hint = hints.get(address, -1)
-            if hint == -1:
-                if len(hints) > 1024:         # bounded: sources are not trusted
-                    hints.clear()
-                hint = hints[address] = self.peer_by_address.get(_norm(address))
-            return hint
-
-        while True:
-            await trio.lowlevel.wait_readable(raw)
-            now = trio.current_time()
-            actions: list = []
-            for _ in range(RECV_BURST):
-                try:
-                    n, addr = raw.recvfrom_into(buf)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    self.log("sync_receive_error", level="warning", error=e.strerror or str(e))
-                    await trio.sleep(0.01)
-                    break
-                acts = frame(bytes(view[:n]), peer_of(addr[0]), now)
-                if acts:
-                    for a in acts:
-                        if type(a) is FrameRejected and guard.rejected(addr[0], now):
-                            self._apply_guard()
-                    actions += acts
-            if actions:
-                self.dispatch(actions)
-
-    async def _guard_loop(self) -> None:
-        """The flood guard's clock (a flood that stopped sends nothing to count)."""
-        while True:
-            await trio.sleep(1.0)
-            if self.guard.tick(trio.current_time()):
+    def frame_in(self, data: bytes, source: str, now: float) -> list:
+        """A frame the wire engine let through, from `source`: to the node core."""
+        acts = self.node.frame(data, self._peer_of(source), now)
+        for a in acts:
+            if type(a) is FrameRejected and self.guard.rejected(source, now):
                 self._apply_guard()
+        return acts
+
+    def refused_in(self, reason: str, detail: str, source: str | None, count: int,
+                   now: float) -> list:
+        """`count` datagrams the wire engine refused, from `source` (None: many sources)."""
+        peer = self._peer_of(source) if source else None
+        acts = self.node.frame_refused(reason, detail, peer, count, now)
+        if self.guard.rejected(source, now, count):
+            self._apply_guard()
+        return acts
+
+    def _peer_of(self, address: str) -> int | None:
+        """The peer an address belongs to; a cache of hints, bounded, since
+        sources are not trusted (cleared when the peers change)."""
+        hints = self._peer_hints
+        hint = hints.get(address, -1)
+        if hint == -1:
+            if len(hints) > 1024:
+                hints.clear()
+            hint = hints[address] = self.peer_by_address.get(_norm(address))
+        return hint
 
     def _apply_guard(self) -> None:
         """The socket filter as the guard says: while engaged, the configured peers'
         addresses and a sample of the rest (meshd/kernel/sockfilter.py)."""
-        g = self.guard
-        g.known(self.peer_by_address, trio.current_time())
-        g.admitted = tuple(sorted(self.peer_by_address)) if g.engaged else ()
         family = 6 if self.family == socket.AF_INET6 else 4
-        try:
-            if g.engaged:
-                admitted = [a for a in g.admitted if ipaddress.ip_address(a).version == family]
-                sockfilter.attach(self.sock, sockfilter.source_filter(family, admitted, g.sample_shift))
-            else:
-                sockfilter.detach(self.sock)
-        except (OSError, ValueError) as e:
-            self.log("sync_flood_guard_error", level="warning", error=str(e))
-            return
-        if g.engaged:
-            self.log("sync_flood_guard", level="warning", engaged=True, rejects_per_s=round(g.last_rate),
-                     admitted=",".join(g.admitted) or "-",
-                     sampled=f"1 in {1 << g.sample_shift} of the other datagrams")
-        else:
-            self.log("sync_flood_guard", engaged=False, rejects_per_s=round(g.last_rate))
+        sockfilter.apply_guard(self.guard, {family: self.sock}, self.log, "sync_flood_guard")
 
     async def _apply_loop(self) -> None:
         """commit = "continuous": keep the kernel table populated with the peers' flows.
@@ -342,19 +324,23 @@ class SyncShell:
                     break
             self._apply_pending = len(batch)
             upserts, deletes = self.node.kernel_changes(batch)
+            seconds = 0.0             # in the kernel calls, not in the checkpoints between them
             try:
                 async with self._commit_lock:
                     for lo in range(0, len(deletes), APPLY_CHUNK):
-                        self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False)
+                        seconds += self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False).seconds
                         await trio.sleep(0)
                     for lo in range(0, len(upserts), APPLY_CHUNK):
                         result = self.committer.commit(upserts[lo:lo + APPLY_CHUNK], pipeline=False)
+                        seconds += result.seconds
                         if result.failed:
                             self.log("ct_apply_errors", level="warning", failed=result.failed,
                                      errors=result.errors_by_reason)
                         await trio.sleep(0)
             finally:
                 self._apply_pending = 0
+            if upserts or deletes:
+                self.commit_seconds["continuous"].observe(seconds)
 
     # ------------------------------------------------------------------ reload
 
@@ -368,6 +354,8 @@ class SyncShell:
         self.config, self.sync = new, new.sync
         self.peer_by_address = {_norm(p.address): p.id for p in new.sync.peers if p.address}
         self._peer_hints.clear()
+        if self.guard.set_known(self.peer_by_address) and self.sock is not None:
+            self._apply_guard()               # engaged: the readdressed peers are admitted now
         if new.sync.event_buffer_bytes != old.sync.event_buffer_bytes:
             try:
                 self.reader.set_rcvbuf(new.sync.event_buffer_bytes)
@@ -398,7 +386,8 @@ class SyncShell:
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
                     "send_errors": self.send_errors, "reject_log": self.reject_log.stats(),
-                    "flood_guard": self.guard.status(now)}
+                    "flood_guard": self.guard.status(now),
+                    "commits": {kind: h.count for kind, h in self.commit_seconds.items()}}
         if cmd == "resync":
             self.dispatch(self.node.resync_request(now))
             return {"peers": list(core.peers)}

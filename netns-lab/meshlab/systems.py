@@ -105,8 +105,11 @@ class MeshdSystem(System):
         _wait_addresses(self.lab, 1, timeout=5.0)
 
     def daemon_pids(self, n: int) -> list[int]:
+        """The daemon and its children (the wire engine, the check engine): their
+        CPU and memory are meshd's as much as the main process's."""
+        from .reference import descendants
         proc = self.procs.procs.get(self._proc_name(n))
-        return [proc.pid] if proc is not None and proc.alive() else []
+        return descendants([proc.pid]) if proc is not None and proc.alive() else []
 
     def kill(self, n: int) -> float:
         return self.procs.send_signal(self._proc_name(n), signal.SIGKILL)

@@ -91,3 +91,14 @@ def test_the_known_senders_are_bounded_newest_kept():
     _flood(g, 100.0, 0.1, 50_000)
     assert len(g.admitted) == 32 and "10.0.99.1" in g.admitted and "10.0.0.1" not in g.admitted
     assert g.status(101.0)["engaged"] is True
+
+
+def test_a_fixed_list_of_senders_is_admitted_and_replaced_whole():
+    """The state mesh's use: its configured peers, however many, replaced on reload."""
+    g = FloodGuard()
+    peers = [f"203.0.113.{i}" for i in range(1, 41)]     # more than MAX_SOURCES: all admitted
+    assert g.set_known(peers) is False                  # not engaged: nothing to rebuild
+    g.tick(0.0)
+    _flood(g, 0.0, 0.1, 50_000)
+    assert g.engaged and len(g.admitted) == 40
+    assert g.set_known(["203.0.113.99"]) is True and g.admitted == ("203.0.113.99",)

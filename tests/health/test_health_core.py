@@ -765,3 +765,15 @@ def test_invariants_hold_under_any_sequence_of_events(ops, seed, max_in_flight):
     # that removes and re-adds it rightly sends its list again)
     lists = [(a.backends, a.using_backup) for a in n1.of(SetBackends) if a.redirect == "www"]
     assert all(a != b for a, b in itertools.pairwise(lists))
+
+
+def test_the_latency_of_successful_checks_is_counted_per_host():
+    from meshd.health.model import HostHealth
+    h = HostHealth(rise=2, fall=2)
+    h.record(CheckOutcome(True, 0.004), 0.0, 0.0)
+    h.record(CheckOutcome(True, 0.2), 1.0, 1.0)
+    h.record(CheckOutcome(False, None, "timed out"), 2.0, 2.0)     # a failure: its timeout is no latency
+    h.record(CheckOutcome(False, 3.0, "code 503"), 3.0, 3.0)
+    c = h.latency.copy()
+    assert c.count == 2 and abs(c.total - 0.204) < 1e-9
+    assert h.checks == 4 and h.successes == 2

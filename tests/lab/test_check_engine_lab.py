@@ -24,6 +24,7 @@ import time
 import pytest
 from meshlab import meshd_node as md
 from meshlab.backends import http_get  # noqa: F401  (the lab's own backend module must import)
+from procinfo import child_pid, children, cmdline, proc_status, wait_for
 
 pytestmark = pytest.mark.usefixtures("meshd_ready")
 
@@ -103,62 +104,14 @@ HOSTILE = textwrap.dedent("""
 """)
 
 
-def proc_status(pid: int) -> dict[str, str]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-    return out
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if proc_status(int(entry)).get("PPid") == str(pid):
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-def cmdline(pid: int) -> bytes:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read()
-
-
 def engine_pid(meshd_pid: int, timeout: float = 10.0, not_this: int | None = None) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        for pid in children(meshd_pid):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"meshd.health.engine" in cmd and pid != not_this and \
-                    proc_status(pid).get("Uid", "").split()[:1] == [str(NOBODY)]:
-                return pid
-        assert time.monotonic() < deadline, f"no check engine under meshd {meshd_pid}"
-        time.sleep(0.05)
+    return child_pid(meshd_pid, b"meshd.health.engine", NOBODY, timeout, not_this)
 
 
 def hosts(lab, n: int) -> dict[str, dict]:
     answer = md.control(lab.run_dir, n, {"cmd": "show", "what": "hosts"})
     assert answer.get("ok"), answer
     return {r["host"]: r for r in answer["rows"]}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def rss_kib(pid: int) -> int:

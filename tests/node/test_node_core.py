@@ -249,3 +249,23 @@ def test_adoption_waits_for_the_addresses_then_moves_a_bucket_per_step():
     adopted = [a for a in out if isinstance(a, FlowsAdopted)]
     assert adopted and adopted[0].entries == 300 and steps > 100   # about one step per bucket
     assert len(node.sync.internal) == 300
+
+
+def test_each_takeover_is_timed_from_the_transition_to_the_addresses_up():
+    node = started(None)
+    master_down(node, 10.0)
+    node.addresses_added("lan", 10.25)
+    node.addresses_added("lan", 11.0)               # no takeover pending: not counted again
+    lan = node.takeover_seconds["lan"].copy()
+    assert lan.count == 1 and abs(lan.total - 0.25) < 1e-9
+    assert "srv" not in node.takeover_seconds       # its addresses are not up yet
+
+
+def test_a_master_that_steps_down_before_its_addresses_are_up_counts_no_takeover():
+    node = started("takeover")
+    in_sync(node)
+    master_down(node, 10.0)                         # lan's commit in flight, its addresses held
+    node.operator_demote("all", 50, 10.1)
+    node.disable("lan", 10.2)
+    node.addresses_added("lan", 10.3)
+    assert "lan" not in node.takeover_seconds

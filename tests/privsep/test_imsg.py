@@ -184,3 +184,19 @@ def test_outcomes_from_the_engine_are_bounded():
     body = msgpack.packb(["outcome", {"id": 1, "ok": False, "error": "e" * 5000}])
     got = Decoder(FROM_ENGINE).feed(HEADER.pack(len(body)) + body)[0]
     assert isinstance(got, Rejected) and got.where == "outcome.error"
+
+
+def test_a_list_is_bounded_in_length_and_each_item_checked():
+    schema = Schema({"keys": {"k": Field("list", max_len=2, item=Field("struct", struct={
+        "id": Field("int", lo=0, hi=9), "key": Field("bytes", max_len=4)}))}})
+    ok = schema.validate(["keys", {"k": [{"id": 1, "key": b"ab"}]}])
+    assert isinstance(ok, Message)
+    for bad, where in (([{"id": 1, "key": b"ab"}] * 3, "keys.k"),
+                       ([{"id": 10, "key": b"ab"}], "keys.k[0].id"),
+                       ([{"id": 1, "key": b"abcde"}], "keys.k[0].key"),
+                       ("not a list", "keys.k")):
+        verdict = schema.validate(["keys", {"k": bad}])
+        assert isinstance(verdict, Rejected) and verdict.where == where, verdict
+    nested = Schema({"x": {"v": Field("list", max_len=9, item=Field("list", max_len=9, item=Field(
+        "list", max_len=9, item=Field("list", max_len=9, item=Field("list", max_len=9, item=Field("int"))))))}})
+    assert isinstance(nested.validate(["x", {"v": [[[[[1]]]]]}]), Rejected)

@@ -8,6 +8,8 @@ from cluster import ADVERT
 from cluster.scenarios import failover_cluster
 
 from meshd.election.actions import State
+from meshd.metrics.collector import families
+from meshd.metrics.snapshot import take
 from meshd.node.actions import SplitBrain
 from meshd.node.cluster import SPLIT_BRAIN_CONFIRM_S
 
@@ -50,6 +52,10 @@ def test_two_masters_of_a_group_are_a_split_brain_on_both_nodes_until_it_heals()
         assert all(t - t_cut >= SPLIT_BRAIN_CONFIRM_S for t, _ in on)
         view = sim.node.cluster(c.now)
         assert view["split_brain"] == {"g1": [1, 2], "g2": [1, 2]} and view["split_brains_seen"] == 2
+        exported = {m.name: m for m in families(take(sim.node, c.now, node_name="n", version="v"))}
+        assert {x.labels["group"]: x.value for x in exported["meshd_group_split_brain"].samples} == \
+            {"g1": 1, "g2": 1}
+        assert exported["meshd_split_brains"].samples[0].value == 2
     c.network._arrive = c._restore_arrive
     t_heal = c.now
     c.run_for(6.0)

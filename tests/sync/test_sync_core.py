@@ -404,6 +404,9 @@ def test_stats_say_what_happened():
     assert 0 <= peer1["since_last_frame_s"] < 1 and not peer1["absent"]
     assert peer1["in"]["bulk"]["complete_for_request"] == 1
     assert s1["bulk_resyncs_started"] == {"requested": 1}
+    # Per peer too (meshd_sync_peer_bulk_resyncs_sent_total): node 1 sent its bulk to node 2.
+    assert s1["peers"][2]["counters"]["bulk resyncs sent"] == 1
+    assert s2["peers"][1]["counters"]["bulk resyncs received"] == 1
     assert s2["in_sync"] and s2["sync_reason"] == "bulk resync complete"
 
 
