@@ -61,6 +61,7 @@ from ..sync.actions import ExternalChanged, PeerAbout, PeerChanged, SendFrame, S
 from ..sync.core import SyncCore
 from ..sync.discovery import DiscoveryTable, fingerprint
 from ..sync.filters import EventFilter
+from ..sync.membership import DISCOVERY_WINDOW_S
 from .actions import DumpKernel, KernelResynced
 from .cluster import SplitBrainWatch, cluster_view, masters
 from .flows import KernelFlows
@@ -135,6 +136,7 @@ class NodeCore:
             self.sync = SyncCore(config.node.id, [p.id for p in s.peers], sync_keys(config), epoch,
                                  max_datagram=s.max_datagram, resend_queue=s.resend_queue,
                                  report_external_changes=s.commit == "continuous", replay=sync_replay,
+                                 discovery_window_s=DISCOVERY_WINDOW_S if s.discover else 0.0,
                                  **core_timers(s))
             self.flows = KernelFlows(self.sync, EventFilter(s.filter), s.commit == "continuous")
             self.takeovers = Takeovers(self.sync, s.commit, s.commit_scope)

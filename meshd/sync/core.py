@@ -156,7 +156,7 @@ class SyncCore:
                  digest_interval_s: float = 5.0, bulk_rate: float = 100_000,
                  peer_timeout_s: float = 3.0, replay_window: int = 4096,
                  report_external_changes: bool = False, replay: ReplayGuard | None = None,
-                 boot_id: bytes | None = None):
+                 boot_id: bytes | None = None, discovery_window_s: float = 0.0):
         if not 1 <= node_id <= 2**32 - 1:
             raise ValueError(f"node id {node_id} out of range")
         if not 0 <= epoch <= 2**32 - 1:
@@ -202,6 +202,10 @@ class SyncCore:
         self.candidates: dict[int, Peer] = {}
         self.candidate_at: dict[int, float] = {}
         self.discovered: dict[int, float] = {}
+        # The discovery hold (bulk.begin_round, check_round): with discovery, the
+        # start-up round stays open this long for the peers still to be found.
+        self.discovery_window_s = float(discovery_window_s)
+        self.hold_until: float | None = None
 
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
@@ -234,6 +238,8 @@ class SyncCore:
         self.started_at = now
         self.heartbeat_at = now            # first heartbeat at once: peers learn the epoch
         self.digest_at = now + self.digest_interval_s
+        if self.discovery_window_s > 0:
+            self.hold_until = now + self.discovery_window_s
         bulk.begin_round(self, now, "startup")
         return self._flush()
 

@@ -201,6 +201,13 @@ def removed(core: SyncCore, p: Peer, now: float) -> None:
 # forged announcement can make this node send is bounded by these two.
 MAX_CANDIDATES = 8
 CANDIDATE_INTERVAL_S = 0.5
+# The discovery hold (bulk.begin_round): with [sync] discover, a node is not
+# in sync (so stays demoted) until this long after its start, and until the
+# peers it proved meanwhile have sent their bulks.  zeroconf announces a
+# service about 1 s after registering it (probes, then the announcement);
+# a candidate's heartbeats go every 0.5 s and a proof takes a round trip: a
+# few seconds cover the peers present on the link, with room for loss.
+DISCOVERY_WINDOW_S = 5.0
 
 
 def candidate(core: SyncCore, peer: int, now: float) -> bool:

@@ -15,7 +15,7 @@ from cluster import SECRET, Cluster, address, node, quiet_group
 
 from meshd.sync import PeerChanged
 from meshd.sync.discovery import MAX_ADDRESSES, fingerprint
-from meshd.sync.membership import CANDIDATE_INTERVAL_S, MAX_CANDIDATES
+from meshd.sync.membership import CANDIDATE_INTERVAL_S, DISCOVERY_WINDOW_S, MAX_CANDIDATES
 
 FP = fingerprint(SECRET)
 OTHER_SECRET = b"another cluster's secret, 32 byt"
@@ -126,7 +126,7 @@ def test_configured_peers_take_precedence():
     c.start_all()
     announce(c, 1, 2)
     announce(c, 1, 2, at="10.0.0.99")
-    c.run_for(2)
+    c.run_for(DISCOVERY_WINDOW_S)
     assert reasons(c, 1) == {(2, address(2)): "configured peer",
                              (2, "10.0.0.99"): "configured peer, at 10.0.0.2: announcement ignored"}
     assert not c.nodes[1].sync.candidates and not c.nodes[1].sync.discovered
@@ -195,3 +195,51 @@ def test_a_node_restarted_with_discovery_finds_its_peers_again():
     assert len(dict(c.nodes[1].sync.dump_external(2))) == 20
     # Node 2 kept node 1 as its peer and saw a restart, not a new discovery.
     assert [e.state for e in c.nodes[2].of(PeerChanged) if e.peer == 1][-1] in ("restarted", "back")
+
+
+def test_discovery_hold_a_restarted_discovered_only_node_stays_demoted_until_it_has_its_peers_flows():
+    """Issue 12, the hold: without it, a node whose peers are all discovered has
+    none at start, so its round says "no peers" and it is in sync (undemoted)
+    with an empty cache.  With it, the start-up round stays open for
+    DISCOVERY_WINDOW_S and the peers proven meanwhile join it: the node is in
+    sync only once their bulks are in."""
+    ids = [1, 2, 3]
+    c = Cluster({n: discovering(n) for n in ids}, seed=10)
+    c.start_all()
+    announce_all(c, ids)
+    c.run_for(DISCOVERY_WINDOW_S + 1)
+    assert all(c.in_sync(n) for n in ids)
+    keys = c.create(2, 40) + c.create(3, 30)
+    c.run_for(1)
+    c.restart(1, reboot=True)
+    group = c.group_names()[0]
+    seen: list[tuple[float, bool, int, int]] = []      # (time, in sync, flows held, demotion)
+
+    def sample():
+        core = c.nodes[1].sync
+        held = sum(len(dict(core.dump_external(o))) for o in (2, 3) if o in core.peers)
+        seen.append((c.now, c.in_sync(1), held, c.priority(1, group)[0]))
+    c.every(0.05, sample)
+    restarted_at = c.now
+    # The link's browser hears the others a while after the start (zeroconf's
+    # probing and announcement take about a second).
+    c.at(c.now + 1.5, lambda: [announce(c, 1, who) for who in (2, 3)])
+    c.run_for(DISCOVERY_WINDOW_S + 3)
+    assert not any(ok for t, ok, _, _ in seen if t < restarted_at + DISCOVERY_WINDOW_S - 0.3), \
+        "in sync within the discovery window"
+    assert all(dem > 0 for t, ok, _, dem in seen if not ok)
+    first = next((s for s in seen if s[1]), None)
+    assert first is not None, seen[-1]
+    assert first[2] == len(keys), f"in sync at {first[0] - restarted_at:.2f} s holding {first[2]} of {len(keys)}"
+    assert first[3] == 0
+    assert c.nodes[1].sync.sync_reason == "bulk resync complete"
+
+
+def test_discovery_hold_ends_for_a_node_that_finds_no_one():
+    c = Cluster({1: discovering(1)}, seed=11)
+    c.start_all()
+    c.run_for(DISCOVERY_WINDOW_S - 0.5)
+    assert not c.in_sync(1)
+    assert c.nodes[1].sync.sync_reason.startswith("startup: discovery window")
+    c.run_for(1)
+    assert c.in_sync(1)
