@@ -78,6 +78,7 @@ class DiscoveryTable:
         self.heard: dict[str, Heard] = {}
         self.peer_address: dict[int, str] = {}     # discovered peer -> the address it proved from
         self.refused = 0
+        self.version = 0          # raised at every decision: the shell refreshes its address maps
 
     # ------------------------------------------------------------------ inputs
 
@@ -133,6 +134,11 @@ class DiscoveryTable:
                 out.setdefault(a, cid)
         return out
 
+    def peer_addresses(self) -> dict[str, int]:
+        """address -> node id of the discovered peers (proven): where frames to
+        them go, and whom the flood guard admits."""
+        return {a: pid for pid, a in self.peer_address.items() if pid in self.sync.peers}
+
     def view(self, now: float) -> dict:
         """`meshctl discover`: every announcement heard, and why it was or was not taken."""
         rows = []
@@ -179,6 +185,7 @@ class DiscoveryTable:
 
     def _decide(self, now: float) -> None:
         """Every announcement's reason, and the sync core's candidates to match."""
+        self.version += 1
         want: list[int] = []
         addresses: dict[int, int] = {}
         for h in sorted(self.heard.values(), key=lambda h: h.first_heard):
