@@ -119,7 +119,9 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
 def _parse_peers(r: Reader, data: Any, node_id: int | None,
                  need_address: bool, may_be_empty: bool = False) -> tuple[SyncPeer, ...] | None:
     if not isinstance(data, list) or (not data and not may_be_empty):
-        r.problem("sync.peers", "expected a list of peers like [{ id = 2, address = \"203.0.113.2\" }]")
+        r.problem("sync.peers", "expected a list of peers like [{ id = 2, address = \"203.0.113.2\" }]"
+                  + ("" if may_be_empty or isinstance(data, list) and data else
+                     " (or sync.discover = true to find them on the sync link)"))
         return None
     peers: list[SyncPeer] = []
     for i, item in enumerate(data):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -162,4 +163,14 @@ def test_discovery_forms_the_mesh_and_refuses_the_foreign_and_the_forged(meshd_r
         assert sync["counters"].get("candidate heartbeats", 0) <= 2 * alive_s + 4, sync["counters"]
     st4 = md.sync_stats(lab.run_dir, FOREIGN)["sync"]
     assert not st4["peers"] and not st4["discovered"], st4
+
+    # ---- a stop says goodbye: fw3 leaves fw1's list (and stops in time)
+    t_stop = time.monotonic()
+    code = lab.procs.kill(md.MESHD_LOG.format(n=3), signal.SIGTERM, wait=5)
+    stopped_s = time.monotonic() - t_stop
+    assert code == 0 and stopped_s < 4, (code, stopped_s)
+    deadline = time.monotonic() + 5
+    while 3 in _rows(_discover(lab, 1)):
+        assert time.monotonic() < deadline, "fw3's goodbye not heard"
+        time.sleep(0.2)
     print(f"mesh formed {formed:.1f} s after the start; whole test {time.monotonic() - t0:.1f} s")
