@@ -125,16 +125,17 @@ def parse_announcement(name: str, properties: dict, text_len: int, srv_port: int
 def interface_address(interface: str, family: int, exclude: set[str] = frozenset()) -> str | None:
     """This node's address on the sync interface (the first of the family that
     is not a virtual address; a global IPv6 one before a link-local one)."""
-    import ifaddr                      # zeroconf's own dependency
+    from pyroute2 import IPRoute       # rtnetlink, as meshd/kernel/addresses.py
     found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        if adapter.nice_name != interface and adapter.name != interface:
-            continue
-        for ip in adapter.ips:
-            a = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=interface)
+        if not index:
+            return None
+        for msg in ipr.addr("dump", index=index[0]):
+            a = msg.get("local") or msg.get("address")
             try:
                 parsed = ipaddress.ip_address(a)
-            except ValueError:
+            except (TypeError, ValueError):
                 continue
             if parsed.version == family and str(parsed) not in exclude:
                 found.append(str(parsed))
