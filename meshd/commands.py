@@ -26,6 +26,7 @@ from typing import Any
 COMMANDS: dict[str, str] = {
     "status": "show groups, election state, advert counters and demotion counters",
     "cluster": "every node this one hears: groups and states, sync, version, settings that differ",
+    "discover": "what discovery heard on the sync link, and why each node was or was not taken as a peer",
     "demote": "add N (may be negative) to the operator's share of demotion counter NAME",
     "promote": "remove the operator's share of demotion counter NAME",
     "enable": "let GROUP take part in elections again",

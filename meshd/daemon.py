@@ -431,6 +431,13 @@ class Daemon:
             return answer
         if cmd == "cluster":
             return self.node.cluster(now)
+        if cmd == "discover":
+            if self.sync is None:
+                raise ControlError("discover: the state mesh is not configured (no [sync] section)")
+            answer = self.node.discover_view(now)
+            announcer = self.sync.announcer
+            answer["announcer"] = announcer.status() if announcer is not None else None
+            return answer
         if cmd == "reload":
             outcome = await self.supervision.reload()
             if outcome.refused:

@@ -91,6 +91,7 @@ SYNC_RESTART_WHY = {
     "multicast_group": "the state mesh's socket joins it at start",
     "max_datagram": "it sizes the frames and caches that hold live state",
     "resend_queue": "it sizes the resend queues that hold live state",
+    "discover": "the announcer and browser run on the sync interface from the start",
 }
 
 

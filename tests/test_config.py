@@ -588,3 +588,45 @@ def test_node_defaults_follow_run_dir(confdir):
 def test_node_paths_and_lifetime(confdir, line, path, expected):
     found = problems(confdir, MINIMAL.replace("id = 1\n\n[[cluster", f"id = 1\n{line}\n\n[[cluster", 1))
     assert any(f": {path}: " in p and expected in p for p in found), found
+
+
+# ----------------------------------------------------------------- [sync] discover
+
+
+def test_sync_discover_without_peers(confdir):
+    c = load(confdir, MINIMAL + '[sync]\ninterface = "sync0"\ndiscover = true\n')
+    assert c.sync.discover is True and c.sync.peers == ()
+
+
+def test_sync_discover_with_peers_keeps_them(confdir):
+    c = load(confdir, MINIMAL + '[sync]\ninterface = "sync0"\ndiscover = true\n'
+             'peers = [{ id = 2, address = "203.0.113.2" }]\n')
+    assert c.sync.discover is True and [(p.id, p.address) for p in c.sync.peers] == [(2, "203.0.113.2")]
+
+
+def test_sync_discover_defaults_to_false(confdir):
+    assert load(confdir, MINIMAL + SYNC).sync.discover is False
+
+
+def test_sync_discover_needs_the_sync_interface(confdir):
+    found = only_problem(confdir, MINIMAL + "[sync]\ndiscover = true\n")
+    assert found.endswith("sync.interface: required with sync.discover (the link to announce and listen on)"), found
+
+
+def test_sync_discover_must_be_a_bool(confdir):
+    found = only_problem(confdir, MINIMAL + '[sync]\ninterface = "sync0"\ndiscover = "yes"\n'
+                         'peers = [{ id = 2, address = "203.0.113.2" }]\n')
+    assert "sync.discover: expected true or false" in found, found
+
+
+def test_sync_without_peers_or_discover_names_both(confdir):
+    found = only_problem(confdir, MINIMAL + '[sync]\ninterface = "sync0"\n')
+    assert "sync.peers: expected a list of peers" in found and "sync.discover = true" in found, found
+    found = only_problem(confdir, MINIMAL + '[sync]\ninterface = "sync0"\npeers = []\n')
+    assert "sync.discover = true" in found, found
+
+
+def test_sync_discover_with_peers_still_checks_them(confdir):
+    found = only_problem(confdir, MINIMAL + '[sync]\ninterface = "sync0"\ndiscover = true\n'
+                         'peers = [{ id = 2 }]\n')
+    assert found.endswith("sync.peers[0].address: missing (expected a non-empty string)"), found

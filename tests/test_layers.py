@@ -69,7 +69,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
     ("shells", {
         # It runs the notify hooks and the track scripts.
         "election shell": ("meshd.election.transport", "meshd.election.shell", "meshd.hooks", "meshd.track"),
-        "sync shell": ("meshd.sync.shell",),
+        "sync shell": ("meshd.sync.shell", "meshd.sync.mdns"),
         # The daemon's side of the check engine: a runner like CheckRunner.
         "health shell": ("meshd.health.shell", "meshd.health.remote"),
         # The daemon's side of the wire engine: feeds the node core what it forwards.

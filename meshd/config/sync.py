@@ -19,7 +19,7 @@ from .reader import Reader, describe
 
 SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
              "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
-             "digest_interval_ms", "resend_queue", "peer_timeout_ms", "filter"}
+             "digest_interval_ms", "resend_queue", "peer_timeout_ms", "filter", "discover"}
 PEER_KEYS = {"id", "address"}
 FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured"}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
@@ -59,6 +59,7 @@ class SyncConfig:
     resend_queue: int = 131072
     peer_timeout_ms: int = 3000
     filter: SyncFilter = SyncFilter()
+    discover: bool = False
 
     def peer(self, node_id: int) -> SyncPeer | None:
         return next((p for p in self.peers if p.id == node_id), None)
@@ -100,9 +101,14 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
         if kw["interface"] is None:
             r.problem("sync.interface", "required with sync.multicast_group (the interface to join on)")
     kw["multicast_group"] = mcast
+    kw["discover"] = r.get(t, "sync", "discover", "bool", default=False)
+    if kw["discover"] and kw["interface"] is None:
+        r.problem("sync.interface", "required with sync.discover (the link to announce and listen on)")
     # Addresses are needed with multicast too: acknowledgements, repairs and
-    # bulk resyncs go to one peer, by unicast.
-    peers = _parse_peers(r, t.get("peers"), node_id, need_address=True)
+    # bulk resyncs go to one peer, by unicast.  With discover, peers may be
+    # none at all: they are found on the link (and must prove the key).
+    peers = _parse_peers(r, t.get("peers", [] if kw["discover"] else None), node_id,
+                         need_address=True, may_be_empty=bool(kw["discover"]))
     kw["filter"] = _parse_filter(r, t.get("filter", {}))
     optional = {"interface", "multicast_group"}
     if peers is None or any(v is None for k, v in kw.items() if k not in optional):
@@ -111,9 +117,11 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
 
 
 def _parse_peers(r: Reader, data: Any, node_id: int | None,
-                 need_address: bool) -> tuple[SyncPeer, ...] | None:
-    if not isinstance(data, list) or not data:
-        r.problem("sync.peers", "expected a list of peers like [{ id = 2, address = \"203.0.113.2\" }]")
+                 need_address: bool, may_be_empty: bool = False) -> tuple[SyncPeer, ...] | None:
+    if not isinstance(data, list) or (not data and not may_be_empty):
+        r.problem("sync.peers", "expected a list of peers like [{ id = 2, address = \"203.0.113.2\" }]"
+                  + ("" if may_be_empty or isinstance(data, list) and data else
+                     " (or sync.discover = true to find them on the sync link)"))
         return None
     peers: list[SyncPeer] = []
     for i, item in enumerate(data):

@@ -266,7 +266,41 @@ def format_cluster(answer: dict) -> str:
     return "\n".join(out)
 
 
+def format_discover(answer: dict) -> str:
+    """The human view of a `discover` answer (NodeCore.discover_view, DiscoveryTable.view)."""
+    if not answer.get("discover"):
+        return "discovery is off ([sync] discover = false)"
+    me = answer.get("announcer") or {}
+    if me.get("error"):
+        out = [f"this node: NOT announced ({me['error']})"]
+    else:
+        out = [f"this node: {answer.get('node')}, announced as {me.get('announced_as') or '?'} at "
+               f"{me.get('address') or '?'} on {me.get('interface') or '?'}, fingerprint "
+               f"{me.get('fingerprint') or '?'}"]
+    heard = answer.get("heard") or []
+    if not heard:
+        out.append("heard: nothing yet")
+    for h in heard:
+        who = f"node {h.get('node') if h.get('node') is not None else '?'}"
+        if h.get("name"):
+            who += f" ({h['name']})"
+        out.append(f"{who} at {h.get('address')} port {h.get('port')}, fingerprint "
+                   f"{h.get('fingerprint') or '?'}, heard {_ago(h.get('last_heard_ago_s'))} ago: "
+                   f"{'PEER' if h.get('peer') else 'not a peer'}: {h.get('reason')}")
+    if answer.get("candidates"):
+        out.append("candidates (heartbeats sent, not proven): "
+                   + ", ".join(str(c) for c in answer["candidates"]))
+    extra = [f"{n} {what}" for n, what in ((answer.get("announcements_refused"), "announcements refused (table full)"),
+                                           (me.get("dropped"), "dropped between threads"),
+                                           (me.get("ignored"), "ignored (too large or malformed)")) if n]
+    if extra:
+        out.append("; ".join(extra))
+    return "\n".join(out)
+
+
 def format_answer(cmd: str, answer: dict) -> str:
+    if cmd == "discover":
+        return format_discover(answer)
     if cmd == "status":
         return format_status(answer)
     if cmd == "cluster":
@@ -352,7 +386,7 @@ def _parser() -> argparse.ArgumentParser:
     options(parser, True)
     parser.add_argument("--version", action="version", version=f"meshctl {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
-    args = {"status": [], "cluster": [], "demote": [("name", str, "demotion counter"),
+    args = {"status": [], "cluster": [], "discover": [], "demote": [("name", str, "demotion counter"),
                                      ("by", int, "amount to add (may be negative)")],
             "promote": [("name", str, "demotion counter")],
             "enable": [("group", str, "group name")], "disable": [("group", str, "group name")]}

@@ -57,9 +57,11 @@ from ..health.actions import Demote
 from ..health.core import HealthCore
 from ..histogram import LATENCY_BUCKETS, Histogram
 from ..replay import ReplayGuard
-from ..sync.actions import ExternalChanged, PeerAbout, SendFrame, SyncState
+from ..sync.actions import ExternalChanged, PeerAbout, PeerChanged, SendFrame, SyncState
 from ..sync.core import SyncCore
+from ..sync.discovery import DiscoveryTable, fingerprint
 from ..sync.filters import EventFilter
+from ..sync.membership import DISCOVERY_WINDOW_S
 from .actions import DumpKernel, KernelResynced
 from .cluster import SplitBrainWatch, cluster_view, masters
 from .flows import KernelFlows
@@ -78,6 +80,12 @@ def election_keys(config: Config) -> KeyRing:
 def sync_keys(config: Config) -> KeyRing:
     """The state mesh's keys: the cluster secrets, derived for the sync AEAD."""
     return KeyRing.from_secrets(config.secrets, config.cluster.send_key, SYNC_INFO)
+
+
+def discovery_fingerprints(config: Config) -> tuple[str, str]:
+    """(the fingerprint this node announces: its send key's, every key's it accepts)."""
+    fps = {kid: fingerprint(secret) for kid, secret in sorted(config.secrets.items())}
+    return fps[config.cluster.send_key], tuple(fps.values())
 
 
 def core_timers(sync) -> dict[str, float]:
@@ -119,6 +127,7 @@ class NodeCore:
         self.sync: SyncCore | None = None
         self.flows: KernelFlows | None = None
         self.takeovers: Takeovers | None = None
+        self.discovery: DiscoveryTable | None = None
         self.in_sync: bool | None = None
         self.split_brain = SplitBrainWatch()
         self._dump_when_in_sync = False
@@ -127,9 +136,13 @@ class NodeCore:
             self.sync = SyncCore(config.node.id, [p.id for p in s.peers], sync_keys(config), epoch,
                                  max_datagram=s.max_datagram, resend_queue=s.resend_queue,
                                  report_external_changes=s.commit == "continuous", replay=sync_replay,
+                                 discovery_window_s=DISCOVERY_WINDOW_S if s.discover else 0.0,
                                  **core_timers(s))
             self.flows = KernelFlows(self.sync, EventFilter(s.filter), s.commit == "continuous")
             self.takeovers = Takeovers(self.sync, s.commit, s.commit_scope)
+            if s.discover:
+                self.discovery = DiscoveryTable(config.node.id, s.port, discovery_fingerprints(config)[1],
+                                                {p.id: p.address for p in s.peers}, self.sync)
             # Until the first bulk is in: demoted before anything is advertised.
             self.election.set_demotion(ALL_GROUPS, "sync", SYNC_DEMOTION, 0.0, "state mesh not in sync yet")
         self.health = HealthCore(config.health, rng or random.Random()) if config.health else None
@@ -272,12 +285,39 @@ class NodeCore:
 
     # ================================================================== the state mesh's inputs
 
-    def frame(self, data: bytes, peer_hint: int | None, now: float) -> list:
-        """A datagram on the state mesh's socket; `peer_hint` is the peer its source
-        address belongs to (None: no peer's).  Never raises for what it holds: a
-        bad one becomes a FrameRejected."""
-        self._route(self.sync.receive(data, peer_hint, now), now)
+    def frame(self, data: bytes, peer_hint: int | None, now: float, source: str | None = None) -> list:
+        """A datagram on the state mesh's socket; `peer_hint` is the peer (or
+        discovered candidate) its source address belongs to (None: no one's),
+        `source` that address.  Never raises for what it holds: a bad one
+        becomes a FrameRejected."""
+        actions = self.sync.receive(data, peer_hint, now)
+        if self.discovery is not None and self.sync.discovered:
+            for a in actions:
+                if type(a) is PeerChanged and a.state == "discovered":
+                    self.discovery.promoted(a.peer, source, now)
+        self._route(actions, now)
         return self._flush()
+
+    def announced(self, key: str, node: int | None, name: str, address: str, port: int | None,
+                  fp: str, now: float) -> list:
+        """Discovery heard (or heard again) an announcement on the sync link
+        (sync/discovery.py decides what it is; a candidate's heartbeats go out
+        from the timer, at once: next_deadline says so)."""
+        if self.discovery is not None:
+            self.discovery.announced(key, node, name, address, port, fp, now)
+        return self._flush()
+
+    def withdrawn(self, key: str, now: float) -> list:
+        """An announcement is gone."""
+        if self.discovery is not None:
+            self.discovery.withdrawn(key, now)
+        return self._flush()
+
+    def discover_view(self, now: float) -> dict:
+        """`meshctl discover`."""
+        if self.discovery is None:
+            return {"discover": False, "heard": []}
+        return {"discover": True, **self.discovery.view(now)}
 
     def frame_refused(self, reason: str, detail: str, peer_hint: int | None, count: int,
                       now: float) -> list:
@@ -394,7 +434,13 @@ class NodeCore:
         for pid in sorted(old_ids - new_ids):
             self._route(self.sync.remove_peer(pid, now), now)
         for pid in sorted(new_ids - old_ids):
+            if pid in self.sync.peers:        # found by discovery, configured now
+                self.sync.discovered.pop(pid, None)
+                continue
             self._route(self.sync.add_peer(pid, now), now)
+        if self.discovery is not None:
+            self.discovery.reconfigure(n.port, discovery_fingerprints(new)[1],
+                                       {p.id: p.address for p in n.peers}, now)
         if core_timers(n) != core_timers(o):
             self._route(self.sync.set_timers(**core_timers(n), now=now), now)
         self.takeovers.commit, self.takeovers.scope = n.commit, n.commit_scope
@@ -489,6 +535,7 @@ __all__ = [
     "KernelResynced",
     "NodeCore",
     "core_timers",
+    "discovery_fingerprints",
     "election_keys",
     "sync_keys",
 ]

@@ -190,21 +190,44 @@ def pump(core: SyncCore, p: Peer, now: float) -> None:
 # ------------------------------------------------------------------ the in-sync round
 
 def begin_round(core: SyncCore, now: float, why: str) -> None:
-    """Ask every peer for a bulk; not in sync until each one completed or is absent."""
-    if not core.peers:
+    """Ask every peer for a bulk; not in sync until each one completed or is absent.
+
+    With discovery, the start-up round also stays open until the discovery
+    window has passed (`core.hold_until`, membership.DISCOVERY_WINDOW_S), and
+    the peers proven meanwhile join it (check_round): a restarted node whose
+    peers are all discovered is not "in sync", and so not promoted, with
+    an empty cache, before it had the time to find them."""
+    holding = core.hold_until is not None and now < core.hold_until
+    if not core.peers and not holding:
         set_sync(core, True, f"{why}: no peers")
         return
     for p in core.peers.values():
         ask_bulk(core, p, now)
     core.round = {p.id: p.req_id for p in core.peers.values()}
     core.round_started = now
+    if not core.round:
+        set_sync(core, False, f"{why}: discovery window: looking for peers for "
+                              f"{core.hold_until - now:g} s")
+        return
     set_sync(core, False, f"{why}: waiting for bulk resync from peers "
-                          f"{', '.join(map(str, core.round))}")
+                          f"{', '.join(map(str, core.round))}"
+             + (f"; discovery window {core.hold_until - now:g} s" if holding else ""))
 
 
 def check_round(core: SyncCore, now: float) -> None:
     if core.round is None:
         return
+    hold = core.hold_until
+    if hold is not None:
+        # Peers proven within the discovery window join the round (their
+        # first contact asked for their bulk); after it, they are late
+        # comers like any other (7.3) and the hold is over.
+        for pid, at in core.discovered.items():
+            if at <= hold and pid not in core.round and pid in core.peers:
+                core.round[pid] = core.peers[pid].req_id
+        if now < hold:
+            return
+        core.hold_until = None
     absent = []
     for pid, req in core.round.items():
         p = core.peers[pid]

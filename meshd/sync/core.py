@@ -43,6 +43,11 @@ protocol:
 * Peers: first contact, restart (new epoch), absent and back, adoption
   after a takeover, added and removed by a reload (membership.py, which
   emits every PeerChanged).
+* Discovery (proto/sync.md, 3.2): a node announced with this cluster's
+  fingerprint is only a *candidate* (`add_candidate`): bounded in number,
+  sent bounded heartbeats, its frames checked like a peer's (the AEAD, then
+  the proof of liveness), and it becomes a peer only when a heartbeat of it
+  echoes this start (membership.candidate, poll_candidates, promote).
 * Nothing is dropped silently: a resend queue over its bound
   (outbound.overflow), a gap too large to track (bulk.lost_track) or a
   resend of a seq no longer held (resend.resend) all degrade to a bulk
@@ -151,7 +156,7 @@ class SyncCore:
                  digest_interval_s: float = 5.0, bulk_rate: float = 100_000,
                  peer_timeout_s: float = 3.0, replay_window: int = 4096,
                  report_external_changes: bool = False, replay: ReplayGuard | None = None,
-                 boot_id: bytes | None = None):
+                 boot_id: bytes | None = None, discovery_window_s: float = 0.0):
         if not 1 <= node_id <= 2**32 - 1:
             raise ValueError(f"node id {node_id} out of range")
         if not 0 <= epoch <= 2**32 - 1:
@@ -191,6 +196,16 @@ class SyncCore:
         self.internal = InternalCache(self.pack_budget - RECORD_OVERHEAD)
         self.mcast = OutboundStream(resend_queue)
         self.peers: dict[int, Peer] = {p: Peer(p, resend_queue, self.max_gap) for p in peers}
+        # Discovery: candidates (not peers: nothing of ours but heartbeats goes
+        # to them), when each one's next heartbeat is due, and the peers that
+        # were candidates, with when they proved the key.
+        self.candidates: dict[int, Peer] = {}
+        self.candidate_at: dict[int, float] = {}
+        self.discovered: dict[int, float] = {}
+        # The discovery hold (bulk.begin_round, check_round): with discovery, the
+        # start-up round stays open this long for the peers still to be found.
+        self.discovery_window_s = float(discovery_window_s)
+        self.hold_until: float | None = None
 
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
@@ -223,6 +238,8 @@ class SyncCore:
         self.started_at = now
         self.heartbeat_at = now            # first heartbeat at once: peers learn the epoch
         self.digest_at = now + self.digest_interval_s
+        if self.discovery_window_s > 0:
+            self.hold_until = now + self.discovery_window_s
         bulk.begin_round(self, now, "startup")
         return self._flush()
 
@@ -284,7 +301,11 @@ class SyncCore:
             return self._reject("duplicate node id", f"another node sends as node {sender}", sender)
         p = self.peers.get(sender)
         if p is None:
-            return self._reject("unknown sender", f"node {sender} is not a peer", source_peer_hint)
+            p = self.candidates.get(sender)
+            # A candidate's frames come from the address it was discovered at
+            # (the shell's hint), and only its proof can let them in.
+            if p is None or source_peer_hint != sender:
+                return self._reject("unknown sender", f"node {sender} is not a peer", source_peer_hint)
         if source_peer_hint is not None and source_peer_hint != sender:
             return self._reject("sender mismatch",
                                 f"header says node {sender}, address is node {source_peer_hint}", sender)
@@ -309,6 +330,8 @@ class SyncCore:
             self.out.extend(self._reject("unproven", f"node {sender} epoch {h.epoch} counter "
                                          f"{h.counter}: no echo of our start yet", sender))
             return self._flush()
+        elif sender not in self.peers:
+            membership.promote(self, p, now)          # a candidate proved the key
         self.frames_received[TYPE_NAMES[h.type]] += 1
         membership.heard(self, p, h.epoch, now, not proven)
         HANDLERS[h.type](self, p, h.counter, body, now)
@@ -317,7 +340,8 @@ class SyncCore:
     def next_deadline(self) -> float | None:
         """When handle_timer has work next (heartbeat, probe, digest, a peer's
         STATUS, retry, bulk or pacing), or None."""
-        times = [self.heartbeat_at, self.probe_at, self.digest_at, self.about_at]
+        times = [self.heartbeat_at, self.probe_at, self.digest_at, self.about_at,
+                 *self.candidate_at.values()]
         for p in self.peers.values():
             times.append(p.status_due)
             times.append(p.pump_at)
@@ -355,6 +379,8 @@ class SyncCore:
             self.digest_at = now + self.digest_interval_s
         if self.about_at is not None and self.about_at <= now:
             about.send(self, now)                                  # who we are (4.7)
+        if self.candidate_at:
+            membership.poll_candidates(self, now)                  # discovered (3.2)
         return self._flush()
 
     def set_about(self, name: str, version: str, settings: list[tuple[str, str]], digest: bytes,
@@ -464,8 +490,27 @@ class SyncCore:
         if peer == self.node_id or peer in self.peers or not 1 <= peer <= 2**32 - 1:
             raise ValueError(f"cannot add peer {peer}: ours, known already, or out of range")
         self.now = now
+        membership.withdraw(self, peer)       # configured now: no longer a candidate
         membership.added(self, peer, now)
         return self._flush()
+
+    # ------------------------------------------------------------ discovery
+
+    def add_candidate(self, peer: int, now: float) -> bool:
+        """A node announced with this cluster's fingerprint (the shell's
+        discovery): a candidate, sent a heartbeat at once and then every
+        membership.CANDIDATE_INTERVAL_S, a peer once it proves the key.
+        False when membership.MAX_CANDIDATES are held already.  The heartbeats
+        go out from handle_timer (next_deadline says when).
+        Raises ValueError for our own id or a peer's (configured or proven).
+        """
+        if peer == self.node_id or peer in self.peers or not 1 <= peer <= 2**32 - 1:
+            raise ValueError(f"cannot add candidate {peer}: ours, a peer already, or out of range")
+        return membership.candidate(self, peer, now)
+
+    def remove_candidate(self, peer: int) -> None:
+        """A candidate no longer announced: forgotten (nothing for an unknown id)."""
+        membership.withdraw(self, peer)
 
     def remove_peer(self, peer: int, now: float) -> list[Action]:
         """A peer removed from the mesh: forget its flows and what we held for it.
@@ -479,6 +524,7 @@ class SyncCore:
         KeyError for an unknown peer.
         """
         p = self.peers.pop(peer)
+        self.discovered.pop(peer, None)
         self.now = now
         membership.removed(self, p, now)
         return self._flush()
@@ -569,6 +615,8 @@ class SyncCore:
                          "oversized_refused": self.internal.oversized},
             "mcast": {"seq": self.mcast.seq, "held": self.mcast.held_items},
             "peers": {p.id: p.summary(now) for p in self.peers.values()},
+            "candidates": sorted(self.candidates),
+            "discovered": sorted(self.discovered),
         }
 
     # ================================================================== output

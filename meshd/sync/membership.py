@@ -16,7 +16,10 @@ PeerChanged action:
   and an in-sync round stops waiting for it; with it the per-heartbeat
   housekeeping of what we keep per peer (transferred seqs, tombstones);
 * adoption after a takeover (`adopt`, `adoptable`, `move_adopted`);
-* peers added or removed by a reload (`added`, `removed`).
+* peers added or removed by a reload (`added`, `removed`);
+* discovered candidates (proto/sync.md, 3.2): bounded in number, sent a
+  heartbeat at most every CANDIDATE_INTERVAL_S (`candidate`, `poll_candidates`),
+  and promoted to a peer only by the proof of 3.1 (`promote`).
 
 It must not touch the streams' contents or the caches' entries beyond
 what those events require (resetting them, moving adopted entries), and
@@ -32,7 +35,7 @@ from .actions import PeerChanged
 from .bulk import ask_bulk, check_round
 from .cache import STAMP_LEN
 from .frames import FrameType, Header
-from .outbound import release_mcast, send_heartbeat
+from .outbound import candidate_heartbeat, release_mcast, send_heartbeat
 from .peer import Peer
 
 if TYPE_CHECKING:
@@ -60,7 +63,10 @@ def prove(core: SyncCore, p: Peer, h: Header, body: tuple, now: float) -> bool:
         # push the running start's out of our echoes, nor cost a heartbeat.)
         p.echo = (*p.echo[-1:], h.boot_id)
         p.unproven = {s: c for s, c in p.unproven.items() if s[1] in p.echo}
-        send_heartbeat(core)               # its proof, at once
+        if p.id in core.peers:
+            send_heartbeat(core)           # its proof, at once
+        else:
+            candidate_heartbeat(core, p)   # a candidate: to it alone
     if older or h.type != FrameType.HEARTBEAT or (core.node_id, core.boot_id) not in body[3]:
         p.unproven[start] = max(p.unproven.pop(start, 0), h.counter)
         if len(p.unproven) > 4:          # starts are few: bound it all the same
@@ -185,3 +191,63 @@ def removed(core: SyncCore, p: Peer, now: float) -> None:
     release_mcast(core)
     if core.round is not None and core.round.pop(p.id, None) is not None:
         check_round(core, now)
+
+
+# ------------------------------------------------------------------ discovery
+
+# At most this many discovered candidates at a time, each sent at most one
+# heartbeat every CANDIDATE_INTERVAL_S (plus one echo per start of it learned
+# from an authentic frame, which only a holder of the key can cause): what a
+# forged announcement can make this node send is bounded by these two.
+MAX_CANDIDATES = 8
+CANDIDATE_INTERVAL_S = 0.5
+# The discovery hold (bulk.begin_round): with [sync] discover, a node is not
+# in sync (so stays demoted) until this long after its start, and until the
+# peers it proved meanwhile have sent their bulks.  zeroconf announces a
+# service about 1 s after registering it (probes, then the announcement);
+# a candidate's heartbeats go every 0.5 s and a proof takes a round trip: a
+# few seconds cover the peers present on the link, with room for loss.
+DISCOVERY_WINDOW_S = 5.0
+
+
+def candidate(core: SyncCore, peer: int, now: float) -> bool:
+    """A node heard by discovery with this cluster's fingerprint: a candidate
+    (a Peer object kept apart from core.peers), sent heartbeats until it
+    proves the key or is withdrawn.  False when the table is full."""
+    if peer in core.candidates:
+        return True
+    if len(core.candidates) >= MAX_CANDIDATES:
+        core.counters["candidates refused (full)"] += 1
+        return False
+    core.candidates[peer] = Peer(peer, core.resend_queue, core.max_gap, added_at=now)
+    core.candidate_at[peer] = now          # the first heartbeat at once
+    core.counters["candidates"] += 1
+    return True
+
+
+def poll_candidates(core: SyncCore, now: float) -> None:
+    """From handle_timer: the candidates' heartbeats that are due."""
+    for cid, at in core.candidate_at.items():
+        if at <= now:
+            candidate_heartbeat(core, core.candidates[cid])
+            core.counters["candidate heartbeats"] += 1
+            core.candidate_at[cid] = now + CANDIDATE_INTERVAL_S
+
+
+def withdraw(core: SyncCore, peer: int) -> None:
+    """A candidate no longer announced (or configured now): forgotten."""
+    core.candidates.pop(peer, None)
+    core.candidate_at.pop(peer, None)
+
+
+def promote(core: SyncCore, p: Peer, now: float) -> None:
+    """Candidate p proved its start (prove returned True for it): a peer from
+    now on, as if added by a reload; membership.heard then runs its first
+    contact (a bulk asked for)."""
+    withdraw(core, p.id)
+    p.added_at = now
+    core.peers[p.id] = p
+    core.discovered[p.id] = now
+    core.counters["peers discovered"] += 1
+    core.out.append(PeerChanged(p.id, "discovered",
+                                "proved the cluster key: its heartbeat echoed our start"))

@@ -177,6 +177,13 @@ def send_heartbeat(core: SyncCore) -> None:
         send(core, None, FrameType.HEARTBEAT, (core.mcast.seq, directs(core), int(ask), echoes(core)))
 
 
+def candidate_heartbeat(core: SyncCore, c: Peer) -> None:
+    """A HEARTBEAT to one discovered candidate (not a peer yet, proto/sync.md,
+    3.2): it carries nothing of ours but the multicast high and the echo of
+    the candidate's start, the one thing it needs to prove us (and we it)."""
+    send(core, c.id, FrameType.HEARTBEAT, (core.mcast.seq, (), 0, echoes(core, c)))
+
+
 def mcast_probe(core: SyncCore, now: float) -> None:
     """Tail probe: a heartbeat, repeated while a tracking peer may lack our tail."""
     send_heartbeat(core)

@@ -6,7 +6,11 @@ Tasks (all in the daemon's nursery):
   marker makes it dump the table (in a thread) for the node core to diff,
   and it waits while a diff runs (the bounded channel then pushes back on
   the reader, as the kernel's buffer does);
-- the UDP receive loop drains the socket in bursts into the node core;
+- the wire engine (its own process) hands the frames it let through to
+  `frame_in`;
+- with `[sync] discover`, the DNS-SD announcer and browser (meshd/sync/mdns.py):
+  announcements to the node core's DiscoveryTable; frames go to the peers it
+  found (and heartbeats to its candidates), and the flood guard admits them;
 - with `commit = "continuous"`, an applier injects the peers' changes into
   the kernel in chunks as they arrive, so a takeover has nothing to commit.
 
@@ -77,8 +81,13 @@ class SyncShell:
         self.reject_log = RejectLog(log, "sync_frame_rejected")
         self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
         self.guard = FloodGuard()         # under a flood of refused frames: peers only (meshd/floodguard.py)
-        self.guard.set_known(self.peer_by_address)
         self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
+        # Discovery (node.discovery, meshd/sync/discovery.py): its addresses as of
+        # its version; candidates' announced ones only for the hints.
+        self._discovery_version = -1
+        self._discovered_hints: dict[str, int] = {}
+        self.announcer = None             # meshd/sync/mdns.py, when [sync] discover
+        self.guard.set_known(self._known())
         self.family = socket.AF_INET6 if self.sync.family == 6 else socket.AF_INET
         self.sock: trio.socket.SocketType | None = None
         self.committer: kct.CtCommitter | None = None
@@ -139,8 +148,70 @@ class SyncShell:
         nursery.start_soon(self._consume_events, events_receive)
         nursery.start_soon(sockfilter.guard_clock, self.guard, self._apply_guard)
         nursery.start_soon(self._apply_loop)
+        if self.sync.discover and self.node.discovery is not None:
+            self._start_announcer(nursery)
         if self.sync.commit != "continuous":
             await self.resync_from_kernel("start")
+
+    def _start_announcer(self, nursery: trio.Nursery) -> None:
+        from .. import __version__
+        from ..node.core import discovery_fingerprints
+        from .mdns import Announcer
+        cfg = self.config
+        local = set()
+        for g in cfg.groups:                  # never announce a virtual address
+            local |= {a.split("/", 1)[0] for a in getattr(g, "addresses", ())}
+        self.announcer = Announcer(
+            self.node, self.dispatch, self.log, node_id=cfg.node.id, name=cfg.node.name,
+            port=self.sync.port, fingerprint=discovery_fingerprints(cfg)[0], version=__version__,
+            interface=self.sync.interface, family=self.sync.family, exclude=local,
+            on_change=self.discovery_changed)
+        nursery.start_soon(self.announcer.run)
+
+    def discovery_changed(self) -> None:
+        """After an input the DiscoveryTable may have decided on (an announcement,
+        a frame that promoted a candidate): the hints and the flood guard's
+        admitted senders follow.  Cheap when nothing changed."""
+        d = self.node.discovery
+        if d is None or d.version == self._discovery_version:
+            return
+        self._discovery_version = d.version
+        self._discovered_hints = d.addresses()
+        self._peer_hints.clear()
+        if self.guard.set_known(self._known()) and self.sock is not None:
+            self._apply_guard()               # engaged: a newly proven peer is admitted now
+
+    def _known(self) -> dict[str, int]:
+        """The senders the flood guard admits: configured peers, and the peers
+        discovery found once they proved the key (never mere candidates)."""
+        known = dict(self.peer_by_address)
+        d = self.node.discovery
+        if d is not None:
+            for address, pid in d.peer_addresses().items():
+                known.setdefault(address, pid)
+        return known
+
+    def _targets(self, peer: int | None) -> list[str]:
+        """Where a frame goes: the multicast group, every peer, or one peer
+        (configured address first; a discovered peer's proven address; a
+        candidate's announced ones, at most MAX_ADDRESSES)."""
+        d = self.node.discovery
+        if peer is None:
+            if self.sync.multicast_group:
+                return [self.sync.multicast_group]
+            targets = [p.address for p in self.sync.peers]
+            if d is not None:
+                configured = set(self.peer_by_address)
+                targets += [a for a in d.peer_addresses() if a not in configured]
+            return targets
+        p = self.sync.peer(peer)
+        if p is not None and p.address:
+            return [p.address]
+        if d is None:
+            return []
+        if peer in d.peer_address and peer in self.node.sync.peers:
+            return [d.peer_address[peer]]
+        return d.candidate_addresses(peer) if peer in self.node.sync.candidates else []
 
     # --------------------------------------------------------------- actions
 
@@ -176,14 +247,7 @@ class SyncShell:
         100th and every 1000th), since the reliability layer resends what a
         peer reports missing.
         """
-        if frame.peer is None and self.sync.multicast_group:
-            targets = [self.sync.multicast_group]
-        elif frame.peer is None:
-            targets = [p.address for p in self.sync.peers]
-        else:
-            peer = self.sync.peer(frame.peer)
-            targets = [peer.address] if peer and peer.address else []
-        for address in targets:
+        for address in self._targets(frame.peer):
             try:
                 self.sock._sock.sendto(frame.data, (address, self.sync.port))
             except OSError as e:
@@ -274,7 +338,9 @@ class SyncShell:
 
     def frame_in(self, data: bytes, source: str, now: float) -> list:
         """A frame the wire engine let through, from `source`: to the node core."""
-        acts = self.node.frame(data, self._peer_of(source), now)
+        acts = self.node.frame(data, self._peer_of(source), now, source=source)
+        if self.node.discovery is not None:
+            self.discovery_changed()          # a candidate proven by this frame
         for a in acts:
             if type(a) is FrameRejected and self.guard.rejected(source, now):
                 self._apply_guard()
@@ -297,7 +363,11 @@ class SyncShell:
         if hint == -1:
             if len(hints) > 1024:
                 hints.clear()
-            hint = hints[address] = self.peer_by_address.get(_norm(address))
+            norm = _norm(address)
+            hint = self.peer_by_address.get(norm)
+            if hint is None and self._discovered_hints:
+                hint = self._discovered_hints.get(norm)
+            hints[address] = hint
         return hint
 
     def _apply_guard(self) -> None:
@@ -354,7 +424,17 @@ class SyncShell:
         self.config, self.sync = new, new.sync
         self.peer_by_address = {_norm(p.address): p.id for p in new.sync.peers if p.address}
         self._peer_hints.clear()
-        if self.guard.set_known(self.peer_by_address) and self.sock is not None:
+        self._discovery_version = -1          # the DiscoveryTable was reconfigured too
+        d = self.node.discovery
+        self._discovered_hints = d.addresses() if d is not None else {}
+        if d is not None:
+            self._discovery_version = d.version
+        if self.announcer is not None and self.nursery is not None:
+            from ..node.core import discovery_fingerprints
+            fp = discovery_fingerprints(new)[0]
+            if fp != self.announcer.fingerprint:
+                self.nursery.start_soon(self.announcer.set_fingerprint, fp)
+        if self.guard.set_known(self._known()) and self.sock is not None:
             self._apply_guard()               # engaged: the readdressed peers are admitted now
         if new.sync.event_buffer_bytes != old.sync.event_buffer_bytes:
             try:

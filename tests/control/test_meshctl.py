@@ -464,3 +464,22 @@ def test_cluster_view_in_words():
     assert "  adverts: none heard (a backup sends none)" in lines
     assert "  settings: not known (no state mesh)" in lines
     assert "SPLIT BRAIN: group lan has 2 masters: nodes 1, 2" in lines
+
+
+def test_format_discover_names_each_node_and_its_reason():
+    from meshd.control.meshctl import format_answer
+    answer = {"ok": True, "discover": True, "node": 1, "candidates": [9], "announcements_refused": 0,
+              "announcer": {"address": "203.0.113.1", "interface": "sync0", "announced_as": "fw1 (meshd 1)._meshd-sync._udp.local.",
+                            "fingerprint": "0123456789abcdef", "error": None, "dropped": 0, "ignored": 2},
+              "heard": [
+                  {"node": 2, "name": "fw2", "address": "203.0.113.2", "port": 7113, "fingerprint": "0123456789abcdef",
+                   "reason": "taken as peer since 3.2 s ago", "peer": True, "last_heard_ago_s": 0.4},
+                  {"node": 4, "name": "fw4", "address": "203.0.113.4", "port": 7113, "fingerprint": "fedcba9876543210",
+                   "reason": "other cluster: fingerprint differs", "peer": False, "last_heard_ago_s": 1.0},
+              ]}
+    text = format_answer("discover", answer)
+    assert "announced as fw1 (meshd 1)._meshd-sync._udp.local. at 203.0.113.1 on sync0" in text
+    assert "node 2 (fw2) at 203.0.113.2 port 7113" in text and "PEER: taken as peer since 3.2 s ago" in text
+    assert "node 4 (fw4) at 203.0.113.4" in text and "not a peer: other cluster: fingerprint differs" in text
+    assert "candidates (heartbeats sent, not proven): 9" in text and "2 ignored" in text
+    assert format_answer("discover", {"ok": True, "discover": False, "heard": []}).startswith("discovery is off")

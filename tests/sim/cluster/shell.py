@@ -236,9 +236,12 @@ class SimNode:
     def receive_frame(self, data: bytes, src: int | None, hint: int | None = -1) -> list:
         if self.node.sync is None:
             return []
+        source = address(src) if src is not None else None
         if hint == -1:
-            hint = self.peer_by_address.get(address(src)) if src is not None else None
-        actions = self.node.frame(data, hint, self.cluster.now)
+            hint = self.peer_by_address.get(source) if src is not None else None
+            if hint is None and src is not None and self.node.discovery is not None:
+                hint = self.node.discovery.addresses().get(source)   # discovered, as SyncShell
+        actions = self.node.frame(data, hint, self.cluster.now, source)
         self.dispatch(actions)
         return actions
 
@@ -377,10 +380,18 @@ class SimNode:
         elif a.peer is None:
             by_address = cluster.node_by_address
             targets = [by_address[p.address] for p in s.peers if p.address in by_address]
+            d = self.node.discovery
+            if d is not None:          # the peers found by discovery, as SyncShell.send
+                targets += [by_address[ad] for pid, ad in d.peer_address.items()
+                            if pid in self.node.sync.peers and ad in by_address]
         else:
             peer = s.peer(a.peer)
-            targets = [cluster.node_by_address[peer.address]] if peer and \
-                peer.address in cluster.node_by_address else []
+            where = [peer.address] if peer and peer.address else []
+            d = self.node.discovery
+            if not where and d is not None:
+                where = [d.peer_address[a.peer]] if a.peer in d.peer_address else \
+                    d.candidate_addresses(a.peer)
+            targets = [cluster.node_by_address[ad] for ad in where if ad in cluster.node_by_address]
         cluster.network.send(self.id, targets, Datagram(cluster.now, self.id, FRAME, a.data, peer=a.peer))
 
     def _apply_batch(self, inc: int) -> None:
