@@ -5,8 +5,11 @@ the answer, would hold a trio task at most, but the exposition itself
 (prometheus-client's) is synchronous code that runs for as long as it takes
 to format every family; on the event loop that time would be taken from
 the adverts.  Here each connection has its own thread (prometheus-client's
-WSGI app under a threading server), and a connection silent for
-CLIENT_TIMEOUT is dropped.
+WSGI app under a threading server), a connection silent for
+CLIENT_TIMEOUT is dropped, and at most MAX_CONNECTIONS are served at once:
+one more is closed as soon as it is accepted (and counted), so a client
+that opens connections faster than the timeout closes them cannot make
+meshd start threads without end.
 
 Why a snapshot per scrape (`LoopSnapshots`): the collector must not read
 the cores' dicts while the event loop changes them, so the snapshot is
@@ -34,6 +37,7 @@ from socketserver import TCPServer, ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily
 
 from ..config.metrics import MetricsConfig
 from .collector import MeshdCollector, SnapshotUnavailable
@@ -41,6 +45,7 @@ from .snapshot import Snapshot
 
 SNAPSHOT_TIMEOUT = 2.0      # s the HTTP thread waits for the event loop's snapshot
 CLIENT_TIMEOUT = 10.0       # s a connection may stay silent (request or answer) before it is dropped
+MAX_CONNECTIONS = 16        # connections served at once; a Prometheus pair needs 2
 POLL_INTERVAL = 0.1         # s between two looks of serve_forever at a shutdown request
 
 
@@ -98,12 +103,49 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True           # a connection's thread never holds the process at exit
     allow_reuse_address = True      # a restart binds again while old connections linger
 
+    def __init__(self, *args, **kw):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0            # connections closed unserved because all slots were taken
+        super().__init__(*args, **kw)
+
+    def process_request(self, request, client_address) -> None:
+        # Runs on the accepting thread: taking the slot here, before a thread
+        # is started, is what bounds the threads.
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()   # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def server_bind(self) -> None:
         # HTTPServer's own asks socket.getfqdn() for a name, a reverse lookup
         # that may wait on a name server, and would at start, on the event loop.
         TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
         self.setup_environ()
+
+
+class _RefusedConnections:
+    """meshd_metrics_refused_connections_total: the endpoint's own counter,
+    read from the server (it changes on the accepting thread, not the loop)."""
+
+    def __init__(self, httpd: _ThreadingServer):
+        self.httpd = httpd
+
+    def collect(self):
+        yield CounterMetricFamily("meshd_metrics_refused_connections",
+                                  f"Connections closed unserved because {MAX_CONNECTIONS} were being served.",
+                                  value=self.httpd.refused)
 
 
 def registry_for(collector: MeshdCollector) -> CollectorRegistry:
@@ -130,6 +172,7 @@ class MetricsServer:
             self.httpd = server_class((config.address, config.port), _QuietHandler)
         except OSError as e:
             raise MetricsError(f"cannot listen on {config.listen}: {e.strerror or e}") from None
+        registry.register(_RefusedConnections(self.httpd))
         self.httpd.set_app(make_wsgi_app(registry))
         self._thread: threading.Thread | None = None
 
@@ -137,6 +180,11 @@ class MetricsServer:
     def port(self) -> int:
         """The port bound (the configured one; the kernel's choice for port 0 in tests)."""
         return self.httpd.server_address[1]
+
+    @property
+    def refused(self) -> int:
+        """Connections closed unserved because MAX_CONNECTIONS were being served."""
+        return self.httpd.refused
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(POLL_INTERVAL,),

@@ -26,7 +26,7 @@ from meshlab import meshd_node as md
 from meshlab.backends import http_get  # noqa: F401  (the lab's own backend module must import)
 from procinfo import child_pid, children, cmdline, proc_status, wait_for
 
-pytestmark = pytest.mark.usefixtures("meshd_ready")
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("meshd_ready")]
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 WEB1, BIG, BADTLS = "198.51.100.11", "198.51.100.31", "198.51.100.32"

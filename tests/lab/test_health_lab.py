@@ -18,7 +18,7 @@ from meshlab.lb import SORRY, WEB, LbRun, Traffic
 from meshlab.topology import VIRTUAL_ADDRESSES, nsexec
 from meshlab.watch import start_watch
 
-pytestmark = pytest.mark.usefixtures("meshd_ready")
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("meshd_ready")]
 
 # Up hosts are checked slowly, so that the reset watcher's effect shows: a
 # backend killed just after a check is found long before its next one.

@@ -170,3 +170,36 @@ def test_ipv6_loopback_and_the_process_collector():
     assert "meshd_node_info" in f
     for name in ("process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"):
         assert f[name].samples, name
+
+
+def test_connections_beyond_the_bound_are_closed_at_once_and_counted():
+    async def main() -> None:
+        server = serve(lambda: big_snapshot(1), trio.lowlevel.current_trio_token())
+        held: list[socket.socket] = []
+        try:
+            def fill_and_overflow() -> bytes:
+                for _ in range(metrics_server.MAX_CONNECTIONS):
+                    held.append(socket.create_connection(("127.0.0.1", server.port)))
+                time.sleep(0.3)             # every held connection has its handler thread now
+                extra = socket.create_connection(("127.0.0.1", server.port))
+                extra.settimeout(5)
+                try:
+                    return extra.recv(100)  # b"": closed unserved, not left waiting
+                finally:
+                    extra.close()
+
+            assert await trio.to_thread.run_sync(fill_and_overflow) == b""
+            assert server.refused == 1
+            threads = [t for t in threading.enumerate() if "process_request" in t.name]
+            assert len(threads) <= metrics_server.MAX_CONNECTIONS
+            for c in held:
+                c.close()
+            await trio.sleep(0.3)           # the handlers see EOF and give their slots back
+            text = await trio.to_thread.run_sync(get, server.port)
+            assert families(text)["meshd_metrics_refused_connections"].samples[0].value == 1
+        finally:
+            for c in held:
+                c.close()
+            await trio.to_thread.run_sync(server.close)
+
+    trio.run(main)
