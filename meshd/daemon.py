@@ -36,7 +36,7 @@ from .kernel import addresses as kaddr
 from .log import EventLog, RejectLog
 from .metrics import snapshot as metrics_snapshot
 from .metrics.collector import MeshdCollector, SnapshotUnavailable
-from .metrics.server import LoopSnapshots, MetricsError, MetricsServer, registry_for
+from .metrics.server import LoopSnapshots, MetricsError, MetricsServer, RefusedConnections, registry_for
 from .node.actions import (CommitFlows, DumpKernel, FlowsAdopted, FlowsNotAdopted, KernelResynced,
                            SplitBrain, TakeoverSkipped, WaitApplied)
 from .node.core import NodeCore
@@ -90,6 +90,7 @@ class Daemon:
         self.nursery: trio.Nursery | None = None
         self.metrics: MetricsServer | None = None
         self._metrics_registry = None        # one collector for every endpoint a reload binds
+        self._metrics_refused = None         # the endpoint's refused connections, across reloads too
         self._next_metrics: MetricsServer | None = None   # bound by a reload's prepare step
         self._stopping = False
         self._reload_lock = trio.Lock()      # SIGHUP and meshctl reload: one at a time
@@ -239,8 +240,9 @@ class Daemon:
         """The endpoint of `config` bound (not serving yet); MetricsError if it cannot be."""
         if self._metrics_registry is None:
             snapshots = LoopSnapshots(self._metrics_snapshot, trio.lowlevel.current_trio_token().run_sync_soon)
-            self._metrics_registry = registry_for(MeshdCollector(snapshots.fetch))
-        return MetricsServer(config.metrics, self._metrics_registry)
+            self._metrics_refused = RefusedConnections()
+            self._metrics_registry = registry_for(MeshdCollector(snapshots.fetch), self._metrics_refused)
+        return MetricsServer(config.metrics, self._metrics_registry, self._metrics_refused)
 
     def _metrics_snapshot(self) -> metrics_snapshot.Snapshot:
         """On the event loop's thread, between two of its steps (LoopSnapshots).

@@ -105,14 +105,14 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
     def __init__(self, *args, **kw):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.refused = 0            # connections closed unserved because all slots were taken
+        self.refused = RefusedConnections()     # MetricsServer gives the registry's
         super().__init__(*args, **kw)
 
     def process_request(self, request, client_address) -> None:
         # Runs on the accepting thread: taking the slot here, before a thread
         # is started, is what bounds the threads.
         if not self._slots.acquire(blocking=False):
-            self.refused += 1
+            self.refused.count += 1
             self.shutdown_request(request)
             return
         try:
@@ -135,24 +135,27 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         self.setup_environ()
 
 
-class _RefusedConnections:
-    """meshd_metrics_refused_connections_total: the endpoint's own counter,
-    read from the server (it changes on the accepting thread, not the loop)."""
+class RefusedConnections:
+    """meshd_metrics_refused_connections_total, a collector of its own: the
+    count outlives the servers that a reload builds anew on one registry,
+    and it changes on the accepting thread, not on the loop."""
 
-    def __init__(self, httpd: _ThreadingServer):
-        self.httpd = httpd
+    def __init__(self):
+        self.count = 0
 
     def collect(self):
         yield CounterMetricFamily("meshd_metrics_refused_connections",
                                   f"Connections closed unserved because {MAX_CONNECTIONS} were being served.",
-                                  value=self.httpd.refused)
+                                  value=self.count)
 
 
-def registry_for(collector: MeshdCollector) -> CollectorRegistry:
-    """A registry of meshd's collector and the process collector (CPU, memory,
-    open files), without prometheus-client's global default collectors."""
+def registry_for(collector: MeshdCollector, refused: RefusedConnections) -> CollectorRegistry:
+    """A registry of meshd's collector, the endpoint's refused connections and
+    the process collector (CPU, memory, open files), without
+    prometheus-client's global default collectors."""
     registry = CollectorRegistry()
     registry.register(collector)
+    registry.register(refused)
     ProcessCollector(registry=registry)
     return registry
 
@@ -164,7 +167,7 @@ class MetricsServer:
     (in use, not on this machine, no permission).
     """
 
-    def __init__(self, config: MetricsConfig, registry: CollectorRegistry):
+    def __init__(self, config: MetricsConfig, registry: CollectorRegistry, refused: RefusedConnections):
         self.config = config
         server_class = type("_Server", (_ThreadingServer,),
                             {"address_family": socket.AF_INET6 if config.family == 6 else socket.AF_INET})
@@ -172,7 +175,7 @@ class MetricsServer:
             self.httpd = server_class((config.address, config.port), _QuietHandler)
         except OSError as e:
             raise MetricsError(f"cannot listen on {config.listen}: {e.strerror or e}") from None
-        registry.register(_RefusedConnections(self.httpd))
+        self.httpd.refused = refused
         self.httpd.set_app(make_wsgi_app(registry))
         self._thread: threading.Thread | None = None
 
@@ -184,7 +187,7 @@ class MetricsServer:
     @property
     def refused(self) -> int:
         """Connections closed unserved because MAX_CONNECTIONS were being served."""
-        return self.httpd.refused
+        return self.httpd.refused.count
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(POLL_INTERVAL,),

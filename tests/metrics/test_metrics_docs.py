@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshd.election.actions import Cause
-from meshd.metrics.server import registry_for
+from meshd.metrics.server import RefusedConnections, registry_for
 
 DOCS = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
 
@@ -29,6 +29,7 @@ def test_every_exported_metric_is_documented_and_nothing_else(exported):
     _node, families = exported
     names = {f.name + "_total" if f.type == "counter" else f.name for f in families.values()}
     names |= {"meshd_metrics_snapshot_seconds", "meshd_metrics_snapshot_unavailable_total"}
+    names |= {f.name + "_total" for f in RefusedConnections().collect()}     # the endpoint's own
     assert names - documented() == set(), "exported but not in docs/metrics.md"
     assert documented() - names == set(), "in docs/metrics.md but not exported"
 
@@ -52,7 +53,7 @@ def test_the_alert_rules_use_metrics_that_exist():
 
 
 def test_the_process_metrics_named_are_those_served():
-    text = generate_latest(registry_for(_NoFamily())).decode()      # the process collector alone
+    text = generate_latest(registry_for(_NoFamily(), RefusedConnections())).decode()
     served = {f.name + "_total" if f.type == "counter" else f.name
               for f in text_string_to_metric_families(text) if f.name.startswith("process_")}
     assert set(re.findall(r"`(process_[a-z_]+)`", DOCS)) == served

@@ -16,7 +16,7 @@ from meshd.config import MetricsConfig
 from meshd.histogram import Histogram
 from meshd.metrics import server as metrics_server
 from meshd.metrics.collector import MeshdCollector, SnapshotUnavailable
-from meshd.metrics.server import LoopSnapshots, MetricsError, MetricsServer, registry_for
+from meshd.metrics.server import LoopSnapshots, MetricsError, MetricsServer, RefusedConnections, registry_for
 from meshd.metrics.snapshot import GroupSample, HealthSample, HostSample, Snapshot
 
 TICK = 0.005            # s: the loop's timer, as an advert timer would run
@@ -50,7 +50,8 @@ def families(text: str) -> dict:
 
 def serve(take, token, address: str = "127.0.0.1") -> MetricsServer:
     snapshots = LoopSnapshots(take, token.run_sync_soon)
-    server = MetricsServer(MetricsConfig(address, 0), registry_for(MeshdCollector(snapshots.fetch)))
+    refused = RefusedConnections()
+    server = MetricsServer(MetricsConfig(address, 0), registry_for(MeshdCollector(snapshots.fetch), refused), refused)
     server.start()
     return server
 
@@ -147,7 +148,8 @@ def test_an_address_that_cannot_be_bound_is_named():
     port = holder.getsockname()[1]
     try:
         with pytest.raises(MetricsError, match=rf"cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
-            MetricsServer(MetricsConfig("127.0.0.1", port), registry_for(MeshdCollector(big_snapshot)))
+            refused = RefusedConnections()
+            MetricsServer(MetricsConfig("127.0.0.1", port), registry_for(MeshdCollector(big_snapshot), refused), refused)
     finally:
         holder.close()
 
@@ -161,7 +163,8 @@ def test_ipv6_loopback_and_the_process_collector():
         probe.close()
     except OSError:
         pytest.skip("no ::1 on this machine")
-    server = MetricsServer(MetricsConfig("::1", 0), registry_for(MeshdCollector(big_snapshot)))
+    refused = RefusedConnections()
+    server = MetricsServer(MetricsConfig("::1", 0), registry_for(MeshdCollector(big_snapshot), refused), refused)
     server.start()
     try:
         f = families(get(server.port, "[::1]"))
