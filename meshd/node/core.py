@@ -333,6 +333,7 @@ class NodeCore:
 
     def kernel_overrun(self) -> list:
         """The kernel dropped events (ENOBUFS): rebuild the internal cache from a dump."""
+        self.flows.dump_wanted()
         return [DumpKernel("overrun")]
 
     def kernel_table(self, table: list, reason: str, now: float) -> list:
@@ -451,6 +452,7 @@ class NodeCore:
             # peers' copies); flows it no longer ignores come in.  Not before
             # the peers' bulk in continuous mode: that dump is due anyway.
             if not self._dump_when_in_sync:
+                self.flows.dump_wanted()
                 self._out.append(DumpKernel("filter changed"))
         if n.commit != o.commit:
             # To continuous: every replicated flow held now goes to the kernel,
@@ -520,6 +522,7 @@ class NodeCore:
         self.in_sync = a.in_sync
         if a.in_sync and self._dump_when_in_sync:
             self._dump_when_in_sync = False
+            self.flows.dump_wanted()
             self._out.append(DumpKernel("start (after the peers' bulk)"))
         self._route(self.election.set_demotion(ALL_GROUPS, "sync", 0 if a.in_sync else SYNC_DEMOTION,
                                                now, f"state mesh: {a.reason}"), now)

@@ -43,6 +43,12 @@ class KernelFlows:
         self.continuous = continuous
         self._resync: _Resync | None = None
         self._held: list = []            # bursts that arrived during a resync
+        # Continuous mode: the keys the peers' deletes took out of the kernel
+        # since a dump was asked for.  The dump may have read such an entry
+        # before the delete; when it is diffed the key is no longer in any
+        # external cache, so without this it would pass for one of our flows.
+        self._dumps_wanted = 0
+        self._peer_deleted: set[bytes] | None = None
 
     # ------------------------------------------------------------ events
 
@@ -88,6 +94,8 @@ class KernelFlows:
                 if any(p.id != change.origin and key in p.ext.buckets[b] for p in peers):
                     continue
                 deletes.append(attrs)
+                if self._peer_deleted is not None:
+                    self._peer_deleted.add(key)
         return upserts, deletes
 
     # ------------------------------------------------------------ resync from a dump
@@ -96,11 +104,19 @@ class KernelFlows:
     def busy(self) -> bool:
         return self._resync is not None
 
+    def dump_wanted(self) -> None:
+        """The node core asked the shell for a dump (DumpKernel): from now on
+        the peers' deletes are remembered until it is diffed (see __init__)."""
+        self._dumps_wanted += 1
+        if self.continuous and self._peer_deleted is None:
+            self._peer_deleted = set()
+
     def begin_resync(self, table: list, reason: str, now: float) -> None:
         """A dump of the kernel's table (CtEvents) to rebuild the internal cache from.
 
         A second dump while one is diffed replaces nothing: it waits its turn.
         """
+        self._dumps_wanted = max(0, self._dumps_wanted - 1)
         if self._resync is not None:
             self._resync.queued.append((table, reason))
             return
@@ -139,6 +155,8 @@ class KernelFlows:
             self.begin_resync(table, reason, now)
             self._resync.queued = rest
         else:
+            if not self._dumps_wanted:
+                self._peer_deleted = None
             held, self._held = self._held, []
             for burst in held:
                 out += self.events(burst, now)
@@ -156,6 +174,11 @@ class KernelFlows:
                     if key in part and internal(key) is None:
                         del part[key]
                         r.kept -= 1
+            deleted = self._peer_deleted
+            if deleted:
+                for key in [k for k in part if k in deleted and internal(k) is None]:
+                    del part[key]
+                    r.kept -= 1
         return self.sync.local_resync_bucket(b, part, now)
 
 

@@ -188,6 +188,27 @@ def test_a_resync_holds_kernel_events_back_until_it_is_done():
     assert len(node.sync.internal) == 4
 
 
+def test_a_peer_flow_deleted_while_the_dump_is_read_or_diffed_is_not_taken_for_ours():
+    """Continuous mode: the dump after the peers' bulk holds their flows we
+    injected; one that a peer's delete takes out of the kernel after the dump
+    read it is in no external cache by the time it is diffed, and must not
+    become one of our flows (it would be replicated, and committed by the
+    peers at a takeover, forever)."""
+    node = started("continuous")
+    in_sync(node)                                            # DumpKernel asked for
+    def ev(key: bytes) -> CtEvent:
+        return CtEvent(1, key, key + b" attrs", 0, 6, b"\x0a\0\0\x01", b"\xc6\x33\x64\x05", 0, 3)
+    table = [ev(b"mine"), ev(b"gone before"), ev(b"gone during")]
+    node.kernel_changes([ExternalChanged(2, (), ((b"gone before", b"gone before attrs"),))])
+    node.kernel_table(table, "start (after the peers' bulk)", 1.0)
+    node.kernel_changes([ExternalChanged(2, (), ((b"gone during", b"gone during attrs"),))])
+    while node.flows.busy:
+        node.handle_timer(1.0)
+    assert dict(node.sync.dump_internal()) == {b"mine": b"mine attrs"}
+    # Once diffed, nothing more is remembered: a later dump starts afresh.
+    assert node.flows._peer_deleted is None
+
+
 def test_peer_changes_do_not_delete_a_flow_this_node_carries():
     node = started("continuous")
     node.kernel_events([CtEvent(1, b"mine", b"my attrs", 0, 6, b"\x0a\0\0\x01", b"\xc6\x33\x64\x05", 0, 3)], 1.0)
