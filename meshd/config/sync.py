@@ -19,7 +19,8 @@ from .reader import Reader, describe
 
 SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
              "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
-             "digest_interval_ms", "resend_queue", "peer_timeout_ms", "filter", "discover"}
+             "digest_interval_ms", "resend_queue", "peer_timeout_ms", "filter", "discover",
+             "bulk_timeout_ms", "bulk_attempts"}
 PEER_KEYS = {"id", "address"}
 FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured"}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
@@ -60,6 +61,8 @@ class SyncConfig:
     peer_timeout_ms: int = 3000
     filter: SyncFilter = SyncFilter()
     discover: bool = False
+    bulk_timeout_ms: int = 10000
+    bulk_attempts: int = 3
 
     def peer(self, node_id: int) -> SyncPeer | None:
         return next((p for p in self.peers if p.id == node_id), None)
@@ -91,6 +94,12 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     kw["resend_queue"] = r.get(t, "sync", "resend_queue", "int", default=131072, lo=64, hi=10**8)
     kw["peer_timeout_ms"] = r.get(t, "sync", "peer_timeout_ms", "int", default=3000,
                                   lo=100, hi=3_600_000)
+    # A bulk we ask for must complete within bulk_timeout_ms plus 4 times what
+    # the entries its sender announces take at its rate (proto/sync.md, 7.4),
+    # or it is asked again; after bulk_attempts, the peer is out of sync.
+    kw["bulk_timeout_ms"] = r.get(t, "sync", "bulk_timeout_ms", "int", default=10000,
+                                  lo=1000, hi=3_600_000)
+    kw["bulk_attempts"] = r.get(t, "sync", "bulk_attempts", "int", default=3, lo=1, hi=100)
     mcast = r.get(t, "sync", "multicast_group", "str", default=None)
     if mcast is not None:
         try:

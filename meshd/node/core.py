@@ -89,11 +89,12 @@ def discovery_fingerprints(config: Config) -> tuple[str, str]:
 
 
 def core_timers(sync) -> dict[str, float]:
-    """The [sync] periods as SyncCore takes them (seconds)."""
+    """The [sync] periods and bulk limits as SyncCore takes them (seconds)."""
     heartbeat = sync.heartbeat_ms / 1000
     # Two lost heartbeats must not make a live peer absent (the core refuses less).
     return {"heartbeat_s": heartbeat, "digest_interval_s": sync.digest_interval_ms / 1000,
-            "peer_timeout_s": max(sync.peer_timeout_ms / 1000, 2 * heartbeat)}
+            "peer_timeout_s": max(sync.peer_timeout_ms / 1000, 2 * heartbeat),
+            "bulk_timeout_s": sync.bulk_timeout_ms / 1000, "bulk_attempts": sync.bulk_attempts}
 
 
 class NodeCore:

@@ -112,6 +112,7 @@ HANDLERS = {
     FrameType.RESYNC_REQUEST: bulk.on_resync_request,       # start a bulk (7.1)
     FrameType.REPAIR_REQUEST: antientropy.on_repair_request,  # queue buckets (8)
     FrameType.ABOUT: about.on_about,                        # who the peer is (4.7)
+    FrameType.BULK_INFO: bulk.on_bulk_info,                 # a bulk's size: its deadline (7.4)
 }
 
 
@@ -132,6 +133,9 @@ class SyncCore:
         digest_interval_s: anti-entropy period.
         bulk_rate: entries per second sent to one peer by a bulk resync or repair.
         peer_timeout_s: silence after which a peer is declared absent.
+        bulk_timeout_s: the fixed part of a requested bulk's deadline (the rest is
+            sized from the entries the peer announces; proto/sync.md, 7.4).
+        bulk_attempts: requests of one bulk before its peer is declared out of sync.
         replay_window: frames that may arrive out of order per sender.
         report_external_changes: emit ExternalChanged actions.
         replay: a ReplayGuard (keyed by peer id), for the windows of the peers'
@@ -156,7 +160,8 @@ class SyncCore:
                  digest_interval_s: float = 5.0, bulk_rate: float = 100_000,
                  peer_timeout_s: float = 3.0, replay_window: int = 4096,
                  report_external_changes: bool = False, replay: ReplayGuard | None = None,
-                 boot_id: bytes | None = None, discovery_window_s: float = 0.0):
+                 boot_id: bytes | None = None, discovery_window_s: float = 0.0,
+                 bulk_timeout_s: float = 10.0, bulk_attempts: int = 3):
         if not 1 <= node_id <= 2**32 - 1:
             raise ValueError(f"node id {node_id} out of range")
         if not 0 <= epoch <= 2**32 - 1:
@@ -171,6 +176,7 @@ class SyncCore:
         if resend_queue < 16:
             raise ValueError("resend_queue must be at least 16")
         _check_timers(heartbeat_s, digest_interval_s, peer_timeout_s)
+        _check_bulk_limits(bulk_timeout_s, bulk_attempts)
         self.node_id = node_id
         self.epoch = epoch
         self.keys = keys
@@ -182,6 +188,8 @@ class SyncCore:
         self.nack_interval_s = nack_interval_s
         self._timer_values(heartbeat_s, digest_interval_s, peer_timeout_s)
         self.bulk_rate = float(bulk_rate)
+        self.bulk_timeout_s = float(bulk_timeout_s)
+        self.bulk_attempts = int(bulk_attempts)
         self.bulk_burst = max(1.0, self.bulk_rate * 0.01)
         self.probe_delay_s = 4 * ack_delay_s
         self.report = report_external_changes
@@ -223,6 +231,8 @@ class SyncCore:
         self.probe_at: float | None = None
         self.round: dict[int, int] | None = None     # peer -> request id its bulk must answer
         self.round_started = 0.0
+        self.round_why = ""
+        self.round_out_of_sync: list[int] = []     # peers of the round declared out of sync
         self.in_sync = False
         self.sync_reason = "not started"
         # Of the input being handled: its `now` (for the parts that send, deep
@@ -350,6 +360,7 @@ class SyncCore:
                 times.append(p.req_next)
             if p.bulk_needed and p.epoch is not None:
                 times.append(p.bulk_needed_at)
+            times.append(bulk.deadline(self, p))
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -367,6 +378,7 @@ class SyncCore:
                 bulk.pump(self, p, now)                            # paced buckets
             if p.probe_at is not None and p.probe_at <= now:
                 outbound.direct_probe(self, p, now)                # direct tail
+        bulk.check_deadlines(self, now)                            # bulks that do not finish
         if self.heartbeat_at is not None and self.heartbeat_at <= now:
             outbound.send_heartbeat(self)
             self.heartbeat_at = now + self.heartbeat_s
@@ -530,14 +542,20 @@ class SyncCore:
         return self._flush()
 
     def set_timers(self, heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float,
-                   now: float) -> list[Action]:
-        """New heartbeat, anti-entropy and peer-timeout periods, from now on.
+                   now: float, bulk_timeout_s: float | None = None,
+                   bulk_attempts: int | None = None) -> list[Action]:
+        """New heartbeat, anti-entropy and peer-timeout periods, from now on, and
+        new bulk limits (None: unchanged), which apply to the attempt under way.
 
         A deadline that the new period brings closer moves closer at once;
         one that it pushes away runs once more at its old time.
         ValueError as in the constructor.
         """
         _check_timers(heartbeat_s, digest_interval_s, peer_timeout_s)
+        timeout = self.bulk_timeout_s if bulk_timeout_s is None else float(bulk_timeout_s)
+        attempts = self.bulk_attempts if bulk_attempts is None else int(bulk_attempts)
+        _check_bulk_limits(timeout, attempts)
+        self.bulk_timeout_s, self.bulk_attempts = timeout, attempts
         self.now = now
         self._timer_values(heartbeat_s, digest_interval_s, peer_timeout_s)
         if self.heartbeat_at is not None:
@@ -614,7 +632,8 @@ class SyncCore:
             "internal": {"entries": len(self.internal), "bytes": self.internal.nbytes(),
                          "oversized_refused": self.internal.oversized},
             "mcast": {"seq": self.mcast.seq, "held": self.mcast.held_items},
-            "peers": {p.id: p.summary(now) for p in self.peers.values()},
+            "peers": {p.id: p.summary(now, None if now is None else bulk.progress(self, p, now))
+                      for p in self.peers.values()},
             "candidates": sorted(self.candidates),
             "discovered": sorted(self.discovered),
         }
@@ -643,6 +662,11 @@ class SyncCore:
         if reason in QUIET_REJECTS:
             return []
         return [FrameRejected(reason, detail, peer, count)]
+
+
+def _check_bulk_limits(bulk_timeout_s: float, bulk_attempts: int) -> None:
+    if bulk_timeout_s <= 0 or bulk_attempts < 1:
+        raise ValueError("bulk_timeout_s must be positive and bulk_attempts at least 1")
 
 
 def _check_timers(heartbeat_s: float, digest_interval_s: float, peer_timeout_s: float) -> None:

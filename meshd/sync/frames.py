@@ -69,6 +69,7 @@ class FrameType(enum.IntEnum):
     RESYNC_REQUEST = 5
     REPAIR_REQUEST = 6
     ABOUT = 7
+    BULK_INFO = 8
 
 
 class FrameError(Exception):
@@ -435,6 +436,15 @@ def _decode_about(v) -> tuple:
     return v
 
 
+# BULK_INFO (4.8): the size of the bulk that answers a request.
+def _decode_bulk_info(v) -> tuple:
+    request_id, instance, entries = _array(v, 3, "BULK_INFO")
+    if not (_is_uint(request_id) and request_id >= 1 and _is_uint(instance) and instance >= 1
+            and _is_uint(entries)):
+        _bad("BULK_INFO: request id >= 1, instance >= 1, entries")
+    return v
+
+
 _BODY_DECODERS = {
     FrameType.DATA: _decode_data,
     FrameType.STATUS: _decode_status,
@@ -443,6 +453,7 @@ _BODY_DECODERS = {
     FrameType.RESYNC_REQUEST: _decode_resync_request,
     FrameType.REPAIR_REQUEST: _decode_repair_request,
     FrameType.ABOUT: _decode_about,
+    FrameType.BULK_INFO: _decode_bulk_info,
 }
 
 

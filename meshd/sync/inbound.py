@@ -48,6 +48,8 @@ def on_data(core: SyncCore, p: Peer, stamp: int, body: tuple, now: float) -> Non
         core.counters["records applied"] += applied
         if ups or dels:
             core.out.append(ExternalChanged(p.id, tuple(ups), tuple(dels)))
+        if direct and p.bulk_remaining:
+            p.bulk_received += len(records)      # progress of its bulk (bulk.progress)
     if not rx.receive(seq, now):
         lost_track(core, p, direct, now)
     if direct:

@@ -66,6 +66,14 @@ class Peer:
     bulk_req: int = 0                    # the request id it answers
     bulk_remaining: set = field(default_factory=set)
     bulk_complete_req: int = 0           # request id of the last complete bulk (0: none)
+    # The deadline of the bulk we asked for (bulk.check_deadlines): the
+    # attempt (0: none running), when its clock started, the entries its
+    # BULK_INFO announced, the records received in it; why it was given up.
+    bulk_attempt: int = 0
+    bulk_since: float = 0.0
+    bulk_announced: int | None = None
+    bulk_received: int = 0
+    out_of_sync: str | None = None
     repair_wait: dict = field(default_factory=dict)      # bucket -> when we asked for it
     adopted: bool = False                # its flows were committed here (takeover)
     adopted_at: float = 0.0
@@ -85,6 +93,8 @@ class Peer:
     bulk_needed: str | None = None       # why a bulk must be (re)started at the next tick
     bulk_needed_at: float = 0.0
     bulk_tx_instance: int = 0
+    bulk_info: tuple | None = None       # (request, instance, entries) of the bulk sent to it
+    bulk_info_at: float | None = None    # when to repeat it (bulk.pump)
     last_req_from: int = 0               # its last RESYNC_REQUEST id
     known_mcast: int = 0                 # the highest seq of ours its last STATUS knew of
     known_direct: int = 0
@@ -123,6 +133,8 @@ class Peer:
         self.repairs = {}
         self.bulk_needed = None
         self.bulk_tx_instance = 0
+        self.bulk_info = None
+        self.bulk_info_at = None
         self.last_req_from = 0
         self.pump_at = None
         self.known_mcast = 0
@@ -133,7 +145,7 @@ class Peer:
     def bulk_in_progress(self) -> bool:
         return bool(self.bulk_remaining)
 
-    def summary(self, now: float | None = None) -> dict:
+    def summary(self, now: float | None = None, progress: dict | None = None) -> dict:
         """Both halves, for SyncCore.stats()["peers"][id] (`meshctl stats`)."""
         rm, rd = self.rx_mcast, self.rx_direct
         return {
@@ -153,7 +165,8 @@ class Peer:
                 "bulk": {"in_progress": bool(self.bulk_remaining),
                          "buckets_remaining": len(self.bulk_remaining),
                          "complete_for_request": self.bulk_complete_req,
-                         "requested": self.req_id, "pending": self.req_pending},
+                         "requested": self.req_id, "pending": self.req_pending,
+                         "waiting": progress, "out_of_sync": self.out_of_sync},
                 "pending_sweeps": len(self.pending_sweeps),
                 "external_entries": len(self.ext),
                 "external_bytes": self.ext.nbytes(),
