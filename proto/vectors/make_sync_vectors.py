@@ -39,7 +39,7 @@ OUT = Path(__file__).resolve().parent / "sync.json"
 HEADER = struct.Struct("!BBBBII16sQ")
 VERSION = 2
 TYPES = {"DATA": 1, "STATUS": 2, "HEARTBEAT": 3, "DIGEST": 4, "RESYNC_REQUEST": 5,
-         "REPAIR_REQUEST": 6}
+         "REPAIR_REQUEST": 6, "BULK_INFO": 8}
 
 # proto/sync.md, section 3.
 CLUSTER_SALT = b"meshd cluster key v1"
@@ -176,6 +176,9 @@ def build() -> dict:
              "REPAIR_REQUEST", [1_700_000_000,
                                 hx(bytes([0b10000001]) + bytes(30) + bytes([0b00000001]))],
              sender=2, epoch=1_700_000_100, counter=10),
+        case("bulk_info", "BULK_INFO to node 2: the bulk answering its request 1 (instance 44, "
+             "the BULK_BEGIN frame's counter) holds 200000 entries; sized deadline (7.4).",
+             "BULK_INFO", [1, 44, 200_000], sender=1, counter=48),
         case("key2", "A heartbeat sealed under key id 2 (rotation; the receiver holds 1 and 2).",
              "HEARTBEAT", [0, [], 0, []], sender=3, epoch=7, counter=2**40 + 5, key_id=2),
         # ---- rejects, in the order of proto/sync.md, section 9
@@ -217,6 +220,8 @@ def build() -> dict:
         case("bad_body_status_bitmap", "STATUS asking for a seq at or below its own "
              "cumulative ack.", "STATUS", [1_700_000_000, [[0, 16, 40, 16, hx(b"\x80")]]],
              sender=2, error="bad body"),
+        case("bad_body_bulk_info", "BULK_INFO for request id 0 (ids start at 1).", "BULK_INFO",
+             [0, 44, 10], error="bad body"),
         case("bad_body_echo", "HEARTBEAT whose echo is a 15-byte boot id.", "HEARTBEAT",
              [0, [], 0, [[2, hx(BOOT_IDS[2][:15])]]], error="bad body"),
     ]

@@ -37,7 +37,7 @@ DOC_SYNC_INFO = b"meshd sync aead key-id "
 DOC_FRAME_SALT = b"meshd sync frame v2"
 DOC_FRAME_INFO = b"meshd sync frame key"
 DOC_TYPES = {"DATA": 1, "STATUS": 2, "HEARTBEAT": 3, "DIGEST": 4, "RESYNC_REQUEST": 5,
-             "REPAIR_REQUEST": 6}
+             "REPAIR_REQUEST": 6, "BULK_INFO": 8}
 
 SECRET1 = bytes(range(32))
 SECRET2 = bytes(range(32, 64))
