@@ -430,6 +430,8 @@ class Daemon:
                       "wire_engine": self.wire.status(now) if self.wire is not None else None}
             if self.health is not None:
                 answer["check_engine"] = self.health.engine_status(now)
+            if self.sync is not None:
+                answer["state_mesh"] = self.node.sync.progress(now)
             return answer
         if cmd == "cluster":
             return self.node.cluster(now)

@@ -182,6 +182,7 @@ def format_status(answer: dict) -> str:
         suppressed = sum(((answer.get("reject_log") or {}).get("suppressed") or {}).values())
         if suppressed:
             out.append(f"  (log lines suppressed by the per-reason rate limit: {suppressed})")
+    out.extend(_state_mesh_lines(answer.get("state_mesh")))
     engine = answer.get("check_engine")
     if isinstance(engine, dict):
         if engine.get("up"):
@@ -216,6 +217,30 @@ def format_status(answer: dict) -> str:
     else:
         out.append("demotion counters: none set")
     return "\n".join(out)
+
+
+def _state_mesh_lines(mesh) -> list[str]:
+    """In sync or not and why; each bulk waited for; the peers out of sync."""
+    if not isinstance(mesh, dict):
+        return []
+    reason = mesh.get("reason") or "?"
+    out = [f"state mesh: in sync ({reason})" if mesh.get("in_sync") else
+           f"state mesh: NOT in sync ({reason}); every group is demoted until it is"]
+    for pid, w in sorted((mesh.get("waiting") or {}).items(), key=lambda kv: int(kv[0])):
+        entries = f"{w.get('entries_received', 0)}"
+        if w.get("entries_announced") is not None:
+            entries += f" of {w['entries_announced']}"
+        progress = (f"{w.get('buckets_done', 0)}/{w.get('buckets', 256)} buckets" if w.get("begun")
+                    else "not begun")
+        deadline = w.get("deadline_in_s")
+        out.append(f"  bulk from peer {pid}: attempt {w.get('attempt')} of {w.get('attempts')}, "
+                   f"{progress}, {entries} entries, {_ago(w.get('elapsed_s'))} so far, "
+                   + ("deadline held (peer absent)" if deadline is None
+                      else f"deadline in {_ago(max(0.0, deadline))}"))
+    for pid, why in sorted((mesh.get("out_of_sync") or {}).items(), key=lambda kv: int(kv[0])):
+        out.append(f"  peer {pid} OUT OF SYNC: {why}; its copy here may lack flows until a "
+                   "bulk completes (meshctl resync)")
+    return out
 
 
 def format_cluster(answer: dict) -> str:

@@ -52,6 +52,8 @@ class PeerSample:
     frames_resent: int                                 # by us, to it
     bulk_resyncs_sent: int                             # our whole state, to it
     bulk_resyncs_received: int                         # its whole state, from it
+    bulk_deadlines_missed: int                         # bulks of it that did not finish in time
+    out_of_sync: bool                                  # declared so after its last attempt
     external_entries: int
     external_bytes: int
 
@@ -172,6 +174,7 @@ def _peer(p, now: float) -> PeerSample:
         frames_resent=p.stats["frames resent"],
         bulk_resyncs_sent=p.stats["bulk resyncs sent"],
         bulk_resyncs_received=p.stats["bulk resyncs received"],
+        bulk_deadlines_missed=p.stats["bulk deadlines missed"], out_of_sync=p.out_of_sync is not None,
         external_entries=len(p.ext), external_bytes=p.ext.nbytes(),
     )
 

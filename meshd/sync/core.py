@@ -617,6 +617,17 @@ class SyncCore:
         """(key, attrs) of one origin's external cache.  KeyError for an unknown origin."""
         return self.peers[origin].ext.items()
 
+    def progress(self, now: float) -> dict:
+        """`meshctl status`: in sync or not and why, each bulk waited for (its
+        attempt, buckets, entries, deadline) and the peers declared out of sync."""
+        waiting = {}
+        for p in self.peers.values():
+            if (w := bulk.progress(self, p, now)) is not None:
+                waiting[p.id] = w
+        return {"in_sync": self.in_sync, "reason": self.sync_reason, "waiting": waiting,
+                "out_of_sync": {p.id: p.out_of_sync for p in self.peers.values()
+                                if p.out_of_sync is not None}}
+
     def stats(self, now: float | None = None) -> dict:
         """The `meshctl stats` answer's "sync" part; ages counted from `now` when given."""
         return {

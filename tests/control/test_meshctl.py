@@ -169,6 +169,33 @@ def test_status_shows_the_check_engine_and_the_flood_guard():
     assert "check engine" not in meshctl.format_status(STATUS)
 
 
+def test_status_shows_the_state_mesh_its_bulks_and_the_peers_out_of_sync():
+    """The answer as the daemon gives it (SyncCore.progress), through JSON: peer ids as strings."""
+    waiting = {"attempt": 2, "attempts": 3, "begun": True, "buckets_done": 120, "buckets": 256,
+               "entries_received": 95000, "entries_announced": 200000, "elapsed_s": 3.25,
+               "deadline_in_s": 14.75}
+    text = meshctl.format_status({**STATUS, "state_mesh": json.loads(json.dumps({
+        "in_sync": False, "reason": "startup: waiting for bulk resync from peers 2, 3",
+        "waiting": {3: {**waiting, "begun": False, "entries_received": 0, "entries_announced": None,
+                        "attempt": 1, "deadline_in_s": None},
+                    2: waiting},
+        "out_of_sync": {}}))})
+    lines = text.splitlines()
+    assert ("state mesh: NOT in sync (startup: waiting for bulk resync from peers 2, 3); every group "
+            "is demoted until it is") in lines
+    i = lines.index("  bulk from peer 2: attempt 2 of 3, 120/256 buckets, 95000 of 200000 entries, "
+                    "3.2s so far, deadline in 14.8s")
+    assert lines[i + 1] == ("  bulk from peer 3: attempt 1 of 3, not begun, 0 entries, 3.2s so far, "
+                            "deadline held (peer absent)")
+    done = meshctl.format_status({**STATUS, "state_mesh": {
+        "in_sync": True, "reason": "bulk resync complete; out of sync (...): peers 2", "waiting": {},
+        "out_of_sync": {"2": "its bulk resync did not complete in 3 attempts"}}})
+    assert "state mesh: in sync (bulk resync complete; out of sync (...): peers 2)" in done
+    assert ("  peer 2 OUT OF SYNC: its bulk resync did not complete in 3 attempts; its copy here may "
+            "lack flows until a bulk completes (meshctl resync)") in done
+    assert "state mesh" not in meshctl.format_status(STATUS)
+
+
 def test_status_json(daemon, capsys):
     code, out, _err = run(capsys, "--socket", daemon.path, "status", "--json")
     assert code == 0
