@@ -560,6 +560,16 @@ ignore_tcp_states = ["HALF_OPEN"]
     assert any('sync.filter.ignore_tcp_states[0]: expected one of' in p for p in found)
 
 
+def test_sync_bulk_deadline_defaults_and_bounds(confdir):
+    s = load(confdir, MINIMAL + SYNC).sync
+    assert (s.bulk_timeout_ms, s.bulk_attempts) == (10000, 3)
+    s = load(confdir, MINIMAL + SYNC.replace("[sync]", "[sync]\nbulk_timeout_ms = 60000\nbulk_attempts = 1")).sync
+    assert (s.bulk_timeout_ms, s.bulk_attempts) == (60000, 1)
+    found = problems(confdir, MINIMAL + SYNC.replace("[sync]", "[sync]\nbulk_timeout_ms = 500\nbulk_attempts = 0"))
+    assert any("sync.bulk_timeout_ms: expected" in p and "1000" in p for p in found), found
+    assert any("sync.bulk_attempts: expected" in p for p in found), found
+
+
 def test_sync_disabled_explicitly(confdir):
     assert load(confdir, MINIMAL + "[sync]\nenabled = false\n").sync is None
 

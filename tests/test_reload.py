@@ -116,7 +116,7 @@ interface = "uplink"
 def test_sync_peers_timers_commit_and_filter_apply_live():
     text = edit('peers = [{ id = 2, address = "203.0.113.2" }]',
                 'peers = [{ id = 2, address = "203.0.113.20" }, { id = 3, address = "203.0.113.3" }]\n'
-                'heartbeat_ms = 100\ncommit = "takeover"\nevent_buffer_bytes = 4096\n'
+                'heartbeat_ms = 100\ncommit = "takeover"\nevent_buffer_bytes = 4096\nbulk_attempts = 5\n'
                 'filter = { ignore_protocols = ["icmp", "udp"], only_assured = true }')
     plan = plan_reload(config(), config(text))
     assert plan.refusals == ()
@@ -128,6 +128,7 @@ def test_sync_peers_timers_commit_and_filter_apply_live():
         "sync.heartbeat_ms: 200 -> 100",
         "sync.filter.ignore_protocols: [] -> [icmp, udp] (the internal cache is rebuilt from the kernel table)",
         "sync.filter.only_assured: false -> true (the internal cache is rebuilt from the kernel table)",
+        "sync.bulk_attempts: 3 -> 5",
     ]
     removed = plan_reload(config(text), config())
     assert "sync.peers: peer 3 removed (203.0.113.3)" in removed.changes
