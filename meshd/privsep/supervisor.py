@@ -77,6 +77,7 @@ class Channel:
         self.peer = peer
         self._send, self._receive = trio.open_memory_channel(queue)
         self.closed = False
+        self._broken_logged = False
 
     def send_nowait(self, mtype: str, **fields) -> bool:
         """Queue one message; False when the channel is closed or its queue full."""
@@ -139,22 +140,38 @@ class Channel:
         they produced, once per read).  Returns why it ended."""
         try:
             while True:
-                data = await self.sock.recv(READ_BYTES)
+                # Wait, then read and deliver with no checkpoint in between:
+                # read_nowait (another task) reads this socket too, and a
+                # chunk delivered after a later one breaks the framing
+                # (trio's sock.recv checkpoints after a read that succeeds).
+                if self.closed:
+                    return "closed here"
+                await trio.lowlevel.wait_readable(self.sock)
+                try:
+                    data = self.sock._sock.recv(READ_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    continue            # read_nowait took what there was
                 if not data:
                     return "end of file"
                 self._deliver(data, on_message)
                 if on_batch is not None:
                     on_batch()
                 if self.decoder.broken:
-                    self.log("imsg_channel_broken", level="error", peer=self.peer,
-                             what=self.decoder.broken)
-                    return f"framing error: {self.decoder.broken}"
+                    return self._broken()
         except OSError as e:
             return f"socket error: {e.strerror or e}"
         except trio.ClosedResourceError:
-            return "closed here"            # restart(), or the daemon stopping
+            # restart(), the daemon stopping, or read_nowait found the framing broken
+            return self._broken() if self.decoder.broken else "closed here"
         finally:
             self.close()
+
+    def _broken(self) -> str:
+        """The framing is lost for good: logged once; why the channel ends."""
+        if not self._broken_logged:
+            self._broken_logged = True
+            self.log("imsg_channel_broken", level="error", peer=self.peer, what=self.decoder.broken)
+        return f"framing error: {self.decoder.broken}"
 
     def read_nowait(self, on_message: Callable[[Message], None], limit: int = READ_BYTES) -> int:
         """What the socket holds already, up to about `limit` bytes, without
@@ -172,9 +189,14 @@ class Channel:
                 break
             total += len(data)
             self._deliver(data, on_message)
+        if self.decoder.broken and not self.closed:
+            self._broken()
+            self.close()            # the reader task wakes up and ends the channel
         return total
 
     def _deliver(self, data: bytes, on_message: Callable[[Message], None]) -> None:
+        if self.decoder.broken:
+            return                  # the reader task ends the channel (messages())
         for m in self.decoder.feed(data):
             if isinstance(m, Rejected):
                 self.log("imsg_rejected", level="warning", peer=self.peer, where=m.where,
