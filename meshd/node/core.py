@@ -334,8 +334,12 @@ class NodeCore:
 
     def kernel_overrun(self) -> list:
         """The kernel dropped events (ENOBUFS): rebuild the internal cache from a dump."""
-        self.flows.dump_wanted()
         return [DumpKernel("overrun")]
+
+    def kernel_dump_started(self, now: float) -> None:
+        """The shell starts reading the kernel's table for kernel_table (every
+        dump: DumpKernel's, an overrun's, the operator's)."""
+        self.flows.dump_started(now)
 
     def kernel_table(self, table: list, reason: str, now: float) -> list:
         """A dump of the kernel's table (see DumpKernel); diffed in steps (next_deadline)."""
@@ -343,8 +347,13 @@ class NodeCore:
         return self._flush()
 
     def kernel_changes(self, batch: list[ExternalChanged]) -> tuple[list[bytes], list[bytes]]:
-        """The peers' changes to put into the kernel now (continuous mode)."""
+        """The peers' changes to put into the kernel now (continuous mode); the
+        applier says kernel_changes_applied() once it has carried them out."""
         return self.flows.kernel_changes(batch)
+
+    def kernel_changes_applied(self) -> None:
+        """The applier carried out the oldest kernel_changes answer not reported yet."""
+        self.flows.changes_applied()
 
     def takeover_committed(self, group: str, now: float) -> list:
         """The shell carried out CommitFlows / WaitApplied of `group`: the group's
@@ -453,7 +462,6 @@ class NodeCore:
             # peers' copies); flows it no longer ignores come in.  Not before
             # the peers' bulk in continuous mode: that dump is due anyway.
             if not self._dump_when_in_sync:
-                self.flows.dump_wanted()
                 self._out.append(DumpKernel("filter changed"))
         if n.commit != o.commit:
             # To continuous: every replicated flow held now goes to the kernel,
@@ -523,7 +531,6 @@ class NodeCore:
         self.in_sync = a.in_sync
         if a.in_sync and self._dump_when_in_sync:
             self._dump_when_in_sync = False
-            self.flows.dump_wanted()
             self._out.append(DumpKernel("start (after the peers' bulk)"))
         self._route(self.election.set_demotion(ALL_GROUPS, "sync", 0 if a.in_sync else SYNC_DEMOTION,
                                                now, f"state mesh: {a.reason}"), now)

@@ -43,12 +43,18 @@ class KernelFlows:
         self.continuous = continuous
         self._resync: _Resync | None = None
         self._held: list = []            # bursts that arrived during a resync
-        # Continuous mode: the keys the peers' deletes took out of the kernel
-        # since a dump was asked for.  The dump may have read such an entry
-        # before the delete; when it is diffed the key is no longer in any
-        # external cache, so without this it would pass for one of our flows.
-        self._dumps_wanted = 0
-        self._peer_deleted: set[bytes] | None = None
+        # Continuous mode: the peers' deletes that a dump may still show.  A
+        # delete is decided here (kernel_changes, the key leaves the external
+        # cache) and carried out by the shell's applier later, in order, batch
+        # by batch (changes_applied).  A dump read after the decision but
+        # before the delete holds the entry, and when it is diffed the key is
+        # in no external cache any more: it would pass for one of our flows.
+        # So every batch of deletes not applied when a dump started reading is
+        # kept until that dump is diffed: (batch number, keys), oldest first.
+        self._decided = 0                # kernel_changes batches decided
+        self._applied = 0                # and carried out by the applier
+        self._recent_deletes: list[tuple[int, set[bytes]]] = []
+        self._dump_floors: list[int] = []    # per dump started and not diffed: _applied then
 
     # ------------------------------------------------------------ events
 
@@ -86,6 +92,7 @@ class KernelFlows:
         mine = self.sync.internal.get
         peers = self.sync.peers.values()
         deletes = []
+        gone: set[bytes] = set()
         for change in batch:
             for key, attrs in change.deletes:
                 if mine(key) is not None:
@@ -94,9 +101,28 @@ class KernelFlows:
                 if any(p.id != change.origin and key in p.ext.buckets[b] for p in peers):
                     continue
                 deletes.append(attrs)
-                if self._peer_deleted is not None:
-                    self._peer_deleted.add(key)
+                gone.add(key)
+        self._decided += 1
+        if gone:
+            self._recent_deletes.append((self._decided, gone))
         return upserts, deletes
+
+    def changes_applied(self) -> None:
+        """The applier carried out the oldest kernel_changes batch not reported yet."""
+        self._applied = min(self._applied + 1, self._decided)
+        self._prune_deletes()
+
+    def _prune_deletes(self) -> None:
+        # Applied before every dump in progress started reading: no dump shows them.
+        floor = min([self._applied, *self._dump_floors, *self._diffing()])
+        recent = self._recent_deletes
+        while recent and recent[0][0] <= floor:
+            recent.pop(0)
+
+    def _diffing(self) -> list[int]:
+        """The floors of the dumps handed over and not diffed yet."""
+        r = self._resync
+        return [] if r is None else [r.floor, *(q[2] for q in r.queued)]
 
     # ------------------------------------------------------------ resync from a dump
 
@@ -104,23 +130,22 @@ class KernelFlows:
     def busy(self) -> bool:
         return self._resync is not None
 
-    def dump_wanted(self) -> None:
-        """The node core asked the shell for a dump (DumpKernel): from now on
-        the peers' deletes are remembered until it is diffed (see __init__)."""
-        self._dumps_wanted += 1
-        if self.continuous and self._peer_deleted is None:
-            self._peer_deleted = set()
+    def dump_started(self, now: float) -> None:
+        """The shell starts reading the table (NodeCore.kernel_dump_started): the
+        peers' deletes not carried out yet are kept until it is diffed (__init__)."""
+        self._dump_floors.append(self._applied)
 
     def begin_resync(self, table: list, reason: str, now: float) -> None:
         """A dump of the kernel's table (CtEvents) to rebuild the internal cache from.
 
         A second dump while one is diffed replaces nothing: it waits its turn.
         """
-        self._dumps_wanted = max(0, self._dumps_wanted - 1)
+        # (A dump the shell did not announce, as in tests, counts from now.)
+        floor = self._dump_floors.pop(0) if self._dump_floors else self._applied
         if self._resync is not None:
-            self._resync.queued.append((table, reason))
+            self._resync.queued.append((table, reason, floor))
             return
-        self._resync = _Resync(table, reason, now)
+        self._resync = _Resync(table, reason, now, floor)
 
     def step(self, now: float) -> list:
         """One step of the resync in progress; its last step reports KernelResynced."""
@@ -151,12 +176,11 @@ class KernelFlows:
         out.append(KernelResynced(r.reason, r.kept, len(r.table), now - r.started))
         self._resync = None
         if r.queued:
-            (table, reason), *rest = r.queued
-            self.begin_resync(table, reason, now)
+            (table, reason, floor), *rest = r.queued
+            self._resync = _Resync(table, reason, now, floor)
             self._resync.queued = rest
         else:
-            if not self._dumps_wanted:
-                self._peer_deleted = None
+            self._prune_deletes()
             held, self._held = self._held, []
             for burst in held:
                 out += self.events(burst, now)
@@ -174,21 +198,23 @@ class KernelFlows:
                     if key in part and internal(key) is None:
                         del part[key]
                         r.kept -= 1
-            deleted = self._peer_deleted
-            if deleted:
-                for key in [k for k in part if k in deleted and internal(k) is None]:
-                    del part[key]
-                    r.kept -= 1
+            # And those a peer deleted, if the dump may have read them first.
+            for batch, keys in self._recent_deletes:
+                if batch > r.floor:
+                    for key in [k for k in part if k in keys and internal(k) is None]:
+                        del part[key]
+                        r.kept -= 1
         return self.sync.local_resync_bucket(b, part, now)
 
 
 class _Resync:
-    def __init__(self, table: list, reason: str, now: float):
+    def __init__(self, table: list, reason: str, now: float, floor: int):
         self.table = table
+        self.floor = floor               # kernel_changes batches applied before it was read
         self.reason = reason
         self.started = now
         self.parts: list[dict[bytes, bytes] | None] = [{} for _ in range(NBUCKETS)]
         self.split = 0
         self.bucket = 0
         self.kept = 0
-        self.queued: list[tuple[list, str]] = []
+        self.queued: list[tuple[list, str, int]] = []

@@ -314,6 +314,7 @@ class SyncShell:
         """Dump the table (in a thread) for the node core to diff into the internal
         cache, and wait until it did (its steps run from the node's timer)."""
         async with self._dump_lock:
+            self.node.kernel_dump_started(trio.current_time())
             table = await trio.to_thread.run_sync(kct.dump_table)
             self._resynced = trio.Event()
             self.dispatch(self.node.kernel_table(table, why, trio.current_time()))
@@ -409,6 +410,7 @@ class SyncShell:
                         await trio.sleep(0)
             finally:
                 self._apply_pending = 0
+                self.node.kernel_changes_applied()
             if upserts or deletes:
                 self.commit_seconds["continuous"].observe(seconds)
 

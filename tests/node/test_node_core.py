@@ -190,23 +190,28 @@ def test_a_resync_holds_kernel_events_back_until_it_is_done():
 
 def test_a_peer_flow_deleted_while_the_dump_is_read_or_diffed_is_not_taken_for_ours():
     """Continuous mode: the dump after the peers' bulk holds their flows we
-    injected; one that a peer's delete takes out of the kernel after the dump
-    read it is in no external cache by the time it is diffed, and must not
-    become one of our flows (it would be replicated, and committed by the
-    peers at a takeover, forever)."""
+    injected.  One whose delete was decided (it left the external cache) but
+    not carried out by the applier when the dump read it, or decided while
+    the dump is diffed, is in no external cache by the time it is diffed, and
+    must not become one of our flows (it would be replicated, and committed
+    by the peers at a takeover, for ever)."""
     node = started("continuous")
     in_sync(node)                                            # DumpKernel asked for
     def ev(key: bytes) -> CtEvent:
         return CtEvent(1, key, key + b" attrs", 0, 6, b"\x0a\0\0\x01", b"\xc6\x33\x64\x05", 0, 3)
-    table = [ev(b"mine"), ev(b"gone before"), ev(b"gone during")]
-    node.kernel_changes([ExternalChanged(2, (), ((b"gone before", b"gone before attrs"),))])
+    table = [ev(b"mine"), ev(b"applied late"), ev(b"gone during")]
+    node.kernel_changes([ExternalChanged(2, (), ((b"applied late", b"applied late attrs"),))])
+    node.kernel_dump_started(1.0)                            # the applier has not deleted it yet
+    node.kernel_changes_applied()                            # now it has (the dump read it before)
     node.kernel_table(table, "start (after the peers' bulk)", 1.0)
     node.kernel_changes([ExternalChanged(2, (), ((b"gone during", b"gone during attrs"),))])
     while node.flows.busy:
         node.handle_timer(1.0)
     assert dict(node.sync.dump_internal()) == {b"mine": b"mine attrs"}
-    # Once diffed, nothing more is remembered: a later dump starts afresh.
-    assert node.flows._peer_deleted is None
+    # Once applied and diffed, nothing is kept: the memory is of deletes in flight.
+    assert [keys for _, keys in node.flows._recent_deletes] == [{b"gone during"}]
+    node.kernel_changes_applied()
+    assert node.flows._recent_deletes == []
 
 
 def test_peer_changes_do_not_delete_a_flow_this_node_carries():

@@ -404,7 +404,11 @@ class SimNode:
             self.apply_chunks.append((self.kernel.delete, deletes[lo:lo + APPLY_CHUNK]))
         for lo in range(0, len(upserts), APPLY_CHUNK):
             self.apply_chunks.append((self.kernel.inject, upserts[lo:lo + APPLY_CHUNK]))
+        self.apply_chunks.append((self._batch_applied, ()))     # then the node is told
         self._apply_next(inc)
+
+    def _batch_applied(self, _entries) -> None:
+        self.node.kernel_changes_applied()
 
     def _apply_next(self, inc: int) -> None:
         if self.apply_chunks:
@@ -439,6 +443,7 @@ class SimNode:
     def _dump(self, reason: str, inc: int) -> None:
         if inc != self.incarnation:
             return
+        self.node.kernel_dump_started(self.cluster.now)
         self.dispatch(self.node.kernel_table(self.kernel.dump(), reason, self.cluster.now))
 
     # ------------------------------------------------------------ health
