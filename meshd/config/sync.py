@@ -20,7 +20,7 @@ from .reader import Reader, describe
 SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
              "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
              "digest_interval_ms", "resend_queue", "peer_timeout_ms", "filter", "discover",
-             "bulk_timeout_ms", "bulk_attempts"}
+             "bulk_timeout_ms", "bulk_attempts", "min_age_ms"}
 PEER_KEYS = {"id", "address"}
 FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured"}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
@@ -63,6 +63,7 @@ class SyncConfig:
     discover: bool = False
     bulk_timeout_ms: int = 10000
     bulk_attempts: int = 3
+    min_age_ms: int = 0
 
     def peer(self, node_id: int) -> SyncPeer | None:
         return next((p for p in self.peers if p.id == node_id), None)
@@ -100,6 +101,8 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     kw["bulk_timeout_ms"] = r.get(t, "sync", "bulk_timeout_ms", "int", default=10000,
                                   lo=1000, hi=3_600_000)
     kw["bulk_attempts"] = r.get(t, "sync", "bulk_attempts", "int", default=3, lo=1, hi=100)
+    # Replicate a flow only once it lived this long (0: at once); node/young.py.
+    kw["min_age_ms"] = r.get(t, "sync", "min_age_ms", "int", default=0, lo=0, hi=600_000)
     mcast = r.get(t, "sync", "multicast_group", "str", default=None)
     if mcast is not None:
         try:

@@ -139,7 +139,8 @@ class NodeCore:
                                  report_external_changes=s.commit == "continuous", replay=sync_replay,
                                  discovery_window_s=DISCOVERY_WINDOW_S if s.discover else 0.0,
                                  **core_timers(s))
-            self.flows = KernelFlows(self.sync, EventFilter(s.filter), s.commit == "continuous")
+            self.flows = KernelFlows(self.sync, EventFilter(s.filter), s.commit == "continuous",
+                                     s.min_age_ms / 1000)
             self.takeovers = Takeovers(self.sync, s.commit, s.commit_scope)
             if s.discover:
                 self.discovery = DiscoveryTable(config.node.id, s.port, discovery_fingerprints(config)[1],
@@ -179,6 +180,7 @@ class NodeCore:
         if self.sync is not None:
             deadlines.append(self.sync.next_deadline())
             deadlines.append(self.takeovers.next_deadline())
+            deadlines.append(self.flows.young_deadline())
         if self.health is not None:
             deadlines.append(self.health.next_deadline())
         if self.flows is not None and self.flows.busy:
@@ -197,6 +199,9 @@ class NodeCore:
                 self._route(self.sync.handle_timer(now), now)
             if self.flows.busy:
                 self._route(self.flows.step(now), now)
+            deadline = self.flows.young_deadline()
+            if deadline is not None and deadline <= now:
+                self._route(self.flows.release_young(now), now)       # min_age_ms
             self._route(self.takeovers.step(now), now)
         if self.health is not None:
             deadline = self.health.next_deadline()
@@ -456,6 +461,8 @@ class NodeCore:
             self._route(self.sync.set_timers(**core_timers(n), now=now), now)
         self.takeovers.commit, self.takeovers.scope = n.commit, n.commit_scope
         self.flows.continuous = n.commit == "continuous"
+        if n.min_age_ms != o.min_age_ms:
+            self._route(self.flows.set_min_age(n.min_age_ms / 1000, now), now)
         if n.filter != o.filter:
             self.flows.filter.set_config(n.filter)
             # Flows the new filter ignores leave the internal cache (and the

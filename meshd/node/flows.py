@@ -1,7 +1,8 @@
 """This node's conntrack flows between its kernel and its state mesh: the rules.
 
 Owns: which kernel events reach the state mesh (the filter, the merge of
-partial UPDATE events), the rebuild of the internal cache from a kernel dump
+partial UPDATE events, the flows held until they are min_age_ms old:
+node/young.py), the rebuild of the internal cache from a kernel dump
 (at start, after an overrun, after a filter change), in steps that a shell can
 checkpoint between, with the events that arrive meanwhile held back and fed
 after it, and which of the peers' changes go into the kernel in continuous
@@ -20,6 +21,7 @@ from ..sync.core import SyncCore
 from ..sync.digest import NBUCKETS, bucket_of
 from ..sync.filters import EventFilter
 from .actions import KernelResynced
+from .young import YoungFlows
 
 # Dumped entries split into buckets per step, and entries diffed per step (whole
 # buckets, at least one): after an overrun under a flood the table holds
@@ -35,12 +37,15 @@ class KernelFlows:
         sync: the node's SyncCore.
         event_filter: the [sync] filter (its local addresses are set by the shell).
         continuous: commit = "continuous" (the kernel also holds the peers' flows).
+        min_age_s: [sync] min_age_ms in seconds; 0: every flow is replicated at once.
     """
 
-    def __init__(self, sync: SyncCore, event_filter: EventFilter, continuous: bool):
+    def __init__(self, sync: SyncCore, event_filter: EventFilter, continuous: bool,
+                 min_age_s: float = 0.0):
         self.sync = sync
         self.filter = event_filter
         self.continuous = continuous
+        self.young: YoungFlows | None = YoungFlows(min_age_s) if min_age_s > 0 else None
         self._resync: _Resync | None = None
         self._held: list = []            # bursts that arrived during a resync
         # Continuous mode: the peers' deletes that a dump may still show.  A
@@ -54,7 +59,8 @@ class KernelFlows:
         self._decided = 0                # kernel_changes batches decided
         self._applied = 0                # and carried out by the applier
         self._recent_deletes: list[tuple[int, set[bytes]]] = []
-        self._dump_floors: list[int] = []    # per dump started and not diffed: _applied then
+        # Per dump started and not handed over yet: (_applied, time) when it started.
+        self._dump_floors: list[tuple[int, float]] = []
 
     # ------------------------------------------------------------ events
 
@@ -66,6 +72,7 @@ class KernelFlows:
         keep = self.filter.keep
         get = self.sync.internal.get
         merge = ct.merge_attrs
+        young = self.young
         events = []
         for e in burst:
             if not keep(e):
@@ -75,10 +82,39 @@ class KernelFlows:
                 # UPDATE events are partial (protoinfo, labels, seq-adjust and
                 # helper come only when they change): merge into what we hold.
                 old = get(e.key)
+                if old is None and young is not None:
+                    old = young.attrs(e.key)
                 if old is not None:
                     attrs = merge(old, attrs)
             events.append((e.kind, e.key, attrs))
+        if young is not None and events:
+            events = young.admit(events, get, now)
         return self.sync.local_events(events, now) if events else []
+
+    # ------------------------------------------------------------ young flows
+
+    def young_deadline(self) -> float | None:
+        """When the next held flow comes of age (None: none held, or no threshold)."""
+        return None if self.young is None or self._resync is not None else self.young.next_deadline()
+
+    def release_young(self, now: float) -> list:
+        """The held flows that are min_age_s old now, to the state mesh."""
+        if self.young is None or self._resync is not None:
+            return []
+        due = self.young.due(now)
+        return self.sync.local_events(due, now) if due else []
+
+    def set_min_age(self, min_age_s: float, now: float) -> list:
+        """A reload's [sync] min_age_ms: turned off, every held flow goes at once."""
+        if min_age_s > 0:
+            if self.young is None:
+                self.young = YoungFlows(min_age_s)
+            else:
+                self.young.set_min_age(min_age_s)
+            return []
+        young, self.young = self.young, None
+        held = young.release_all() if young is not None else []
+        return self.sync.local_events(held, now) if held else []
 
     def kernel_changes(self, batch: list[ExternalChanged]) -> tuple[list[bytes], list[bytes]]:
         """What of the peers' changes goes into the kernel: (upserts, deletes) attrs.
@@ -114,7 +150,7 @@ class KernelFlows:
 
     def _prune_deletes(self) -> None:
         # Applied before every dump in progress started reading: no dump shows them.
-        floor = min([self._applied, *self._dump_floors, *self._diffing()])
+        floor = min([self._applied, *(f for f, _ in self._dump_floors), *self._diffing()])
         recent = self._recent_deletes
         while recent and recent[0][0] <= floor:
             recent.pop(0)
@@ -133,7 +169,7 @@ class KernelFlows:
     def dump_started(self, now: float) -> None:
         """The shell starts reading the table (NodeCore.kernel_dump_started): the
         peers' deletes not carried out yet are kept until it is diffed (__init__)."""
-        self._dump_floors.append(self._applied)
+        self._dump_floors.append((self._applied, now))
 
     def begin_resync(self, table: list, reason: str, now: float) -> None:
         """A dump of the kernel's table (CtEvents) to rebuild the internal cache from.
@@ -141,11 +177,11 @@ class KernelFlows:
         A second dump while one is diffed replaces nothing: it waits its turn.
         """
         # (A dump the shell did not announce, as in tests, counts from now.)
-        floor = self._dump_floors.pop(0) if self._dump_floors else self._applied
+        floor, read_at = self._dump_floors.pop(0) if self._dump_floors else (self._applied, None)
         if self._resync is not None:
-            self._resync.queued.append((table, reason, floor))
+            self._resync.queued.append((table, reason, floor, read_at))
             return
-        self._resync = _Resync(table, reason, now, floor)
+        self._resync = _Resync(table, reason, now, floor, read_at)
 
     def step(self, now: float) -> list:
         """One step of the resync in progress; its last step reports KernelResynced."""
@@ -175,9 +211,14 @@ class KernelFlows:
         self.sync.local_resync_done()
         out.append(KernelResynced(r.reason, r.kept, len(r.table), now - r.started))
         self._resync = None
+        if self.young is not None and len(self.young) and r.read_at is not None:
+            # A held flow seen before the dump was read and absent from it
+            # ended without a DESTROY we saw (an overrun ate it): gone.
+            present = {e.key for e in r.table}
+            self.young.forget_absent(present, r.read_at)
         if r.queued:
-            (table, reason, floor), *rest = r.queued
-            self._resync = _Resync(table, reason, now, floor)
+            (table, reason, floor, read_at), *rest = r.queued
+            self._resync = _Resync(table, reason, now, floor, read_at)
             self._resync.queued = rest
         else:
             self._prune_deletes()
@@ -189,6 +230,11 @@ class KernelFlows:
     def _diff_bucket(self, r: "_Resync", b: int, now: float) -> list:
         part = r.parts[b]
         r.parts[b] = None
+        young = self.young
+        if young is not None and len(young):
+            # Held flows are not replicated yet: they come of age on their own.
+            for key in [k for k in part if k in young]:
+                del part[key]
         if self.continuous:
             # The table also holds the peers' flows we injected; they are not
             # ours unless the kernel already reported them as ours (traffic).
@@ -208,13 +254,14 @@ class KernelFlows:
 
 
 class _Resync:
-    def __init__(self, table: list, reason: str, now: float, floor: int):
+    def __init__(self, table: list, reason: str, now: float, floor: int, read_at: float | None):
         self.table = table
         self.floor = floor               # kernel_changes batches applied before it was read
+        self.read_at = read_at           # when the shell started reading it (None: not said)
         self.reason = reason
         self.started = now
         self.parts: list[dict[bytes, bytes] | None] = [{} for _ in range(NBUCKETS)]
         self.split = 0
         self.bucket = 0
         self.kept = 0
-        self.queued: list[tuple[list, str, int]] = []
+        self.queued: list[tuple[list, str, int, float | None]] = []

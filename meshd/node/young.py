@@ -105,15 +105,15 @@ class YoungFlows:
         self.counters["released"] += len(out)
         return out
 
-    def forget(self, keys: Iterable[bytes]) -> int:
-        """Flows gone from the kernel without a DESTROY we saw (an overrun's dump
-        lacks them): dropped, like a flow that ended young."""
-        n = 0
-        for key in keys:
-            if self._held.pop(key, None) is not None:
-                n += 1
-        self.counters["ended young"] += n
-        return n
+    def forget_absent(self, present, before: float) -> int:
+        """Flows first seen before `before` (when a dump started reading) that the
+        dump does not hold (`present`: its keys): they ended without a DESTROY
+        we saw (an overrun ate it); dropped, like a flow that ended young."""
+        gone = [k for k, (seen, _) in self._held.items() if seen < before and k not in present]
+        for key in gone:
+            del self._held[key]
+        self.counters["ended young"] += len(gone)
+        return len(gone)
 
     def set_min_age(self, min_age_s: float) -> None:
         """A reload's new threshold (positive): each held flow's age counts from

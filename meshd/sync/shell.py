@@ -467,6 +467,7 @@ class SyncShell:
         if cmd == "stats":
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
+                    "young": self.node.flows.young.stats() if self.node.flows.young is not None else None,
                     "send_errors": self.send_errors, "reject_log": self.reject_log.stats(),
                     "flood_guard": self.guard.status(now),
                     "commits": {kind: h.count for kind, h in self.commit_seconds.items()}}
