@@ -59,10 +59,11 @@ class SyncState:
 
 @dataclass(frozen=True, slots=True)
 class PeerChanged:
-    """A peer's lifecycle changed (sync/membership.py emits them all); for the log."""
+    """A peer's lifecycle changed (sync/membership.py emits these, and sync/bulk.py the
+    deadline's: "bulk retry", "out of sync", "in sync"); for the log."""
     peer: int
     state: str       # "first contact", "restarted", "absent", "back", "adoption ended",
-                     # "added", "removed"
+                     # "added", "removed", "bulk retry", "out of sync", "in sync"
     reason: str
 
 

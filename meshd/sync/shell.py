@@ -228,7 +228,9 @@ class SyncShell:
         elif isinstance(a, SyncState):
             self.log("sync_state", in_sync=a.in_sync, reason=a.reason)
         elif isinstance(a, PeerChanged):
-            self.log("sync_peer", peer=a.peer, state=a.state, reason=a.reason)
+            # A bulk that does not finish is the operator's business (docs/operation.md).
+            level = "warning" if a.state in ("bulk retry", "out of sync") else "info"
+            self.log("sync_peer", level=level, peer=a.peer, state=a.state, reason=a.reason)
         elif isinstance(a, FrameRejected):
             # Bounded per reason, whatever the sources (a flood of forgeries): meshd/log.py.
             self.reject_log(a.reason, trio.current_time(), a.count, detail=a.detail, peer=a.peer)

@@ -557,3 +557,57 @@ def sync_loss(json_out: bool = False, prefix: str = "mesh-", lab: Lab | None = N
         out.write(json.dumps(result) + "\n")
         out.flush()
     return result
+
+
+def tree_cpu(pids) -> float:
+    """CPU seconds of processes and everything below them (meshd's engines too)."""
+    from .reference import descendants
+    return sum(cpu_seconds(p) or 0.0 for p in descendants(list(pids)))
+
+
+def run_churn(procs: Procs, lab: Lab, n: int, rate: float, seconds: float, lifetime_s: float = 2.0,
+              net: int = 3, batch: int = 250, name: str | None = None) -> dict[str, Any]:
+    """`python3 -m meshlab.churn` in fw n until it ends: its result dict."""
+    argv = [sys.executable, "-m", "meshlab.churn", "--rate", str(rate), "--seconds", str(seconds),
+            "--lifetime-ms", str(lifetime_s * 1000), "--net", str(net), "--batch", str(batch)]
+    proc = procs.start(name or f"churn-fw{n}", lab.fw(n), argv, env=md.child_env(), cwd=md.REPO,
+                       stdout_pipe=True)
+    result = JsonLines(proc).wait_for("done", seconds + lifetime_s + 60)
+    procs.wait(proc.name, 10)
+    return result
+
+
+def churn_cost(procs: Procs, lab: Lab, rate: float, seconds: float = 15.0, lifetime_s: float = 2.0,
+               settle_s: float = 3.0, net: int = 3) -> dict[str, Any]:
+    """A churn of short flows on fw1 (fw1 and fw2 meshd running): what replicating it cost.
+
+    CPU of both daemons (and their engines) per second of churn, as % of one core; frames
+    and bytes fw1 sent on the sync link per second; overruns; and whether fw2's copy of
+    fw1's flows matched fw1's own table once the churn had ended and `settle_s` passed.
+    """
+    pids = {k: procs.get(md.MESHD_LOG.format(n=k)).pid for k in (1, 2)}
+    before = md.sync_stats(procs.run_dir, 1)
+    cpu0 = {k: tree_cpu([p]) for k, p in pids.items()}
+    t0 = time.monotonic()
+    r = run_churn(procs, lab, 1, rate, seconds, lifetime_s, net)
+    time.sleep(settle_s)
+    elapsed = time.monotonic() - t0
+    cpu = {k: tree_cpu([p]) - cpu0[k] for k, p in pids.items()}
+    after = md.sync_stats(procs.run_dir, 1)
+    sent0, sent1 = ((s.get("sync") or {}).get("frames_sent") or {} for s in (before, after))
+    c0, c1 = ((s.get("sync") or {}).get("counters") or {} for s in (before, after))
+    k0, k1 = (s.get("kernel") or {} for s in (before, after))
+    frames = sum(sent1.values()) - sum(sent0.values())
+    w = wait_caught_up(procs.run_dir, 1, (2,), 10)
+    return {"rate_asked": rate, "rate": r["rate"], "late_max_s": r["late_max_s"],
+            "created": r["created"], "failed": r["failed"], "seconds": seconds, "elapsed_s": round(elapsed, 2),
+            "cpu_pct": {f"fw{k}": round(100 * v / elapsed, 1) for k, v in cpu.items()},
+            "cpu_pct_both": round(100 * sum(cpu.values()) / elapsed, 1),
+            "frames_per_s": round(frames / elapsed), "data_frames_per_s":
+                round(((sent1.get("DATA", 0)) - (sent0.get("DATA", 0))) / elapsed),
+            "bytes_per_s": round((c1.get("bytes sent", 0) - c0.get("bytes sent", 0)) / elapsed),
+            "records_live": c1.get("records sent live", 0) - c0.get("records sent live", 0),
+            "overruns": k1.get("overruns", 0) - k0.get("overruns", 0),
+            "young": after.get("young"),
+            "matched": bool(w["reached"]) and w["seen"].get(2) == w["origin_internal"],
+            "peer_copy": w["seen"].get(2), "origin_internal": w["origin_internal"]}
