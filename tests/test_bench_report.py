@@ -290,3 +290,20 @@ def test_takeover_row_takes_every_kill():
                                ("gap200k", "reference", 270.0))]
     row = next(r for r in build_rows(results, ["meshd", "reference"], [1]) if r["key"] == "takeover_ms")
     assert row["meshd"] == 210 and row["reference"] == 260 and row["met"] is True
+
+
+def test_churn_rows_take_each_rate_and_the_highest_rate_sustained():
+    def churn(kind, system, rate, cpu, sustained):
+        return _run(kind, system, 1, rate=rate, cpu_pct=cpu, cpu_pct_fw1=cpu / 2, cpu_pct_fw2=cpu / 2,
+                    sync_packets_per_s=800, sync_bytes_per_s=10**6, overruns=0 if sustained else 12,
+                    copy_errors=0, sustained_rate=rate if sustained else 0)
+    results = [churn("churn5k", "meshd", 5000, 20.0, True), churn("churn5k", "reference", 5000, 10.0, True),
+               churn("churn10k", "meshd", 9990, 40.0, True), churn("churn10k", "reference", 10000, 20.0, True),
+               churn("churn20k", "meshd", 15000, 90.0, False), churn("churn20k", "reference", 20000, 40.0, True)]
+    rows = build_rows(results, BOTH, rows=[8])
+    cpu = _row(rows, "churn10k_cpu_pct")
+    assert (cpu["meshd"], cpu["reference"], cpu["ratio"], cpu["met"]) == (40.0, 20.0, 2.0, False)
+    best = _row(rows, "churn_sustained")
+    assert (best["meshd"], best["reference"]) == (9990, 20000)       # the maximum, not the median
+    assert best["target"] == "ratio >= 1" and best["met"] is False
+    assert _row(rows, "churn20k_overruns")["meshd"] == 12

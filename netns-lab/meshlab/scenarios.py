@@ -566,15 +566,32 @@ def tree_cpu(pids) -> float:
 
 
 def run_churn(procs: Procs, lab: Lab, n: int, rate: float, seconds: float, lifetime_s: float = 2.0,
-              net: int = 3, batch: int = 250, name: str | None = None) -> dict[str, Any]:
-    """`python3 -m meshlab.churn` in fw n until it ends: its result dict."""
-    argv = [sys.executable, "-m", "meshlab.churn", "--rate", str(rate), "--seconds", str(seconds),
-            "--lifetime-ms", str(lifetime_s * 1000), "--net", str(net), "--batch", str(batch)]
-    proc = procs.start(name or f"churn-fw{n}", lab.fw(n), argv, env=md.child_env(), cwd=md.REPO,
-                       stdout_pipe=True)
-    result = JsonLines(proc).wait_for("done", seconds + lifetime_s + 60)
-    procs.wait(proc.name, 10)
-    return result
+              net: int = 3, batch: int = 250, keep_every: int = 0, parts: int = 1,
+              name: str | None = None) -> dict[str, Any]:
+    """`python3 -m meshlab.churn` in fw n until it ends, split over `parts` processes (each
+    rate / parts, its own client net from `net` on: one process of Python reaches about
+    15k ctnetlink requests/s, and churn is two per flow); the results summed."""
+    lines = []
+    for k in range(parts):
+        argv = [sys.executable, "-m", "meshlab.churn", "--rate", str(rate / parts), "--seconds", str(seconds),
+                "--lifetime-ms", str(lifetime_s * 1000), "--net", str(net + k), "--batch", str(batch),
+                "--keep-every", str(keep_every)]
+        proc = procs.start(f"{name or f'churn-fw{n}'}-{k}", lab.fw(n), argv, env=md.child_env(), cwd=md.REPO,
+                           stdout_pipe=True)
+        lines.append((proc, JsonLines(proc)))
+    results = []
+    for proc, out in lines:
+        results.append(out.wait_for("done", seconds + lifetime_s + 60))
+        procs.wait(proc.name, 10)
+    total = {k: sum(r[k] for r in results) for k in ("created", "deleted", "kept", "failed")}
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return {**total, "errors": errors, "rate_asked": rate, "parts": parts,
+            "rate": sum(r["rate"] or 0 for r in results),
+            "late_max_s": max(r["late_max_s"] for r in results),
+            "t_start": min(r["t_start"] for r in results), "t_end": max(r["t_end"] for r in results)}
 
 
 def churn_cost(procs: Procs, lab: Lab, rate: float, seconds: float = 15.0, lifetime_s: float = 2.0,

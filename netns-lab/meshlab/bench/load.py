@@ -26,8 +26,17 @@ TAKEOVER_TIMEOUT_S = 20.0            # a takeover normally takes well under 5 s,
 # rows use the default, "continuous".)
 CACHE_ONLY_COMMIT = "takeover"
 
+# Row 8 (issue 14): a sustained churn of short flows on the master, NEW then DESTROY 2 s
+# later, for 15 s; every 100th flow stays, so the peer's copy must end with exactly those.
+CHURN_RATES = {"churn5k": 5_000, "churn10k": 10_000, "churn20k": 20_000}
+CHURN_SECONDS = 15.0
+CHURN_LIFETIME_S = 2.0
+CHURN_KEEP_EVERY = 100
+CHURN_PER_GENERATOR = 7_500          # new flows/s per generator process (two requests each)
+CHURN_SETTLE_S = 3.0                 # after the last deletion, before the copy is compared
+
 # Runs of each kind: run once per system (even in a full run) or once per repetition.
-ONCE_KINDS = ("mem500k", "loss20", "loss50")
+ONCE_KINDS = ("mem500k", "loss20", "loss50", *CHURN_RATES)
 REPEATED_KINDS = ("gap0", "gap100k", "gap200k", "repl", "three")
-KIND_ORDER = ("gap0", "gap100k", "gap200k", "repl", "mem500k", "loss20", "loss50", "three")
+KIND_ORDER = ("gap0", "gap100k", "gap200k", "repl", "mem500k", "loss20", "loss50", *CHURN_RATES, "three")
 MESHD_ONLY_KINDS = ("three",)

@@ -1,7 +1,8 @@
 """Measurements on /proc and inside the lab's namespaces, for the runs.
 
 Owns: the CPU time and resident memory of daemon processes (`cpu_snapshot`, `cpu_delta`,
-`rss_bytes`), the size of a firewall's conntrack table (`kernel_count`), a sysctl
+`rss_bytes`), the size of a firewall's conntrack table (`kernel_count`), what crossed
+the sync link (`link_counters`) and the kernel's event-socket drops (`netlink_drops`), a sysctl
 (`read_sysctl`), waiting until caches hold what was injected (`wait_replicated`), flow
 sockets in TCP retransmission (`stalled_sockets`, `wait_flows_settled`), and who holds
 the virtual addresses and why flows cannot pass (`virtual_holders`, `gateway_diagnosis`).
@@ -71,6 +72,35 @@ def kernel_count(lab: Lab, n: int) -> int:
     except ValueError:
         raise LabError(f"conntrack -C in {lab.fw(n)} printed {p.stdout.strip()!r} "
                        f"(exit {p.returncode}: {p.stderr.strip()})") from None
+
+
+def link_counters(lab: Lab, n: int, dev: str = "sync0") -> dict[str, int]:
+    """{"tx_packets", "tx_bytes", "rx_packets", "rx_bytes"} of fw n's `dev`: what went over
+    the sync link, whichever system sent it."""
+    p = subprocess.run(nsexec(lab.fw(n), "ip", "-s", "-j", "link", "show", dev), capture_output=True,
+                       text=True, timeout=10, check=False)
+    try:
+        stats = json.loads(p.stdout)[0]["stats64"]
+        return {"tx_packets": stats["tx"]["packets"], "tx_bytes": stats["tx"]["bytes"],
+                "rx_packets": stats["rx"]["packets"], "rx_bytes": stats["rx"]["bytes"]}
+    except (ValueError, KeyError, IndexError):
+        raise LabError(f"ip -s -j link show {dev} in {lab.fw(n)}: {p.stdout.strip()[:200]!r} "
+                       f"(exit {p.returncode}: {p.stderr.strip()})") from None
+
+
+def netlink_drops(lab: Lab, n: int) -> int:
+    """Messages the kernel dropped on fw n's ctnetlink sockets (ENOBUFS: an event socket
+    overrun), summed from /proc/net/netlink in its namespace: the same count for every
+    system, whatever it logs."""
+    p = subprocess.run(nsexec(lab.fw(n), "cat", "/proc/net/netlink"), capture_output=True, text=True,
+                       timeout=10, check=False)
+    drops = 0
+    for line in p.stdout.splitlines()[1:]:
+        fields = line.split()
+        # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode; NETLINK_NETFILTER is 12
+        if len(fields) >= 10 and fields[1] == "12":
+            drops += int(fields[8])
+    return drops
 
 
 def read_sysctl(ns: str | None, name: str) -> str:

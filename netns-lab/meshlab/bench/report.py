@@ -115,8 +115,10 @@ def format_value(v: float | None, unit: str) -> str:
         return "-"
     if unit == "ms" or unit == "bytes":
         return f"{v:,.0f}"
-    if unit == "entries/s":
+    if unit in ("entries/s", "flows/s", "packets/s", "bytes/s", "flows", "drops"):
         return f"{v:,.0f}"
+    if unit == "% of a core":
+        return f"{v:.1f}"
     if unit == "fraction":
         return f"{v:.5f}".rstrip("0").rstrip(".") if v < 1 else "1"
     if unit in ("s", "x"):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .load import GIVE_UP_S, KIND_ORDER, ONCE_KINDS
+from .load import CHURN_RATES, GIVE_UP_S, KIND_ORDER, ONCE_KINDS
 
 THREE_NODES_NOTE = ("no reference: conntrackd FTFW has one sequence stream and no node id in its "
                     "header, so it replicates between two nodes only")
@@ -66,6 +66,8 @@ class Row:
     stuck_is_result: bool = False
     derive: Callable[[dict[str, float | None]], float | None] | None = None
     reference_note: str | None = None
+    # How the runs' values make the row's: the median, or (a highest rate reached) the maximum.
+    aggregate: str = "median"
 
 
 def _gap_growth(medians: dict[str, float | None]) -> float | None:
@@ -115,6 +117,26 @@ ROWS: tuple[Row, ...] = (
         Target("meshd", "<=", 30.0), stuck_is_result=True),
     Row(7, "three_nodes_lag_s", "three nodes: replication lag of 100k entries to two peers", "s", "three",
         "lag_s", reference_note=THREE_NODES_NOTE),
+    *(row for kind, rate in CHURN_RATES.items() for row in (
+        Row(8, f"{kind}_rate", f"churn {rate // 1000}k flows/s: new flows/s the generators reached", "flows/s",
+            kind, "rate"),
+        Row(8, f"{kind}_cpu_pct", f"churn {rate // 1000}k flows/s: daemon CPU, both nodes", "% of a core",
+            kind, "cpu_pct", Target("ratio", "<=", 1.0)),
+        Row(8, f"{kind}_cpu_pct_fw1", f"churn {rate // 1000}k flows/s: daemon CPU, fw1 (master)", "% of a core",
+            kind, "cpu_pct_fw1"),
+        Row(8, f"{kind}_cpu_pct_fw2", f"churn {rate // 1000}k flows/s: daemon CPU, fw2 (backup)", "% of a core",
+            kind, "cpu_pct_fw2"),
+        Row(8, f"{kind}_packets", f"churn {rate // 1000}k flows/s: packets/s fw1 sent on the sync link",
+            "packets/s", kind, "sync_packets_per_s"),
+        Row(8, f"{kind}_bytes", f"churn {rate // 1000}k flows/s: bytes/s fw1 sent on the sync link", "bytes/s",
+            kind, "sync_bytes_per_s"),
+        Row(8, f"{kind}_overruns", f"churn {rate // 1000}k flows/s: event-socket overruns, both nodes", "drops",
+            kind, "overruns"),
+        Row(8, f"{kind}_lost", f"churn {rate // 1000}k flows/s: flows lost or stale in the peer's copy",
+            "flows", kind, "copy_errors"),
+    )),
+    Row(8, "churn_sustained", "highest churn rate sustained (no overrun, no flow lost or stale)", "flows/s",
+        tuple(CHURN_RATES), "sustained_rate", Target("ratio", ">=", 1.0), aggregate="max"),
 )
 
 
@@ -194,7 +216,7 @@ def build_rows(results: list[dict[str, Any]], systems: list[str], rows: list[int
                 if runs:
                     samples[system] = [None if (isinstance(v, float) and math.isinf(v))
                                        else round_sig(v, 6 if spec.unit == "fraction" else 4) for v in got]
-                values[system] = median(got)
+                values[system] = (max(got) if got else None) if spec.aggregate == "max" else median(got)
                 lost = [r for r in ok if r.get("survived") is not None and r.get("survived") < r.get("flows", 0)]
                 if lost:
                     notes.append(f"{system}: " + ", ".join(f"{r['flows'] - r['survived']} of {r['flows']} flows "

@@ -2,7 +2,8 @@
 
 Owns: `run_survival` (rows 1-2: live flows through fw1, fw1 killed, the takeover time
 and the flows' gaps), `run_replication` (rows 3-5: injection, replication lag, daemon CPU,
-RSS per entry, the commit), `run_loss` (row 6), `run_three_nodes` (row 7), `RUNS` (each
+RSS per entry, the commit), `run_loss` (row 6), `run_three_nodes` (row 7), `run_churn`
+(row 8: a sustained churn of short flows, its CPU, sync traffic, overruns), `RUNS` (each
 kind of run: the firewalls its lab needs and the run with its load), and `describe_run`
 (a run's progress line).  A run starts its system, loads it, kills or measures, and
 returns a dict of metrics; it raises LabError when what it would measure cannot be trusted.
@@ -27,6 +28,12 @@ from ..topology import VIRTUAL_ADDRESSES, Lab, LabError
 from ..watch import start_watch
 from .load import (
     CACHE_ONLY_COMMIT,
+    CHURN_KEEP_EVERY,
+    CHURN_LIFETIME_S,
+    CHURN_PER_GENERATOR,
+    CHURN_RATES,
+    CHURN_SECONDS,
+    CHURN_SETTLE_S,
     FLOWS,
     FLOWS_REPLICATED_S,
     GAP_SIZES,
@@ -45,6 +52,8 @@ from .measure import (
     cpu_snapshot,
     gateway_diagnosis,
     kernel_count,
+    link_counters,
+    netlink_drops,
     rss_bytes,
     virtual_holders,
     wait_flows_settled,
@@ -231,6 +240,57 @@ def run_three_nodes(system, lab: Lab, procs: Procs, entries: int = REPLICATION_E
     return out
 
 
+def run_churn(system, lab: Lab, procs: Procs, rate: float, seconds: float = CHURN_SECONDS,
+              say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Row 8: new flows created on fw1 at `rate`/s for `seconds`, each deleted
+    CHURN_LIFETIME_S later but every CHURN_KEEP_EVERY-th; both daemons replicating.
+    The rate the generators reached, each node's daemon CPU as % of one core over the
+    churn (from the first new flow to CHURN_SETTLE_S after the last deletion), packets and
+    bytes per second fw1 sent on sync0, the kernel's event-socket drops on either node,
+    and whether fw2's copy ended with exactly the flows kept (none lost, none stale)."""
+    out: dict[str, Any] = {"rate_asked": rate, "seconds": seconds, "lifetime_s": CHURN_LIFETIME_S}
+    _start(system, out, commit=CACHE_ONLY_COMMIT)
+    base = _want(system, (2,), 0)[2]
+    drops0 = {n: netlink_drops(lab, n) for n in (1, 2)}
+    link0 = link_counters(lab, 1)
+    cpu0 = {n: cpu_snapshot(system, (n,)) for n in (1, 2)}
+    t0 = time.monotonic()
+    parts = max(1, -(-int(rate) // CHURN_PER_GENERATOR))
+    r = sc.run_churn(procs, lab, 1, rate, seconds, CHURN_LIFETIME_S, net=fresh_net(),
+                     keep_every=CHURN_KEEP_EVERY, parts=parts)
+    time.sleep(CHURN_SETTLE_S)
+    elapsed = time.monotonic() - t0
+    cpu1 = {n: cpu_snapshot(system, (n,)) for n in (1, 2)}
+    link1 = link_counters(lab, 1)
+    out.update({"rate": r["rate"], "generators": parts, "late_max_s": r["late_max_s"],
+                "created": r["created"], "kept": r["kept"], "failed": r["failed"],
+                "elapsed_s": round(elapsed, 2)})
+    if r["failed"]:
+        raise LabError(f"the churn generators' requests failed {r['failed']} times: {r['errors']}")
+    per_node = {n: 100 * cpu_delta(cpu0[n], cpu1[n]) / elapsed for n in (1, 2)}
+    out["cpu_pct_fw1"] = round(per_node[1], 1)
+    out["cpu_pct_fw2"] = round(per_node[2], 1)
+    out["cpu_pct"] = round(per_node[1] + per_node[2], 1)
+    out["sync_packets_per_s"] = round((link1["tx_packets"] - link0["tx_packets"]) / elapsed)
+    out["sync_bytes_per_s"] = round((link1["tx_bytes"] - link0["tx_bytes"]) / elapsed)
+    out["overruns"] = sum(netlink_drops(lab, n) - drops0[n] for n in (1, 2))
+    # The copy: exactly the flows kept, within a few more seconds.
+    w = wait_replicated(system, {2: base + r["kept"]}, timeout=10)
+    held = w.seen[2] - base
+    deadline = time.monotonic() + 5
+    while held > r["kept"] and time.monotonic() < deadline:      # deletions still on their way
+        time.sleep(0.2)
+        held = system.external_count(2) - base
+    out["peer_holds"] = held
+    out["lost"] = max(0, r["kept"] - held)
+    out["stale"] = max(0, held - r["kept"])
+    out["copy_errors"] = out["lost"] + out["stale"]
+    reached = r["rate"] >= 0.95 * rate
+    out["sustained"] = reached and out["overruns"] == 0 and out["lost"] == 0 and out["stale"] == 0
+    out["sustained_rate"] = r["rate"] if out["sustained"] else 0
+    return out
+
+
 RUNS: dict[str, tuple[int, Callable[..., dict[str, Any]]]] = {
     # kind: (lab nodes, run(system, lab, procs, say))
     "gap0": (2, lambda s, lab, p, say: run_survival(s, lab, p, 0, say=say)),
@@ -244,6 +304,8 @@ RUNS: dict[str, tuple[int, Callable[..., dict[str, Any]]]] = {
     "loss20": (2, lambda s, lab, p, say: run_loss(s, lab, p, LOSS_PERCENTS[0], say=say)),
     "loss50": (2, lambda s, lab, p, say: run_loss(s, lab, p, LOSS_PERCENTS[1], say=say)),
     "three": (3, lambda s, lab, p, say: run_three_nodes(s, lab, p, say=say)),
+    **{kind: (2, lambda s, lab, p, say, rate=rate: run_churn(s, lab, p, rate, say=say))
+       for kind, rate in CHURN_RATES.items()},
 }
 
 
@@ -265,4 +327,8 @@ def describe_run(kind: str, r: dict[str, Any]) -> str:
         return f"{r['replicated']}/{r['entries']} replicated, converge {conv}"
     if kind == "three":
         return f"lag {r['lag_s']:.2f} s, CPU {r['cpu_s']:.2f} s"
+    if kind.startswith("churn"):
+        return (f"{r['rate']:,}/s reached, CPU {r['cpu_pct_fw1']} + {r['cpu_pct_fw2']} % of a core, "
+                f"{r['sync_packets_per_s']:,} packets/s on sync0, overruns {r['overruns']}, "
+                f"lost {r['lost']}, stale {r['stale']}")
     return json.dumps(r)
