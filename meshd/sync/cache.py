@@ -261,12 +261,20 @@ class ExternalCache:
 
     def forget_tombstones_upto(self, stamp: int) -> None:
         """Frames with counters <= stamp are refused by the replay window: their
-        tombstones can no longer matter."""
+        tombstones can no longer matter.
+
+        One pass, then the deletes: `next(iter(tombs))` after each delete
+        would walk again over every slot deleted before it (a dict keeps
+        them until it is resized), quadratic under a churn of short flows
+        (measured: 10% of a core at 10k flows/s, for 2,000 tombstones per
+        heartbeat)."""
         tombs = self.tombstones
-        while tombs:
-            key = next(iter(tombs))
-            if tombs[key] > stamp:
+        old = []
+        for key, when in tombs.items():
+            if when > stamp:
                 break
+            old.append(key)
+        for key in old:
             del tombs[key]
 
     def _drop_tombstones(self, n: int) -> None:
