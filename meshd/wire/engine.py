@@ -74,7 +74,7 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
 
     from ..election.transport import MAX_DATAGRAM, datagram_of
     from ..privsep.supervisor import Channel
-    from .proto import FROM_WIRE, TICK_S, TO_WIRE, rings_from
+    from .proto import FROM_WIRE, MAX_FRAMES, MAX_FRAMES_BYTES, TICK_S, TO_WIRE, rings_from
     from .screen import Screen
 
     log = ChildLog("wire engine")
@@ -82,8 +82,9 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
     screen = Screen(None, None)
     keyed = trio.Event()
 
-    async def drain(sock: socket.socket, receive, forward, what: str) -> None:
-        """Read `sock` in bursts (a checkpoint between them); each datagram to `forward`."""
+    async def drain(sock: socket.socket, receive, forward, what: str, flush=None) -> None:
+        """Read `sock` in bursts (a checkpoint between them); each datagram to `forward`,
+        and `flush` (when given) after each burst."""
         sock.setblocking(False)
         await keyed.wait()
         while True:
@@ -98,6 +99,8 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
                     await trio.sleep(0.01)
                     break
                 await forward(got)
+            if flush is not None:
+                await flush()
 
     def election_receive(family: int):
         def receive(sock: socket.socket):
@@ -111,10 +114,25 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
             await channel.send("advert", family=family, data=d.data, source=d.source,
                                ttl=d.ttl, interface=d.interface)
 
+    pending: list[dict] = []                    # screened frames of this burst
+    pending_bytes = 0
+
     async def frame(got) -> None:
+        nonlocal pending_bytes
         data, addr = got
         if screen.frame(data, addr[0]):
-            await channel.send("frame", data=data, source=addr[0])
+            if len(pending) >= MAX_FRAMES or pending_bytes + len(data) > MAX_FRAMES_BYTES:
+                await flush_frames()
+            pending.append({"data": data, "source": addr[0]})
+            pending_bytes += len(data)
+
+    async def flush_frames() -> None:
+        nonlocal pending_bytes
+        if pending:
+            items = pending[:]
+            pending.clear()
+            pending_bytes = 0
+            await channel.send("frames", items=items)
 
     async def report() -> None:
         while True:
@@ -144,7 +162,8 @@ async def _serve(args: argparse.Namespace, notes: str) -> None:
             def receive_frame(sock: socket.socket):
                 n, addr = sock.recvfrom_into(buf)       # one buffer, not 64 KiB per datagram
                 return bytes(view[:n]), addr
-            nursery.start_soon(drain, socket.socket(fileno=args.sync), receive_frame, frame, "sync")
+            nursery.start_soon(drain, socket.socket(fileno=args.sync), receive_frame, frame, "sync",
+                               flush_frames)
         nursery.start_soon(report)
         channel.send_nowait("hello", pid=os.getpid(), uid=os.getuid(), notes=notes)
         await channel.messages(handle)

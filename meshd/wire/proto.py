@@ -3,7 +3,7 @@
     daemon → engine   keys {election: [{id, key}], send_election, sync: [{id, key}] | nil, send_sync}
     engine → daemon   hello {pid, uid, notes}
                       advert {family, data, source, ttl, interface}
-                      frame {data, source}
+                      frames {items: [{data, source}]}   (those of one read burst)
                       rejects {at, entries: [{channel, reason, detail, source, count}]}
                       tick {at}
                       log {event, level, text}
@@ -11,7 +11,9 @@
 The keys are the derived keys of each purpose (meshd/crypto.py, HKDF of
 the cluster secrets), never the secrets themselves: the engine can check a
 MAC, and nothing else.  An `advert` or a `frame` is the datagram as it came
-(at most a UDP payload), checked again in full by the daemon's cores.
+(at most a UDP payload), checked again in full by the daemon's cores; the
+frames of one read burst travel in one `frames` message (at most MAX_FRAMES,
+MAX_FRAMES_BYTES of data).
 `at` is the engine's time.monotonic() (the host's clock, shared by both
 processes) when it sent a `tick` or a report, every TICK_S: the daemon
 knows from it whether the engine is still reading (WireEngine.check_silence).
@@ -29,6 +31,8 @@ MAX_DATAGRAM = 65535
 MAX_REJECT_ENTRIES = 64        # per report (the screen holds at most 48 keys between reports)
 MAX_TEXT = 1024
 TICK_S = 0.02                  # the engine's heartbeat (a report or a tick), in seconds
+MAX_FRAMES = 64                # frames per `frames` message: one read burst of the engine
+MAX_FRAMES_BYTES = 64 << 10    # and their data together, under the channel's message limit
 
 _KEY = Field("struct", struct={"id": Field("int", lo=0, hi=(1 << 32) - 1),
                                "key": Field("bytes", max_len=64)})
@@ -54,7 +58,10 @@ FROM_WIRE = Schema({
     "advert": {"family": Field("int", lo=4, hi=6), "data": Field("bytes", max_len=MAX_DATAGRAM),
                "source": _SOURCE, "ttl": Field("int", lo=0, hi=255, optional=True),
                "interface": Field("str", max_len=16, optional=True)},
-    "frame": {"data": Field("bytes", max_len=MAX_DATAGRAM), "source": _SOURCE},
+    # Frames go in batches, those of one read burst: a message per frame cost the
+    # daemon as much as the external cache they feed (docs/benchmarks.md, row 8).
+    "frames": {"items": Field("list", max_len=MAX_FRAMES, item=Field("struct", struct={
+        "data": Field("bytes", max_len=MAX_DATAGRAM), "source": _SOURCE}))},
     "rejects": {"at": Field("float"), "entries": Field("list", item=_REJECT, max_len=MAX_REJECT_ENTRIES)},
     "tick": {"at": Field("float")},
     "log": {"event": Field("str", max_len=64), "level": Field("str", max_len=16),

@@ -182,10 +182,13 @@ class WireEngine:
             self.forwarded["advert"] += 1
             self._election_out += self.node.advert(f["data"], f["source"], now, ttl=f["ttl"],
                                                    interface=f["interface"])
-        elif t == "frame":
-            self.forwarded["frame"] += 1
+        elif t == "frames":
+            items = f["items"]
+            self.forwarded["frame"] += len(items)
             if self.sync is not None:
-                self._sync_out += self.sync.frame_in(f["data"], f["source"], now)
+                frame_in, out = self.sync.frame_in, self._sync_out
+                for item in items:
+                    out += frame_in(item["data"], item["source"], now)
         elif t == "rejects" or t == "tick":
             self.last_at = f["at"]
             if self.silent:

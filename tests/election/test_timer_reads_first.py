@@ -128,7 +128,7 @@ def test_a_queued_advert_stops_a_stale_takeover():
 
 def test_the_masters_advert_behind_frames_and_reject_reports_is_read():
     node = FakeNode(deadline=10.0)
-    frames = [("frame", {"data": bytes(1000), "source": "198.51.100.2"})] * 40
+    frames = [("frames", {"items": [{"data": bytes(1000), "source": "198.51.100.2"}] * 8})] * 5
     reports = [("rejects", {"at": 1.0, "entries": [{"channel": "election", "reason": "bad mac", "detail": "forged",
                                          "source": None, "count": 5000}]})] * 20
 
