@@ -139,7 +139,15 @@ class Channel:
         they produced, once per read).  Returns why it ended."""
         try:
             while True:
-                data = await self.sock.recv(READ_BYTES)
+                # Wait, then read and deliver with no checkpoint between: trio's
+                # `await sock.recv()` yields after a read that succeeded at once,
+                # and read_nowait (the election's ReadFirst, from the timer task)
+                # could then deliver later bytes of the stream before these.
+                await trio.lowlevel.wait_readable(self.sock)
+                try:
+                    data = self.sock._sock.recv(READ_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    continue                # read_nowait took what there was
                 if not data:
                     return "end of file"
                 self._deliver(data, on_message)
