@@ -207,6 +207,14 @@ class SyncCore:
         self.discovery_window_s = float(discovery_window_s)
         self.hold_until: float | None = None
 
+        # Redundant paths (sync/paths.py, in the shell): the peers whose frames
+        # may come twice, over two paths; a copy is not a replay (receive).
+        self.multipath: frozenset[int] = frozenset()
+        # Of the datagram just received: its sender if it was authentic and
+        # current (accepted, or such a copy), else None; what the shell judges
+        # a path by.
+        self.heard_from: int | None = None
+
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
         self.frames_sent: Counter = Counter()
@@ -289,6 +297,7 @@ class SyncCore:
         handler of its type (HANDLERS).
         """
         self.now = now
+        self.heard_from = None
         self.counters["bytes received"] += len(data)
         try:
             h = parse_header(data)
@@ -316,6 +325,8 @@ class SyncCore:
         if proven:
             why = self.replay.check(sender, h.epoch, h.counter)
             if why:
+                if sender in self.multipath and self.replay.seen_in_window(sender, h.epoch, h.counter):
+                    return self._copy(p, data, h)
                 return self._reject(why, f"node {sender} epoch {h.epoch} counter {h.counter}", sender)
         try:
             plaintext = self.opener.open(data, h)
@@ -333,8 +344,31 @@ class SyncCore:
         elif sender not in self.peers:
             membership.promote(self, p, now)          # a candidate proved the key
         self.frames_received[TYPE_NAMES[h.type]] += 1
+        self.heard_from = sender
         membership.heard(self, p, h.epoch, now, not proven)
         HANDLERS[h.type](self, p, h.counter, body, now)
+        return self._flush()
+
+    def _copy(self, p: Peer, data: bytes, h) -> list[Action]:
+        """A frame accepted already, again (a heartbeat goes out on every path to
+        a peer, so it comes once per path that works): nothing to do but to say
+        it was authentic, for the path it came over.  Opened first, so that a
+        forged copy is still a reject."""
+        try:
+            self.opener.open(data, h)
+        except FrameError as e:
+            return self._reject(e.reason, e.detail, p.id)
+        self.counters["copies over another path"] += 1
+        p.stats["copies over another path"] += 1
+        self.heard_from = p.id
+        return []
+
+    def set_multipath(self, peers, now: float) -> list[Action]:
+        """The peers with more than one path (the configuration's): their frames
+        may arrive twice, and a copy inside the replay window is counted as
+        such, never as a replay."""
+        self.now = now
+        self.multipath = frozenset(peers)
         return self._flush()
 
     def next_deadline(self) -> float | None:

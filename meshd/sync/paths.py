@@ -1,0 +1,211 @@
+"""Which path to each peer the state mesh sends on (sans-I/O, time passed in).
+
+A peer may be reached by several paths ([sync] peers' `addresses`, in order
+of preference: the dedicated link first, the LAN as a backup).  A path is
+judged by what already arrives over it: every authentic frame of the peer
+from that path's address (its heartbeats go out on every path, its DATA and
+acknowledgements on the one it prefers) counts as *heard*.  A path is up
+while it was heard within `timeout_s`.
+
+The rule, per peer:
+- the active path is down and another is up: switch at once to the most
+  preferred one that is up (frames meanwhile are repaired by the reliability
+  layer: the peer NACKs what it missed, over the new path);
+- the active path is up and a more preferred one has been up without a gap
+  for `return_s`: switch back to it (hysteresis: a flapping link is not used
+  until it holds);
+- nothing is up: stay (no path is known to be better, and the peer's
+  timeout, not this table, says when it is absent).
+
+A path is given `timeout_s` of grace after it is configured, so that the
+first frames of a start do not look like a failure of the preferred path.
+
+Must not: read a clock, touch a socket, log, or look inside a frame: the
+shell (sync/shell.py) says what was heard where and carries out the choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PathSwitch:
+    """The frames to `peer` go over path `new` (index into its addresses) now."""
+    peer: int
+    old: int
+    new: int
+    old_address: str
+    new_address: str
+    reason: str
+
+
+class _Path:
+    __slots__ = ("address", "heard", "up_since", "added", "refused", "frames")
+
+    def __init__(self, address: str, now: float | None):
+        self.address = address
+        self.heard: float | None = None       # last authentic frame over it
+        self.up_since: float | None = None    # first frame of the current run without a gap
+        self.added = now                      # None: from the peer's first frame
+        self.refused: float | None = None     # the kernel refused to send over it (no route)
+        self.frames = 0                       # authentic frames heard over it
+
+
+class _PeerPaths:
+    __slots__ = ("paths", "active", "switches", "last_switch", "last_switch_at")
+
+    def __init__(self, addresses, now: float | None):
+        self.paths = [_Path(a, now) for a in addresses]
+        self.active = 0
+        self.switches = 0
+        self.last_switch: PathSwitch | None = None
+        self.last_switch_at: float | None = None
+
+
+class PathTable:
+    """The paths to every peer and the one in use for each.
+
+    Args:
+        timeout_s: a path not heard for this long is down.
+        return_s: how long a more preferred path must have been up before the
+            frames go back to it.
+    Raises ValueError for a non-positive timeout or a negative return_s.
+    """
+
+    def __init__(self, timeout_s: float, return_s: float):
+        self.set_timers(timeout_s, return_s)
+        self.peers: dict[int, _PeerPaths] = {}
+
+    def set_timers(self, timeout_s: float, return_s: float) -> None:
+        if timeout_s <= 0 or return_s < 0:
+            raise ValueError("path timeout must be positive and return time not negative")
+        self.timeout_s = timeout_s
+        self.return_s = return_s
+
+    def configure(self, peers: dict[int, tuple[str, ...]], now: float | None) -> None:
+        """The peers and their addresses (in order of preference), at start and
+        reload; `now` None (at start, before any clock runs): the grace of a
+        path counts from the first frame of its peer.  What is known of an address that stays is kept; the active path
+        follows its address, or goes back to the first one if it was removed."""
+        table = {}
+        for pid, addresses in peers.items():
+            if not addresses:
+                continue
+            old = self.peers.get(pid)
+            pp = _PeerPaths(addresses, now)
+            if old is not None:
+                known = {p.address: p for p in old.paths}
+                pp.paths = [known.get(a) or _Path(a, now) for a in addresses]
+                current = old.paths[old.active].address
+                pp.active = next((i for i, a in enumerate(addresses) if a == current), 0)
+                pp.switches, pp.last_switch = old.switches, old.last_switch
+                pp.last_switch_at = old.last_switch_at
+            table[pid] = pp
+        self.peers = table
+
+    def index_of(self, peer: int, address: str) -> int | None:
+        """Which of `peer`'s paths `address` is (None: none of them)."""
+        pp = self.peers.get(peer)
+        if pp is not None:
+            for i, p in enumerate(pp.paths):
+                if p.address == address:
+                    return i
+        return None
+
+    def heard(self, peer: int, index: int, now: float) -> PathSwitch | None:
+        """An authentic frame of `peer` arrived over path `index`: judge its
+        paths again; the switch, if one is due now."""
+        pp = self.peers.get(peer)
+        if pp is None or not 0 <= index < len(pp.paths):
+            return None
+        for q in pp.paths:
+            if q.added is None:
+                q.added = now
+        p = pp.paths[index]
+        if not self._up(p, now):
+            p.up_since = now                    # up again (or for the first time)
+        p.heard = now
+        p.frames += 1
+        return self._judge(peer, pp, now)
+
+    def unreachable(self, peer: int, index: int, now: float) -> PathSwitch | None:
+        """The kernel refused to send to `peer` over path `index` (no route: its
+        link is down here): down at once, without waiting for the timeout; the
+        switch, if one is due now.  Up again when the peer is heard over it."""
+        pp = self.peers.get(peer)
+        if pp is None or not 0 <= index < len(pp.paths):
+            return None
+        p = pp.paths[index]
+        if p.refused is not None and (p.heard is None or p.refused >= p.heard):
+            return None                         # known already: one judgement per failure
+        p.refused = now
+        return self._judge(peer, pp, now)
+
+    def _up(self, p: _Path, now: float) -> bool:
+        return p.heard is not None and now - p.heard <= self.timeout_s and \
+            (p.refused is None or p.heard > p.refused)
+
+    def _judge(self, peer: int, pp: _PeerPaths, now: float) -> PathSwitch | None:
+        cur = pp.paths[pp.active]
+        cur_alive = self._up(cur, now) or \
+            (cur.heard is None and cur.refused is None and now - cur.added <= self.timeout_s)
+        if not cur_alive:
+            new = next((i for i, p in enumerate(pp.paths) if self._up(p, now)), None)
+            if new is None:
+                return None
+            why = ("unreachable (no route)" if cur.refused is not None and
+                   (cur.heard is None or cur.refused >= cur.heard) else
+                   "never heard" if cur.heard is None else f"not heard for {now - cur.heard:.3g} s")
+            return self._switch(peer, pp, new, f"{cur.address} {why}", now)
+        for i in range(pp.active):
+            p = pp.paths[i]
+            if self._up(p, now) and now - p.up_since >= self.return_s:
+                return self._switch(peer, pp, i, f"{p.address} up for {now - p.up_since:.3g} s", now)
+        return None
+
+    def _switch(self, peer: int, pp: _PeerPaths, new: int, reason: str, now: float) -> PathSwitch:
+        s = PathSwitch(peer, pp.active, new, pp.paths[pp.active].address, pp.paths[new].address, reason)
+        pp.active = new
+        pp.switches += 1
+        pp.last_switch, pp.last_switch_at = s, now
+        return s
+
+    def address(self, peer: int) -> str | None:
+        """The address frames to `peer` go to now (None: not a peer with paths)."""
+        pp = self.peers.get(peer)
+        return pp.paths[pp.active].address if pp is not None else None
+
+    def active(self, peer: int) -> int | None:
+        pp = self.peers.get(peer)
+        return pp.active if pp is not None else None
+
+    def others(self, peer: int) -> list[str]:
+        """The addresses of `peer`'s paths not in use (heartbeats probe them)."""
+        pp = self.peers.get(peer)
+        if pp is None:
+            return []
+        return [p.address for i, p in enumerate(pp.paths) if i != pp.active]
+
+    def switches(self) -> dict[int, int]:
+        """Path switches per peer since start (reloads keep them)."""
+        return {pid: pp.switches for pid, pp in self.peers.items()}
+
+    def status(self, now: float) -> dict[int, dict]:
+        """Per peer: the active path, the switches and the last one, each path's
+        address, whether it is up and how long ago it was heard."""
+        out = {}
+        for pid, pp in self.peers.items():
+            last = pp.last_switch
+            out[pid] = {
+                "active": pp.active,
+                "address": pp.paths[pp.active].address,
+                "switches": pp.switches,
+                "last_switch": None if last is None else
+                {"from": last.old_address, "to": last.new_address, "reason": last.reason,
+                 "ago_s": round(now - pp.last_switch_at, 3)},
+                "paths": [{"address": p.address, "up": self._up(p, now), "frames": p.frames,
+                           "heard_ago_s": None if p.heard is None else round(now - p.heard, 3)}
+                          for p in pp.paths],
+            }
+        return out
