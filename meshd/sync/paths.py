@@ -14,6 +14,12 @@ The rule, per peer:
 - the active path is up and a more preferred one has been up without a gap
   for `return_s`: switch back to it (hysteresis: a flapping link is not used
   until it holds);
+- the peer's own frames (all but its heartbeats: they go over the one path
+  it uses) have come over a less preferred path than ours for `timeout_s`
+  since our last switch: it does not hear us over ours (a loss in one
+  direction only, which our heartbeats from it cannot show): follow it, and
+  do not go back to the path left until the peer's frames come over it
+  again;
 - nothing is up: stay (no path is known to be better, and the peer's
   timeout, not this table, says when it is absent).
 
@@ -53,7 +59,8 @@ class _Path:
 
 
 class _PeerPaths:
-    __slots__ = ("paths", "active", "switches", "last_switch", "last_switch_at")
+    __slots__ = ("paths", "active", "switches", "last_switch", "last_switch_at",
+                 "theirs", "theirs_since", "theirs_at", "shunned")
 
     def __init__(self, addresses, now: float | None):
         self.paths = [_Path(a, now) for a in addresses]
@@ -61,6 +68,13 @@ class _PeerPaths:
         self.switches = 0
         self.last_switch: PathSwitch | None = None
         self.last_switch_at: float | None = None
+        # The path the peer's own frames come over (all but heartbeats), since
+        # when, and the last one; the path we left to follow it (not used again
+        # until the peer's frames come over it, or a more preferred one).
+        self.theirs: int | None = None
+        self.theirs_since = 0.0
+        self.theirs_at = 0.0
+        self.shunned: int | None = None
 
 
 class PathTable:
@@ -101,6 +115,9 @@ class PathTable:
                 pp.active = next((i for i, a in enumerate(addresses) if a == current), 0)
                 pp.switches, pp.last_switch = old.switches, old.last_switch
                 pp.last_switch_at = old.last_switch_at
+                if [p.address for p in old.paths] == list(addresses):
+                    pp.theirs, pp.theirs_since, pp.theirs_at = old.theirs, old.theirs_since, old.theirs_at
+                    pp.shunned = old.shunned
             table[pid] = pp
         self.peers = table
 
@@ -113,9 +130,10 @@ class PathTable:
                     return i
         return None
 
-    def heard(self, peer: int, index: int, now: float) -> PathSwitch | None:
+    def heard(self, peer: int, index: int, now: float, own: bool = False) -> PathSwitch | None:
         """An authentic frame of `peer` arrived over path `index`: judge its
-        paths again; the switch, if one is due now."""
+        paths again; the switch, if one is due now.  `own`: a frame the peer
+        sends over the one path it uses (anything but a heartbeat)."""
         pp = self.peers.get(peer)
         if pp is None or not 0 <= index < len(pp.paths):
             return None
@@ -127,6 +145,12 @@ class PathTable:
             p.up_since = now                    # up again (or for the first time)
         p.heard = now
         p.frames += 1
+        if own:
+            if pp.theirs != index:
+                pp.theirs, pp.theirs_since = index, now
+            pp.theirs_at = now
+            if pp.shunned is not None and index <= pp.shunned:
+                pp.shunned = None               # it hears us there again
         return self._judge(peer, pp, now)
 
     def unreachable(self, peer: int, index: int, now: float) -> PathSwitch | None:
@@ -146,21 +170,35 @@ class PathTable:
         return p.heard is not None and now - p.heard <= self.timeout_s and \
             (p.refused is None or p.heard > p.refused)
 
+    def _usable(self, pp: _PeerPaths, i: int, now: float) -> bool:
+        return i != pp.shunned and self._up(pp.paths[i], now)
+
     def _judge(self, peer: int, pp: _PeerPaths, now: float) -> PathSwitch | None:
         cur = pp.paths[pp.active]
         cur_alive = self._up(cur, now) or \
             (cur.heard is None and cur.refused is None and now - cur.added <= self.timeout_s)
         if not cur_alive:
-            new = next((i for i, p in enumerate(pp.paths) if self._up(p, now)), None)
+            new = next((i for i, p in enumerate(pp.paths) if self._usable(pp, i, now)), None)
+            if new is None:
+                new = next((i for i, p in enumerate(pp.paths) if self._up(p, now)), None)
             if new is None:
                 return None
             why = ("unreachable (no route)" if cur.refused is not None and
                    (cur.heard is None or cur.refused >= cur.heard) else
                    "never heard" if cur.heard is None else f"not heard for {now - cur.heard:.3g} s")
             return self._switch(peer, pp, new, f"{cur.address} {why}", now)
+        k = pp.theirs
+        if k is not None and k > pp.active and now - pp.theirs_at <= self.timeout_s and \
+                now - max(pp.theirs_since, pp.last_switch_at or pp.theirs_since) >= self.timeout_s \
+                and self._up(pp.paths[k], now):
+            left = pp.active
+            switch = self._switch(peer, pp, k, f"the peer's frames come over {pp.paths[k].address}: "
+                                               f"it does not hear us over {cur.address}", now)
+            pp.shunned = left
+            return switch
         for i in range(pp.active):
             p = pp.paths[i]
-            if self._up(p, now) and now - p.up_since >= self.return_s:
+            if self._usable(pp, i, now) and now - p.up_since >= self.return_s:
                 return self._switch(peer, pp, i, f"{p.address} up for {now - p.up_since:.3g} s", now)
         return None
 
@@ -201,6 +239,7 @@ class PathTable:
                 "active": pp.active,
                 "address": pp.paths[pp.active].address,
                 "switches": pp.switches,
+                "peer_uses": None if pp.theirs is None else pp.paths[pp.theirs].address,
                 "last_switch": None if last is None else
                 {"from": last.old_address, "to": last.new_address, "reason": last.reason,
                  "ago_s": round(now - pp.last_switch_at, 3)},

@@ -395,7 +395,8 @@ class SyncShell:
         peer = self._peer_of(source)
         acts = self.node.frame(data, peer, now, source=source)
         if peer in self._multipath and self.node.sync.heard_from == peer:
-            self._heard_over(peer, source, now)
+            # Anything but a heartbeat goes over the one path the peer uses.
+            self._heard_over(peer, source, data[1] != FrameType.HEARTBEAT, now)
         if self.node.discovery is not None:
             self.discovery_changed()          # a candidate proven by this frame
         for a in acts:
@@ -403,7 +404,7 @@ class SyncShell:
                 self._apply_guard()
         return acts
 
-    def _heard_over(self, peer: int, source: str, now: float) -> None:
+    def _heard_over(self, peer: int, source: str, own: bool, now: float) -> None:
         """An authentic frame of `peer` from `source`: the path table judges."""
         index = self._path_hints.get(source, -1)
         if index == -1:
@@ -411,7 +412,7 @@ class SyncShell:
                 self._path_hints.clear()
             index = self._path_hints[source] = self.paths.index_of(peer, _norm(source))
         if index is not None:
-            switch = self.paths.heard(peer, index, now)
+            switch = self.paths.heard(peer, index, now, own)
             if switch is not None:
                 self._switched(switch)
 

@@ -54,12 +54,18 @@ def _log_marks(lab) -> dict[tuple[int, str], int]:
     return {(n, e): len(_events(lab, n, e)) for n in (1, 2) for e in WATCHED}
 
 
-def test_a_cut_sync_link_loses_nothing_and_the_mesh_comes_back_to_it(meshd_ready, lab):
+def _start(lab) -> list[str]:
+    """Both nodes with two paths to each other, on the sync link."""
     names = sc.start_mesh(lab.procs, lab.topo, (1, 2), sync_options={
         "peers": {1: _paths(1, 2), 2: _paths(2, 1)}, "path_return_ms": 2000})
     sc.wait_mesh(lab.procs, (1, 2), names)
     before = _wait_active(lab.run_dir, {1: 0, 2: 0}, 5)
     assert all(s.get("active") == 0 and s["paths"][1]["up"] for s in before.values()), before
+    return names
+
+
+def test_a_cut_sync_link_loses_nothing_and_the_mesh_comes_back_to_it(meshd_ready, lab):
+    names = _start(lab)
 
     marks = _log_marks(lab)
 
@@ -114,3 +120,23 @@ def test_a_cut_sync_link_loses_nothing_and_the_mesh_comes_back_to_it(meshd_ready
         assert switches == [(f"{SYNC4}.{peer}", f"{LAN4}.{fw_host(peer)}"),
                             (f"{LAN4}.{fw_host(peer)}", f"{SYNC4}.{peer}")], switches
     assert md.group_states(md.status(lab.run_dir, 1)) == {g: "MASTER" for g in names}
+
+
+def test_a_loss_in_one_direction_moves_both_ends(meshd_ready, lab):
+    """fw2 drops every sync datagram arriving on sync0: fw1 still hears fw2 over
+    it, so only fw2's choice of the LAN (its frames come that way) tells fw1
+    that its own frames are lost; both move, nothing is lost, both come back."""
+    _start(lab)
+    sc.run_preload(lab.procs, lab.topo, 1, 5000, name="preload-before")
+    sc.add_loss(lab.topo, 2, 100)
+    sc.run_preload(lab.procs, lab.topo, 1, 5000, first=5000, name="preload-after")
+    w = sc.wait_caught_up(lab.run_dir, 1, (2,), 20, want=10_000)
+    moved = _wait_active(lab.run_dir, {1: 1, 2: 1}, 5)
+    assert sc.loss_dropped(lab.topo, 2), "the drop rule dropped nothing"
+    sc.remove_loss(lab.topo, 2)
+    back = _wait_active(lab.run_dir, {1: 0, 2: 0}, 15)
+    print(json.dumps({"caught_up": w, "moved": moved, "back": back}))
+    assert w["reached"], (w, moved)
+    assert all(s.get("active") == 1 for s in moved.values()), moved
+    assert "does not hear us" in moved[1]["last_switch"]["reason"], moved[1]
+    assert all(s.get("active") == 0 for s in back.values()), back

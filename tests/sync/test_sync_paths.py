@@ -21,12 +21,14 @@ def table(timeout=1.0, ret=5.0, now=0.0) -> PathTable:
     return t
 
 
-def beat(t: PathTable, indexes, start: float, end: float, step: float = 0.2) -> list[PathSwitch]:
-    """Heartbeats of peer 2 over the paths in `indexes`, every `step` s; the switches."""
+def beat(t: PathTable, indexes, start: float, end: float, step: float = 0.2,
+         own: int | None = None) -> list[PathSwitch]:
+    """Heartbeats of peer 2 over the paths in `indexes`, every `step` s, and
+    (`own`) its own frames over that path; the (time, switch) seen."""
     out, now = [], start
     while now < end:
-        for i in indexes:
-            s = t.heard(2, i, now)
+        for i, is_own in [(i, False) for i in indexes] + ([(own, True)] if own is not None else []):
+            s = t.heard(2, i, now, own=is_own)
             if s is not None:
                 out.append((now, s))
         now = round(now + step, 6)
@@ -117,6 +119,43 @@ def test_bad_timers_are_refused():
         PathTable(0, 1)
     with pytest.raises(ValueError):
         PathTable(1, -1)
+
+
+def test_a_loss_in_one_direction_is_followed_and_left_when_the_peer_comes_back():
+    """Our frames to the peer are lost over path 0, its frames to us are not:
+    we hear its heartbeats over both paths, but its own frames (STATUS, DATA)
+    come over path 1, the one it chose because it does not hear us over 0."""
+    t = table(timeout=1.0, ret=2.0)
+    assert beat(t, (0, 1), 0.0, 10.0, own=0) == []
+    followed = beat(t, (0, 1), 10.0, 20.0, own=1)
+    assert [(at, s.new) for at, s in followed] == [(11.0, 1)], followed
+    assert "does not hear us over 203.0.113.2" in followed[0][1].reason
+    assert t.status(20.0)[2]["peer_uses"] == B
+    # The peer hears us over 0 again and goes back to it: so do we, at once
+    # (path 0 itself never stopped working from here).
+    back = beat(t, (0, 1), 20.0, 30.0, own=0)
+    assert [(at, s.new) for at, s in back] == [(20.0, 0)], back
+
+
+def test_returning_together_is_not_a_loss_in_one_direction():
+    """Both sides leave path 0 (cut) and come back to it a heartbeat apart: the
+    peer's frames over path 1 for that moment do not pull us back to it."""
+    t = table(timeout=1.0, ret=2.0)
+    beat(t, (0, 1), 0.0, 10.0, own=0)
+    beat(t, (1,), 10.0, 12.0, own=1)
+    assert t.active(2) == 1
+    back = beat(t, (0, 1), 12.0, 14.2, own=1)         # we return first, at 14.0
+    assert [(at, s.new) for at, s in back] == [(14.0, 0)], back
+    assert beat(t, (0, 1), 14.2, 30.0, own=0) == [] and t.switches() == {2: 2}
+
+
+def test_an_idle_peer_that_used_the_backup_once_does_not_pull_us_back_to_it():
+    t = table(timeout=1.0, ret=2.0)
+    beat(t, (0, 1), 0.0, 10.0, own=0)
+    beat(t, (1,), 10.0, 12.0, own=1)
+    beat(t, (0, 1), 12.0, 14.2)                         # heartbeats only from now on
+    assert t.active(2) == 0
+    assert beat(t, (0, 1), 14.2, 30.0) == []
 
 
 # ----------------------------------------------------------------- copies over two paths
