@@ -215,6 +215,11 @@ class SyncShell:
         self.paths.set_timers(sync.path_timeout_ms / 1000, sync.path_return_ms / 1000)
         self.paths.configure({p.id: tuple(_norm(a) for a in p.paths) for p in sync.peers}, now)
 
+    def path_counts(self) -> dict[int, tuple[int, int]]:
+        """(path in use, switches) of each peer with more than one path: the metrics'."""
+        switches = self.paths.switches()
+        return {pid: (self.paths.active(pid), switches[pid]) for pid in self._multipath}
+
     def _targets(self, peer: int | None) -> list[str]:
         """Where a frame goes: the multicast group, every peer, or one peer
         (configured address first, on the path in use; a discovered peer's
