@@ -12,7 +12,8 @@ protocol:
 
 * A datagram is checked in the order of proto/sync.md, section 9, before
   anything changes (`receive` here; the codec's checks in frames.py, the
-  replay window in meshd/replay.py).  A peer's frames count only once one
+  replay window in meshd/replay.py; from a peer with more than one path,
+  a copy inside the window is counted, not refused: `_copy`).  A peer's frames count only once one
   of its heartbeats echoed this start's boot id (membership.prove,
   proto/sync.md, 3.1): nothing captured before a restart is accepted after it.
 * Local events update the internal cache (cache.py); the net change of a

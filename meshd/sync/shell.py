@@ -12,7 +12,11 @@ Tasks (all in the daemon's nursery):
   announcements to the node core's DiscoveryTable; frames go to the peers it
   found (and heartbeats to its candidates), and the flood guard admits them;
 - with `commit = "continuous"`, an applier injects the peers' changes into
-  the kernel in chunks as they arrive, so a takeover has nothing to commit.
+  the kernel in chunks as they arrive, so a takeover has nothing to commit;
+- with backup paths ([sync] peers' `addresses`), frames to a peer go over
+  the path the PathTable (meshd/sync/paths.py) chooses, heartbeats over
+  every path, and what the wire engine forwards from each path is reported
+  to the table.
 
 The committer's socket is registered with the reader: events caused by our
 own injections are dropped there, never sent back out.
@@ -497,7 +501,7 @@ class SyncShell:
 
     def reconfigure(self, old: Config, new: Config) -> None:
         """The shell's part of a reload the node core has applied: the peers'
-        addresses (frames to a peer's new address), the event buffer.
+        addresses and paths (frames to a peer's new address), the event buffer.
 
         meshd/reload.py has refused what cannot change live (the socket's
         port, interface, family and multicast group).
