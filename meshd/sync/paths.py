@@ -10,7 +10,9 @@ while it was heard within `timeout_s`.
 The rule, per peer:
 - the active path is down and another is up: switch at once to the most
   preferred one that is up (frames meanwhile are repaired by the reliability
-  layer: the peer NACKs what it missed, over the new path);
+  layer: the peer NACKs what it missed, over the new path); when none is up
+  but the kernel has no route for the active one, to the most preferred
+  one it has not refused;
 - the active path is up and a more preferred one has been up without a gap
   for `return_s`: switch back to it (hysteresis: a flapping link is not used
   until it holds);
@@ -161,7 +163,7 @@ class PathTable:
         if pp is None or not 0 <= index < len(pp.paths):
             return None
         p = pp.paths[index]
-        if p.refused is not None and (p.heard is None or p.refused >= p.heard):
+        if self._no_route(p):
             return None                         # known already: one judgement per failure
         p.refused = now
         return self._judge(peer, pp, now)
@@ -169,6 +171,11 @@ class PathTable:
     def _up(self, p: _Path, now: float) -> bool:
         return p.heard is not None and now - p.heard <= self.timeout_s and \
             (p.refused is None or p.heard > p.refused)
+
+    @staticmethod
+    def _no_route(p: _Path) -> bool:
+        """The kernel refused to send over it, and nothing came over it since."""
+        return p.refused is not None and (p.heard is None or p.refused >= p.heard)
 
     def _usable(self, pp: _PeerPaths, i: int, now: float) -> bool:
         return i != pp.shunned and self._up(pp.paths[i], now)
@@ -181,10 +188,13 @@ class PathTable:
             new = next((i for i, p in enumerate(pp.paths) if self._usable(pp, i, now)), None)
             if new is None:
                 new = next((i for i, p in enumerate(pp.paths) if self._up(p, now)), None)
+            if new is None and self._no_route(cur):
+                # Certainly futile where it is: any path not known to be down.
+                new = next((i for i, p in enumerate(pp.paths)
+                            if i != pp.active and not self._no_route(p)), None)
             if new is None:
                 return None
-            why = ("unreachable (no route)" if cur.refused is not None and
-                   (cur.heard is None or cur.refused >= cur.heard) else
+            why = ("unreachable (no route)" if self._no_route(cur) else
                    "never heard" if cur.heard is None else f"not heard for {now - cur.heard:.3g} s")
             return self._switch(peer, pp, new, f"{cur.address} {why}", now)
         k = pp.theirs

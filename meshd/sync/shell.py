@@ -550,7 +550,8 @@ class SyncShell:
         if cmd == "stats":
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
-                    "send_errors": self.send_errors, "paths": self.paths.status(now),
+                    "send_errors": self.send_errors, "paths": {pid: st for pid, st in self.paths.status(now).items()
+                              if pid in self._multipath},
                     "probe_errors": self.probe_errors, "reject_log": self.reject_log.stats(),
                     "flood_guard": self.guard.status(now),
                     "commits": {kind: h.count for kind, h in self.commit_seconds.items()}}

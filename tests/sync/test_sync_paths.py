@@ -240,3 +240,11 @@ def test_a_path_the_kernel_cannot_send_over_is_left_at_once():
     assert [x.new for _, x in back] == [0] and 12.2 <= back[0][0] <= 12.4, back
     # A backup refused too: nothing is up but the active path, nothing to switch to.
     assert t.unreachable(2, 1, 15.0) is None and t.active(2) == 0
+
+
+def test_no_route_and_no_other_path_heard_yet_tries_the_next_one():
+    """Staying on a path the kernel has no route for is certainly futile."""
+    t = table(now=0.0)
+    s = t.unreachable(2, 0, 0.1)
+    assert s is not None and s.new == 1 and t.address(2) == B
+    assert t.unreachable(2, 1, 0.2) is None and t.active(2) == 1      # both refused: stay
