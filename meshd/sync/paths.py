@@ -102,8 +102,9 @@ class PathTable:
     def configure(self, peers: dict[int, tuple[str, ...]], now: float | None) -> None:
         """The peers and their addresses (in order of preference), at start and
         reload; `now` None (at start, before any clock runs): the grace of a
-        path counts from the first frame of its peer.  What is known of an address that stays is kept; the active path
-        follows its address, or goes back to the first one if it was removed."""
+        path counts from the first frame of its peer.  What is known of an
+        address that stays is kept; the active path follows its address, or
+        goes back to the first one if it was removed."""
         table = {}
         for pid, addresses in peers.items():
             if not addresses:
@@ -139,8 +140,8 @@ class PathTable:
         pp = self.peers.get(peer)
         if pp is None or not 0 <= index < len(pp.paths):
             return None
-        for q in pp.paths:
-            if q.added is None:
+        if pp.paths[0].added is None:           # the peer's first frame: the grace starts
+            for q in pp.paths:
                 q.added = now
         p = pp.paths[index]
         if not self._up(p, now):
@@ -183,7 +184,8 @@ class PathTable:
     def _judge(self, peer: int, pp: _PeerPaths, now: float) -> PathSwitch | None:
         cur = pp.paths[pp.active]
         cur_alive = self._up(cur, now) or \
-            (cur.heard is None and cur.refused is None and now - cur.added <= self.timeout_s)
+            (cur.heard is None and cur.refused is None and
+             (cur.added is None or now - cur.added <= self.timeout_s))     # its grace
         if not cur_alive:
             new = next((i for i, p in enumerate(pp.paths) if self._usable(pp, i, now)), None)
             if new is None:

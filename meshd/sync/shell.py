@@ -63,6 +63,7 @@ from .paths import PathSwitch, PathTable
 # What sendto says when no route leads to an address (its link is down here):
 # that path is down at once (paths.unreachable).
 NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN})
+HEARTBEAT = int(FrameType.HEARTBEAT)    # the type byte (data[1]) of a heartbeat, on the hot path
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
 APPLY_CHUNK = 512             # entries committed per step of the apply loop
@@ -296,7 +297,7 @@ class SyncShell:
                 if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
                     self.log("sync_send_failed", level="warning", peer=address,
                              error=e.strerror or str(e), total=self.send_errors)
-        if self._multipath and frame.data[1] == FrameType.HEARTBEAT:
+        if self._multipath and frame.data[1] == HEARTBEAT:
             self._probe(frame)
 
     def _probe(self, frame: SendFrame) -> None:
@@ -405,7 +406,7 @@ class SyncShell:
         acts = self.node.frame(data, peer, now, source=source)
         if peer in self._multipath and self.node.sync.heard_from == peer:
             # Anything but a heartbeat goes over the one path the peer uses.
-            self._heard_over(peer, source, data[1] != FrameType.HEARTBEAT, now)
+            self._heard_over(peer, source, data[1] != HEARTBEAT, now)
         if self.node.discovery is not None:
             self.discovery_changed()          # a candidate proven by this frame
         for a in acts:
@@ -550,9 +551,9 @@ class SyncShell:
         if cmd == "stats":
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
-                    "send_errors": self.send_errors, "paths": {pid: st for pid, st in self.paths.status(now).items()
-                              if pid in self._multipath},
-                    "probe_errors": self.probe_errors, "reject_log": self.reject_log.stats(),
+                    "send_errors": self.send_errors, "probe_errors": self.probe_errors,
+                    "paths": {pid: st for pid, st in self.paths.status(now).items() if pid in self._multipath},
+                    "reject_log": self.reject_log.stats(),
                     "flood_guard": self.guard.status(now),
                     "commits": {kind: h.count for kind, h in self.commit_seconds.items()}}
         if cmd == "resync":

@@ -248,3 +248,11 @@ def test_no_route_and_no_other_path_heard_yet_tries_the_next_one():
     s = t.unreachable(2, 0, 0.1)
     assert s is not None and s.new == 1 and t.address(2) == B
     assert t.unreachable(2, 1, 0.2) is None and t.active(2) == 1      # both refused: stay
+
+
+def test_a_refused_probe_before_any_frame_changes_nothing():
+    """At start (configured without a clock), a heartbeat that cannot go over
+    the backup path: the preferred path is still in its grace."""
+    t = table(now=None)
+    assert t.unreachable(2, 1, 5.0) is None and t.active(2) == 0
+    assert t.unreachable(2, 0, 5.1) is None and t.active(2) == 0     # both refused: nothing better
