@@ -230,13 +230,16 @@ class SyncShell:
         (configured address first, on the path in use; a discovered peer's
         proven address; a candidate's announced ones, at most MAX_ADDRESSES).
         With multicast, a peer whose path in use is not the first (the link
-        the group is joined on) gets a unicast copy over the one it uses."""
+        the group is joined on) gets a unicast copy over the one it uses, and
+        the group nothing while no peer is on that link."""
         d = self.node.discovery
         paths = self.paths
         if peer is None:
             if self.sync.multicast_group:
-                return [self.sync.multicast_group] + [
-                    paths.address(pid) for pid in self._multipath if paths.active(pid)]
+                away = [paths.address(pid) for pid in self._multipath if paths.active(pid)]
+                if len(away) == len(self.sync.peers):
+                    return away               # nobody left on the group's link
+                return [self.sync.multicast_group] + away
             targets = [paths.address(p.id) for p in self.sync.peers if p.address]
             if d is not None:
                 configured = set(self.peer_by_address)

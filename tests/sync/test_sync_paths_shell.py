@@ -102,14 +102,23 @@ def test_frames_go_over_the_path_in_use_and_heartbeats_over_every_path():
 
 def test_with_multicast_a_peer_on_its_backup_path_gets_a_unicast_copy():
     async def main():
-        shell, rec, _, _ = shell_for('multicast_group = "239.255.71.13"')
+        shell, rec, _, cfg = shell_for('multicast_group = "239.255.71.13"')
         shell.send(SendFrame(None, DATA))
         assert rec.take() == [("data", "239.255.71.13")]
         rec.down.add("203.0.113.2")
         shell.send(SendFrame(2, DATA))                    # the switch
         rec.sent.clear()
         shell.send(SendFrame(None, DATA))
-        assert rec.take() == [("data", "192.0.2.3"), ("data", "239.255.71.13")]
+        assert rec.take() == [("data", "192.0.2.3"), ("data", "239.255.71.13")]     # peer 3 is on the group
+        # Every peer off the group's link: the group gets nothing.
+        peers = (shell.sync.peers[0], dataclasses.replace(shell.sync.peers[1], backups=("192.0.2.4",)))
+        new = dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, peers=peers))
+        shell.reconfigure(cfg, new)
+        rec.down.add("203.0.113.3")
+        shell.send(SendFrame(3, DATA))
+        rec.sent.clear()
+        shell.send(SendFrame(None, DATA))
+        assert rec.take() == [("data", "192.0.2.3"), ("data", "192.0.2.4")]
     trio.run(main)
 
 
