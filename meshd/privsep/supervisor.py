@@ -139,15 +139,18 @@ class Channel:
         they produced, once per read).  Returns why it ended."""
         try:
             while True:
-                # Wait, then read and deliver with no checkpoint between: trio's
-                # `await sock.recv()` yields after a read that succeeded at once,
-                # and read_nowait (the election's ReadFirst, from the timer task)
+                # Read and deliver with no checkpoint between: trio's `await
+                # sock.recv()` yields after a read that succeeded at once, and
+                # read_nowait (the election's ReadFirst, from the timer task)
                 # could then deliver later bytes of the stream before these.
-                await trio.lowlevel.wait_readable(self.sock)
+                # The checkpoint comes after the delivery instead.
+                if self.closed:
+                    return "closed here"
                 try:
                     data = self.sock._sock.recv(READ_BYTES)
                 except (BlockingIOError, InterruptedError):
-                    continue                # read_nowait took what there was
+                    await trio.lowlevel.wait_readable(self.sock)
+                    continue
                 if not data:
                     return "end of file"
                 self._deliver(data, on_message)
@@ -157,6 +160,7 @@ class Channel:
                     self.log("imsg_channel_broken", level="error", peer=self.peer,
                              what=self.decoder.broken)
                     return f"framing error: {self.decoder.broken}"
+                await trio.lowlevel.checkpoint()
         except OSError as e:
             return f"socket error: {e.strerror or e}"
         except trio.ClosedResourceError:
