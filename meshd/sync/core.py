@@ -427,6 +427,15 @@ class SyncCore:
         self.about_at = now
         return []
 
+    def about_soon(self, now: float) -> list[Action]:
+        """The path to a peer changed (the shell's sync/paths.py): our ABOUT goes
+        out at once, over the new path, since a peer judges which path we use
+        by our own frames (anything but heartbeats), and an idle node sends
+        few others."""
+        if self.about_identity is not None:
+            self.about_at = now
+        return []
+
     def set_about_groups(self, groups, now: float) -> list[Action]:
         """The groups as this node sees them, [(id, state, demotion)]: sent at once
         when they changed."""

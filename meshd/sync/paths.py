@@ -21,7 +21,9 @@ The rule, per peer:
   since our last switch: it does not hear us over ours (a loss in one
   direction only, which our heartbeats from it cannot show): follow it, and
   do not go back to the path left until the peer's frames come over it
-  again;
+  again, or RETRY_LEFT_S later (should the frame that said so be lost: a
+  peer that switches sends its ABOUT at once over its new path,
+  SyncCore.about_soon);
 - nothing is up: stay (no path is known to be better, and the peer's
   timeout, not this table, says when it is absent).
 
@@ -35,6 +37,12 @@ shell (sync/shell.py) says what was heard where and carries out the choice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# A path left to follow the peer (a loss in one direction) is tried again
+# after this long even if the peer's frames never came back over it: that
+# costs one path timeout of frames (resent) per try, and no two nodes can
+# each wait for the other forever.
+RETRY_LEFT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +70,7 @@ class _Path:
 
 class _PeerPaths:
     __slots__ = ("paths", "active", "switches", "last_switch", "last_switch_at",
-                 "theirs", "theirs_since", "theirs_at", "shunned")
+                 "theirs", "theirs_since", "theirs_at", "shunned", "shunned_at")
 
     def __init__(self, addresses, now: float | None):
         self.paths = [_Path(a, now) for a in addresses]
@@ -77,6 +85,7 @@ class _PeerPaths:
         self.theirs_since = 0.0
         self.theirs_at = 0.0
         self.shunned: int | None = None
+        self.shunned_at = 0.0
 
 
 class PathTable:
@@ -120,7 +129,7 @@ class PathTable:
                 pp.last_switch_at = old.last_switch_at
                 if [p.address for p in old.paths] == list(addresses):
                     pp.theirs, pp.theirs_since, pp.theirs_at = old.theirs, old.theirs_since, old.theirs_at
-                    pp.shunned = old.shunned
+                    pp.shunned, pp.shunned_at = old.shunned, old.shunned_at
             table[pid] = pp
         self.peers = table
 
@@ -179,7 +188,9 @@ class PathTable:
         return p.refused is not None and (p.heard is None or p.refused >= p.heard)
 
     def _usable(self, pp: _PeerPaths, i: int, now: float) -> bool:
-        return i != pp.shunned and self._up(pp.paths[i], now)
+        if i == pp.shunned and now - pp.shunned_at < RETRY_LEFT_S:
+            return False
+        return self._up(pp.paths[i], now)
 
     def _judge(self, peer: int, pp: _PeerPaths, now: float) -> PathSwitch | None:
         cur = pp.paths[pp.active]
@@ -206,7 +217,7 @@ class PathTable:
             left = pp.active
             switch = self._switch(peer, pp, k, f"the peer's frames come over {pp.paths[k].address}: "
                                                f"it does not hear us over {cur.address}", now)
-            pp.shunned = left
+            pp.shunned, pp.shunned_at = left, now
             return switch
         for i in range(pp.active):
             p = pp.paths[i]

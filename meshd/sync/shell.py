@@ -431,7 +431,9 @@ class SyncShell:
 
     def _switched(self, s: PathSwitch) -> None:
         # Nothing sent meanwhile is lost: the peer NACKs what it missed over
-        # the new path, and it is resent there (proto/sync.md, 6.4).
+        # the new path, and it is resent there (proto/sync.md, 6.4).  Our
+        # ABOUT goes at once: the peer sees by it which path we use.
+        self.node.sync.about_soon(trio.current_time())
         self.log("sync_path", level="warning" if s.new > s.old else "info", peer=s.peer,
                  old=s.old_address, new=s.new_address, reason=s.reason)
 

@@ -147,3 +147,7 @@ def test_a_loss_in_one_direction_moves_both_ends(meshd_ready, lab):
     assert all(s.get("active") == 1 for s in moved.values()), moved
     assert "does not hear us" in moved[1]["last_switch"]["reason"], moved[1]
     assert all(s.get("active") == 0 for s in back.values()), back
+    # And it stays there: neither side waits for the other on the LAN.
+    time.sleep(2.5)
+    later = _wait_active(lab.run_dir, {1: 0, 2: 0}, 0)
+    assert all(later[n]["switches"] == back[n]["switches"] for n in (1, 2)), later

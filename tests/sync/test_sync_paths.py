@@ -256,3 +256,27 @@ def test_a_refused_probe_before_any_frame_changes_nothing():
     t = table(now=None)
     assert t.unreachable(2, 1, 5.0) is None and t.active(2) == 0
     assert t.unreachable(2, 0, 5.1) is None and t.active(2) == 0     # both refused: nothing better
+
+
+def test_a_path_left_for_the_peer_is_tried_again_if_its_frames_never_say_so():
+    """Both sides on the backup, each having left path 0 for the other (the
+    frame that would have said "back" lost): after RETRY_LEFT_S, back anyway."""
+    from meshd.sync.paths import RETRY_LEFT_S
+    t = table(timeout=1.0, ret=2.0)
+    beat(t, (0, 1), 0.0, 10.0, own=0)
+    assert [s.new for _, s in beat(t, (0, 1), 10.0, 12.0, own=1)] == [1]      # followed at 11.0
+    back = beat(t, (0, 1), 12.0, 11.0 + RETRY_LEFT_S + 1.0)                  # heartbeats only
+    assert [(at, s.new) for at, s in back] == [(11.0 + RETRY_LEFT_S, 0)], back
+
+
+def test_a_switch_sends_our_about_at_once():
+    c = Cluster(mesh([1, 2], commit="takeover"), seed=4)
+    c.start_all()
+    c.run_for(0.5)
+    core = c.nodes[1].sync
+    assert core.about_identity is not None and core.about_at > c.now
+    core.about_soon(c.now)
+    assert core.next_deadline() <= c.now
+    sent = core.frames_sent["ABOUT"]
+    core.handle_timer(c.now)
+    assert core.frames_sent["ABOUT"] == sent + 1
