@@ -255,7 +255,8 @@ class Daemon:
             return metrics_snapshot.take(self.node, trio.current_time(), node_name=self.config.node.name,
                                          version=__version__,
                                          kernel=sync.reader.stats() if sync is not None else None,
-                                         commits=sync.commit_seconds if sync is not None else None)
+                                         commits=sync.commit_seconds if sync is not None else None,
+                                         paths=sync.path_counts() if sync is not None else None)
         except Exception as e:
             self.log("metrics_snapshot_failed", level="error", error=repr(e))
             raise SnapshotUnavailable(repr(e)) from None

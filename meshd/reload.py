@@ -247,6 +247,10 @@ def _plan_sync(old: SyncConfig | None, new: SyncConfig | None, changes: list[str
             if old.family != new.family:
                 refuse("sync.peers", f"the peers' addresses are IPv{new.family} now, "
                                      f"the state mesh's socket is IPv{old.family}")
+            if old.multipath != new.multipath and new.interface:
+                refuse("sync.peers", f"a backup path {'added' if new.multipath else 'removed'}: the "
+                                     "state mesh's socket is bound to sync.interface only while every "
+                                     "peer has one path, as a backup path arrives on another one")
             changes.extend(_peer_changes(a, b))
         elif key.startswith("filter."):
             if key == "filter.ignore_protocols":
@@ -258,11 +262,12 @@ def _plan_sync(old: SyncConfig | None, new: SyncConfig | None, changes: list[str
 
 
 def _peer_changes(old, new) -> list[str]:
-    before = {p.id: p.address for p in old}
-    after = {p.id: p.address for p in new}
+    before = {p.id: ", ".join(p.paths) for p in old}
+    after = {p.id: ", ".join(p.paths) for p in new}
     out = [f"sync.peers: peer {pid} added ({after[pid]})" for pid in sorted(after.keys() - before.keys())]
     out += [f"sync.peers: peer {pid} removed ({before[pid]})" for pid in sorted(before.keys() - after.keys())]
-    out += [f"sync.peers: peer {pid} address {before[pid]} -> {after[pid]}"
+    out += [f"sync.peers: peer {pid} {'addresses' if ',' in before[pid] + after[pid] else 'address'} "
+            f"{before[pid]} -> {after[pid]}"
             for pid in sorted(before.keys() & after.keys()) if before[pid] != after[pid]]
     return out
 

@@ -54,6 +54,15 @@ class ReplayGuard:
             return "replayed"
         return None
 
+    def seen_in_window(self, sender: object, epoch: int, counter: int) -> bool:
+        """Whether (epoch, counter) was accepted and is still inside the window:
+        a copy of a recent message (sent over two paths, say), not an old capture."""
+        s = self.streams.get(sender)
+        if s is None or epoch != s.epoch or counter <= s.floor or counter > s.high:
+            return False
+        offset = s.high - counter
+        return offset < self.window and bool((s.seen >> offset) & 1)
+
     def is_newest(self, sender: object, epoch: int, counter: int) -> bool:
         """Whether (epoch, counter) is newer than anything accepted from sender.
 

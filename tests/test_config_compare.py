@@ -10,7 +10,8 @@ from meshd.config.compare import compare, key_fingerprint
 
 
 def node_file(tmp_path, n: int, *, key_id: int = 1, secret: bytes = b"k" * 32, advbase: int = 100,
-              lan: str = "192.0.2.1/24", extra_group: str = "", sync_extra: str = "", peer_address=None):
+              lan: str = "192.0.2.1/24", extra_group: str = "", sync_extra: str = "", peer_address=None,
+              peer_paths=None):
     d = tmp_path / f"fw{n}"
     d.mkdir(exist_ok=True)
     key = d / "cluster.key"
@@ -39,7 +40,8 @@ advskew = {0 if n == 1 else 100}
 
 [sync]
 interface = "sync0"
-peers = [{{ id = {other}, address = "{peer_address or f'203.0.113.{other}'}" }}]
+peers = [{{ id = {other}, {f"addresses = {peer_paths}" if peer_paths else
+                          f'address = "{peer_address or f"203.0.113.{other}"}"'} }}]
 {sync_extra}
 """)
     return path
@@ -134,3 +136,17 @@ def test_peer_needs_check_and_a_bad_peer_file_is_named(tmp_path, capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "--peer compares two files and needs --check" in capsys.readouterr().err
+
+
+def test_paths_between_two_nodes_go_both_ways(tmp_path):
+    """A backup path in one file only: the other node takes the heartbeats that
+    come over it for replays, and cannot switch when its one path fails."""
+    a = node_file(tmp_path, 1, peer_paths='["203.0.113.2", "192.0.2.3"]')
+    b = node_file(tmp_path, 2)
+    out = findings(a, b)
+    assert out == ["error: sync.peers: 2 path(s) to fw2 here (203.0.113.2, 192.0.2.3), 1 from fw2 to "
+                   "this node (203.0.113.1): the paths between two nodes go both ways"], out
+    b = node_file(tmp_path, 2, peer_paths='["203.0.113.1", "192.0.2.2"]')
+    assert findings(a, b) == []
+    b = node_file(tmp_path, 2, peer_paths='["203.0.113.1", "192.0.2.3"]')    # fw1 at fw2's own LAN address
+    assert any("reaches this node at the same address" in f and "192.0.2.3" in f for f in findings(a, b))

@@ -205,3 +205,22 @@ def test_a_file_with_errors_fails_with_every_error_in_the_text():
     assert not outcome.ok and outcome.refused == ()
     assert outcome.error == ("reload failed (2 error(s) in the file; the running configuration "
                              "stays): meshd.toml: group[0].advskew: expected ...; meshd.toml: x: y")
+
+
+def test_a_backup_path_needs_a_restart_only_when_it_unbinds_the_socket():
+    """With sync.interface, the socket is bound to it only while no peer has a
+    backup path: the first backup path changes that (a restart); a further
+    path, or a path changed, applies live (meshd/sync/shell.py)."""
+    two = edit('peers = [{ id = 2, address = "203.0.113.2" }]',
+               'peers = [{ id = 2, addresses = ["203.0.113.2", "192.0.2.3"] }]')
+    plan = plan_reload(config(), config(two))
+    assert plan.refusals == (
+        "meshd.toml: sync.peers: changing it needs a restart (a backup path added: the state mesh's "
+        "socket is bound to sync.interface only while every peer has one path, as a backup path "
+        "arrives on another one)",), plan.refusals
+    three = edit('peers = [{ id = 2, address = "203.0.113.2" }]',
+                 'peers = [{ id = 2, addresses = ["203.0.113.2", "192.0.2.3", "198.51.100.3"] }]')
+    plan = plan_reload(config(two), config(three))
+    assert plan.refusals == ()
+    assert list(plan.changes) == ["sync.peers: peer 2 addresses 203.0.113.2, 192.0.2.3 -> "
+                                  "203.0.113.2, 192.0.2.3, 198.51.100.3"]

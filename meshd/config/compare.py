@@ -170,11 +170,19 @@ def _sync(here: Config, peer: Config, who: str, out: list[Finding]) -> None:
         out.append(Finding("error", "sync.peers", f"this node (id {here.node.id}) is not among {who}'s "
                                                   f"peers {_ids(peers_b)}: {who} rejects its frames as "
                                                   "`unknown sender`"))
-    to_peer, to_here = peers_a.get(peer.node.id), peers_b.get(here.node.id)
-    if to_peer is not None and to_peer == to_here:
-        out.append(Finding("error", "sync.peers", f"this file reaches {who} at {to_peer}, and {who}'s file "
-                                                  f"reaches this node at the same address: one of them "
-                                                  "is wrong"))
+    to_peer, to_here = a.peer(peer.node.id), b.peer(here.node.id)
+    both = sorted(set(to_peer.paths) & set(to_here.paths)) if to_peer and to_here else []
+    if both:
+        out.append(Finding("error", "sync.peers", f"this file reaches {who} at {', '.join(both)}, and "
+                                                  f"{who}'s file reaches this node at the same address: "
+                                                  "one of them is wrong"))
+    elif to_peer and to_here and len(to_peer.paths) != len(to_here.paths):
+        # Heartbeats go over every path: a node that knows one path only takes
+        # the other's copies for replays, and cannot switch when its path fails.
+        out.append(Finding("error", "sync.peers", f"{len(to_peer.paths)} path(s) to {who} here "
+                                                  f"({', '.join(to_peer.paths)}), {len(to_here.paths)} "
+                                                  f"from {who} to this node ({', '.join(to_here.paths)}): "
+                                                  "the paths between two nodes go both ways"))
     for pid, addr in peers_a.items():
         if pid not in (peer.node.id,) and pid in peers_b and peers_b[pid] != addr:
             out.append(Finding("error", "sync.peers", f"node {pid} at {addr} here, at {peers_b[pid]} on "

@@ -20,8 +20,9 @@ from .reader import Reader, describe
 SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_datagram",
              "event_buffer_bytes", "commit", "commit_scope", "heartbeat_ms",
              "digest_interval_ms", "resend_queue", "peer_timeout_ms", "filter", "discover",
-             "bulk_timeout_ms", "bulk_attempts", "min_age_ms"}
-PEER_KEYS = {"id", "address"}
+             "bulk_timeout_ms", "bulk_attempts", "min_age_ms", "path_timeout_ms", "path_return_ms"}
+PEER_KEYS = {"id", "address", "addresses"}
+MAX_PATHS = 4          # paths to one peer: each is heartbeated, so keep the probes few
 FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured"}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
              "dccp": 33, "gre": 47}
@@ -33,8 +34,16 @@ COMMIT_SCOPES = ("all", "group")
 
 @dataclass(frozen=True)
 class SyncPeer:
+    """A peer and the paths to it: `address` is the preferred one (the
+    dedicated link), `backups` the others in order of preference
+    (meshd/sync/paths.py chooses among them)."""
     id: int
     address: str
+    backups: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.address, *self.backups) if self.address else self.backups
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class SyncConfig:
     bulk_timeout_ms: int = 10000
     bulk_attempts: int = 3
     min_age_ms: int = 0
+    path_timeout_ms: int = 1000
+    path_return_ms: int = 5000
 
     def peer(self, node_id: int) -> SyncPeer | None:
         return next((p for p in self.peers if p.id == node_id), None)
@@ -71,10 +82,16 @@ class SyncConfig:
     @property
     def family(self) -> int:
         """IP version of the state mesh's socket: 6 if a peer or the group is IPv6, else 4."""
-        if any(":" in p.address for p in self.peers) or \
+        if any(":" in a for p in self.peers for a in p.paths) or \
                 (self.multicast_group is not None and ":" in self.multicast_group):
             return 6
         return 4
+
+    @property
+    def multipath(self) -> bool:
+        """Whether some peer has a backup path: the socket then listens on every
+        interface (a backup path arrives on another one than `interface`)."""
+        return any(p.backups for p in self.peers)
 
 
 def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
@@ -116,16 +133,35 @@ def parse_sync(r: Reader, data: Any, node_id: int | None) -> SyncConfig | None:
     kw["discover"] = r.get(t, "sync", "discover", "bool", default=False)
     if kw["discover"] and kw["interface"] is None:
         r.problem("sync.interface", "required with sync.discover (the link to announce and listen on)")
+    kw["path_return_ms"] = r.get(t, "sync", "path_return_ms", "int", default=5000, lo=0, hi=3_600_000)
     # Addresses are needed with multicast too: acknowledgements, repairs and
     # bulk resyncs go to one peer, by unicast.  With discover, peers may be
     # none at all: they are found on the link (and must prove the key).
     peers = _parse_peers(r, t.get("peers", [] if kw["discover"] else None), node_id,
                          need_address=True, may_be_empty=bool(kw["discover"]))
     kw["filter"] = _parse_filter(r, t.get("filter", {}))
+    kw["path_timeout_ms"] = _path_timeout(r, t, kw, peers)
     optional = {"interface", "multicast_group"}
     if peers is None or any(v is None for k, v in kw.items() if k not in optional):
         return None
     return SyncConfig(peers, **kw)
+
+
+def _path_timeout(r: Reader, t: dict, kw: dict, peers) -> int | None:
+    """`path_timeout_ms`: given, or 1000 (half the peer timeout if that is
+    shorter, at least two heartbeats); checked against the timers when some
+    peer has a backup path, the only case it is used in."""
+    hb, pto = kw["heartbeat_ms"], kw["peer_timeout_ms"]
+    default = max(2 * hb, min(1000, pto // 2)) if None not in (hb, pto) else 1000
+    pt = r.get(t, "sync", "path_timeout_ms", "int", default=default, lo=20, hi=3_600_000)
+    if pt is not None and None not in (hb, pto) and any(p.backups for p in peers or ()) \
+            and not 2 * hb <= pt < pto:
+        # Shorter than two heartbeats: one lost heartbeat would switch paths; not
+        # shorter than the peer timeout: the peer would be declared absent (and
+        # its bulk resent) before its frames were sent another way.
+        r.problem("sync.path_timeout_ms", f"expected at least 2 * heartbeat_ms ({2 * hb}) and less "
+                                          f"than peer_timeout_ms ({pto}), found {pt}")
+    return pt
 
 
 def _parse_peers(r: Reader, data: Any, node_id: int | None,
@@ -136,25 +172,71 @@ def _parse_peers(r: Reader, data: Any, node_id: int | None,
                      " (or sync.discover = true to find them on the sync link)"))
         return None
     peers: list[SyncPeer] = []
+    owner: dict[str, int] = {}            # address -> the peer it is a path to
     for i, item in enumerate(data):
         path = f"sync.peers[{i}]"
         pt = r.table(item, path, PEER_KEYS)
         pid = r.get(pt, path, "id", "int", lo=1, hi=2**32 - 1)
-        addr = r.get(pt, path, "address", "str", default=None if not need_address else ...)
-        if addr is not None:
-            try:
-                ipaddress.ip_address(addr)
-            except ValueError:
-                r.problem(f"{path}.address", f"expected an IP address, found {describe(addr)}")
-        if pid is None:
+        paths = _parse_paths(r, pt, path, need_address)
+        if pid is None or paths is None:
             continue
         if pid == node_id:
             r.problem(f"{path}.id", f"{pid} is this node's own id")
-        elif any(p.id == pid for p in peers):
+            continue
+        if any(p.id == pid for p in peers):
             r.problem(f"{path}.id", f"duplicate peer id {pid}")
-        else:
-            peers.append(SyncPeer(pid, addr or ""))
+            continue
+        for where, addr in paths:
+            norm = str(ipaddress.ip_address(addr)) if addr else addr
+            if norm and owner.get(norm, pid) != pid:
+                r.problem(where, f"{addr} is already a path to peer {owner[norm]}")
+            owner.setdefault(norm, pid)
+        addrs = [a for _, a in paths]
+        peers.append(SyncPeer(pid, addrs[0] if addrs else "", tuple(addrs[1:])))
     return tuple(peers)
+
+
+def _parse_paths(r: Reader, pt: dict, path: str,
+                 need_address: bool) -> list[tuple[str, str]] | None:
+    """A peer's `address`, or its `addresses` in order of preference: [(key path,
+    address)]; None when bad (each problem named)."""
+    if "address" in pt and "addresses" in pt:
+        r.problem(f"{path}.addresses", "give address or addresses, not both")
+        return None
+    if "addresses" not in pt:
+        addr = r.get(pt, path, "address", "str", default=... if need_address else None)
+        if addr is None:
+            return None if need_address else []
+        items = [(f"{path}.address", addr)]
+    else:
+        addrs = r.get(pt, path, "addresses", "strlist")
+        if addrs is None:
+            return None
+        if not 1 <= len(addrs) <= MAX_PATHS:
+            r.problem(f"{path}.addresses", f"expected 1 to {MAX_PATHS} addresses in order of "
+                                           f"preference, found {len(addrs)}")
+            return None
+        items = [(f"{path}.addresses[{j}]", a) for j, a in enumerate(addrs)]
+    ok = True
+    seen: dict = {}                       # address -> where it was given first
+    for where, addr in items:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            r.problem(where, f"expected an IP address, found {describe(addr)}")
+            ok = False
+            continue
+        first = next(iter(seen), None)
+        if ip in seen:
+            r.problem(where, f"{addr} is given twice (also at {seen[ip]})")
+            ok = False
+        elif first is not None and ip.version != first.version:
+            # One socket, of one family, carries every path.
+            r.problem(where, f"IPv{ip.version} address {addr}, but the first path is IPv{first.version}: "
+                             "the paths to a peer must be of one family")
+            ok = False
+        seen.setdefault(ip, where)
+    return items if ok else None
 
 
 def _parse_filter(r: Reader, data: Any) -> SyncFilter | None:

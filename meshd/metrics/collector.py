@@ -184,6 +184,12 @@ def _sync(s: Snapshot) -> list[Metric]:
          lambda p: p.external_entries),
         ("meshd_sync_peer_external_bytes", GaugeMetricFamily,
          "Bytes of the peer's external cache (estimated from a sample).", lambda p: p.external_bytes),
+        ("meshd_sync_peer_path", GaugeMetricFamily,
+         "The path the frames to the peer go over: 0 for the first of its addresses (peers with "
+         "more than one).", lambda p: p.path),
+        ("meshd_sync_peer_path_switches", CounterMetricFamily,
+         "Switches of the path to the peer since start (peers with more than one).",
+         lambda p: p.path_switches),
     )
     for name, kind, help_text, value in per_peer:
         out.append(_labelled(kind, name, help_text, ("peer",),

@@ -56,6 +56,8 @@ class PeerSample:
     out_of_sync: bool                                  # declared so after its last attempt
     external_entries: int
     external_bytes: int
+    path: int | None = None                            # the path in use (None: a single path)
+    path_switches: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,16 @@ REDIRECT_STATUSES = {"active": "active", "active (using backup table)": "backup"
 
 
 def take(node, now: float, *, node_name: str, version: str, kernel: dict | None = None,
-         commits: dict[str, Histogram] | None = None) -> Snapshot:
+         commits: dict[str, Histogram] | None = None,
+         paths: dict[int, tuple[int, int]] | None = None) -> Snapshot:
     """Copy what is exported from a NodeCore at `now`.
 
     Args:
         node: the NodeCore.
         kernel: the conntrack reader's stats() (events, overruns), with a state mesh.
         commits: the sync shell's commit durations by kind, with a state mesh.
+        paths: the sync shell's (path in use, switches) of each peer with more
+            than one path (SyncShell.path_counts).
     """
     election = node.election
     return Snapshot(
@@ -134,7 +139,7 @@ def take(node, now: float, *, node_name: str, version: str, kernel: dict | None 
         groups=tuple(_group(election, g, node.takeover_seconds.get(name)) for name, g in election.groups.items()),
         demotions=tuple((n, election.counter_value(n)) for n in sorted(election.demotions)),
         adverts_rejected=_pairs(election.rejected),
-        sync=None if node.sync is None else _sync(node.sync, now, kernel or {}, commits or {}),
+        sync=None if node.sync is None else _sync(node.sync, now, kernel or {}, commits or {}, paths or {}),
         health=None if node.health is None else _health(node.health),
         split_brain=tuple(sorted(node.split_brain.confirmed)), split_brains=node.split_brain.count,
     )
@@ -152,7 +157,8 @@ def _group(election, g, takeover: Histogram | None) -> GroupSample:
     )
 
 
-def _sync(core, now: float, kernel: dict, commits: dict[str, Histogram]) -> SyncSample:
+def _sync(core, now: float, kernel: dict, commits: dict[str, Histogram],
+          paths: dict[int, tuple[int, int]]) -> SyncSample:
     return SyncSample(
         in_sync=core.in_sync, internal_entries=len(core.internal), internal_bytes=core.internal.nbytes(),
         kernel_events=int(kernel.get("events", 0)), kernel_overruns=int(kernel.get("overruns", 0)),
@@ -160,11 +166,11 @@ def _sync(core, now: float, kernel: dict, commits: dict[str, Histogram]) -> Sync
         frames_sent=_pairs(core.frames_sent), frames_received=_pairs(core.frames_received),
         frames_rejected=_pairs(core.rejected),
         commits=tuple((kind, h.copy()) for kind, h in commits.items()),
-        peers=tuple(_peer(p, now) for p in core.peers.values()),
+        peers=tuple(_peer(p, now, paths.get(p.id)) for p in core.peers.values()),
     )
 
 
-def _peer(p, now: float) -> PeerSample:
+def _peer(p, now: float, path: tuple[int, int] | None) -> PeerSample:
     rm, rd = p.rx_mcast, p.rx_direct
     return PeerSample(
         id=p.id, absent=p.absent,
@@ -176,6 +182,7 @@ def _peer(p, now: float) -> PeerSample:
         bulk_resyncs_received=p.stats["bulk resyncs received"],
         bulk_deadlines_missed=p.stats["bulk deadlines missed"], out_of_sync=p.out_of_sync is not None,
         external_entries=len(p.ext), external_bytes=p.ext.nbytes(),
+        path=path[0] if path else None, path_switches=path[1] if path else None,
     )
 
 

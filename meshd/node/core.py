@@ -139,6 +139,7 @@ class NodeCore:
                                  report_external_changes=s.commit == "continuous", replay=sync_replay,
                                  discovery_window_s=DISCOVERY_WINDOW_S if s.discover else 0.0,
                                  **core_timers(s))
+            self.sync.set_multipath([p.id for p in s.peers if p.backups], 0.0)
             self.flows = KernelFlows(self.sync, EventFilter(s.filter), s.commit == "continuous",
                                      s.min_age_ms / 1000)
             self.takeovers = Takeovers(self.sync, s.commit, s.commit_scope)
@@ -457,6 +458,7 @@ class NodeCore:
         if self.discovery is not None:
             self.discovery.reconfigure(n.port, discovery_fingerprints(new)[1],
                                        {p.id: p.address for p in n.peers}, now)
+        self._route(self.sync.set_multipath([p.id for p in n.peers if p.backups], now), now)
         if core_timers(n) != core_timers(o):
             self._route(self.sync.set_timers(**core_timers(n), now=now), now)
         self.takeovers.commit, self.takeovers.scope = n.commit, n.commit_scope

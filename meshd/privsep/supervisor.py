@@ -140,17 +140,18 @@ class Channel:
         they produced, once per read).  Returns why it ended."""
         try:
             while True:
-                # Wait, then read and deliver with no checkpoint in between:
-                # read_nowait (another task) reads this socket too, and a
-                # chunk delivered after a later one breaks the framing
-                # (trio's sock.recv checkpoints after a read that succeeds).
+                # Read and deliver with no checkpoint between: trio's `await
+                # sock.recv()` yields after a read that succeeded at once, and
+                # read_nowait (the election's ReadFirst, from the timer task)
+                # could then deliver later bytes of the stream before these.
+                # The checkpoint comes after the delivery instead.
                 if self.closed:
                     return "closed here"
-                await trio.lowlevel.wait_readable(self.sock)
                 try:
                     data = self.sock._sock.recv(READ_BYTES)
                 except (BlockingIOError, InterruptedError):
-                    continue            # read_nowait took what there was
+                    await trio.lowlevel.wait_readable(self.sock)
+                    continue
                 if not data:
                     return "end of file"
                 self._deliver(data, on_message)
@@ -158,6 +159,7 @@ class Channel:
                     on_batch()
                 if self.decoder.broken:
                     return self._broken()
+                await trio.lowlevel.checkpoint()
         except OSError as e:
             return f"socket error: {e.strerror or e}"
         except trio.ClosedResourceError:

@@ -12,7 +12,8 @@ protocol:
 
 * A datagram is checked in the order of proto/sync.md, section 9, before
   anything changes (`receive` here; the codec's checks in frames.py, the
-  replay window in meshd/replay.py).  A peer's frames count only once one
+  replay window in meshd/replay.py; from a peer with more than one path,
+  a copy inside the window is counted, not refused: `_copy`).  A peer's frames count only once one
   of its heartbeats echoed this start's boot id (membership.prove,
   proto/sync.md, 3.1): nothing captured before a restart is accepted after it.
 * Local events update the internal cache (cache.py); the net change of a
@@ -215,6 +216,14 @@ class SyncCore:
         self.discovery_window_s = float(discovery_window_s)
         self.hold_until: float | None = None
 
+        # Redundant paths (sync/paths.py, in the shell): the peers whose frames
+        # may come twice, over two paths; a copy is not a replay (receive).
+        self.multipath: frozenset[int] = frozenset()
+        # Of the datagram just received: its sender if it was authentic and
+        # current (accepted, or such a copy), else None; what the shell judges
+        # a path by.
+        self.heard_from: int | None = None
+
         self.counters: Counter = Counter()
         self.rejected: Counter = Counter()
         self.frames_sent: Counter = Counter()
@@ -299,6 +308,7 @@ class SyncCore:
         handler of its type (HANDLERS).
         """
         self.now = now
+        self.heard_from = None
         self.counters["bytes received"] += len(data)
         try:
             h = parse_header(data)
@@ -326,6 +336,8 @@ class SyncCore:
         if proven:
             why = self.replay.check(sender, h.epoch, h.counter)
             if why:
+                if sender in self.multipath and self.replay.seen_in_window(sender, h.epoch, h.counter):
+                    return self._copy(p, data, h)
                 return self._reject(why, f"node {sender} epoch {h.epoch} counter {h.counter}", sender)
         try:
             plaintext = self.opener.open(data, h)
@@ -343,8 +355,31 @@ class SyncCore:
         elif sender not in self.peers:
             membership.promote(self, p, now)          # a candidate proved the key
         self.frames_received[TYPE_NAMES[h.type]] += 1
+        self.heard_from = sender
         membership.heard(self, p, h.epoch, now, not proven)
         HANDLERS[h.type](self, p, h.counter, body, now)
+        return self._flush()
+
+    def _copy(self, p: Peer, data: bytes, h) -> list[Action]:
+        """A frame accepted already, again (a heartbeat goes out on every path to
+        a peer, so it comes once per path that works): nothing to do but to say
+        it was authentic, for the path it came over.  Opened first, so that a
+        forged copy is still a reject."""
+        try:
+            self.opener.open(data, h)
+        except FrameError as e:
+            return self._reject(e.reason, e.detail, p.id)
+        self.counters["copies over another path"] += 1
+        p.stats["copies over another path"] += 1
+        self.heard_from = p.id
+        return []
+
+    def set_multipath(self, peers, now: float) -> list[Action]:
+        """The peers with more than one path (the configuration's): their frames
+        may arrive twice, and a copy inside the replay window is counted as
+        such, never as a replay."""
+        self.now = now
+        self.multipath = frozenset(peers)
         return self._flush()
 
     def next_deadline(self) -> float | None:
@@ -402,6 +437,15 @@ class SyncCore:
         (meshd/config/shared.py) and their digest.  Again after a reload."""
         self.about_identity = (name, version, list(settings), digest)
         self.about_at = now
+        return []
+
+    def about_soon(self, now: float) -> list[Action]:
+        """The path to a peer changed (the shell's sync/paths.py): our ABOUT goes
+        out at once, over the new path, since a peer judges which path we use
+        by our own frames (anything but heartbeats), and an idle node sends
+        few others."""
+        if self.about_identity is not None:
+            self.about_at = now
         return []
 
     def set_about_groups(self, groups, now: float) -> list[Action]:

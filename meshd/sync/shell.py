@@ -12,7 +12,11 @@ Tasks (all in the daemon's nursery):
   announcements to the node core's DiscoveryTable; frames go to the peers it
   found (and heartbeats to its candidates), and the flood guard admits them;
 - with `commit = "continuous"`, an applier injects the peers' changes into
-  the kernel in chunks as they arrive, so a takeover has nothing to commit.
+  the kernel in chunks as they arrive, so a takeover has nothing to commit;
+- with backup paths ([sync] peers' `addresses`), frames to a peer go over
+  the path the PathTable (meshd/sync/paths.py) chooses, heartbeats over
+  every path, and what the wire engine forwards from each path is reported
+  to the table.
 
 The committer's socket is registered with the reader: events caused by our
 own injections are dropped there, never sent back out.
@@ -24,6 +28,7 @@ adopts, or which peer changes reach the kernel: the node core does
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import socket
@@ -52,7 +57,13 @@ from ..node.actions import (
     WaitApplied,
 )
 from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
+from .frames import FrameType
+from .paths import PathSwitch, PathTable
 
+# What sendto says when no route leads to an address (its link is down here):
+# that path is down at once (paths.unreachable).
+NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN})
+HEARTBEAT = int(FrameType.HEARTBEAT)    # the type byte (data[1]) of a heartbeat, on the hot path
 EVENT_QUEUE_BURSTS = 256      # bursts of up to 256 events buffered between reader and core
 APPLY_BATCH = 4096
 APPLY_CHUNK = 512             # entries committed per step of the apply loop
@@ -79,7 +90,10 @@ class SyncShell:
         self.dispatch = dispatch
         self.log = log
         self.reject_log = RejectLog(log, "sync_frame_rejected")
-        self.peer_by_address = {_norm(p.address): p.id for p in self.sync.peers if p.address}
+        # Redundant paths (meshd/sync/paths.py): which one each peer's frames go over.
+        self.paths = PathTable(self.sync.path_timeout_ms / 1000, self.sync.path_return_ms / 1000)
+        self.probe_errors = 0             # heartbeats that could not go out on a path not in use
+        self._set_peers(self.sync, None)
         self.guard = FloodGuard()         # under a flood of refused frames: peers only (meshd/floodguard.py)
         self._peer_hints: dict[str, int | None] = {}   # source address as received -> peer id
         # Discovery (node.discovery, meshd/sync/discovery.py): its addresses as of
@@ -117,7 +131,9 @@ class SyncShell:
         s = trio.socket.socket(self.family, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-        if self.sync.interface:
+        if self.sync.interface and not self.sync.multipath:
+            # A backup path arrives on another interface: with one, the socket
+            # listens on every interface (the frames' tags say who sent them).
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.sync.interface.encode())
         # No SO_REUSEADDR/SO_REUSEPORT: no other socket, a local user's included, may
         # share the port and take frames meant for meshd (meshd/kernel/udp.py).
@@ -129,6 +145,9 @@ class SyncShell:
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
                              group + struct.pack("=4si", b"\0" * 4, index))
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                # Not bound to the interface (multipath): the group is sent on it all the same.
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, struct.pack("=4s4si", b"\0" * 4,
+                                                                                     b"\0" * 4, index))
             else:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("=I", index))
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
@@ -191,22 +210,44 @@ class SyncShell:
                 known.setdefault(address, pid)
         return known
 
+    def _set_peers(self, sync, now: float | None) -> None:
+        """The configured peers' paths: every address of a peer is its (for the
+        hints and the flood guard); the path table follows."""
+        self.peer_by_address = {_norm(a): p.id for p in sync.peers for a in p.paths if a}
+        self._multipath = {p.id for p in sync.peers if p.backups}
+        self._path_hints: dict[str, int | None] = {}
+        self._path_at = {_norm(a): (p.id, i) for p in sync.peers if p.backups for i, a in enumerate(p.paths)}
+        self.paths.set_timers(sync.path_timeout_ms / 1000, sync.path_return_ms / 1000)
+        self.paths.configure({p.id: tuple(_norm(a) for a in p.paths) for p in sync.peers}, now)
+
+    def path_counts(self) -> dict[int, tuple[int, int]]:
+        """(path in use, switches) of each peer with more than one path: the metrics'."""
+        switches = self.paths.switches()
+        return {pid: (self.paths.active(pid), switches[pid]) for pid in self._multipath}
+
     def _targets(self, peer: int | None) -> list[str]:
         """Where a frame goes: the multicast group, every peer, or one peer
-        (configured address first; a discovered peer's proven address; a
-        candidate's announced ones, at most MAX_ADDRESSES)."""
+        (configured address first, on the path in use; a discovered peer's
+        proven address; a candidate's announced ones, at most MAX_ADDRESSES).
+        With multicast, a peer whose path in use is not the first (the link
+        the group is joined on) gets a unicast copy over the one it uses, and
+        the group nothing while no peer is on that link."""
         d = self.node.discovery
+        paths = self.paths
         if peer is None:
             if self.sync.multicast_group:
-                return [self.sync.multicast_group]
-            targets = [p.address for p in self.sync.peers]
+                away = [paths.address(pid) for pid in self._multipath if paths.active(pid)]
+                if len(away) == len(self.sync.peers):
+                    return away               # nobody left on the group's link
+                return [self.sync.multicast_group] + away
+            targets = [paths.address(p.id) for p in self.sync.peers if p.address]
             if d is not None:
                 configured = set(self.peer_by_address)
                 targets += [a for a in d.peer_addresses() if a not in configured]
             return targets
         p = self.sync.peer(peer)
         if p is not None and p.address:
-            return [p.address]
+            return [paths.address(peer)]
         if d is None:
             return []
         if peer in d.peer_address and peer in self.node.sync.peers:
@@ -255,10 +296,36 @@ class SyncShell:
             except OSError as e:
                 # A full socket buffer or a down link: the reliability layer
                 # resends what the peer reports missing, so count and go on.
+                if e.errno in NO_ROUTE and address in self._path_at:
+                    self._no_route(address)
                 self.send_errors += 1
                 if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
                     self.log("sync_send_failed", level="warning", peer=address,
                              error=e.strerror or str(e), total=self.send_errors)
+        if self._multipath and frame.data[1] == HEARTBEAT:
+            self._probe(frame)
+
+    def _probe(self, frame: SendFrame) -> None:
+        """A heartbeat goes over every path to a peer, not only the one in use:
+        that is how the peer judges the others (and a copy that arrives twice
+        is counted as a copy, sync/core.py).  A failure here is a path that is
+        down, which the switch has said already: counted, not logged."""
+        peers = self._multipath if frame.peer is None else \
+            (frame.peer,) if frame.peer in self._multipath else ()
+        for pid in peers:
+            for address in self.paths.others(pid):
+                try:
+                    self.sock._sock.sendto(frame.data, (address, self.sync.port))
+                except OSError as e:
+                    self.probe_errors += 1
+                    if e.errno in NO_ROUTE:
+                        self._no_route(address)
+
+    def _no_route(self, address: str) -> None:
+        pid, index = self._path_at[address]
+        switch = self.paths.unreachable(pid, index, trio.current_time())
+        if switch is not None:
+            self._switched(switch)
 
     async def commit_for_takeover(self, a: CommitFlows | WaitApplied) -> None:
         """Step 1 of a takeover (on the group's executor), then tell the node core.
@@ -341,13 +408,37 @@ class SyncShell:
 
     def frame_in(self, data: bytes, source: str, now: float) -> list:
         """A frame the wire engine let through, from `source`: to the node core."""
-        acts = self.node.frame(data, self._peer_of(source), now, source=source)
+        peer = self._peer_of(source)
+        acts = self.node.frame(data, peer, now, source=source)
+        if peer in self._multipath and self.node.sync.heard_from == peer:
+            # Anything but a heartbeat goes over the one path the peer uses.
+            self._heard_over(peer, source, data[1] != HEARTBEAT, now)
         if self.node.discovery is not None:
             self.discovery_changed()          # a candidate proven by this frame
         for a in acts:
             if type(a) is FrameRejected and self.guard.rejected(source, now):
                 self._apply_guard()
         return acts
+
+    def _heard_over(self, peer: int, source: str, own: bool, now: float) -> None:
+        """An authentic frame of `peer` from `source`: the path table judges."""
+        index = self._path_hints.get(source, -1)
+        if index == -1:
+            if len(self._path_hints) > 1024:
+                self._path_hints.clear()
+            index = self._path_hints[source] = self.paths.index_of(peer, _norm(source))
+        if index is not None:
+            switch = self.paths.heard(peer, index, now, own)
+            if switch is not None:
+                self._switched(switch)
+
+    def _switched(self, s: PathSwitch) -> None:
+        # Nothing sent meanwhile is lost: the peer NACKs what it missed over
+        # the new path, and it is resent there (proto/sync.md, 6.4).  Our
+        # ABOUT goes at once: the peer sees by it which path we use.
+        self.node.sync.about_soon(trio.current_time())
+        self.log("sync_path", level="warning" if s.new > s.old else "info", peer=s.peer,
+                 old=s.old_address, new=s.new_address, reason=s.reason)
 
     def refused_in(self, reason: str, detail: str, source: str | None, count: int,
                    now: float) -> list:
@@ -420,13 +511,13 @@ class SyncShell:
 
     def reconfigure(self, old: Config, new: Config) -> None:
         """The shell's part of a reload the node core has applied: the peers'
-        addresses (frames to a peer's new address), the event buffer.
+        addresses and paths (frames to a peer's new address), the event buffer.
 
         meshd/reload.py has refused what cannot change live (the socket's
         port, interface, family and multicast group).
         """
         self.config, self.sync = new, new.sync
-        self.peer_by_address = {_norm(p.address): p.id for p in new.sync.peers if p.address}
+        self._set_peers(new.sync, trio.current_time())
         self._peer_hints.clear()
         self._discovery_version = -1          # the DiscoveryTable was reconfigured too
         d = self.node.discovery
@@ -470,7 +561,9 @@ class SyncShell:
             return {"sync": core.stats(now), "kernel": self.reader.stats(),
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
                     "young": self.node.flows.young.stats() if self.node.flows.young is not None else None,
-                    "send_errors": self.send_errors, "reject_log": self.reject_log.stats(),
+                    "send_errors": self.send_errors, "probe_errors": self.probe_errors,
+                    "paths": {pid: st for pid, st in self.paths.status(now).items() if pid in self._multipath},
+                    "reject_log": self.reject_log.stats(),
                     "flood_guard": self.guard.status(now),
                     "commits": {kind: h.count for kind, h in self.commit_seconds.items()}}
         if cmd == "resync":

@@ -321,11 +321,13 @@ def wait_caught_up(run_dir: str, origin: int, replicas, timeout: float, want: in
 
 
 def add_loss(lab: Lab, n: int, percent: int, port: int = md.SYNC_PORT) -> None:
-    """Drop `percent` % of the state-mesh datagrams arriving on fw n's sync0 (a table of its own)."""
+    """Drop `percent` % of the state-mesh datagrams arriving on fw n's sync0 (a table of its own);
+    100: all of them (a link that is lost in one direction)."""
+    sample = "" if percent >= 100 else f"numgen random mod 100 < {int(percent)} "
     rules = (f"table inet {LOSS_TABLE} {{\n"
              f"  chain input {{\n"
              f"    type filter hook input priority -10; policy accept;\n"
-             f"    iifname \"sync0\" udp dport {port} numgen random mod 100 < {int(percent)} counter drop\n"
+             f"    iifname \"sync0\" udp dport {port} {sample}counter drop\n"
              f"  }}\n}}\n")
     remove_loss(lab, n)
     p = subprocess.run(nsexec(lab.fw(n), "nft", "-f", "-"), input=rules, capture_output=True, text=True)

@@ -17,8 +17,9 @@ from collections import Counter, deque
 # Attribute names that a rejected input is documented to change: the reject
 # counters, the last reject of a peer's frames (Peer.last_reject, a hint for
 # `meshctl cluster`), and the sync core's scratch of the input being handled
-# (its `now` and the actions gathered, SyncCore.__init__), which every input sets.
-SKIP_ATTRS = frozenset({"rejected", "now", "out", "last_reject"})
+# (its `now`, the actions gathered and whom the datagram just received was
+# heard from, SyncCore.__init__), which every input sets.
+SKIP_ATTRS = frozenset({"rejected", "now", "out", "last_reject", "heard_from"})
 SKIP_COUNTER_KEYS = ("bytes received", "rejected: ")
 ATOM_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from metrics_helpers import run_a_node, scrape, take, value
 
+from meshd.metrics import snapshot
 from meshd.metrics.collector import MeshdCollector, SnapshotUnavailable
 
 
@@ -87,3 +88,14 @@ def test_the_snapshot_is_a_copy_that_later_events_do_not_change():
     assert before.groups[0].demotion == 0 and before.sync.peers[0].external_entries == 12
     after = take(node, now)
     assert after.groups[0].demotion == 50 and after.sync.peers[0].external_entries == 13
+
+
+def test_the_path_to_a_peer_with_more_than_one(exported):
+    """What the sync shell hands over (SyncShell.path_counts): the path in use and
+    the switches, for the peers with a backup path only."""
+    node, f = exported
+    assert "meshd_sync_peer_path" not in f or not f["meshd_sync_peer_path"].samples    # one path: none
+    with_paths = snapshot.take(node, 100.0, node_name="fw1", version="0.1.0", paths={2: (1, 3)})
+    g = scrape(MeshdCollector(lambda: with_paths))
+    assert value(g, "meshd_sync_peer_path", peer="2") == 1
+    assert value(g, "meshd_sync_peer_path_switches", "meshd_sync_peer_path_switches_total", peer="2") == 3
