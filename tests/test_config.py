@@ -570,6 +570,25 @@ def test_sync_bulk_deadline_defaults_and_bounds(confdir):
     assert any("sync.bulk_attempts: expected" in p for p in found), found
 
 
+SYNC_MIN = '[sync]\npeers = [{ id = 2, address = "203.0.113.2" }]\n[sync.filter]\n'
+
+
+@pytest.mark.parametrize("value,on,helpers", [(None, True, ()), ("true", True, ()), ("false", False, ()),
+                                              ('["ftp", "sip", "ftp"]', True, ("ftp", "sip"))])
+def test_sync_filter_expectations(confdir, value, on, helpers):
+    f = load(confdir, MINIMAL + SYNC_MIN + (f"expectations = {value}\n" if value else "")).sync.filter
+    assert (f.expectations, f.expectation_helpers) == (on, helpers)
+
+
+@pytest.mark.parametrize("value,problem", [
+    ("[]", 'sync.filter.expectations: expected true, false or a non-empty list of helper names'),
+    ('"ftp"', 'sync.filter.expectations: expected true, false or a non-empty list of helper names'),
+    ('["ftp", "far too long a name"]', 'sync.filter.expectations[1]: expected a conntrack helper\'s name'),
+])
+def test_sync_filter_expectations_errors_name_the_key(confdir, value, problem):
+    assert any(problem in p for p in problems(confdir, MINIMAL + SYNC_MIN + f"expectations = {value}\n"))
+
+
 def test_sync_disabled_explicitly(confdir):
     assert load(confdir, MINIMAL + "[sync]\nenabled = false\n").sync is None
 

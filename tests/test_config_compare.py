@@ -123,6 +123,9 @@ def test_sync_settings(tmp_path):
     out = findings(a, b)
     assert "error: sync.port: 7113 here, 7200 on fw2: no frame arrives" in out
     assert any(f.startswith("warning: sync.filter.only_assured: False here, True on fw2") for f in out), out
+    (tmp_path / "other").mkdir()
+    c = node_file(tmp_path / "other", 2, sync_extra="[sync.filter]\nexpectations = false\n")
+    assert any(f.startswith("warning: sync.filter.expectations: True here, False on fw2") for f in findings(a, c))
 
 
 def test_peer_needs_check_and_a_bad_peer_file_is_named(tmp_path, capsys):

@@ -154,7 +154,8 @@ def _sync(here: Config, peer: Config, who: str, out: list[Finding]) -> None:
         if x != y:
             out.append(Finding("error", f"sync.{name}", f"{x} here, {y} on {who}: no frame arrives"))
     if a.filter != b.filter:
-        fields = [f for f in ("ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured")
+        fields = [f for f in ("ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured",
+                              "expectations", "expectation_helpers")
                   if getattr(a.filter, f) != getattr(b.filter, f)]
         for f in fields:
             out.append(Finding("warning", f"sync.filter.{f}",

@@ -42,6 +42,10 @@ def shared_settings(config: Config) -> list[tuple[str, str]]:
                 ("sync.filter.ignore_addresses", ",".join(sorted(f.ignore_addresses)) or "-"),
                 ("sync.filter.ignore_tcp_states", ",".join(sorted(f.ignore_tcp_states)) or "-"),
                 ("sync.filter.only_assured", str(f.only_assured).lower())]
+        if not f.expectations or f.expectation_helpers:
+            # only when not the default, so that a default file digests as before the key existed
+            out.append(("sync.filter.expectations", "false" if not f.expectations
+                        else ",".join(sorted(f.expectation_helpers))))
     for g in sorted(config.groups, key=lambda g: g.id):
         addrs = ",".join(sorted(str(ipaddress.ip_interface(a)) for a in g.addresses))
         out += [(f"group {g.name}: id", str(g.id)),

@@ -12,6 +12,7 @@ does), or apply the filter (meshd/sync/filters.py does).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,10 @@ SYNC_KEYS = {"enabled", "interface", "port", "peers", "multicast_group", "max_da
              "bulk_timeout_ms", "bulk_attempts", "min_age_ms", "path_timeout_ms", "path_return_ms"}
 PEER_KEYS = {"id", "address", "addresses"}
 MAX_PATHS = 4          # paths to one peer: each is heartbeated, so keep the probes few
-FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured"}
+FILTER_KEYS = {"ignore_protocols", "ignore_addresses", "ignore_tcp_states", "only_assured", "expectations"}
+# A conntrack helper's name as the kernel spells it (NF_CT_HELPER_NAME_LEN is 16 with the NUL):
+# "ftp", "sip", "tftp", "Q.931", "netbios-ns", ...
+HELPER_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,15}$")
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
              "dccp": 33, "gre": 47}
 TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
@@ -52,6 +56,10 @@ class SyncFilter:
     ignore_addresses: tuple[str, ...] = ()          # CIDRs, on top of the always-ignored ones
     ignore_tcp_states: tuple[str, ...] = ()
     only_assured: bool = False
+    # Expectations (the helpers' expected connections, issue 13): replicated at all,
+    # and only those of these helpers (empty: every helper's).
+    expectations: bool = True
+    expectation_helpers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -261,5 +269,22 @@ def _parse_filter(r: Reader, data: Any) -> SyncFilter | None:
             r.problem(f"sync.filter.ignore_tcp_states[{j}]",
                       f"expected one of {', '.join(TCP_STATES)}, found {describe(s)}")
     only_assured = r.get(t, "sync.filter", "only_assured", "bool", default=False)
+    expectations, helpers = _parse_expectations(r, t.get("expectations", True))
     return SyncFilter(tuple(numbers), tuple(addrs or ()), tuple(s.upper() for s in states or ()),
-                      bool(only_assured))
+                      bool(only_assured), expectations, helpers)
+
+
+def _parse_expectations(r: Reader, value: Any) -> tuple[bool, tuple[str, ...]]:
+    """`expectations = true` (every helper's), `false` (none), or a list of helper names."""
+    where = "sync.filter.expectations"
+    if isinstance(value, bool):
+        return value, ()
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        r.problem(where, f"expected true, false or a non-empty list of helper names like [\"ftp\", \"sip\"], "
+                         f"found {describe(value)}")
+        return True, ()
+    for j, name in enumerate(value):
+        if not HELPER_NAME_RE.match(name):
+            r.problem(f"{where}[{j}]", f"expected a conntrack helper's name (1-15 of A-Z a-z 0-9 . _ -) "
+                                       f"such as \"ftp\", found {describe(name)}")
+    return True, tuple(dict.fromkeys(value))

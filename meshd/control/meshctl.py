@@ -338,8 +338,13 @@ def format_answer(cmd: str, answer: dict) -> str:
         return format_entry(answer)
     if cmd == "commit":
         errors = ", ".join(f"{k} {v}" for k, v in (answer.get("errors") or {}).items())
-        return (f"committed {answer.get('committed', 0)} entries in {answer.get('seconds', 0):.3f} s"
+        text = (f"committed {answer.get('committed', 0)} entries in {answer.get('seconds', 0):.3f} s"
                 f", {answer.get('failed', 0)} failed" + (f" ({errors})" if errors else ""))
+        if "expectations" in answer:
+            exp_errors = ", ".join(f"{k} {v}" for k, v in (answer.get("expectation_errors") or {}).items())
+            text += (f"; then {answer['expectations']} expectations, {answer.get('expectations_failed', 0)} failed"
+                     + (f" ({exp_errors})" if exp_errors else ""))
+        return text
     if cmd == "flush":
         return f"flushed {answer.get('what')}: {answer.get('removed', 0)} entries"
     if cmd == "resync":
@@ -363,6 +368,8 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "
 def format_entry(answer: dict) -> str:
     """One cached flow, conntrack -L style: origin node, protocol, state, tuples, flags."""
     e = answer.get("entry") or {}
+    if e.get("expectation"):
+        return format_expectation(answer.get("origin", "?"), e)
     orig = e.get("orig") or {}
     proto = orig.get("proto")
     parts = [f"[node {answer.get('origin', '?')}]", PROTO_NAMES.get(proto, str(proto)),
@@ -382,6 +389,29 @@ def format_entry(answer: dict) -> str:
         parts.append("[" + ",".join(flags) + "]")
     if e.get("error"):
         parts.append(f"(undecodable: {e['error']})")
+    return " ".join(parts)
+
+
+def format_expectation(origin, e: dict) -> str:
+    """One cached expectation, `conntrack -L expect` style: the expected tuple, its mask,
+    the master's tuple, the helper, and how the expected connection will be NATed."""
+    t = e.get("tuple") or {}
+    proto = t.get("proto")
+    parts = [f"[node {origin}]", "expect", PROTO_NAMES.get(proto, str(proto)), str(e.get("timeout", "-"))]
+    for prefix, side in (("", t), ("mask-", e.get("mask") or {}), ("master-", e.get("master") or {})):
+        for k in ("src", "dst", "sport", "dport"):
+            if side.get(k) is not None:
+                parts.append(f"{prefix}{k}={side[k]}")
+    for k in ("helper", "zone", "class"):
+        if e.get(k):
+            parts.append(f"{k}={e[k]}")
+    if e.get("nat"):
+        nat = e["nat"].get("tuple") or {}
+        parts.append(f"nat-dir={e['nat'].get('dir')}" + (f" nat-port={nat['sport']}" if nat.get("sport") else ""))
+    if e.get("fn"):
+        parts.append(f"fn={e['fn']}")
+    if e.get("flag_names"):
+        parts.append("[" + ",".join(e["flag_names"]) + "]")
     return " ".join(parts)
 
 

@@ -26,6 +26,9 @@ class CommitFlows:
     group: str
     from_node: int | None
     entries: tuple[bytes, ...]
+    # The helpers' expectations of those flows (attrs): committed after every
+    # entry, since the kernel creates one only for a master in its table.
+    expectations: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

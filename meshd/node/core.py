@@ -64,7 +64,7 @@ from ..sync.filters import EventFilter
 from ..sync.membership import DISCOVERY_WINDOW_S
 from .actions import DumpKernel, KernelResynced
 from .cluster import SplitBrainWatch, cluster_view, masters
-from .flows import KernelFlows
+from .flows import KernelChanges, KernelFlows
 from .takeover import Takeovers
 
 SYNC_DEMOTION = 200
@@ -352,7 +352,7 @@ class NodeCore:
         self.flows.begin_resync(table, reason, now)
         return self._flush()
 
-    def kernel_changes(self, batch: list[ExternalChanged]) -> tuple[list[bytes], list[bytes]]:
+    def kernel_changes(self, batch: list[ExternalChanged]) -> KernelChanges:
         """The peers' changes to put into the kernel now (continuous mode); the
         applier says kernel_changes_applied() once it has carried them out."""
         return self.flows.kernel_changes(batch)

@@ -1,12 +1,13 @@
 """This node's conntrack flows between its kernel and its state mesh: the rules.
 
 Owns: which kernel events reach the state mesh (the filter, the merge of
-partial UPDATE events, the flows held until they are min_age_ms old:
-node/young.py), the rebuild of the internal cache from a kernel dump
-(at start, after an overrun, after a filter change), in steps that a shell can
+partial UPDATE events, expectations as records of their own key, the flows
+held until they are min_age_ms old: node/young.py), the rebuild of the
+internal cache from a kernel dump (at start, after an overrun, after a
+filter change), in steps that a shell can
 checkpoint between, with the events that arrive meanwhile held back and fed
 after it, and which of the peers' changes go into the kernel in continuous
-mode.
+mode (a peer's expectation only once its master is there).
 
 Must not: read a clock, touch a socket or netlink, log.  The shell dumps the
 table and applies changes; it hands the dump to `begin_resync` and calls
@@ -15,19 +16,33 @@ table and applies changes; it hands the dump to `begin_resync` and calls
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..kernel import ctnetlink as ct
-from ..sync.actions import UPDATE, ExternalChanged
+from ..sync.actions import DESTROY, NEW, UPDATE, ExternalChanged
 from ..sync.core import SyncCore
 from ..sync.digest import NBUCKETS, bucket_of
 from ..sync.filters import EventFilter
 from .actions import KernelResynced
 from .young import YoungFlows
 
+EXP_NEW = ct.EXP_NEW            # EXP_DESTROY is the only greater kind
+
 # Dumped entries split into buckets per step, and entries diffed per step (whole
 # buckets, at least one): after an overrun under a flood the table holds
 # hundreds of thousands of entries, and the election's adverts share the loop.
 SPLIT_STEP = 5000
 DIFF_STEP = 2000
+# Peers' expectations held back until their master is in the kernel (continuous commit).
+EXPECT_WAITING = 4096
+
+
+class KernelChanges(NamedTuple):
+    """What the continuous applier writes into the kernel for a batch of peer changes (attrs)."""
+    upserts: list
+    deletes: list
+    expect_upserts: list
+    expect_deletes: list
 
 
 class KernelFlows:
@@ -44,6 +59,8 @@ class KernelFlows:
                  min_age_s: float = 0.0):
         self.sync = sync
         self.filter = event_filter
+        if event_filter.helper_of is None:
+            event_filter.helper_of = ct.expect_helper    # sync.filter.expectations = [helpers]
         self.continuous = continuous
         self.young: YoungFlows | None = YoungFlows(min_age_s) if min_age_s > 0 else None
         self._resync: _Resync | None = None
@@ -61,6 +78,7 @@ class KernelFlows:
         self._recent_deletes: list[tuple[int, set[bytes]]] = []
         # Per dump started and not handed over yet: (_applied, time) when it started.
         self._dump_floors: list[tuple[int, float]] = []
+        self._waiting: dict[bytes, bytes] = {}   # peers' expectations whose master is not in yet
 
     # ------------------------------------------------------------ events
 
@@ -74,10 +92,20 @@ class KernelFlows:
         merge = ct.merge_attrs
         young = self.young
         events = []
+        ended: list[bytes] = []
         for e in burst:
             if not keep(e):
                 continue
             attrs = e.attrs
+            if e.kind >= EXP_NEW:
+                # an expectation rides the state mesh as a flow of its own key
+                if e.kind == EXP_NEW:
+                    events.append((NEW, e.key, attrs))
+                else:
+                    events.append((DESTROY, e.key, attrs))
+                    if get(e.key) is None:        # used up here before its adoption
+                        ended.append(e.key)
+                continue
             if e.kind == UPDATE:
                 # UPDATE events are partial (protoinfo, labels, seq-adjust and
                 # helper come only when they change): merge into what we hold.
@@ -87,6 +115,8 @@ class KernelFlows:
                 if old is not None:
                     attrs = merge(old, attrs)
             events.append((e.kind, e.key, attrs))
+        if ended:
+            self.sync.drop_adopted(ended)
         if young is not None and events:
             events = young.admit(events, get, now)
         return self.sync.local_events(events, now) if events else []
@@ -116,32 +146,74 @@ class KernelFlows:
         held = young.release_all() if young is not None else []
         return self.sync.local_events(held, now) if held else []
 
-    def kernel_changes(self, batch: list[ExternalChanged]) -> tuple[list[bytes], list[bytes]]:
-        """What of the peers' changes goes into the kernel: (upserts, deletes) attrs.
+    def kernel_changes(self, batch: list[ExternalChanged]) -> KernelChanges:
+        """What of the peers' changes goes into the kernel: upserts and deletes (attrs),
+        the expectations apart (the shell commits them after the entries: they
+        need their master in the table).
 
         A flow this node carries now (adopted at a takeover) stays, whatever
         the old origin's bulk says: it is ours to replicate.  So does a flow
         that another peer still holds (it took the flow over from the origin
         that now says it is gone): its entry goes when the last holder says so.
         """
-        upserts = [attrs for change in batch for _key, attrs in change.upserts]
+        is_expect = ct.is_expect_key
+        upserts, exp_upserts = [], []
+        waiting = self._waiting
+        for change in batch:
+            for key, attrs in change.upserts:
+                if is_expect(key):
+                    waiting.pop(key, None)
+                    waiting[key] = attrs          # offered below once its master is there
+                else:
+                    upserts.append(attrs)
         mine = self.sync.internal.get
         peers = self.sync.peers.values()
-        deletes = []
+        deletes, exp_deletes = [], []
         gone: set[bytes] = set()
         for change in batch:
             for key, attrs in change.deletes:
+                if is_expect(key) and waiting.pop(key, None) is not None:
+                    continue                      # never went in
                 if mine(key) is not None:
                     continue
                 b = bucket_of(key)
                 if any(p.id != change.origin and key in p.ext.buckets[b] for p in peers):
                     continue
-                deletes.append(attrs)
+                (exp_deletes if is_expect(key) else deletes).append(attrs)
                 gone.add(key)
         self._decided += 1
         if gone:
             self._recent_deletes.append((self._decided, gone))
-        return upserts, deletes
+        if waiting:
+            exp_upserts = self._with_master(mine, peers)
+        return KernelChanges(upserts, deletes, exp_upserts, exp_deletes)
+
+    def _with_master(self, mine, peers) -> list[bytes]:
+        """The waiting expectations whose master the kernel has, or gets in this batch.
+
+        The kernel refuses an expectation whose master it does not hold
+        (ENOENT), and the peers' records need not come in order: a bulk
+        resync sweeps bucket by bucket, and an expectation's bucket can come
+        before its master's. A master is in the table once it is in a cache
+        (this batch's upserts go in before the expectations); until then the
+        expectation waits, at most EXPECT_WAITING of them, oldest dropped.
+        """
+        waiting = self._waiting
+        ready = []
+        for key, attrs in list(waiting.items()):
+            try:
+                master = ct.expect_master_key(attrs)
+            except ct.CtDecodeError:
+                ready.append(attrs)               # the kernel will say what is wrong with it
+                del waiting[key]
+                continue
+            b = bucket_of(master)
+            if mine(master) is not None or any(master in p.ext.buckets[b] for p in peers):
+                ready.append(attrs)
+                del waiting[key]
+        while len(waiting) > EXPECT_WAITING:
+            del waiting[next(iter(waiting))]
+        return ready
 
     def changes_applied(self) -> None:
         """The applier carried out the oldest kernel_changes batch not reported yet."""

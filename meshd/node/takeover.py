@@ -2,7 +2,8 @@
 
 Owns, for a group that becomes MASTER (DESIGN.md, "The failover ordering"):
 
-1. its replicated flows go into the kernel first (CommitFlows), or, with
+1. its replicated flows go into the kernel first (CommitFlows: the conntrack
+   entries, then the helpers' expectations, which need their master), or, with
    commit = "continuous", what is still queued for the kernel is applied first
    (WaitApplied); every action of the group that follows (addresses,
    announcements, adverts, hooks, and anything later) is held until the shell
@@ -110,9 +111,14 @@ class Takeovers:
         if self.commit == "continuous":
             return [WaitApplied(action.group, TAKEOVER_APPLY_WAIT)]
         pairs = [kv for o in origins for kv in self.sync.dump_external(o)]
+        is_expect = ct.is_expect_key
+        expectations = [(k, a) for k, a in pairs if is_expect(k)]
+        if expectations:
+            pairs = [(k, a) for k, a in pairs if not is_expect(k)]
         if self.scope == "group":
             pairs = [(k, a) for k, a in pairs if touches(a, self._groups[action.group].addresses)]
-        return [CommitFlows(action.group, origin, tuple(a for _k, a in pairs))]
+            expectations = of_masters(expectations, {k for k, _a in pairs})
+        return [CommitFlows(action.group, origin, tuple(a for _k, a in pairs), tuple(a for _k, a in expectations))]
 
     def _already_adopted(self, origin: int) -> bool:
         """Another group just committed this origin's flows, and it has said nothing since."""
@@ -168,7 +174,10 @@ class Takeovers:
             pairs = self.sync.adoptable_bucket(origin, run.bucket)
             run.bucket += 1
             if self.scope == "group":
-                pairs = [(k, a) for k, a in pairs if touches(a, group.addresses)]
+                masters = [(k, a) for k, a in pairs if not ct.is_expect_key(k)]
+                kept = [(k, a) for k, a in masters if touches(a, group.addresses)]
+                pairs = kept + of_masters([(k, a) for k, a in pairs if ct.is_expect_key(k)],
+                                          {k for k, _a in kept})
             get = self.sync.internal.get
             events = [(NEW, k, a) for k, a in pairs if get(k) is None]
             run.at = now                  # the next bucket at the next step
@@ -189,6 +198,18 @@ class _Adoption:
         self.origin_index = 0
         self.bucket = 0
         self.moved = 0
+
+
+def of_masters(expectations: list, masters: set[bytes]) -> list:
+    """The (key, attrs) of those expectations whose master is among `masters` (keys)."""
+    out = []
+    for k, a in expectations:
+        try:
+            if ct.expect_master_key(a) in masters:
+                out.append((k, a))
+        except ct.CtDecodeError:
+            pass
+    return out
 
 
 def touches(attrs: bytes, addresses: tuple[str, ...]) -> bool:

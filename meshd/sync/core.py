@@ -490,6 +490,12 @@ class SyncCore:
         membership.adopt(self, origin, now)
         return []
 
+    def drop_adopted(self, keys) -> int:
+        """Flows that ended on this node before they were adopted (their DESTROY found no
+        internal entry): they leave the adopted origins' caches, so that the adoption does
+        not bring them back as this node's (membership.drop_ended).  Returns how many."""
+        return membership.drop_ended(self, keys)
+
     def adoptable_bucket(self, origin: int, bucket: int) -> list[tuple[bytes, bytes]]:
         """The flows of one bucket that the takeover from `origin` made ours:
         those in its external cache with a state from before the takeover (see

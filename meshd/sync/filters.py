@@ -12,6 +12,16 @@ Then the configured filters: protocols, addresses or CIDRs (original source or
 destination), TCP states, and optionally only ASSURED flows.  DESTROY events
 pass the state filters: a flow that was replicated must also be removed.
 
+Expectations (kinds EXP_NEW / EXP_DESTROY: a helper's expected connection)
+follow their master: the codec gives them the master's protocol and orig
+addresses, and "NATed" when the helper's NAT part ran, so the rules above
+judge the master.  The state filters do not apply (an expectation has no
+state).  `expectations = false` leaves them all out; a list of helpers keeps
+only theirs (an EXP_DESTROY passes whatever its helper: one that was
+replicated must also be removed).  The helper's name is read from the attrs
+by `helper_of` (the codec's, given by the node core: this floor does not
+import the kernel's).
+
 The check is per event, on fields the codec decoded anyway, with sets of
 packed address bytes so it costs a few dictionary lookups.
 
@@ -26,6 +36,7 @@ and its counters.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config.sync import TCP_STATES, SyncFilter
@@ -33,6 +44,7 @@ from ..config.sync import TCP_STATES, SyncFilter
 IPS_ASSURED = 1 << 2
 IPS_NAT_MASK = (1 << 4) | (1 << 5)       # IPS_SRC_NAT | IPS_DST_NAT
 DESTROY = 3
+EXP_NEW, EXP_DESTROY = 4, 6              # ctnetlink's CtKind: the expectation groups
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 
 
@@ -44,6 +56,7 @@ class FilterStats:
     address: int = 0
     tcp_state: int = 0
     not_assured: int = 0
+    expectation: int = 0                 # expectations left out by sync.filter.expectations
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -54,6 +67,7 @@ class EventFilter:
     config: SyncFilter
     local_addresses: set[bytes] = field(default_factory=set)   # packed 4/16-byte addresses
     stats: FilterStats = field(default_factory=FilterStats)
+    helper_of: Callable[[bytes], str | None] | None = None     # an expectation's helper, from its attrs
 
     def __post_init__(self) -> None:
         self.set_config(self.config)
@@ -72,6 +86,7 @@ class EventFilter:
                       if n.prefixlen == n.max_prefixlen}
         self.wide = [n for n in self.networks if n.prefixlen != n.max_prefixlen]
         self.states = frozenset(TCP_STATES.index(s) for s in self.config.ignore_tcp_states)
+        self.helpers = frozenset(self.config.expectation_helpers)
 
     def set_local_addresses(self, addresses: set[str]) -> None:
         """The node's own and virtual addresses (text), replacing the previous set."""
@@ -90,7 +105,12 @@ class EventFilter:
         if self.networks and (self._ignored(src) or self._ignored(dst)):
             self.stats.address += 1
             return False
-        if event.kind != DESTROY:
+        kind = event.kind
+        if kind >= EXP_NEW:         # no state: the expectations setting instead
+            if not self._keep_expectation(event):
+                self.stats.expectation += 1
+                return False
+        elif kind != DESTROY:
             if event.tcp_state is not None and event.tcp_state in self.states:
                 self.stats.tcp_state += 1
                 return False
@@ -99,6 +119,17 @@ class EventFilter:
                 return False
         self.stats.passed += 1
         return True
+
+    def _keep_expectation(self, event) -> bool:
+        if not self.config.expectations:
+            return False
+        if not self.helpers or event.kind == EXP_DESTROY:
+            return True
+        try:
+            helper = self.helper_of(event.attrs) if self.helper_of is not None else None
+        except ValueError:          # the codec's CtDecodeError: nothing to replicate
+            return False
+        return helper in self.helpers
 
     def _local(self, addr: bytes) -> bool:
         if addr in self.local_addresses:

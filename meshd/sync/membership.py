@@ -173,6 +173,29 @@ def move_adopted(core: SyncCore, changed) -> None:
                     p.stats["adopted entries moved"] += 1
 
 
+def drop_ended(core: SyncCore, keys) -> int:
+    """Flows that ended here before they were adopted leave the adopted origins' caches.
+
+    A flow committed at a takeover can end on this node before adoption
+    moves it (ADOPT_DELAY after the addresses: an FTP data connection uses up
+    its expectation at once): its DESTROY finds no internal entry and changes
+    nothing, and the adoption would then bring it back from the origin's
+    cache as this node's, for good.  The node core calls this for
+    expectations (node/flows.py; conntrack entries have the same window,
+    left as it was: see docs/operation.md).
+    """
+    adopted = [p for p in core.peers.values() if p.adopted]
+    get = core.internal.get
+    n = 0
+    for key in keys:
+        if get(key) is None:
+            for p in adopted:
+                if p.ext.remove(key) is not None:
+                    p.stats["adopted entries ended"] += 1
+                    n += 1
+    return n
+
+
 # ------------------------------------------------------------------ reload
 
 def added(core: SyncCore, peer: int, now: float) -> None:

@@ -351,10 +351,10 @@ class SyncShell:
                      waited_ms=round(waited * 1000, 1),
                      unapplied=self._apply_pending + self._apply_receive.statistics().current_buffer_used)
         else:
-            result = await self.commit(list(a.entries), "takeover")
+            result, exp = await self.commit(list(a.entries), "takeover", list(a.expectations))
             self.log("takeover_commit", group=a.group, from_node=a.from_node, committed=result.ok,
                      failed=result.failed, ms=round(result.seconds * 1000, 1),
-                     errors=result.errors_by_reason or None)
+                     errors=result.errors_by_reason or None, **_expectation_fields(exp))
 
     async def _wait_applied(self, limit: float) -> float:
         """Until every change received from the peers is in the kernel, or `limit` s."""
@@ -364,18 +364,26 @@ class SyncShell:
             await trio.sleep(0.001)
         return trio.current_time() - start
 
-    async def commit(self, entries: list[bytes], kind: str = "operator"):
-        """Commit `entries` (attrs) into the kernel, one commit at a time (the
-        apply loop takes the same lock); the CommitResult, also kept for
-        `meshctl stats` and timed under `kind` (COMMIT_KINDS).  Failed entries
-        are counted in it, not raised."""
+    async def commit(self, entries: list[bytes], kind: str = "operator", expectations: list[bytes] = ()):
+        """Commit `entries` (attrs) into the kernel, then `expectations` (after
+        every entry: the kernel wants an expectation's master in its table), one
+        commit at a time (the apply loop takes the same lock).  Returns the
+        entries' CommitResult and the expectations' (None without any), also
+        kept for `meshctl stats` and timed under `kind` (COMMIT_KINDS).  Failed
+        entries are counted in them, not raised."""
+        exp = None
         async with self._commit_lock:
             result = await self.committer.commit_async(entries)
-        self.commit_seconds[kind].observe(result.seconds)
+            if expectations:
+                exp = await trio.to_thread.run_sync(self.committer.commit_expectations, list(expectations))
+        seconds = result.seconds + (exp.seconds if exp else 0.0)
+        self.commit_seconds[kind].observe(seconds)
         self.last_commit = {"entries": len(entries), "ok": result.ok, "failed": result.failed,
-                            "seconds": round(result.seconds, 4), "errors": result.errors_by_reason,
+                            "seconds": round(seconds, 4), "errors": result.errors_by_reason,
                             "at": time.time()}
-        return result
+        if exp is not None:
+            self.last_commit["expectations"] = _expectation_fields(exp)
+        return result, exp
 
     # ------------------------------------------------------------------ the kernel
 
@@ -384,7 +392,7 @@ class SyncShell:
         cache, and wait until it did (its steps run from the node's timer)."""
         async with self._dump_lock:
             self.node.kernel_dump_started(trio.current_time())
-            table = await trio.to_thread.run_sync(kct.dump_table)
+            table = await trio.to_thread.run_sync(_dump_all)
             self._resynced = trio.Event()
             self.dispatch(self.node.kernel_table(table, why, trio.current_time()))
             await self._resynced.wait()
@@ -487,10 +495,13 @@ class SyncShell:
                 except trio.WouldBlock:
                     break
             self._apply_pending = len(batch)
-            upserts, deletes = self.node.kernel_changes(batch)
+            upserts, deletes, exp_upserts, exp_deletes = self.node.kernel_changes(batch)
             seconds = 0.0             # in the kernel calls, not in the checkpoints between them
             try:
                 async with self._commit_lock:
+                    if exp_deletes:
+                        # ENOENT is the usual answer: used up, or gone with its master
+                        seconds += self.committer.delete_expectations(exp_deletes, pipeline=False).seconds
                     for lo in range(0, len(deletes), APPLY_CHUNK):
                         seconds += self.committer.delete(deletes[lo:lo + APPLY_CHUNK], pipeline=False).seconds
                         await trio.sleep(0)
@@ -501,10 +512,16 @@ class SyncShell:
                             self.log("ct_apply_errors", level="warning", failed=result.failed,
                                      errors=result.errors_by_reason)
                         await trio.sleep(0)
+                    if exp_upserts:       # after their masters, which this batch may carry
+                        result = self.committer.commit_expectations(exp_upserts, pipeline=False)
+                        seconds += result.seconds
+                        if result.failed:
+                            self.log("ct_apply_errors", level="warning", what="expectations",
+                                     failed=result.failed, errors=result.errors_by_reason)
             finally:
                 self._apply_pending = 0
                 self.node.kernel_changes_applied()
-            if upserts or deletes:
+            if upserts or deletes or exp_upserts or exp_deletes:
                 self.commit_seconds["continuous"].observe(seconds)
 
     # ------------------------------------------------------------------ reload
@@ -570,9 +587,13 @@ class SyncShell:
             self.dispatch(self.node.resync_request(now))
             return {"peers": list(core.peers)}
         if cmd == "commit":
-            result = await self.commit(list(core.external_entries(peer)))
+            entries, expectations = [], []
+            for key, attrs in _external_pairs(core, peer):
+                (expectations if ct.is_expect_key(key) else entries).append(attrs)
+            result, exp = await self.commit(entries, expectations=expectations)
             return {"committed": result.ok, "failed": result.failed,
-                    "seconds": round(result.seconds, 4), "errors": result.errors_by_reason}
+                    "seconds": round(result.seconds, 4), "errors": result.errors_by_reason,
+                    **_expectation_fields(exp)}
         if cmd == "flush":
             what = request.get("what")
             if what == "internal":
@@ -606,15 +627,41 @@ class SyncShell:
             sources = [(o, dict(core.dump_external(o))) for o in origins]
         n = 0
         for origin, items in sources:
-            for _key, attrs in items.items():
+            for key, attrs in items.items():
                 try:
-                    entry = ct.parse_entry(attrs)
+                    entry = ct.parse_expect(attrs) if ct.is_expect_key(key) else ct.parse_entry(attrs)
                 except ct.CtDecodeError as e:
                     entry = {"error": str(e)}
                 yield {"origin": origin, "entry": entry}
                 n += 1
                 if n % DUMP_CHECKPOINT == 0:
                     await trio.sleep(0)
+
+
+def _dump_all() -> list:
+    """The kernel's table and its expectations (one list of CtEvents), for the diff."""
+    return kct.dump_table() + kct.dump_expectations()
+
+
+def _external_pairs(core, peer: int | None):
+    """(key, attrs) of one origin's external cache, or of every origin's (each key once)."""
+    if peer is not None:
+        yield from core.dump_external(peer)
+        return
+    seen: set[bytes] = set()
+    for origin in list(core.peers):
+        for key, attrs in core.dump_external(origin):
+            if key not in seen:
+                seen.add(key)
+                yield key, attrs
+
+
+def _expectation_fields(result) -> dict:
+    """What the log line and the answer say about a commit's expectations (nothing without any)."""
+    if result is None:
+        return {}
+    return {"expectations": result.ok, "expectations_failed": result.failed,
+            "expectation_errors": result.errors_by_reason or None}
 
 
 def _norm(address: str) -> str:

@@ -21,10 +21,17 @@ Topology (the firewall forwards, nftables in inet and ip nat tables):
                     to a shorter address: sequence adjustment) and a RELATED
                     data connection from the server (CTA_TUPLE_MASTER)
     tcp dport 5002: SNAT to 10.0.2.1;  fw 192.168.100.1:8080 DNAT to srv:80
+    expectations:   the active FTP data connection's (created, then used up:
+                    EXP_DESTROY), a passive one (PASV, IPv4 through the SNAT:
+                    CTA_EXPECT_NAT) and an extended passive one (EPSV, IPv6, no
+                    NAT) left pending for the expectation dump
 
 The script does not import meshd: messages are picked and their expected
 fields computed with pyroute2's independent decoder and the scenario's own
-constants, so the vectors check meshd's codec rather than echo it. The
+constants, so the vectors check meshd's codec rather than echo it. pyroute2
+0.9.7 has no expectation message; ExpectOracle below declares one with
+pyroute2's own attribute machinery (the map copied from the kernel's
+enum ctattr_expect), reusing pyroute2's conntrack tuple decoder. The
 messages change from run to run (ports, ids, timeouts); the expectations
 describe each message's own content.
 """
@@ -152,7 +159,7 @@ class Listener:
         with netns(ns):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)     # SO_RCVBUFFORCE
-        self.sock.bind((0, 0b111))
+        self.sock.bind((0, 0b111 | 1 << 3 | 1 << 5))      # + NFNLGRP_CONNTRACK_EXP_NEW, _EXP_DESTROY
         self.datagrams: list[bytes] = []
         self._stop = False
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -181,13 +188,15 @@ class Listener:
         self.sock.close()
 
 
-def dump(ns: str) -> bytes:
-    """The whole dump reply, every datagram concatenated (ends with NLMSG_DONE)."""
+def dump(ns: str, mtype: int = 0x101) -> bytes:
+    """The whole dump reply, every datagram concatenated (ends with NLMSG_DONE).
+
+    mtype 0x101: IPCTNL_MSG_CT_GET; 0x201: IPCTNL_MSG_EXP_GET (the expectations)."""
     with netns(ns):
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     with s:
         s.bind((0, 0))
-        s.send(struct.pack("=IHHII", 20, 0x101, 0x301, 7, 0) + bytes(4))
+        s.send(struct.pack("=IHHII", 20, mtype, 0x301, 7, 0) + bytes(4))
         out = b""
         while True:
             d = s.recv(1 << 16)
@@ -293,6 +302,7 @@ class Traffic:
         cli.settimeout(5)
         cli.connect((SRV4, 21))
         conn, _ = srv.accept()
+        srv.close()             # the port is ftp_passive's next
         conn.sendall(b"220 meshd capture\r\n")
         cli.recv(100)
         # nf_conntrack_ftp only parses a command that starts right after a
@@ -315,8 +325,38 @@ class Traffic:
         dconn, _ = data_l.accept()
         data.sendall(b"file contents\r\n")
         dconn.recv(100)
-        self.keep += [srv, data_l, cli, conn, data, dconn]
+        self.keep += [data_l, cli, conn, data, dconn]
         return len(line) - len("PORT 192,168,100,2,156,85\r\n")
+
+    def ftp_passive(self, family: int) -> int:
+        """A control connection whose server announces a passive data port: PASV
+        (IPv4, through the SNAT) or EPSV (IPv6); the expectation stays pending."""
+        v4 = family == socket.AF_INET
+        srv_addr = SRV4 if v4 else SRV6
+        srv = sock_in(self.n["srv"], family, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((srv_addr, 21))
+        srv.listen(1)
+        cli = sock_in(self.n["cli"], family, socket.SOCK_STREAM)
+        cli.settimeout(5)
+        cli.connect((srv_addr, 21))
+        conn, _ = srv.accept()
+        conn.sendall(b"220 meshd capture\r\n")
+        cli.recv(100)
+        cli.sendall(b"USER anonymous\r\n")
+        conn.recv(100)
+        conn.sendall(b"230 logged in\r\n")
+        cli.recv(100)
+        port = 50021 if v4 else 50022
+        cli.sendall(b"PASV\r\n" if v4 else b"EPSV\r\n")
+        conn.recv(100)
+        if v4:
+            conn.sendall(f"227 Entering Passive Mode (10,0,2,2,{port >> 8},{port & 255})\r\n".encode())
+        else:
+            conn.sendall(f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode())
+        cli.recv(100)
+        self.keep += [srv, cli, conn]
+        return port
 
     def close(self) -> None:
         for s in self.keep:
@@ -426,6 +466,84 @@ def expectations(msg: bytes) -> dict:
     return exp
 
 
+class ExpectOracle:
+    """An expectation message (IPCTNL_MSG_EXP_*) for pyroute2's decoder, built on first use."""
+    cls = None
+
+    @classmethod
+    def decode(cls, msg: bytes):
+        if cls.cls is None:
+            from pyroute2.netlink import nla
+            from pyroute2.netlink.nfnetlink import nfgen_msg
+            from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
+
+            class nfexp_msg(nfgen_msg):
+                prefix = "CTA_EXPECT_"
+                nla_map = (("CTA_EXPECT_UNSPEC", "none"), ("CTA_EXPECT_MASTER", "cta_tuple"),
+                           ("CTA_EXPECT_TUPLE", "cta_tuple"), ("CTA_EXPECT_MASK", "cta_tuple"),
+                           ("CTA_EXPECT_TIMEOUT", "be32"), ("CTA_EXPECT_ID", "be32"),
+                           ("CTA_EXPECT_HELP_NAME", "asciiz"), ("CTA_EXPECT_ZONE", "be16"),
+                           ("CTA_EXPECT_FLAGS", "be32"), ("CTA_EXPECT_CLASS", "be32"),
+                           ("CTA_EXPECT_NAT", "cta_expect_nat"), ("CTA_EXPECT_FN", "asciiz"))
+                cta_tuple = nfct_msg.cta_tuple
+
+                class cta_expect_nat(nla):
+                    nla_map = (("CTA_EXPECT_NAT_UNSPEC", "none"), ("CTA_EXPECT_NAT_DIR", "be32"),
+                               ("CTA_EXPECT_NAT_TUPLE", "cta_tuple"))
+                    cta_tuple = nfct_msg.cta_tuple
+
+            cls.cls = nfexp_msg
+        m = cls.cls(msg)
+        m.decode()
+        return m
+
+
+def expect_kind(msg: bytes) -> str | None:
+    ty = struct.unpack_from("=IH", msg)[1]
+    return {0x200: "EXP_NEW", 0x202: "EXP_DESTROY"}.get(ty)
+
+
+def expectation_fields(msg: bytes) -> dict:
+    """What an expectation message says, per pyroute2 (ExpectOracle) plus the netlink header."""
+    _ln, _ty, _fl, _seq, pid = struct.unpack_from("=IHHII", msg)
+    m = ExpectOracle.decode(msg)
+    family = m["nfgen_family"]
+    exp = {"kind": expect_kind(msg), "portid": pid, "family": family}
+    for name, key in (("CTA_EXPECT_TUPLE", "tuple"), ("CTA_EXPECT_MASK", "mask"),
+                      ("CTA_EXPECT_MASTER", "master")):
+        exp[key] = tuple_fields(m.get_attr(name), family)
+    for name, key in (("CTA_EXPECT_TIMEOUT", "timeout"), ("CTA_EXPECT_ID", "id"),
+                      ("CTA_EXPECT_HELP_NAME", "helper"), ("CTA_EXPECT_ZONE", "zone"),
+                      ("CTA_EXPECT_FLAGS", "flags"), ("CTA_EXPECT_CLASS", "class"), ("CTA_EXPECT_FN", "fn")):
+        if m.get_attr(name) is not None:
+            exp[key] = m.get_attr(name)
+    nat = m.get_attr("CTA_EXPECT_NAT")
+    if nat is not None:
+        exp["nat"] = {"dir": ("orig", "reply")[nat.get_attr("CTA_EXPECT_NAT_DIR")],
+                      "tuple": tuple_fields(nat.get_attr("CTA_EXPECT_NAT_TUPLE"), family)}
+    # The keys (meshd's layouts, meshd/kernel/ctnetlink/events.py): the expectation's own
+    # (b"E", then a conntrack key of its tuple) and its master's, computed from the fields.
+    addr = lambda a: socket.inet_pton(family, a)
+    pack = lambda t: (struct.pack("!HBB", exp.get("zone", 0), family, t["proto"]) + addr(t["src"])
+                      + addr(t["dst"]) + struct.pack("!HH", t.get("sport") or 0, t.get("dport") or 0))
+    exp["key"] = (b"E" + pack(exp["tuple"])).hex()
+    exp["master_key"] = pack(exp["master"]).hex()
+    return exp
+
+
+def pick_expectation(messages: list[bytes], kind: str, **match) -> bytes | None:
+    """The last expectation message of that kind whose tuple matches."""
+    found = None
+    for msg in messages:
+        if expect_kind(msg) != kind:
+            continue
+        m = ExpectOracle.decode(msg)
+        t = tuple_fields(m.get_attr("CTA_EXPECT_TUPLE"), m["nfgen_family"])
+        if all(t.get(k) == v for k, v in match.items()):
+            found = msg
+    return found
+
+
 def pick(messages: list[bytes], kind: str, **match) -> bytes | None:
     """The last message of that kind whose orig tuple matches (and that satisfies `where`)."""
     where = match.pop("where", None)
@@ -467,12 +585,15 @@ def capture() -> dict:
         traffic.echo(socket.AF_INET6, SRV6, 0x4d32)
         traffic.sctp_init(SRV4, 41007, 3868, 0x11223344)
         growth = traffic.ftp()
+        pasv_port = traffic.ftp_passive(socket.AF_INET)
+        epsv_port = traffic.ftp_passive(socket.AF_INET6)
         # An entry created through ctnetlink (its events carry the tool's portid).
         in_ns(fw, "conntrack", "-I", "-p", "sctp", "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "2905",
               "--dport", "2905", "--state", "ESTABLISHED", "--orig-vtag", "0xa1b2c3d4",
               "--reply-vtag", "0x01020304", "-t", "300", "-u", "SEEN_REPLY,ASSURED")
         lst.settle()
         dumped = dump(fw)
+        dumped_exp = dump(fw, 0x201)
         # DESTROY: one through a request (the tool's portid), one by expiry (portid 0).
         in_ns(fw, "conntrack", "-D", "-p", "udp", "--orig-port-dst", "5301")
         # The garbage collector visits rarely while long-lived entries dominate;
@@ -520,12 +641,31 @@ def capture() -> dict:
     dump_msgs = [m for m in split(dumped) if kind_of(m)]
     cases.append(("dump_ftp_control", (f"dump entry: FTP control through SNAT + ftp helper, the PORT command "
                                        f"rewritten ({growth:+d} bytes): CTA_HELP, CTA_SEQ_ADJ_*, counters"),
-                  pick(dump_msgs, "NEW", proto=6, dport=21)))
+                  pick(dump_msgs, "NEW", proto=6, dport=21,
+                       where=lambda m: m.get_attr("CTA_SEQ_ADJ_ORIG") is not None)))
     cases.append(("dump_ftp_data_related", "dump entry: the FTP data connection (EXPECTED, CTA_TUPLE_MASTER, DNAT)",
                   pick(dump_msgs, "NEW", proto=6, sport=20)))
     cases.append(("dump_zone_mark_labels", "dump entry: UDP in zone 7, mark 0x2a, connlabel bit 3",
                   pick(dump_msgs, "NEW", proto=17, sport=41006)))
     cases.append(("dump_ipv4_tcp", "dump entry: IPv4 TCP ESTABLISHED", pick(dump_msgs, "NEW", proto=6, sport=41001)))
+    exp_dump_msgs = [m for m in split(dumped_exp) if expect_kind(m)]
+    expect_cases = [
+        ("expect_active_new", "EXP_NEW: active FTP (PORT rewritten by the SNAT's helper): the server's data "
+         "connection expected, CTA_EXPECT_NAT", pick_expectation(events, "EXP_NEW", dport=40021)),
+        ("expect_active_destroy", "EXP_DESTROY: the same expectation used up by its data connection",
+         pick_expectation(events, "EXP_DESTROY", dport=40021)),
+        ("expect_passive_nat", "EXP_NEW: PASV through the SNAT, CTA_EXPECT_NAT and nat-follow-master",
+         pick_expectation(events, "EXP_NEW", dport=pasv_port)),
+        ("expect_epsv_ipv6", "EXP_NEW: EPSV over IPv6, no NAT", pick_expectation(events, "EXP_NEW", dport=epsv_port)),
+        ("dump_expect_passive", "expectation dump entry: the PASV expectation still pending",
+         pick_expectation(exp_dump_msgs, "EXP_NEW", dport=pasv_port)),
+    ]
+    expect_vectors = []
+    for name, what, msg in expect_cases:
+        if msg is None:
+            print(f"warning: no message for {name}", file=sys.stderr)
+            continue
+        expect_vectors.append({"name": name, "what": what, "hex": msg.hex(), "expect": expectation_fields(msg)})
     vectors = []
     for name, what, msg in cases:
         if msg is None:
@@ -538,6 +678,9 @@ def capture() -> dict:
                  "hex = one whole netlink message (nlmsghdr included). expect = the fields per pyroute2's "
                  "decoder and the netlink header; key = meshd's key layout computed from them.",
         "vectors": vectors,
+        "expect_vectors": expect_vectors,
+        "expect_dump": {"what": "a whole expectation dump reply (IPCTNL_MSG_EXP_GET, NLMSG_DONE last)",
+                        "hex": dumped_exp.hex(), "entries": len(exp_dump_msgs)},
         "dump": {"what": "a whole dump reply (every datagram concatenated, NLMSG_DONE last)",
                  "hex": dumped.hex(), "entries": len(dump_msgs)},
     }
@@ -550,7 +693,8 @@ def main() -> None:
         print(text)
     else:
         OUT.write_text(text)
-        print(f"wrote {OUT}: {len(data['vectors'])} vectors, dump of {data['dump']['entries']} entries")
+        print(f"wrote {OUT}: {len(data['vectors'])} vectors, dump of {data['dump']['entries']} entries, "
+              f"{len(data['expect_vectors'])} expectation vectors")
 
 
 if __name__ == "__main__":

@@ -510,3 +510,28 @@ def test_format_discover_names_each_node_and_its_reason():
     assert "node 4 (fw4) at 203.0.113.4" in text and "not a peer: other cluster: fingerprint differs" in text
     assert "candidates (heartbeats sent, not proven): 9" in text and "2 ignored" in text
     assert format_answer("discover", {"ok": True, "discover": False, "heard": []}).startswith("discovery is off")
+
+
+def test_dump_shows_an_expectation_like_conntrack_does():
+    import json as _json
+    from pathlib import Path
+
+    from meshd.control.meshctl import format_answer
+    from meshd.kernel import ctnetlink as ct
+    data = _json.loads((Path(__file__).resolve().parents[2] / "proto/vectors/ctnetlink.json").read_text())
+    v = next(v for v in data["expect_vectors"] if v["name"] == "expect_passive_nat")
+    entry = ct.parse_expect(bytes.fromhex(v["hex"])[16:])
+    line = format_answer("dump", {"ok": True, "more": True, "origin": 1, "entry": entry})
+    x = v["expect"]
+    assert line.startswith("[node 1] expect tcp 300 ")
+    assert f"dport={x['tuple']['dport']}" in line and "mask-dport=65535" in line
+    assert f"master-sport={x['master']['sport']} master-dport=21" in line
+    assert "helper=ftp" in line and "nat-dir=orig" in line and "fn=nat-follow-master" in line
+
+
+def test_commit_answer_names_the_expectations():
+    from meshd.control.meshctl import format_answer
+    text = format_answer("commit", {"ok": True, "committed": 3, "failed": 0, "seconds": 0.01, "errors": {},
+                                    "expectations": 1, "expectations_failed": 1,
+                                    "expectation_errors": {"ENOENT": 1}})
+    assert text == "committed 3 entries in 0.010 s, 0 failed; then 1 expectations, 1 failed (ENOENT 1)"

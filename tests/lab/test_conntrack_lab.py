@@ -534,3 +534,56 @@ def test_restore_after_flush_keeps_tcp_flows(topo):
     finally:
         for s in socks:
             s.close()
+
+
+# --- expectations --------------------------------------------------------------------------------
+
+EXPECT = {v["name"]: v for v in json.loads((REPO / "proto/vectors/ctnetlink.json").read_text())["expect_vectors"]}
+
+
+def expect_attrs(name: str) -> bytes:
+    return ct.decode_events(bytes.fromhex(EXPECT[name]["hex"]))[0].attrs
+
+
+def strip_help(attrs: bytes) -> bytes:
+    return attrs[:4] + b"".join(attrs[s - 4:e] + b"\0" * (-(e - s) & 3)
+                                for t, _rt, s, e in ct.iter_attrs(attrs, ct.NFGEN_LEN) if t != ct.CTA_HELP)
+
+
+def test_expectation_commit_needs_its_master_with_a_helper(ns):
+    """What the kernel says to an expectation committed through ctnetlink (6.18): ENOENT without
+    its master, EOPNOTSUPP for a master without a helper, and with one it is created, NAT and
+    expect function included; deleted by its key, then ENOENT."""
+    from meshd.kernel.conntrack import dump_expectations
+    master = vector_attrs("dump_ftp_control")         # the active FTP's control connection: SNAT, ftp
+    exp = expect_attrs("expect_active_new")
+    key = ct.decode_events(bytes.fromhex(EXPECT["expect_active_new"]["hex"]))[0].key
+    with ns.entered(), CtCommitter() as c:
+        r = c.commit_expectations([exp])
+        assert (r.ok, r.errors_by_reason) == (0, {"ENOENT": 1})
+        assert c.commit([strip_help(master)]).ok == 1
+        r = c.commit_expectations([exp])
+        assert (r.ok, r.errors_by_reason) == (0, {"EOPNOTSUPP": 1})
+        c.flush()
+        assert c.commit([master]).ok == 1
+        # what the old master had left of it (10 s) does not count: the helper's own timeout does
+        short = exp[:4] + b"".join(
+            ct.nla(t, (10).to_bytes(4, "big")) if t == ct.CTA_EXPECT_TIMEOUT else exp[s - 4:e] + b"\0" * (-(e - s) & 3)
+            for t, _rt, s, e in ct.iter_attrs(exp, ct.NFGEN_LEN))
+        assert c.commit_expectations([short]).ok == 1
+        (got,) = dump_expectations()
+        assert got.key == key
+        p, want = ct.parse_expect(got.attrs), EXPECT["expect_active_new"]["expect"]
+        for k in ("tuple", "mask", "master", "helper", "fn", "nat", "class"):
+            assert p.get(k) == want.get(k), k
+        assert 290 <= p["timeout"] <= 300                          # the ftp helper's: 300 s
+        # committed again, it exists: refreshed, and then the timeout sent is the one it gets
+        assert c.commit_expectations([short]).ok == 1
+        assert ct.parse_expect(dump_expectations()[0].attrs)["timeout"] <= 10
+        assert c.delete_expectations(keys=[key]).ok == 1
+        assert c.delete_expectations(keys=[key]).errors_by_reason == {"ENOENT": 1}
+        assert dump_expectations() == []
+        # they belong to their master: it goes, they go
+        assert c.commit_expectations([exp]).ok == 1 and len(dump_expectations()) == 1
+        assert c.delete([master]).ok == 1
+        assert dump_expectations() == []

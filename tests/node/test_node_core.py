@@ -219,7 +219,7 @@ def test_peer_changes_do_not_delete_a_flow_this_node_carries():
     node.kernel_events([CtEvent(1, b"mine", b"my attrs", 0, 6, b"\x0a\0\0\x01", b"\xc6\x33\x64\x05", 0, 3)], 1.0)
     batch = [ExternalChanged(2, upserts=((b"new", b"peer attrs"),),
                              deletes=((b"mine", b"old attrs"), (b"gone", b"gone attrs")))]
-    assert node.kernel_changes(batch) == ([b"peer attrs"], [b"gone attrs"])
+    assert node.kernel_changes(batch) == ([b"peer attrs"], [b"gone attrs"], [], [])
 
 
 def test_health_and_tracks_demote():

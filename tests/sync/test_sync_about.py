@@ -60,3 +60,15 @@ def test_shared_settings_carry_no_secret_and_say_what_differs():
     assert any(d.startswith("cluster key 1: the secrets differ (fingerprint ") for d in diffs)
     assert settings_digest(sa) != settings_digest(sb)
     assert differences(sa, sa, "fw2") == [] and settings_digest(sa) == settings_digest(shared_settings(a))
+
+
+def test_the_expectations_filter_is_shared_only_when_not_the_default():
+    """A default file digests as before the key existed: mixed versions agree."""
+    texts = failover_texts([1, 2])
+    a = parse(texts[1], {1: b"s" * 32})
+    assert not [k for k, _v in shared_settings(a) if "expectations" in k]
+    import dataclasses
+    off = dataclasses.replace(a, sync=dataclasses.replace(
+        a.sync, filter=dataclasses.replace(a.sync.filter, expectations=False)))
+    assert ("sync.filter.expectations", "false") in shared_settings(off)
+    assert settings_digest(shared_settings(off)) != settings_digest(shared_settings(a))

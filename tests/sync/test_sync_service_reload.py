@@ -100,6 +100,7 @@ class Node:
         self.shell.committer, self.shell.reader, self.shell.sock = FakeCommitter(), FakeReader(), FakeSocket()
         self.timer = CoreTimer(self.node, self.dispatch)
         monkeypatch.setattr(kct, "dump_table", lambda: list(table))
+        monkeypatch.setattr(kct, "dump_expectations", lambda: [])
 
     def dispatch(self, actions):
         for a in actions:

@@ -5,12 +5,14 @@ imports only sockets.py from this package, none imports another part:
 
     sockets     opening a socket with its buffers; options and errno names
                 the parts share
-    reader      CtEventReader subscribes to the NEW/UPDATE/DESTROY groups and
+    reader      CtEventReader subscribes to the NEW/UPDATE/DESTROY groups (and
+                the expectations' EXP_NEW/EXP_DESTROY) and
                 puts one list of CtEvents per burst on a trio memory channel,
                 or an Overrun marker when the kernel dropped events (ENOBUFS):
                 the consumer then dumps and diffs. It never crashes on what
                 the kernel sends.
-    dump        dump_table() reads the whole table (blocking; run it in a thread).
+    dump        dump_table() reads the whole table, dump_expectations() every
+                expectation (blocking; run them in a thread).
     committer   CtCommitter injects entries in batches from a worker thread.
                 Its portid is known, so the reader can skip the events of our
                 own injections (the kernel stamps events caused by a
@@ -37,10 +39,12 @@ replicated, committed or deleted: the node core and the shells do.
 """
 
 from .committer import CommitResult, CtCommitter
-from .dump import CtDumpError, dump_table
+from .dump import CtDumpError, dump_expectations, dump_table
 from .reader import (
     DEFAULT_RCVBUF,
     GROUPS_ALL,
+    GROUPS_CONNTRACK,
+    GROUPS_EXPECT,
     SO_ATTACH_FILTER,
     SO_DETACH_FILTER,
     CtEventReader,
@@ -60,6 +64,8 @@ from .sockets import (
 __all__ = [
     "DEFAULT_RCVBUF",
     "GROUPS_ALL",
+    "GROUPS_CONNTRACK",
+    "GROUPS_EXPECT",
     "NETLINK_CAP_ACK",
     "NETLINK_NO_ENOBUFS",
     "SOL_NETLINK",
@@ -73,6 +79,7 @@ __all__ = [
     "CtEventReader",
     "Log",
     "Overrun",
+    "dump_expectations",
     "dump_table",
     "errno_name",
     "set_buffer",

@@ -216,6 +216,58 @@ class CtCommitter:
             errors[errno_name(err)] = errors.get(errno_name(err), 0) + 1
         return CommitResult(len(msgs) - len(failed), sum(errors.values()), errors, time.perf_counter() - t0, {})
 
+    def commit_expectations(self, entries: Iterable[bytes], pipeline: bool | None = None) -> CommitResult:
+        """Create (or refresh) each expectation (attrs as from the reader / a peer).
+
+        Commit their masters first: an expectation whose master is not in the
+        table fails with ENOENT, counted in errors_by_reason like every other
+        failure (an unknown helper: EOPNOTSUPP, an unknown expect function:
+        EINVAL). ENOBUFS (our answers dropped) is resent once, as commit() does.
+        """
+        t0 = time.perf_counter()
+        entries = list(entries)
+        errors: dict[str, int] = {}
+        retried: dict[str, int] = {}
+        flags = _CREATE | self._ack
+        with self._lock:
+            msgs = []
+            for i, attrs in enumerate(entries):
+                try:
+                    msgs.append((i, ct.encode_expect_create(attrs, self._next_seq(), flags=flags)))
+                except ct.CtDecodeError:
+                    errors["EBADMSG"] = errors.get("EBADMSG", 0) + 1
+            failed = self._send(msgs, pipeline)
+            again = [i for i, err in failed.items() if err == errno.ENOBUFS]
+            if again:
+                retried["ENOBUFS"] = len(again)
+                for i in again:
+                    del failed[i]
+                failed.update(self._send([(i, ct.encode_expect_create(entries[i], self._next_seq(), flags=flags))
+                                          for i in again], pipeline))
+            for i, err in failed.items():
+                errors[errno_name(err)] = errors.get(errno_name(err), 0) + 1
+        bad = sum(errors.values())
+        return CommitResult(len(entries) - bad, bad, errors, time.perf_counter() - t0, retried)
+
+    def delete_expectations(self, entries: Iterable[bytes] = (), keys: Iterable[bytes] = (),
+                            pipeline: bool | None = None) -> CommitResult:
+        """Delete expectations given by attrs and/or keys; ENOENT (used up, or gone with
+        their master) counts as failed."""
+        t0 = time.perf_counter()
+        flags = ct.NLM_F_REQUEST | self._ack
+        msgs = []
+        errors: dict[str, int] = {}
+        with self._lock:
+            for attrs, key in [(a, None) for a in entries] + [(None, k) for k in keys]:
+                try:
+                    msgs.append((len(msgs), ct.encode_expect_delete(attrs, self._next_seq(), key=key, flags=flags)))
+                except ct.CtDecodeError:
+                    errors["EBADMSG"] = errors.get("EBADMSG", 0) + 1
+            failed = self._send(msgs, pipeline)
+        for err in failed.values():
+            errors[errno_name(err)] = errors.get(errno_name(err), 0) + 1
+        return CommitResult(len(msgs) - len(failed), sum(errors.values()), errors, time.perf_counter() - t0, {})
+
     def flush(self, family: int = ct.AF_UNSPEC) -> None:
         """Delete every entry of the table (of one family). Raises OSError on failure."""
         with self._lock:

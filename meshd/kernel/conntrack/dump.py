@@ -1,4 +1,5 @@
-"""dump_table: every entry of the kernel's conntrack table, read once. Blocking.
+"""dump_table: every entry of the kernel's conntrack table, read once; dump_expectations:
+every expectation. Blocking.
 
 Owns: the dump socket, the multi-part dump read to NLMSG_DONE, redoing a dump
 the kernel marked interrupted, and CtDumpError.
@@ -30,14 +31,24 @@ def dump_table(family: int = ct.AF_UNSPEC, *, rcvbuf: int = 8 << 20, attempts: i
     doubled) is redone, up to `attempts` times; after that CtDumpError.
     EINTR is retried by Python itself (PEP 475).
     """
-    sock = _socket(rcvbuf, log, "ct_dump")
+    return _dump(ct.encode_dump, family, rcvbuf, attempts, log, "ct_dump", "conntrack dump")
+
+
+def dump_expectations(family: int = ct.AF_UNSPEC, *, rcvbuf: int = 1 << 20, attempts: int = 5,
+                      log: Log = _no_log) -> list:
+    """Every expectation (of one family) as CtEvents of kind EXP_NEW. Blocking; as dump_table."""
+    return _dump(ct.encode_expect_dump, family, rcvbuf, attempts, log, "ct_dump_expect", "expectation dump")
+
+
+def _dump(encode, family: int, rcvbuf: int, attempts: int, log: Log, what: str, text: str) -> list:
+    sock = _socket(rcvbuf, log, what)
     with sock:
         sock.bind((0, 0))
         sock.settimeout(30)
         buf = bytearray(_RECV_SIZE)
         view = memoryview(buf)
         for attempt in range(1, attempts + 1):
-            sock.send(ct.encode_dump(attempt, family))
+            sock.send(encode(attempt, family))
             events: list = []
             flags = 0
             while True:
@@ -53,17 +64,17 @@ def dump_table(family: int = ct.AF_UNSPEC, *, rcvbuf: int = 8 << 20, attempts: i
                 try:
                     r = ct.decode_into(bytes(view[:n]), events)
                 except ct.CtNetlinkError as e:
-                    raise CtDumpError(e.errno, f"conntrack dump failed: {errno_name(e.errno)}") from None
+                    raise CtDumpError(e.errno, f"{text} failed: {errno_name(e.errno)}") from None
                 except ct.CtDecodeError as e:
-                    raise CtDumpError(errno.EBADMSG, f"undecodable conntrack dump: {e}") from None
+                    raise CtDumpError(errno.EBADMSG, f"undecodable {text}: {e}") from None
                 flags |= r
                 if r & ct.DONE:
                     break
             if not flags & ct.DUMP_INTERRUPTED:
                 return events
-            log("ct_dump_interrupted", level="warning", attempt=attempt, entries=len(events))
+            log(f"{what}_interrupted", level="warning", attempt=attempt, entries=len(events))
             _drain(sock)
-        raise CtDumpError(errno.EINTR, f"conntrack dump interrupted {attempts} times")
+        raise CtDumpError(errno.EINTR, f"{text} interrupted {attempts} times")
 
 
 def _drain(sock: socket.socket) -> None:

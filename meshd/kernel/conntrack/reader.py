@@ -1,6 +1,7 @@
 """CtEventReader: conntrack events from the kernel, in bursts, for one trio task.
 
-Owns: the event socket (subscribed to the NEW/UPDATE/DESTROY groups), the
+Owns: the event socket (subscribed to the conntrack NEW/UPDATE/DESTROY groups
+and the expectations' EXP_NEW/EXP_DESTROY groups), the
 burst loop (wait readable, non-blocking reads until empty or `burst`
 datagrams, one list per burst on the channel), the Overrun marker and what
 is discarded after a loss, and the classic BPF filter that has the kernel
@@ -29,8 +30,11 @@ from meshd.kernel.ctnetlink import netlink as ctnl
 from .sockets import _RECV_SIZE, SO_RCVBUFFORCE, Log, _no_log, _socket, set_buffer
 
 DEFAULT_RCVBUF = 32 << 20
-GROUPS_ALL = (1 << ct.NFNLGRP_CONNTRACK_NEW - 1) | (1 << ct.NFNLGRP_CONNTRACK_UPDATE - 1) \
+GROUPS_CONNTRACK = (1 << ct.NFNLGRP_CONNTRACK_NEW - 1) | (1 << ct.NFNLGRP_CONNTRACK_UPDATE - 1) \
     | (1 << ct.NFNLGRP_CONNTRACK_DESTROY - 1)
+# Expectations are created and destroyed, never updated (ctnetlink_expect_event).
+GROUPS_EXPECT = (1 << ct.NFNLGRP_CONNTRACK_EXP_NEW - 1) | (1 << ct.NFNLGRP_CONNTRACK_EXP_DESTROY - 1)
+GROUPS_ALL = GROUPS_CONNTRACK | GROUPS_EXPECT
 
 
 class Overrun:

@@ -13,6 +13,9 @@ needs just the first two), and none imports the rest of meshd or does I/O:
     nat         a NATed entry told to the kernel as CTA_NAT_* ranges
     create      encode_create(s): an entry rewritten for injection, per-shape plans
     parse       parse_entry: the full, slow decode for `meshctl dump` and tests
+    expect      expectations (the helpers' expected connections): their key,
+                master and helper read from attrs, create / delete / dump
+                requests, parse_expect (their events are decoded in events)
 
 Callers import the package, `from meshd.kernel import ctnetlink as ct`, and
 use `ct.decode_into`, `ct.CTA_STATUS`, ...: every public name of the rooms is
@@ -42,6 +45,8 @@ from .events import (
     DESTROY,
     DONE,
     DUMP_INTERRUPTED,
+    EXP_DESTROY,
+    EXP_NEW,
     NEW,
     UPDATE,
     CtEvent,
@@ -50,6 +55,16 @@ from .events import (
     decode_events,
     decode_into,
     merge_attrs,
+)
+from .expect import (
+    EXPECT_NOT_INJECTED,
+    encode_expect_create,
+    encode_expect_delete,
+    encode_expect_dump,
+    expect_helper,
+    expect_master_key,
+    is_expect_key,
+    parse_expect,
 )
 from .netlink import (
     HDR_LEN,
@@ -79,4 +94,6 @@ __all__ = constants.__all__ + [
     "encode_delete", "encode_get", "encode_dump", "encode_flush", "encode_barrier", "iter_acks",
     "IPS_SETTABLE", "NOT_INJECTED", "CREATE_ONLY", "encode_create", "encode_creates", "rewrite_timeout",
     "parse_entry",
+    "EXP_NEW", "EXP_DESTROY", "EXPECT_NOT_INJECTED", "is_expect_key", "expect_master_key", "expect_helper",
+    "encode_expect_create", "encode_expect_delete", "encode_expect_dump", "parse_expect",
 ]

@@ -19,7 +19,18 @@ key   (bytes) the flow identity, canonical whatever order the kernel emitted
 
       so 16 bytes for IPv4, 40 for IPv6. (tuples.key_tuple reads it back.)
 
-attrs (bytes) the netlink message payload after the nlmsghdr, unmodified:
+      An *expectation* (a helper's expected connection, the expectation
+      subsystem NFNL_SUBSYS_CTNETLINK_EXP) has a key of its own:
+
+          b"E"     1 byte   0x45, the marker
+          ...      16 | 40  the layout above, of CTA_EXPECT_TUPLE, with the
+                            zone of CTA_EXPECT_ZONE (else 0)
+
+      so 17 or 41 bytes: never the length of a conntrack key, and the kernel
+      finds an expectation by that tuple and zone (expect.is_expect_key).
+
+attrs (bytes) the netlink message payload after the nlmsghdr, unmodified
+      (for an expectation: its CTA_EXPECT_* attributes, the same way):
       the 4-byte nfgenmsg (family, version 0, res_id) then the top-level CTA_*
       attributes exactly as the kernel wrote them. attrs[0] is the family; a
       message is rebuilt by prefixing an nlmsghdr. Nothing is dropped, so
@@ -39,6 +50,9 @@ so a message whose headers match is handled exactly as the walk would
 handle it. The per-event functions are measured: keep their locals and bound
 lookups as they are.
 
+Expectations are rare (one per pending data connection of a helper) and
+decoded by a plain walk (_decode_exp), without plans.
+
 Must not: decode more than the hot path needs (the full decode is parse.py),
 build requests (tuples.py, requests.py, create.py), or do I/O.
 """
@@ -53,7 +67,13 @@ from typing import ClassVar, NamedTuple
 from . import netlink
 from .constants import (
     CT_DELETE,
+    CT_EXP_DELETE,
+    CT_EXP_NEW,
     CT_NEW,
+    CTA_EXPECT_MASTER,
+    CTA_EXPECT_NAT,
+    CTA_EXPECT_TUPLE,
+    CTA_EXPECT_ZONE,
     CTA_IP_V4_DST,
     CTA_IP_V4_SRC,
     CTA_IP_V6_DST,
@@ -78,6 +98,7 @@ from .constants import (
     CTA_ZONE,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
+    IPS_NAT_MASK,
     NLA_TYPE_MASK,
     NLM_F_CREATE,
     NLM_F_DUMP_INTR,
@@ -99,12 +120,16 @@ from .netlink import (
 _ADDR_LEN, _ERR, _HDR, _NLA = netlink._ADDR_LEN, netlink._ERR, netlink._HDR, netlink._NLA
 
 class CtKind:
-    """Event kinds; the values are the NFNLGRP_CONNTRACK_* group numbers."""
+    """Event kinds; the values are the NFNLGRP_CONNTRACK_* group numbers
+    (EXP_*: an expectation's, NFNLGRP_CONNTRACK_EXP_NEW / _DESTROY)."""
     NEW, UPDATE, DESTROY = 1, 2, 3
-    names: ClassVar[dict[int, str]] = {1: "NEW", 2: "UPDATE", 3: "DESTROY"}
+    EXP_NEW, EXP_DESTROY = 4, 6
+    names: ClassVar[dict[int, str]] = {1: "NEW", 2: "UPDATE", 3: "DESTROY", 4: "EXP_NEW", 6: "EXP_DESTROY"}
 
 
 NEW, UPDATE, DESTROY = CtKind.NEW, CtKind.UPDATE, CtKind.DESTROY
+EXP_NEW, EXP_DESTROY = CtKind.EXP_NEW, CtKind.EXP_DESTROY
+EXPECT_KEY_MARK = b"E"
 
 
 class CtEvent(NamedTuple):
@@ -119,6 +144,12 @@ class CtEvent(NamedTuple):
     src, dst   orig tuple addresses, 4 or 16 bytes
     status     CTA_STATUS or None (absent in some DESTROY events)
     tcp_state  TCP conntrack state (TCP_STATES index) or None
+
+    An expectation (kind EXP_NEW / EXP_DESTROY) follows its master through
+    the filters, so l4proto, src and dst are those of the master's orig
+    tuple (CTA_EXPECT_MASTER); status is IPS_SRC_NAT | IPS_DST_NAT when it
+    carries CTA_EXPECT_NAT (the helper's NAT part ran: the master is NATed),
+    else 0; tcp_state is None.
     """
     kind: int
     key: bytes
@@ -140,8 +171,9 @@ DONE, DUMP_INTERRUPTED = 1, 2
 def decode_events(buf: bytes) -> list[CtEvent]:
     """Decode a buffer of netlink messages (one recv from an event or dump socket).
 
-    Conntrack NEW/DELETE messages become CtEvents; ACKs, NOOPs and messages of
-    other subsystems are skipped; decoding stops at NLMSG_DONE.
+    Conntrack NEW/DELETE messages become CtEvents, and so do expectation
+    EXP_NEW/EXP_DELETE messages (kinds EXP_NEW, EXP_DESTROY); ACKs, NOOPs and
+    messages of other subsystems are skipped; decoding stops at NLMSG_DONE.
     """
     out: list[CtEvent] = []
     decode_into(buf, out)
@@ -180,6 +212,8 @@ def decode_into(buf: bytes, out: list) -> int:
             else:
                 kind = UPDATE
             append(_decode_ct(buf, pos, pos + mlen, kind, pid))
+        elif mtype == CT_EXP_NEW or mtype == CT_EXP_DELETE:
+            append(_decode_exp(buf, pos, pos + mlen, EXP_NEW if mtype == CT_EXP_NEW else EXP_DESTROY, pid))
         elif mtype == NLMSG_ERROR:
             if mlen < HDR_LEN + 4:
                 raise CtDecodeError(f"truncated nlmsgerr at offset {pos}")
@@ -218,6 +252,45 @@ def _decode_ct(buf: bytes, start: int, end: int, kind: int, pid: int) -> CtEvent
     tcp_state = None if plan.tcp_state < 0 else attrs[plan.tcp_state]
     return _new_event(CtEvent, (kind, key, attrs, pid, attrs[plan.proto], parts[plan.src], parts[plan.src + 1],
                                 status, tcp_state))
+
+
+def _decode_exp(buf: bytes, start: int, end: int, kind: int, pid: int) -> CtEvent:
+    """One expectation message [start, end) into a CtEvent (CtEvent says what its fields hold)."""
+    attrs = buf[start + HDR_LEN:end]
+    if len(attrs) < NFGEN_LEN:
+        raise CtDecodeError("truncated nfgenmsg")
+    if attrs[0] not in _ADDR_LEN:
+        raise CtDecodeError(f"unsupported family {attrs[0]}")
+    tup = master = None
+    zone = b"\0\0"
+    nat = False
+    for t, _rt, s, e in iter_attrs(attrs, NFGEN_LEN):
+        if t == CTA_EXPECT_TUPLE and tup is None:
+            tup = _tuple_key(attrs, s, e)
+        elif t == CTA_EXPECT_MASTER and master is None:
+            master = _tuple_key(attrs, s, e)
+        elif t == CTA_EXPECT_ZONE:
+            if e - s != 2:
+                raise CtDecodeError("CTA_EXPECT_ZONE is not 2 bytes")
+            zone = attrs[s:e]
+        elif t == CTA_EXPECT_NAT:
+            nat = True
+    if tup is None or master is None:
+        raise CtDecodeError("expectation without CTA_EXPECT_TUPLE or CTA_EXPECT_MASTER")
+    key = EXPECT_KEY_MARK + zone + tup
+    n = _ADDR_LEN[attrs[0]]
+    return _new_event(CtEvent, (kind, key, attrs, pid, master[1], master[2:2 + n], master[2 + n:2 + 2 * n],
+                                IPS_NAT_MASK if nat else 0, None))
+
+
+def _tuple_key(attrs: bytes, start: int, end: int) -> bytes:
+    """family, proto, src, dst, l4 of the tuple whose members are attrs[start:end]: a key without its zone."""
+    _zone, proto, src, dst, l4 = _orig_offsets(attrs, start, end, bytearray(len(attrs)))
+    if src < 0 or dst < 0 or proto < 0:
+        raise CtDecodeError("tuple without source, destination or protocol")
+    n = _ADDR_LEN[attrs[0]]
+    return (bytes((attrs[0], attrs[proto])) + attrs[src:src + n] + attrs[dst:dst + n]
+            + b"".join(attrs[o:o + k] if o >= 0 else b"\0" * k for o, k in l4))
 
 
 class _DecodePlan(NamedTuple):

@@ -399,7 +399,7 @@ class SimNode:
         if inc != self.incarnation:
             return
         batch, self.apply_queue = self.apply_queue[:APPLY_BATCH], self.apply_queue[APPLY_BATCH:]
-        upserts, deletes = self.node.kernel_changes(batch)
+        upserts, deletes, _exp_upserts, _exp_deletes = self.node.kernel_changes(batch)   # no helpers here
         for lo in range(0, len(deletes), APPLY_CHUNK):
             self.apply_chunks.append((self.kernel.delete, deletes[lo:lo + APPLY_CHUNK]))
         for lo in range(0, len(upserts), APPLY_CHUNK):
