@@ -22,7 +22,7 @@ Kernel rules the requests follow (net/netfilter/nf_conntrack_netlink.c,
   master in the table (else ENOENT): commit the masters first;
 - the master must carry a helper: one without (its CTA_HELP was not
   committed, or refused) gets no expectation, EOPNOTSUPP (measured on
-  6.18; older kernels took one with CTA_EXPECT_TIMEOUT). A master with a
+  6.18, whatever CTA_EXPECT_TIMEOUT says). A master with a
   helper gives the expectation that helper's timeout (ftp: 300 s) whatever
   CTA_EXPECT_TIMEOUT says; it is sent anyway, as the peer's kernel wrote it;
 - CTA_EXPECT_HELP_NAME must name a helper this kernel has (else EOPNOTSUPP),
