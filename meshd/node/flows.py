@@ -16,6 +16,7 @@ table and applies changes; it hands the dump to `begin_resync` and calls
 
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple
 
 from ..kernel import ctnetlink as ct
@@ -72,10 +73,12 @@ class KernelFlows:
         # before the delete holds the entry, and when it is diffed the key is
         # in no external cache any more: it would pass for one of our flows.
         # So every batch of deletes not applied when a dump started reading is
-        # kept until that dump is diffed: (batch number, keys), oldest first.
+        # kept until that dump is diffed: (batch number, keys), oldest first,
+        # and by key the newest batch that deleted it (one lookup per dumped entry).
         self._decided = 0                # kernel_changes batches decided
         self._applied = 0                # and carried out by the applier
-        self._recent_deletes: list[tuple[int, set[bytes]]] = []
+        self._recent_deletes: deque[tuple[int, set[bytes]]] = deque()
+        self._deleted_in: dict[bytes, int] = {}
         # Per dump started and not handed over yet: (_applied, time) when it started.
         self._dump_floors: list[tuple[int, float]] = []
         self._waiting: dict[bytes, bytes] = {}   # peers' expectations whose master is not in yet
@@ -184,6 +187,9 @@ class KernelFlows:
         self._decided += 1
         if gone:
             self._recent_deletes.append((self._decided, gone))
+            deleted_in, n = self._deleted_in, self._decided
+            for key in gone:
+                deleted_in[key] = n
         if waiting:
             exp_upserts = self._with_master(mine, peers)
         return KernelChanges(upserts, deletes, exp_upserts, exp_deletes)
@@ -223,9 +229,12 @@ class KernelFlows:
     def _prune_deletes(self) -> None:
         # Applied before every dump in progress started reading: no dump shows them.
         floor = min([self._applied, *(f for f, _ in self._dump_floors), *self._diffing()])
-        recent = self._recent_deletes
+        recent, deleted_in = self._recent_deletes, self._deleted_in
         while recent and recent[0][0] <= floor:
-            recent.pop(0)
+            batch, keys = recent.popleft()
+            for key in keys:
+                if deleted_in.get(key) == batch:      # not deleted again since
+                    del deleted_in[key]
 
     def _diffing(self) -> list[int]:
         """The floors of the dumps handed over and not diffed yet."""
@@ -317,11 +326,11 @@ class KernelFlows:
                         del part[key]
                         r.kept -= 1
             # And those a peer deleted, if the dump may have read them first.
-            for batch, keys in self._recent_deletes:
-                if batch > r.floor:
-                    for key in [k for k in part if k in keys and internal(k) is None]:
-                        del part[key]
-                        r.kept -= 1
+            deleted_in, floor = self._deleted_in, r.floor
+            if deleted_in:
+                for key in [k for k in part if deleted_in.get(k, 0) > floor and internal(k) is None]:
+                    del part[key]
+                    r.kept -= 1
         return self.sync.local_resync_bucket(b, part, now)
 
 

@@ -234,6 +234,18 @@ def sock_in(ns: str, *args) -> socket.socket:
         return socket.socket(*args)
 
 
+def _ftp_login(cli, conn) -> None:
+    """The greeting and a login on a control connection (client and server sockets).
+    nf_conntrack_ftp only parses a command that starts right after a newline it
+    has seen in that direction: so a first line, before the PORT or PASV."""
+    conn.sendall(b"220 meshd capture\r\n")
+    cli.recv(100)
+    cli.sendall(b"USER anonymous\r\n")
+    conn.recv(100)
+    conn.sendall(b"230 logged in\r\n")
+    cli.recv(100)
+
+
 class Traffic:
     def __init__(self, names: dict[str, str]):
         self.n = names
@@ -303,14 +315,7 @@ class Traffic:
         cli.connect((SRV4, 21))
         conn, _ = srv.accept()
         srv.close()             # the port is ftp_passive's next
-        conn.sendall(b"220 meshd capture\r\n")
-        cli.recv(100)
-        # nf_conntrack_ftp only parses a command that starts right after a
-        # newline it has seen in that direction: a first line, then PORT.
-        cli.sendall(b"USER anonymous\r\n")
-        conn.recv(100)
-        conn.sendall(b"230 logged in\r\n")
-        cli.recv(100)
+        _ftp_login(cli, conn)
         cli.sendall(b"PORT 192,168,100,2,156,85\r\n")      # 40021 = 156 * 256 + 85
         line = conn.recv(200).decode()
         conn.sendall(b"200 PORT command successful\r\n")
@@ -341,12 +346,7 @@ class Traffic:
         cli.settimeout(5)
         cli.connect((srv_addr, 21))
         conn, _ = srv.accept()
-        conn.sendall(b"220 meshd capture\r\n")
-        cli.recv(100)
-        cli.sendall(b"USER anonymous\r\n")
-        conn.recv(100)
-        conn.sendall(b"230 logged in\r\n")
-        cli.recv(100)
+        _ftp_login(cli, conn)
         port = 50021 if v4 else 50022
         cli.sendall(b"PASV\r\n" if v4 else b"EPSV\r\n")
         conn.recv(100)

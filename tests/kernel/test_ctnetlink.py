@@ -4,15 +4,15 @@ No root needed: proto/vectors/ctnetlink.json holds real messages captured by
 proto/vectors/capture_ctnetlink.py (which needs root and namespaces).
 """
 
-import json
 import random
 import socket
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from ctvectors import DATA, Vectors, raw
 
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel.ctnetlink import (
@@ -24,24 +24,10 @@ from meshd.kernel.ctnetlink import (
     tuples,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = json.loads((REPO / "proto/vectors/ctnetlink.json").read_text())
-VECTORS = DATA["vectors"]
-IDS = [v["name"] for v in VECTORS]
+_VECTORS = Vectors("vectors")
+VECTORS, IDS = _VECTORS.items, _VECTORS.ids
 KINDS = {"NEW": ct.NEW, "UPDATE": ct.UPDATE, "DESTROY": ct.DESTROY}
-
-
-def raw(v) -> bytes:
-    return bytes.fromhex(v["hex"])
-
-
-def vector(name: str):
-    return next(v for v in VECTORS if v["name"] == name)
-
-
-def event(name: str) -> ct.CtEvent:
-    (ev,) = ct.decode_events(raw(vector(name)))
-    return ev
+vector, event = _VECTORS.vector, _VECTORS.event
 
 
 def hdr(msg: bytes) -> tuple:

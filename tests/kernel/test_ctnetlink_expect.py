@@ -6,35 +6,21 @@ EPSV over IPv6, an expectation dump), with the fields pyroute2's attribute
 decoder reads from them. No root needed.
 """
 
-import json
 import socket
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctvectors import DATA, Vectors, raw
+
 from meshd.kernel import ctnetlink as ct
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = json.loads((REPO / "proto/vectors/ctnetlink.json").read_text())
-VECTORS = DATA["expect_vectors"]
-IDS = [v["name"] for v in VECTORS]
+_VECTORS = Vectors("expect_vectors")
+VECTORS, IDS = _VECTORS.items, _VECTORS.ids
 KINDS = {"EXP_NEW": ct.EXP_NEW, "EXP_DESTROY": ct.EXP_DESTROY}
-
-
-def raw(v) -> bytes:
-    return bytes.fromhex(v["hex"])
-
-
-def vector(name: str):
-    return next(v for v in VECTORS if v["name"] == name)
-
-
-def event(name: str) -> ct.CtEvent:
-    (ev,) = ct.decode_events(raw(vector(name)))
-    return ev
+vector, event = _VECTORS.vector, _VECTORS.event
 
 
 def test_vectors_cover_the_cases():

@@ -7,34 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import tomllib
 
 import trio
+from cluster.configs import node, parse
 
-from meshd.config import parse_config
 from meshd.node.core import NodeCore
 from meshd.sync.actions import SendFrame
 from meshd.sync.shell import SyncShell
 
-SECRET = b"s" * 32
-CONFIG = """\
-[node]
-id = 1
-
-[cluster]
-keys = [{ id = 1, secret_file = "k1.key" }]
-
-[[group]]
-id = 1
-name = "lan"
-interface = "eth0"
-addresses = ["192.0.2.1/24"]
-
-[sync]
-interface = "sync0"
-%s
-peers = [{ id = 2, addresses = ["203.0.113.2", "192.0.2.3"] }, { id = 3, address = "203.0.113.3" }]
-"""
+LAN = {"id": 1, "name": "lan", "interface": "eth0", "addresses": ["192.0.2.1/24"]}
+PEERS = [{"id": 2, "addresses": ["203.0.113.2", "192.0.2.3"]}, {"id": 3, "address": "203.0.113.3"}]
 HEARTBEAT = b"\x02\x03" + bytes(60)        # the shell reads the type byte only
 DATA = b"\x02\x01" + bytes(60)
 
@@ -57,9 +39,8 @@ class Recorder:
         return sorted(out)
 
 
-def shell_for(extra: str = ""):
-    cfg = dataclasses.replace(parse_config(tomllib.loads(CONFIG % extra), "meshd.toml", read_secrets=False),
-                              secrets={1: SECRET})
+def shell_for(**sync_options):
+    cfg = parse(node(1, [LAN], sync={"interface": "sync0", "peers": PEERS, **sync_options}))
     logs: list[tuple[str, dict]] = []
     shell = SyncShell(cfg, NodeCore(cfg, 1_700_000_000), lambda acts: None,
                       lambda e, **f: logs.append((e, f)))
@@ -102,7 +83,7 @@ def test_frames_go_over_the_path_in_use_and_heartbeats_over_every_path():
 
 def test_with_multicast_a_peer_on_its_backup_path_gets_a_unicast_copy():
     async def main():
-        shell, rec, _, cfg = shell_for('multicast_group = "239.255.71.13"')
+        shell, rec, _, cfg = shell_for(multicast_group="239.255.71.13")
         shell.send(SendFrame(None, DATA))
         assert rec.take() == [("data", "239.255.71.13")]
         rec.down.add("203.0.113.2")

@@ -196,19 +196,20 @@ class CtCommitter:
     def delete(self, entries: Iterable[bytes] = (), keys: Iterable[bytes] = (),
                pipeline: bool | None = None) -> CommitResult:
         """Delete entries given by attrs and/or keys. ENOENT (already gone) counts as failed."""
+        return self._delete(ct.encode_delete, entries, keys, pipeline)
+
+    def _delete(self, encode, entries: Iterable[bytes], keys: Iterable[bytes],
+                pipeline: bool | None) -> CommitResult:
+        """Delete requests built by `encode(attrs or None, seq, key=, flags=)`, one per
+        entry and per key; the answers counted as commit() counts them."""
         t0 = time.perf_counter()
         flags = ct.NLM_F_REQUEST | self._ack
         msgs = []
         errors: dict[str, int] = {}
         with self._lock:
-            for attrs in entries:
+            for attrs, key in [(a, None) for a in entries] + [(None, k) for k in keys]:
                 try:
-                    msgs.append((len(msgs), ct.encode_delete(attrs, self._next_seq(), flags=flags)))
-                except ct.CtDecodeError:
-                    errors["EBADMSG"] = errors.get("EBADMSG", 0) + 1
-            for key in keys:
-                try:
-                    msgs.append((len(msgs), ct.encode_delete(None, self._next_seq(), key=key, flags=flags)))
+                    msgs.append((len(msgs), encode(attrs, self._next_seq(), key=key, flags=flags)))
                 except ct.CtDecodeError:
                     errors["EBADMSG"] = errors.get("EBADMSG", 0) + 1
             failed = self._send(msgs, pipeline)
@@ -253,20 +254,7 @@ class CtCommitter:
                             pipeline: bool | None = None) -> CommitResult:
         """Delete expectations given by attrs and/or keys; ENOENT (used up, or gone with
         their master) counts as failed."""
-        t0 = time.perf_counter()
-        flags = ct.NLM_F_REQUEST | self._ack
-        msgs = []
-        errors: dict[str, int] = {}
-        with self._lock:
-            for attrs, key in [(a, None) for a in entries] + [(None, k) for k in keys]:
-                try:
-                    msgs.append((len(msgs), ct.encode_expect_delete(attrs, self._next_seq(), key=key, flags=flags)))
-                except ct.CtDecodeError:
-                    errors["EBADMSG"] = errors.get("EBADMSG", 0) + 1
-            failed = self._send(msgs, pipeline)
-        for err in failed.values():
-            errors[errno_name(err)] = errors.get(errno_name(err), 0) + 1
-        return CommitResult(len(msgs) - len(failed), sum(errors.values()), errors, time.perf_counter() - t0, {})
+        return self._delete(ct.encode_expect_delete, entries, keys, pipeline)
 
     def flush(self, family: int = ct.AF_UNSPEC) -> None:
         """Delete every entry of the table (of one family). Raises OSError on failure."""
