@@ -23,6 +23,7 @@ window has moved past them (a frame that old is refused before it is opened).
 
 from __future__ import annotations
 
+import os
 import zlib
 
 from .actions import DESTROY, NEW, UPDATE, EventKind
@@ -32,8 +33,25 @@ STAMP_LEN = 8
 ZERO_STAMP = bytes(STAMP_LEN)
 
 
+def _accelerator():
+    """meshd._fastcache (the two loops below in C, built at install time) unless
+    MESHD_PURE_PYTHON=1 or it was not built; None: the Python loops."""
+    if os.environ.get("MESHD_PURE_PYTHON") == "1":
+        return None
+    try:
+        from .. import _fastcache
+    except ImportError:
+        return None
+    return _fastcache
+
+
+_fast = _accelerator()
+
+
 class InternalCache:
     """This node's flows: key -> attrs, in 256 buckets, with incremental digests."""
+
+    fast = _fast        # the C loop, or None; a test sets it per instance to run both
 
     def __init__(self, max_record: int):
         self.buckets: list[dict[bytes, bytes]] = [{} for _ in range(NBUCKETS)]
@@ -69,6 +87,10 @@ class InternalCache:
                 final[key] = attrs
             else:
                 raise ValueError(f"unknown event kind {kind!r}")
+        if self.fast is not None:
+            changed, oversized = self.fast.internal_apply(final, self.buckets, self.digests, self.max_record)
+            self.oversized += oversized
+            return changed
         buckets = self.buckets
         digests = self.digests
         crc, adler = zlib.crc32, zlib.adler32
@@ -163,6 +185,8 @@ def _estimate_nbytes(buckets, count: int, sample: int = 2048) -> int:
 class ExternalCache:
     """One origin's flows as this node knows them: key -> attrs || stamp."""
 
+    fast = _fast        # the C loop, or None; a test sets it per instance to run both
+
     def __init__(self, tombstone_limit: int = 262144):
         self.buckets: list[dict[bytes, bytes]] = [{} for _ in range(NBUCKETS)]
         self.digests: list[int] = [0] * NBUCKETS
@@ -181,6 +205,13 @@ class ExternalCache:
 
         upserts/deletes are only collected with `report` (for ExternalChanged).
         """
+        if self.fast is not None:
+            applied, stale, upserts, deletes = self.fast.external_apply(
+                records, stamp, self.buckets, self.digests, self.last_stamp, self.floor, self.tombstones, report)
+            self.stale += stale
+            if len(self.tombstones) > self.tombstone_limit:
+                self._drop_tombstones(len(self.tombstones) - self.tombstone_limit)
+            return applied, upserts or [], deletes or []
         sb = stamp.to_bytes(STAMP_LEN, "big")
         buckets, digests, last, floor = self.buckets, self.digests, self.last_stamp, self.floor
         tombs = self.tombstones
