@@ -472,7 +472,15 @@ class ReferenceSystem:
                     self.started.append(n)
             for n in nodes:
                 self._wait_socket(n)
-            for n in nodes:
+            # The expected master first, the other once it holds the addresses: started
+            # together on a loaded machine, the backup could become master before the
+            # first advert arrives, and its notify runs then race (a keepalived that
+            # went MASTER and back has been seen with "master" as its last notify).
+            first, *others = nodes
+            self._start_keepalived(first)
+            if others:
+                self._wait_holding(first)
+            for n in others:
                 self._start_keepalived(n)
             self._wait_ready(nodes, t_start)
         except BaseException:
@@ -528,6 +536,20 @@ class ReferenceSystem:
                 "--checkers_pid", os.path.join(d, "checkers.pid"),
                 "--bfd_pid", os.path.join(d, "bfd.pid")]
         self.procs.start(keepalived_name(n), self.lab.fw(n), argv)
+
+    def _wait_holding(self, n: int) -> None:
+        """Until node n's keepalived holds every virtual address (it is MASTER)."""
+        wanted = {_ip(a) for a in VIRTUAL_ADDRESSES}
+        deadline = time.monotonic() + START_TIMEOUT
+        while wanted - self._addresses(n):
+            proc = self.procs.get(keepalived_name(n))
+            if not proc.alive():
+                raise LabError(f"{keepalived_name(n)} exited ({proc.popen.returncode}) during start-up:\n"
+                               f"{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise LabError(f"fw{n}'s keepalived holds {sorted(self._addresses(n))} after "
+                               f"{START_TIMEOUT:g} s, not every virtual address\n{self.procs.logs(25)}")
+            time.sleep(0.05)
 
     def _wait_ready(self, nodes: tuple[int, ...], t_start: float) -> None:
         """Until the roles are right and have stayed so for 3 adverts (on a loaded machine a
