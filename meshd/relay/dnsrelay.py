@@ -1,0 +1,408 @@
+"""The DNS relay's trio handlers: UDP for a listener's lifetime, TCP per client.
+
+The relay engine calls them (see meshd/relay/interface.py); the id map,
+the parsing and the counters are meshd/relay/dns.py's, this module carries
+bytes.
+
+UDP (`serve_dns_udp`): one socket per address family towards all backends,
+unconnected, opened at the first query to a backend of that family; each
+query goes to `upstream.pick_datagram()`, with the query's name as the hash
+key (balance "query": one name stays on one backend's cache) or the
+client's address (balance "client").  Answers are read from those sockets,
+matched in the listener's one id map, and sent to the client from the
+listener's socket, so their source is the address the client asked (the
+virtual address).  A query whose backend stays silent past the query
+timeout is sent once more to another backend (retry = true), or answered
+SERVFAIL with the client's id and question, as one with no backend up is.
+
+TCP (`serve_dns_tcp`): RFC 1035 2-byte length framing, several queries per
+connection, pipelined (RFC 7766): the ids are mapped per connection, so
+answers coming back out of order find their client's id.  The backend
+connection is opened at the first query (its name is the hash key, as for
+UDP), kept for the client's connection, and opened again at the next query
+if the backend closes it (its queries in flight get SERVFAIL).  At most
+`tcp_pipeline` queries are in flight: the client is not read meanwhile,
+TCP's flow control is the back-pressure.  After `tcp_max_queries` queries,
+or the client's end of stream, the answers in flight are waited for (each
+bounded by the query timeout) and the connection closed.
+
+Must not: parse more of a message than dns.py does, raise on what a client
+or a backend sends (it is dropped and counted), or pick a backend itself.
+"""
+
+from __future__ import annotations
+
+import socket as stdsocket
+import struct
+from collections.abc import Callable, Hashable
+
+import trio
+
+from ..config.relay_dns import DnsSpec
+from .dns import DnsIdMap, DnsStats, Expired, Query, servfail
+from .interface import Backend, NoBackend, SessionVars, Timeouts, Upstream
+
+__all__ = ["DnsStats", "serve_dns_tcp", "serve_dns_udp"]
+
+RECV_SIZE = 65535                       # the largest datagram
+BACKEND_RCVBUF = 1 << 20                # a burst of answers is not lost to a small buffer
+RETRY_PICKS = 3                         # tries at a backend other than the silent one
+STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class _Expiry:
+    """Runs `on_expired` for each mapping of `idmap` whose time is up."""
+
+    def __init__(self, idmap: DnsIdMap, on_expired: Callable):
+        self.idmap = idmap
+        self.on_expired = on_expired
+        self._wake = trio.Event()
+
+    def poke(self) -> None:
+        """A mapping was added (its deadline is after all others: same timeout)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            deadline = self.idmap.next_deadline()
+            if deadline is None:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            await trio.sleep_until(deadline)
+            for expired in self.idmap.expire(trio.current_time()):
+                await self.on_expired(expired)
+
+
+# -- UDP ---------------------------------------------------------------------
+
+
+async def serve_dns_udp(sock: trio.socket.SocketType, spec: DnsSpec, upstream: Upstream,
+                        timeouts: Timeouts, stats: DnsStats) -> None:
+    """Relay the queries that reach `sock` (bound by the engine) until cancelled.
+
+    `timeouts` is not used: a datagram exchange has no connection to time
+    out; the query timeout of `spec` bounds each query.
+    """
+    del timeouts
+    await _UdpRelay(sock, spec, upstream, stats).run()
+
+
+class _UdpRelay:
+    def __init__(self, sock: trio.socket.SocketType, spec: DnsSpec, upstream: Upstream,
+                 stats: DnsStats):
+        self.sock = sock
+        self.spec = spec
+        self.upstream = upstream
+        self.stats = stats
+        self.idmap = DnsIdMap(spec.max_in_flight, spec.query_timeout_s, stats)
+        self.expiry = _Expiry(self.idmap, self._on_expired)
+        self.listener_lock = trio.StrictFIFOLock()
+        # family -> (socket, its send lock)
+        self.backend_socks: dict[int, tuple[trio.socket.SocketType, trio.StrictFIFOLock]] = {}
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self.expiry.run)
+                await self._read_clients()
+        finally:
+            for s, _lock in self.backend_socks.values():
+                s.close()
+
+    async def _read_clients(self) -> None:
+        while True:
+            try:
+                data, client = await self.sock.recvfrom(RECV_SIZE)
+            except ConnectionError:
+                # An ICMP error queued by an earlier send (ECONNREFUSED): it
+                # belongs to no query we can name.
+                self.stats.send_errors += 1
+                continue
+            query = self.idmap.take_query(data)
+            if query is None:
+                continue
+            key = query.hash_key() if self.spec.balance == "query" else client[0].encode()
+            try:
+                backend = self.upstream.pick_datagram(key)
+            except NoBackend:
+                await self._servfail(client, query, "no-backend")
+                continue
+            await self._forward(query, client, backend, attempt=1)
+
+    async def _forward(self, query: Query, client: Hashable, backend: Backend, attempt: int) -> bool:
+        out = self.idmap.forward(query, client, (backend.address, backend.port),
+                                 trio.current_time(), attempt)
+        if out is None:
+            return False
+        self.expiry.poke()
+        sock, lock = self._backend_socket(backend)
+        try:
+            async with lock:
+                await sock.sendto(out, (backend.address, backend.port))
+        except OSError:
+            # The mapping stays: its timeout answers the client (or retries).
+            self.stats.send_errors += 1
+        return True
+
+    def _backend_socket(self, backend: Backend) -> tuple[trio.socket.SocketType, trio.StrictFIFOLock]:
+        family = stdsocket.AF_INET6 if ":" in backend.address else stdsocket.AF_INET
+        entry = self.backend_socks.get(family)
+        if entry is None:
+            sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, BACKEND_RCVBUF)
+            except OSError:
+                pass    # the kernel's rmem_max caps it; the default is still correct
+            entry = self.backend_socks[family] = (sock, trio.StrictFIFOLock())
+            self.nursery.start_soon(self._read_backend, sock)
+        return entry
+
+    async def _read_backend(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            try:
+                data, source = await sock.recvfrom(RECV_SIZE)
+            except ConnectionError:
+                # ICMP port unreachable from a backend that listens no more:
+                # its queries time out as if it were silent.
+                self.stats.send_errors += 1
+                continue
+            reply = self.idmap.take_answer(data, (source[0], source[1]), trio.current_time())
+            if reply is not None:
+                await self._to_client(reply.client, reply.data)
+
+    async def _on_expired(self, expired: Expired) -> None:
+        if self.spec.retry and expired.attempt == 1:
+            backend = self._pick_other(expired)
+            if backend is not None:
+                self.stats.retries += 1
+                if await self._forward(expired.query, expired.client, backend, attempt=2):
+                    return
+        await self._servfail(expired.client, expired.query, "timeout")
+
+    def _pick_other(self, expired: Expired) -> Backend | None:
+        """Another backend than the silent one, if the mode gives one: a hash
+        mode gives the same backend for the same key, so the key is varied."""
+        base = (expired.query.hash_key() if self.spec.balance == "query"
+                else str(expired.client[0]).encode())
+        backend = None
+        for n in range(RETRY_PICKS):
+            try:
+                backend = self.upstream.pick_datagram(base + b"#retry%d" % n)
+            except NoBackend:
+                return None
+            if (backend.address, backend.port) != expired.backend:
+                return backend
+        return backend      # only the silent one is up: one more try at it
+
+    async def _servfail(self, client: Hashable, query: Query, reason: str) -> None:
+        self.stats.count(self.stats.servfail, reason)
+        await self._to_client(client, servfail(query))
+
+    async def _to_client(self, client: Hashable, data: bytes) -> None:
+        try:
+            async with self.listener_lock:
+                await self.sock.sendto(data, client)
+        except OSError:
+            self.stats.send_errors += 1
+
+
+# -- TCP ---------------------------------------------------------------------
+
+
+class _FrameTooLarge(Exception):
+    pass
+
+
+class _FrameReader:
+    """RFC 1035 4.2.2 messages from a stream: a 2-byte length, then the message."""
+
+    def __init__(self, stream: trio.abc.Stream, max_len: int):
+        self.stream = stream
+        self.max_len = max_len
+        self.buffer = bytearray()
+
+    async def receive(self) -> bytes | None:
+        """The next message; None at the end of the stream (a partial message
+        at the end is dropped with it); raises _FrameTooLarge."""
+        while True:
+            if len(self.buffer) >= 2:
+                length = struct.unpack_from("!H", self.buffer)[0]
+                if length > self.max_len:
+                    raise _FrameTooLarge(length)
+                if len(self.buffer) >= 2 + length:
+                    message = bytes(self.buffer[2:2 + length])
+                    del self.buffer[:2 + length]
+                    return message
+            chunk = await self.stream.receive_some(RECV_SIZE)
+            if not chunk:
+                return None
+            self.buffer += chunk
+
+
+def _frame(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+async def serve_dns_tcp(client: trio.abc.Stream, spec: DnsSpec, upstream: Upstream,
+                        session: SessionVars, timeouts: Timeouts, stats: DnsStats) -> None:
+    """Relay one client's TCP connection until it ends, the limits of `spec`
+    are reached, or `timeouts` (idle, session) end it; closes `client`."""
+    stats.tcp_connections += 1
+    relay = _TcpRelay(client, spec, upstream, session, timeouts, stats)
+    try:
+        with trio.move_on_after(timeouts.session_s or float("inf")):
+            await relay.run()
+    finally:
+        await relay.close()
+
+
+class _TcpRelay:
+    CLIENT = "client"       # the one client of the connection's id map
+
+    def __init__(self, client: trio.abc.Stream, spec: DnsSpec, upstream: Upstream,
+                 session: SessionVars, timeouts: Timeouts, stats: DnsStats):
+        self.client = client
+        self.spec = spec
+        self.upstream = upstream
+        self.session = session
+        self.timeouts = timeouts
+        self.stats = stats
+        self.idmap = DnsIdMap(spec.tcp_pipeline, spec.query_timeout_s, stats)
+        self.expiry = _Expiry(self.idmap, self._on_expired)
+        self.client_lock = trio.StrictFIFOLock()
+        self.backend: trio.abc.Stream | None = None
+        self.backend_key: tuple[Backend, int] | None = None   # a new key per connection
+        self.backend_lock = trio.StrictFIFOLock()
+        self.connections = 0
+        self.room = trio.Event()         # set when a query in flight is done
+        self.last_activity = trio.current_time()
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self.expiry.run)
+            nursery.start_soon(self._idle_watch)
+            await self._read_client()
+            nursery.cancel_scope.cancel()
+
+    async def close(self) -> None:
+        if self.backend is not None:
+            await trio.aclose_forcefully(self.backend)
+        await trio.aclose_forcefully(self.client)
+
+    async def _read_client(self) -> None:
+        reader = _FrameReader(self.client, self.spec.tcp_max_message)
+        taken = 0
+        while taken < self.spec.tcp_max_queries:
+            try:
+                data = await reader.receive()
+            except _FrameTooLarge:
+                # The rest of the stream cannot be framed without reading it.
+                self.stats.count(self.stats.dropped_queries, "too-large")
+                break
+            except STREAM_GONE:
+                return
+            if data is None:
+                break
+            self.last_activity = trio.current_time()
+            query = self.idmap.take_query(data, max_len=self.spec.tcp_max_message)
+            if query is None:
+                continue
+            taken += 1
+            while self.idmap.in_flight >= self.idmap.capacity:
+                await self._done_one()
+            await self._forward(query)
+        while self.idmap.in_flight:
+            await self._done_one()
+
+    async def _done_one(self) -> None:
+        self.room = trio.Event()
+        await self.room.wait()
+
+    async def _forward(self, query: Query) -> None:
+        if self.backend is None and not await self._connect(query):
+            return
+        stream = self.backend
+        out = self.idmap.forward(query, self.CLIENT, self.backend_key, trio.current_time())
+        if out is None:
+            return      # not reached: _read_client waits for room first
+        self.expiry.poke()
+        try:
+            async with self.backend_lock:
+                await stream.send_all(_frame(out))
+        except STREAM_GONE:
+            # Its reader sees the stream closed and answers what was in flight;
+            # the next query connects again.
+            if self.backend is stream:
+                self.backend = None
+            await trio.aclose_forcefully(stream)
+
+    async def _connect(self, query: Query) -> bool:
+        key = query.hash_key() if self.spec.balance == "query" else self.session.remote_addr.encode()
+        attempts = 2 if self.spec.retry else 1
+        for attempt in range(attempts):
+            try:
+                stream, backend = await self.upstream.connect(key if attempt == 0 else key + b"#retry")
+            except NoBackend:
+                await self._servfail(query, "no-backend")
+                return False
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
+                self.upstream.log("dns backend connect failed", level="warning", error=str(e))
+                continue
+            self.connections += 1
+            self.backend, self.backend_key = stream, (backend, self.connections)
+            self.nursery.start_soon(self._read_backend, stream, self.backend_key)
+            return True
+        await self._servfail(query, "connect")
+        return False
+
+    async def _read_backend(self, stream: trio.abc.Stream, key: tuple[Backend, int]) -> None:
+        reader = _FrameReader(stream, 65535)
+        try:
+            while True:
+                data = await reader.receive()
+                if data is None:
+                    break
+                self.last_activity = trio.current_time()
+                reply = self.idmap.take_answer(data, key, trio.current_time())
+                if reply is not None:
+                    await self._to_client(reply.data)
+                    self.room.set()
+        except STREAM_GONE:
+            pass
+        if self.backend is stream:
+            self.backend = None
+            await trio.aclose_forcefully(stream)
+        lost = self.idmap.forget_backend(key)
+        if lost:
+            self.upstream.log("dns backend closed with queries in flight", level="warning",
+                              backend=key[0].host, queries=len(lost))
+        for expired in lost:
+            await self._servfail(expired.query, "backend-lost")
+
+    async def _on_expired(self, expired: Expired) -> None:
+        await self._servfail(expired.query, "timeout")
+
+    async def _servfail(self, query: Query, reason: str) -> None:
+        self.stats.count(self.stats.servfail, reason)
+        await self._to_client(servfail(query))
+        self.room.set()
+
+    async def _to_client(self, data: bytes) -> None:
+        try:
+            async with self.client_lock:
+                await self.client.send_all(_frame(data))
+        except STREAM_GONE:
+            self.nursery.cancel_scope.cancel()     # the client is gone: nothing to answer
+
+    async def _idle_watch(self) -> None:
+        while True:
+            deadline = self.last_activity + self.timeouts.idle_s
+            if trio.current_time() >= deadline:
+                self.nursery.cancel_scope.cancel()
+                return
+            await trio.sleep_until(deadline)
