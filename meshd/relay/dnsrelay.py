@@ -277,7 +277,10 @@ class _TcpRelay:
         self.backend_key: tuple[Backend, int] | None = None   # a new key per connection
         self.backend_lock = trio.StrictFIFOLock()
         self.connections = 0
-        self.room = trio.Event()         # set when a query in flight is done
+        # Queries taken and not yet answered (an answer or a SERVFAIL written):
+        # what the pipeline bound counts, and what the end waits for.
+        self.unanswered = 0
+        self.room = trio.Event()         # set when one is answered
         self.last_activity = trio.current_time()
         self.nursery: trio.Nursery | None = None
 
@@ -313,15 +316,20 @@ class _TcpRelay:
             if query is None:
                 continue
             taken += 1
-            while self.idmap.in_flight >= self.idmap.capacity:
-                await self._done_one()
+            self.unanswered += 1
             await self._forward(query)
-        while self.idmap.in_flight:
-            await self._done_one()
+            while self.unanswered >= self.spec.tcp_pipeline:
+                await self._one_answered()
+        while self.unanswered:
+            await self._one_answered()
 
-    async def _done_one(self) -> None:
+    async def _one_answered(self) -> None:
         self.room = trio.Event()
         await self.room.wait()
+
+    def _answered(self) -> None:
+        self.unanswered -= 1
+        self.room.set()
 
     async def _forward(self, query: Query) -> None:
         if self.backend is None and not await self._connect(query):
@@ -329,7 +337,9 @@ class _TcpRelay:
         stream = self.backend
         out = self.idmap.forward(query, self.CLIENT, self.backend_key, trio.current_time())
         if out is None:
-            return      # not reached: _read_client waits for room first
+            # Not reached: the map holds tcp_pipeline, no more are unanswered.
+            await self._servfail(query, "full")
+            return
         self.expiry.poke()
         try:
             async with self.backend_lock:
@@ -371,7 +381,7 @@ class _TcpRelay:
                 reply = self.idmap.take_answer(data, key, trio.current_time())
                 if reply is not None:
                     await self._to_client(reply.data)
-                    self.room.set()
+                    self._answered()
         except STREAM_GONE:
             pass
         if self.backend is stream:
@@ -390,7 +400,7 @@ class _TcpRelay:
     async def _servfail(self, query: Query, reason: str) -> None:
         self.stats.count(self.stats.servfail, reason)
         await self._to_client(servfail(query))
-        self.room.set()
+        self._answered()
 
     async def _to_client(self, data: bytes) -> None:
         try:

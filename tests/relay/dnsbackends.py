@@ -124,6 +124,7 @@ class LocalUpstream:
         self.connect_s = connect_s
         self.next = 0
         self.hash_keys: list[bytes | None] = []
+        self.address = "127.0.0.1"         # where the servers' UDP sockets are
         self.logs: list[tuple[str, str, dict]] = []
 
     def _pick(self) -> LocalDnsServer:
@@ -137,7 +138,7 @@ class LocalUpstream:
     def pick_datagram(self, hash_key: bytes | None = None) -> Backend:
         self.hash_keys.append(hash_key)
         server = self._pick()
-        return Backend(server.name, "127.0.0.1", server.udp_port)
+        return Backend(server.name, self.address, server.udp_port)
 
     async def connect(self, hash_key: bytes | None = None) -> tuple[trio.abc.Stream, Backend]:
         self.hash_keys.append(hash_key)

@@ -423,3 +423,70 @@ def test_stats_as_dict_is_plain():
     d["servfail"]["timeout"] = 5
     assert stats.servfail == {"timeout": 1}
     assert SPOOF_ADDRESS not in str(d)
+
+
+def test_tcp_client_end_of_stream_waits_for_the_answers_in_flight():
+    ns1, = servers("ok")
+    ns1.delay_s = 0.1
+
+    async def test(nursery):
+        relay = await setup(nursery, ns1)
+        stream = await tcp_connect(relay)
+        await stream.send_all(frame(query(1, "a.test")) + frame(query(2, "b.test")))
+        await stream.send_eof()
+        answers = await tcp_receive(stream, 3)
+        assert sorted(message_id(a) for a in answers) == [1, 2]      # then the end
+    run(test)
+
+
+def closed_port() -> int:
+    s = stdsocket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_tcp_connect_refused_gives_servfail_or_the_other_backend(retry):
+    dead, ok = servers("ok", "ok")
+
+    async def test(nursery):
+        relay = await setup(nursery, dead, ok, spec=DnsSpec(retry=retry))
+        dead.tcp_port = closed_port()
+        stream = await tcp_connect(relay)
+        await stream.send_all(frame(query(3, "a.test")))
+        [data] = await tcp_receive(stream, 1)
+        assert message_id(data) == 3
+        if retry:
+            assert a_address(data) == "10.2.0.1" and relay.stats.servfail == {}
+            assert len(relay.upstream.hash_keys) == 2
+        else:
+            assert rcode(data) == 2 and relay.stats.servfail == {"connect": 1}
+        assert relay.upstream.logs[0][0] == "dns backend connect failed"
+    run(test)
+
+
+def test_udp_ipv6_backend():
+    if not stdsocket.has_ipv6:
+        pytest.skip("no IPv6")
+    ns1, = servers("ok")
+
+    async def test(nursery):
+        await start_servers(nursery)
+        sock = trio.socket.socket(stdsocket.AF_INET6, stdsocket.SOCK_DGRAM)
+        try:
+            await sock.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no ::1")
+        ns1.udp, ns1._nursery = sock, nursery
+        ns1.udp_port = sock.getsockname()[1]
+        nursery.start_soon(ns1._serve_udp)
+        upstream = LocalUpstream(ns1)
+        upstream.address = "::1"
+        relay = Relay(DnsSpec(), upstream)
+        await relay.start(nursery)
+        data, _ = await UdpClient().ask(relay, query(0x6666, "www.example.org"))
+        assert message_id(data) == 0x6666 and a_address(data) == "10.1.0.1"
+        assert len(ns1.seen) == 1 and relay.stats.dropped_answers == {}
+    run(test)
