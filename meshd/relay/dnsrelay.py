@@ -45,6 +45,7 @@ from .interface import Backend, NoBackend, SessionVars, Timeouts, Upstream
 __all__ = ["DnsStats", "serve_dns_tcp", "serve_dns_udp"]
 
 RECV_SIZE = 65535                       # the largest datagram
+RECV_BURST = 64                         # datagrams read per wake-up (then a checkpoint)
 BACKEND_RCVBUF = 1 << 20                # a burst of answers is not lost to a small buffer
 RETRY_PICKS = 3                         # tries at a backend other than the silent one
 STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -88,18 +89,63 @@ async def serve_dns_udp(sock: trio.socket.SocketType, spec: DnsSpec, upstream: U
     await _UdpRelay(sock, spec, upstream, stats).run()
 
 
+class _Datagrams:
+    """A UDP socket read in bursts and written without a checkpoint while
+    the kernel takes the datagram (the hot path: one await per datagram
+    costs more than the datagram)."""
+
+    def __init__(self, sock: stdsocket.socket):
+        sock.setblocking(False)
+        self.sock = sock
+        self.buffer = bytearray(RECV_SIZE)      # one buffer, not 64 KiB per datagram
+        self.view = memoryview(self.buffer)
+        self.send_lock = trio.StrictFIFOLock()  # one waiter for room at a time
+
+    async def bursts(self, on_datagram: Callable, errors: Callable[[], None]) -> None:
+        """Each datagram to `on_datagram(data, address)`, RECV_BURST per wake-up."""
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            for _ in range(RECV_BURST):
+                try:
+                    n, address = self.sock.recvfrom_into(self.buffer)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionError:
+                    # An ICMP error queued by an earlier send (ECONNREFUSED):
+                    # it belongs to no query we can name; its query times out.
+                    errors()
+                    continue
+                await on_datagram(bytes(self.view[:n]), address)
+
+    async def sendto(self, data: bytes, address) -> None:
+        """Raises OSError (a full buffer is waited for, not an error)."""
+        try:
+            self.sock.sendto(data, address)
+            return
+        except BlockingIOError:
+            pass
+        async with self.send_lock:
+            while True:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    self.sock.sendto(data, address)
+                    return
+                except BlockingIOError:
+                    continue
+
+
 class _UdpRelay:
     def __init__(self, sock: trio.socket.SocketType, spec: DnsSpec, upstream: Upstream,
                  stats: DnsStats):
-        self.sock = sock
+        # A duplicate of the engine's socket (the same socket in the kernel),
+        # read without trio's checkpoint per datagram; closed at the end.
+        self.listener = _Datagrams(stdsocket.fromfd(sock.fileno(), sock.family, stdsocket.SOCK_DGRAM))
         self.spec = spec
         self.upstream = upstream
         self.stats = stats
         self.idmap = DnsIdMap(spec.max_in_flight, spec.query_timeout_s, stats)
         self.expiry = _Expiry(self.idmap, self._on_expired)
-        self.listener_lock = trio.StrictFIFOLock()
-        # family -> (socket, its send lock)
-        self.backend_socks: dict[int, tuple[trio.socket.SocketType, trio.StrictFIFOLock]] = {}
+        self.backend_socks: dict[int, _Datagrams] = {}      # by address family
         self.nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
@@ -107,71 +153,56 @@ class _UdpRelay:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self.expiry.run)
-                await self._read_clients()
+                await self.listener.bursts(self._on_query, self._count_error)
         finally:
-            for s, _lock in self.backend_socks.values():
-                s.close()
+            for d in (self.listener, *self.backend_socks.values()):
+                d.sock.close()
 
-    async def _read_clients(self) -> None:
-        while True:
-            try:
-                data, client = await self.sock.recvfrom(RECV_SIZE)
-            except ConnectionError:
-                # An ICMP error queued by an earlier send (ECONNREFUSED): it
-                # belongs to no query we can name.
-                self.stats.send_errors += 1
-                continue
-            query = self.idmap.take_query(data)
-            if query is None:
-                continue
-            key = query.hash_key() if self.spec.balance == "query" else client[0].encode()
-            try:
-                backend = self.upstream.pick_datagram(key)
-            except NoBackend:
-                await self._servfail(client, query, "no-backend")
-                continue
-            await self._forward(query, client, backend, attempt=1)
+    def _count_error(self) -> None:
+        self.stats.send_errors += 1
+
+    async def _on_query(self, data: bytes, client: Hashable) -> None:
+        query = self.idmap.take_query(data)
+        if query is None:
+            return
+        key = query.hash_key() if self.spec.balance == "query" else client[0].encode()
+        try:
+            backend = self.upstream.pick_datagram(key)
+        except NoBackend:
+            await self._servfail(client, query, "no-backend")
+            return
+        await self._forward(query, client, backend, attempt=1)
 
     async def _forward(self, query: Query, client: Hashable, backend: Backend, attempt: int) -> bool:
-        out = self.idmap.forward(query, client, (backend.address, backend.port),
-                                 trio.current_time(), attempt)
+        address = (backend.address, backend.port)
+        out = self.idmap.forward(query, client, address, trio.current_time(), attempt)
         if out is None:
             return False
         self.expiry.poke()
-        sock, lock = self._backend_socket(backend)
         try:
-            async with lock:
-                await sock.sendto(out, (backend.address, backend.port))
+            await self._backend_socket(backend).sendto(out, address)
         except OSError:
             # The mapping stays: its timeout answers the client (or retries).
             self.stats.send_errors += 1
         return True
 
-    def _backend_socket(self, backend: Backend) -> tuple[trio.socket.SocketType, trio.StrictFIFOLock]:
+    def _backend_socket(self, backend: Backend) -> _Datagrams:
         family = stdsocket.AF_INET6 if ":" in backend.address else stdsocket.AF_INET
-        entry = self.backend_socks.get(family)
-        if entry is None:
-            sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
+        datagrams = self.backend_socks.get(family)
+        if datagrams is None:
+            sock = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
             try:
                 sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, BACKEND_RCVBUF)
             except OSError:
                 pass    # the kernel's rmem_max caps it; the default is still correct
-            entry = self.backend_socks[family] = (sock, trio.StrictFIFOLock())
-            self.nursery.start_soon(self._read_backend, sock)
-        return entry
+            datagrams = self.backend_socks[family] = _Datagrams(sock)
+            self.nursery.start_soon(datagrams.bursts, self._on_answer, self._count_error)
+        return datagrams
 
-    async def _read_backend(self, sock: trio.socket.SocketType) -> None:
-        while True:
-            try:
-                data, source = await sock.recvfrom(RECV_SIZE)
-            except ConnectionError:
-                # ICMP port unreachable from a backend that listens no more:
-                # its queries time out as if it were silent.
-                self.stats.send_errors += 1
-                continue
-            reply = self.idmap.take_answer(data, (source[0], source[1]), trio.current_time())
-            if reply is not None:
-                await self._to_client(reply.client, reply.data)
+    async def _on_answer(self, data: bytes, source: tuple) -> None:
+        reply = self.idmap.take_answer(data, (source[0], source[1]), trio.current_time())
+        if reply is not None:
+            await self._to_client(reply.client, reply.data)
 
     async def _on_expired(self, expired: Expired) -> None:
         if self.spec.retry and expired.attempt == 1:
@@ -203,8 +234,7 @@ class _UdpRelay:
 
     async def _to_client(self, client: Hashable, data: bytes) -> None:
         try:
-            async with self.listener_lock:
-                await self.sock.sendto(data, client)
+            await self.listener.sendto(data, client)
         except OSError:
             self.stats.send_errors += 1
 
