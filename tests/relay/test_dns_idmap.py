@@ -259,3 +259,25 @@ def test_queries_the_relay_does_not_take_are_counted():
 def test_hash_key_is_the_lowered_name():
     q = new_map()[0].take_query(query(1, "WWW.example.org", TYPE_A))
     assert q.hash_key() == encode_name("www.example.org")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+       st.integers(0, 80), st.booleans())
+def test_a_mutated_answer_is_taken_only_if_id_and_question_still_match(flips, cut, truncate):
+    m, stats = new_map()
+    sent = send(m, query(77, "www.example.org"))
+    real = bytearray(answer_a(message_id(sent), "www.example.org", "10.1.0.1"))
+    for offset, value in flips:
+        if offset < len(real):
+            real[offset] = value
+    data = bytes(real[:cut] if truncate else real)
+    reply = m.take_answer(data, NS1, 0.1)
+    if reply is None:
+        assert sum(stats.dropped_answers.values()) == 1 and m.in_flight == 1
+    else:
+        parsed = parse_message(data)
+        assert parsed.id == message_id(sent) and parsed.is_response
+        assert parsed.question.key() == (encode_name("www.example.org"), TYPE_A, CLASS_IN)
+        assert reply.data == (77).to_bytes(2, "big") + data[2:]
+        assert m.in_flight == 0

@@ -490,3 +490,64 @@ def test_udp_ipv6_backend():
         assert message_id(data) == 0x6666 and a_address(data) == "10.1.0.1"
         assert len(ns1.seen) == 1 and relay.stats.dropped_answers == {}
     run(test)
+
+
+def test_udp_late_answer_after_the_servfail_is_dropped():
+    ns1, = servers("ok")
+    ns1.delay_s = 0.3
+
+    async def test(nursery):
+        relay = await setup(nursery, ns1, spec=DnsSpec(query_timeout_ms=150))
+        client = UdpClient()
+        data, _ = await client.ask(relay, query(11, "www.example.org"))
+        assert rcode(data) == 2
+        with trio.move_on_after(0.3):
+            await client.receive()
+            raise AssertionError("a second answer to one query")
+        # Nothing else in flight to ns1: its source is no longer expected.
+        assert relay.stats.dropped_answers == {"unexpected-source": 1}
+    run(test)
+
+
+def open_fds() -> int:
+    import os
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_udp_handler_closes_its_sockets_when_cancelled():
+    ns1, = servers("ok")
+
+    async def test(nursery):
+        await start_servers(nursery, ns1)
+        before = open_fds()
+        sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        relay = Relay(DnsSpec(), LocalUpstream(ns1))
+        relay.udp, relay.udp_address = sock, sock.getsockname()
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(serve_dns_udp, sock, relay.spec, relay.upstream, Timeouts(), relay.stats)
+                data, _ = await UdpClient().ask(relay, query(1, "www.example.org"))
+                assert message_id(data) == 1
+                assert open_fds() >= before + 3      # the listener, its duplicate, the backend socket
+                scope.cancel()
+        sock.close()
+        assert open_fds() <= before + 1              # the client's socket, not yet collected
+    run(test)
+
+
+def test_tcp_session_timeout_ends_a_busy_connection():
+    ns1, = servers("ok")
+
+    async def test(nursery):
+        relay = await setup(nursery, ns1, timeouts=Timeouts(session_s=0.3))
+        stream = await tcp_connect(relay)
+        start, answered = trio.current_time(), 0
+        while True:
+            await stream.send_all(frame(query(answered, "a.test")))
+            if not await tcp_receive(stream, 1):
+                break
+            answered += 1
+            await trio.sleep(0.02)
+        assert 0.25 <= trio.current_time() - start < 0.6 and answered > 5
+    run(test)
