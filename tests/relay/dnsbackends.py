@@ -34,6 +34,7 @@ class LocalDnsServer:
     tcp_port: int = 0
     tcp_connections: int = 0
     close_tcp_after: int | None = None        # close a TCP connection after this many queries
+    junk_answers: dict[str, list[bytes]] = field(default_factory=dict)   # UDP, by name: before the answer
     in_progress: int = 0                      # TCP queries being answered now
     max_in_progress: int = 0
 
@@ -69,8 +70,13 @@ class LocalDnsServer:
             self._nursery.start_soon(self._answer_udp, data, peer)     # slow ones overlap
 
     async def _answer_udp(self, data: bytes, peer) -> None:
-        name = question_of(data)[0]
+        try:
+            name = question_of(data)[0]
+        except (IndexError, UnicodeDecodeError, struct.error):
+            return      # a name this test server cannot spell (the relay took it)
         await trio.sleep(self.delay_s + self.name_delay_s.get(name, 0.0))
+        for junk in self.junk_answers.get(name, ()):
+            await self.udp.sendto(junk, peer)
         for n, out in enumerate(self.answers(data)):
             spoof_from_elsewhere = self.mode == "wrong-source" and n == 0
             await (self.other if spoof_from_elsewhere else self.udp).sendto(out, peer)
@@ -94,7 +100,10 @@ class LocalDnsServer:
                         return
 
     async def _answer_tcp(self, stream: trio.SocketStream, lock: trio.Lock, query: bytes) -> None:
-        name = question_of(query)[0]
+        try:
+            name = question_of(query)[0]
+        except (IndexError, UnicodeDecodeError, struct.error):
+            return
         self.in_progress += 1
         self.max_in_progress = max(self.max_in_progress, self.in_progress)
         try:

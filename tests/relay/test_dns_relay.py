@@ -551,3 +551,35 @@ def test_tcp_session_timeout_ends_a_busy_connection():
             await trio.sleep(0.02)
         assert 0.25 <= trio.current_time() - start < 0.6 and answered > 5
     run(test)
+
+
+def test_random_bytes_from_clients_and_backends_never_stop_the_relay():
+    import random
+    rng = random.Random(15)
+    junk = [bytes(rng.randrange(256) for _ in range(rng.randrange(40))) for _ in range(300)]
+    # Some with qdcount 1 and a plausible start, so that the name walk is reached.
+    junk += [b"\x00\x01\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00" + j for j in junk[:100]]
+    ns1, = servers("ok")
+
+    async def test(nursery):
+        relay = await setup(nursery, ns1)
+        bad, good = UdpClient(), UdpClient()
+        for j in junk:
+            await bad.sock.sendto(j, relay.udp_address)
+        ns1.junk_answers = {"a.test": junk}    # from the backend's own port, before the answer
+        data, _ = await good.ask(relay, query(1, "a.test"))
+        assert message_id(data) == 1 and a_address(data) == "10.2.0.1"
+        ns1.junk_answers = {}
+        stream = await tcp_connect(relay)
+        await stream.send_all(b"".join(frame(j) for j in junk) + frame(query(2, "b.test")))
+        [data] = await tcp_receive(stream, 1)
+        assert message_id(data) == 2
+        data, _ = await good.ask(relay, query(3, "a.test"))
+        assert message_id(data) == 3
+        dropped = sum(relay.stats.dropped_queries.values())
+        assert dropped + relay.stats.queries == 2 * len(junk) + 3
+        # Junk that parsed as a query was forwarded too; the test server's
+        # answers to its odd names may not echo them, and are dropped as well.
+        extra = relay.stats.forwarded - 3
+        assert len(junk) <= sum(relay.stats.dropped_answers.values()) <= len(junk) + extra
+    run(test)
