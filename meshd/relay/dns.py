@@ -236,7 +236,9 @@ class DnsIdMap:
     def take_answer(self, data: bytes, backend: Hashable, now: float) -> Reply | None:
         """The client's answer if `data` from `backend` answers a query in
         flight; None (dropped and counted) otherwise."""
-        del now   # an expired mapping is gone already: expire() runs first
+        # A mapping lives until expire() forgets it: an answer a moment past
+        # the deadline, before the timer ran, is still the real one.
+        del now
         drop = self.stats.dropped_answers
         try:
             message = parse_message(data)
