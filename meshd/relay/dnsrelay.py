@@ -247,33 +247,46 @@ class _FrameTooLarge(Exception):
 
 
 class _FrameReader:
-    """RFC 1035 4.2.2 messages from a stream: a 2-byte length, then the message."""
+    """RFC 1035 4.2.2 messages from a stream: a 2-byte length, then the
+    message; handed on in batches (all that one read completed), so that a
+    pipelined burst costs one write the other way, not one per message."""
 
     def __init__(self, stream: trio.abc.Stream, max_len: int):
         self.stream = stream
         self.max_len = max_len
         self.buffer = bytearray()
 
-    async def receive(self) -> bytes | None:
-        """The next message; None at the end of the stream (a partial message
-        at the end is dropped with it); raises _FrameTooLarge."""
+    async def receive_batch(self) -> list[bytes] | None:
+        """The messages complete in the buffer (at least one, reading for
+        it); None at the end of the stream (a partial message at the end is
+        dropped with it); raises _FrameTooLarge when the next one is."""
         while True:
-            if len(self.buffer) >= 2:
-                length = struct.unpack_from("!H", self.buffer)[0]
-                if length > self.max_len:
-                    raise _FrameTooLarge(length)
-                if len(self.buffer) >= 2 + length:
-                    message = bytes(self.buffer[2:2 + length])
-                    del self.buffer[:2 + length]
-                    return message
+            batch = self._complete()
+            if batch:
+                return batch
             chunk = await self.stream.receive_some(RECV_SIZE)
             if not chunk:
                 return None
             self.buffer += chunk
 
+    def _complete(self) -> list[bytes]:
+        buf, offset, out = self.buffer, 0, []
+        while len(buf) - offset >= 2:
+            length = struct.unpack_from("!H", buf, offset)[0]
+            if length > self.max_len:
+                if out:
+                    break           # these first; the error at the next call
+                raise _FrameTooLarge(length)
+            if len(buf) - offset < 2 + length:
+                break
+            out.append(bytes(buf[offset + 2:offset + 2 + length]))
+            offset += 2 + length
+        del buf[:offset]
+        return out
 
-def _frame(data: bytes) -> bytes:
-    return struct.pack("!H", len(data)) + data
+
+def _framed(messages: list[bytes]) -> bytes:
+    return b"".join(struct.pack("!H", len(m)) + m for m in messages)
 
 
 async def serve_dns_tcp(client: trio.abc.Stream, spec: DnsSpec, upstream: Upstream,
@@ -305,8 +318,11 @@ class _TcpRelay:
         self.client_lock = trio.StrictFIFOLock()
         self.backend: trio.abc.Stream | None = None
         self.backend_key: tuple[Backend, int] | None = None   # a new key per connection
-        self.backend_lock = trio.StrictFIFOLock()
         self.connections = 0
+        # Queries forwarded and not written yet, and the stream they are for
+        # (only _read_client writes to the backend).
+        self.to_backend: list[bytes] = []
+        self.to_backend_stream: trio.abc.Stream | None = None
         # Queries taken and not yet answered (an answer or a SERVFAIL written):
         # what the pipeline bound counts, and what the end waits for.
         self.unanswered = 0
@@ -332,24 +348,30 @@ class _TcpRelay:
         taken = 0
         while taken < self.spec.tcp_max_queries:
             try:
-                data = await reader.receive()
+                batch = await reader.receive_batch()
             except _FrameTooLarge:
                 # The rest of the stream cannot be framed without reading it.
                 self.stats.count(self.stats.dropped_queries, "too-large")
                 break
             except STREAM_GONE:
                 return
-            if data is None:
+            if batch is None:
                 break
             self.last_activity = trio.current_time()
-            query = self.idmap.take_query(data, max_len=self.spec.tcp_max_message)
-            if query is None:
-                continue
-            taken += 1
-            self.unanswered += 1
-            await self._forward(query)
-            while self.unanswered >= self.spec.tcp_pipeline:
-                await self._one_answered()
+            for data in batch:
+                if taken >= self.spec.tcp_max_queries:
+                    break           # what came after the last one is not read
+                query = self.idmap.take_query(data, max_len=self.spec.tcp_max_message)
+                if query is None:
+                    continue
+                taken += 1
+                self.unanswered += 1
+                await self._forward(query)
+                if self.unanswered >= self.spec.tcp_pipeline:
+                    await self._flush_to_backend()
+                    while self.unanswered >= self.spec.tcp_pipeline:
+                        await self._one_answered()
+            await self._flush_to_backend()
         while self.unanswered:
             await self._one_answered()
 
@@ -364,16 +386,24 @@ class _TcpRelay:
     async def _forward(self, query: Query) -> None:
         if self.backend is None and not await self._connect(query):
             return
-        stream = self.backend
         out = self.idmap.forward(query, self.CLIENT, self.backend_key, trio.current_time())
         if out is None:
             # Not reached: the map holds tcp_pipeline, no more are unanswered.
             await self._servfail(query, "full")
             return
         self.expiry.poke()
+        if self.to_backend_stream is not self.backend:
+            # Those were for a stream that is gone: its reader answers them SERVFAIL.
+            self.to_backend, self.to_backend_stream = [], self.backend
+        self.to_backend.append(out)
+
+    async def _flush_to_backend(self) -> None:
+        stream, messages = self.to_backend_stream, self.to_backend
+        if not messages:
+            return
+        self.to_backend = []
         try:
-            async with self.backend_lock:
-                await stream.send_all(_frame(out))
+            await stream.send_all(_framed(messages))
         except STREAM_GONE:
             # Its reader sees the stream closed and answers what was in flight;
             # the next query connects again.
@@ -404,14 +434,16 @@ class _TcpRelay:
         reader = _FrameReader(stream, 65535)
         try:
             while True:
-                data = await reader.receive()
-                if data is None:
+                batch = await reader.receive_batch()
+                if batch is None:
                     break
-                self.last_activity = trio.current_time()
-                reply = self.idmap.take_answer(data, key, trio.current_time())
-                if reply is not None:
-                    await self._to_client(reply.data)
-                    self._answered()
+                now = self.last_activity = trio.current_time()
+                replies = [r for r in (self.idmap.take_answer(data, key, now) for data in batch)
+                           if r is not None]
+                if replies:
+                    await self._to_client([r.data for r in replies])
+                    for _ in replies:
+                        self._answered()
         except STREAM_GONE:
             pass
         if self.backend is stream:
@@ -429,13 +461,13 @@ class _TcpRelay:
 
     async def _servfail(self, query: Query, reason: str) -> None:
         self.stats.count(self.stats.servfail, reason)
-        await self._to_client(servfail(query))
+        await self._to_client([servfail(query)])
         self._answered()
 
-    async def _to_client(self, data: bytes) -> None:
+    async def _to_client(self, messages: list[bytes]) -> None:
         try:
             async with self.client_lock:
-                await self.client.send_all(_frame(data))
+                await self.client.send_all(_framed(messages))
         except STREAM_GONE:
             self.nursery.cancel_scope.cancel()     # the client is gone: nothing to answer
 

@@ -583,3 +583,17 @@ def test_random_bytes_from_clients_and_backends_never_stop_the_relay():
         extra = relay.stats.forwarded - 3
         assert len(junk) <= sum(relay.stats.dropped_answers.values()) <= len(junk) + extra
     run(test)
+
+
+def test_tcp_queries_before_an_oversized_one_are_answered_then_the_connection_closes():
+    ns1, = servers("ok")
+
+    async def test(nursery):
+        relay = await setup(nursery, ns1, spec=DnsSpec(tcp_max_message=100))
+        stream = await tcp_connect(relay)
+        await stream.send_all(frame(query(1, "a.test")) + frame(query(2, "b.test"))
+                              + struct.pack("!H", 200) + b"\x00" * 200)
+        answers = await tcp_receive(stream, 3)
+        assert sorted(message_id(a) for a in answers) == [1, 2]
+        assert relay.stats.dropped_queries == {"too-large": 1}
+    run(test)
