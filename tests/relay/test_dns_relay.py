@@ -603,3 +603,38 @@ def test_tcp_queries_before_an_oversized_one_are_answered_then_the_connection_cl
         assert sorted(message_id(a) for a in answers) == [1, 2]
         assert relay.stats.dropped_queries == {"too-large": 1}
     run(test)
+
+
+def test_tcp_balance_per_client_connects_on_the_clients_address():
+    ns1, = servers("ok")
+
+    async def test(nursery):
+        relay = await setup(nursery, ns1, spec=DnsSpec(balance="client"))
+        stream = await tcp_connect(relay)
+        await stream.send_all(frame(query(1, "a.test")) + frame(query(2, "b.test")))
+        assert len(await tcp_receive(stream, 2)) == 2
+        assert relay.upstream.hash_keys == [b"127.0.0.1"]      # one connect for the connection
+    run(test)
+
+
+def test_udp_ipv6_listener_answers_from_its_address():
+    ns1, = servers("ok")
+
+    async def test(nursery):
+        await start_servers(nursery, ns1)
+        sock = trio.socket.socket(stdsocket.AF_INET6, stdsocket.SOCK_DGRAM)
+        try:
+            await sock.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no ::1")
+        stats = DnsStats()
+        nursery.start_soon(serve_dns_udp, sock, DnsSpec(balance="client"), LocalUpstream(ns1),
+                           Timeouts(), stats)
+        client = trio.socket.socket(stdsocket.AF_INET6, stdsocket.SOCK_DGRAM)
+        await client.sendto(query(0x7777, "www.example.org"), sock.getsockname())
+        with trio.fail_after(2):
+            data, source = await client.recvfrom(65535)
+        assert message_id(data) == 0x7777 and a_address(data) == "10.1.0.1"
+        assert source[:2] == sock.getsockname()[:2]
+        assert stats.answers == 1
+    run(test)
