@@ -61,6 +61,9 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "reload plan": ("meshd.reload",),
         "preflight": ("meshd.preflight",),
         "lifecycle": ("meshd.lifecycle",),      # the supervision's rules, without trio
+        # The relays' protocols: sans-I/O cores (dns) and their trio handlers
+        # (dnsrelay), coded against meshd/relay/interface.py.
+        "relay protocols": ("meshd.relay",),
     }),
     ("node", {
         # The rules between the engines: composes the three cores.

@@ -1,7 +1,7 @@
 """The mutation fuzzer of issue 11: meshd's decoders, cores and input parsers
 fed mutations of valid, authenticated seeds.
 
-Targets (targets_wire.py, targets_input.py), each with its property:
+Targets (targets_wire.py, targets_input.py, targets_relay.py), each with its property:
 
 * `advert_decoder`, `frame_decoder`: decode_advert / decode_frame raise only
   AdvertError / FrameError, whatever the bytes;
@@ -16,7 +16,10 @@ Targets (targets_wire.py, targets_input.py), each with its property:
   raise only ControlError, whose message names the command and key;
 * `config`: the configuration loader, on random TOML-ish text mutations of
   a valid file and on random values per key, raises only ConfigError, each
-  problem naming the file (and the key path).
+  problem naming the file (and the key path);
+* `dns_idmap`: the DNS relay's id map, on mutated queries and answers,
+  raises nothing, counts each input once, and takes an answer only from
+  the backend its query went to, with its id and question.
 
 The short version runs in the test suite (test_fuzz.py); the long one is
 `python3 -m tests.fuzz --mutations 1000000` from the repository root

@@ -15,13 +15,14 @@ import random
 import time
 
 from .targets_input import TARGETS as INPUT_TARGETS
+from .targets_relay import TARGETS as RELAY_TARGETS
 from .targets_wire import TARGETS as WIRE_TARGETS
 from .targets_wire import Tally, World
 
-TARGETS = {**WIRE_TARGETS, **INPUT_TARGETS}
+TARGETS = {**WIRE_TARGETS, **INPUT_TARGETS, **RELAY_TARGETS}
 # Shares of a total (`--mutations N`): the cheap decoders get more.
 WEIGHTS = {"advert_decoder": 0.2, "frame_decoder": 0.2, "election_core": 0.15, "sync_core": 0.1,
-           "node_core": 0.1, "reorder": 0.05, "control": 0.1, "config": 0.1}
+           "node_core": 0.1, "reorder": 0.05, "control": 0.1, "config": 0.1, "dns_idmap": 0.1}
 WORLD_SPAN = 20_000
 
 

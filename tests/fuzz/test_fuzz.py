@@ -12,7 +12,7 @@ import pytest
 from .runner import TARGETS, run_target
 
 SHORT = {"advert_decoder": 20_000, "frame_decoder": 20_000, "election_core": 5_000, "sync_core": 500,
-         "node_core": 200, "reorder": 3_000, "control": 20_000, "config": 3_000}
+         "node_core": 200, "reorder": 3_000, "control": 20_000, "config": 3_000, "dns_idmap": 5_000}
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
