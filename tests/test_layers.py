@@ -52,8 +52,6 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "election core": ("meshd.election",),
         "sync core": ("meshd.sync",),
         "health core": ("meshd.health",),
-        # The relays' protocol cores and handlers (issue 15): the interface they share.
-        "relay core": ("meshd.relay",),
         "health checks": ("meshd.health.checks", "meshd.health.icmp", "meshd.health.scriptpool",
                           "meshd.health.engineproto"),
         # Starts, watches and restarts a child process (trio, no rules of its own).
