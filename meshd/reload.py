@@ -299,9 +299,9 @@ def _plan_health(old: HealthConfig | None, new: HealthConfig | None, changes: li
         refuse("health.check_user", f"{_show(old.check_user)} -> {_show(new.check_user)}; "
                                     "the check engine drops to its user when it starts")
     for key, a, b in _fields_changed(old, new):
-        if key in ("check_uid", "check_gid"):
+        if key in ("check_uid", "check_gid", "relay_uid", "relay_gid"):
             continue
-        if key in ("hosts", "tables", "redirects"):
+        if key in ("hosts", "tables", "redirects", "relays"):
             changes.extend(f"health: {line}" for line in _named_changes(key[:-1], a, b))
         elif key != "nft_table":
             changes.append(f"health.{key}: {_show(a)} -> {_show(b)}")
