@@ -103,7 +103,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
 # command names and the wire format, and the formatter of health answers.
 CLIENT = "meshd.control.meshctl"
 CLIENT_MAY_IMPORT = ("meshd", "meshd.config", "meshd.commands", "meshd.control.protocol",
-                     "meshd.health.report")
+                     "meshd.health.report", "meshd.relay.report")
 
 
 def _prefix_of(name: str, prefix: str) -> bool:
