@@ -348,11 +348,9 @@ class RelayEngine:
         self.channel.send_nowait("answer", id=qid, relays=relays, sessions=sessions, truncated=truncated)
 
     def _relay_row(self, rt: RelayRuntime) -> dict:
-        from .interface import Backend
         c = rt.config
         b = rt.balancer
-        live = {Backend(h, a, p) for t in (c["table"], c["backup_table"]) if t
-                for h, a, p, _ in b.live.get(t, ())}
+        live = set(b.candidates()[0])        # where new sessions go now
         backends = [{"host": k.host, "address": k.address, "port": k.port, "live": k in live,
                      "open": v.open, "total": v.total, "failed": v.failed}
                     for k, v in b.counts.items()][:1024]
