@@ -22,6 +22,9 @@ What applies live, and why (Daemon.reload carries it out):
 * `[sync]` peers, filter, timers, commit mode and scope, event buffer: see
   NodeCore.reconfigure (node/core.py), SyncShell.reconfigure and the SyncCore reload methods.
 * `[health]` except its table and reset watcher: the node core reloads the health core (HealthShell.prepare_reload rebuilds the table first).
+* `[[health.relay]]` and `health.relay_user`: the relay engine gets the new
+  relays (RelayEngine.reload); a change of a listener or of the user
+  restarts the engine, ending its sessions (docs/relays.md, "Reload").
 * `node.name`: read where it is shown (status, logs).
 * `node.script_user`, `node.script_group` (and a change of that user's
   groups in the group database): every hook, track script or script check

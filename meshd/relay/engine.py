@@ -167,6 +167,7 @@ class RelayRuntime:
                                                              "ip_minttl")})
         self.timeouts = Timeouts(config["connect_s"], config["idle_s"], config["session_s"])
         self.balancer.reconfigure(config["mode"], config["table"], config["backup_table"])
+        self.balancer.set_enabled(not config["disabled"])      # the file's word and the operator's, merged
         self.handler, stats_type = _handler(config["protocol"])
         if not isinstance(self.stats, stats_type):
             self.stats = stats_type()
