@@ -204,6 +204,18 @@ def format_status(answer: dict) -> str:
             out.append(f"wire engine: DOWN for {_ago(wire.get('since_s'))} "
                        f"({wire.get('down_reason') or 'unknown'}); the node hears no advert, "
                        "and its backups hold (no takeover) until it is back")
+    relay = answer.get("relay_engine")
+    if isinstance(relay, dict):
+        missing = relay.get("not_listening") or {}
+        tail = (", not listening: " + ", ".join(f"{n} ({why})" for n, why in sorted(missing.items()))
+                if missing else "")
+        if relay.get("up"):
+            out.append(f"relay engine: up for {_ago(relay.get('since_s'))}, pid {relay.get('pid')}, "
+                       f"uid {relay.get('uid')}, started {relay.get('starts', '?')} times{tail}")
+        else:
+            out.append(f"relay engine: DOWN for {_ago(relay.get('since_s'))} "
+                       f"({relay.get('down_reason') or 'unknown'}); relays refuse clients until it is "
+                       f"back (no demotion){tail}")
     guard = answer.get("flood_guard") or {}
     if guard.get("engaged"):
         out.append(f"flood guard: ENGAGED for {_ago(guard.get('engaged_s'))}, about "
