@@ -270,7 +270,9 @@ class Daemon:
                                          version=__version__,
                                          kernel=sync.reader.stats() if sync is not None else None,
                                          commits=sync.commit_seconds if sync is not None else None,
-                                         paths=sync.path_counts() if sync is not None else None)
+                                         paths=sync.path_counts() if sync is not None else None,
+                                         relays=(self.relays.metrics_rows(trio.current_time())
+                                                 if self.relays is not None else None))
         except Exception as e:
             self.log("metrics_snapshot_failed", level="error", error=repr(e))
             raise SnapshotUnavailable(repr(e)) from None

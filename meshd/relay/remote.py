@@ -15,7 +15,9 @@
   with what the engine has, and the changed ones sent, so a relay follows
   its tables' health in the same event-loop step as the redirects do;
 * `set_enabled(name, on)`: `meshctl relay disable|enable` (drain);
-* `query(what)`: `show relays` / `show sessions`, answered by the engine.
+* `query(what)`: `show relays` / `show sessions`, answered by the engine;
+  every REPORT_S the daemon asks for `relays` itself and keeps the answer
+  for the metrics endpoint (`metrics_rows`).
 
 The engine's coming and going is logged and shown by `meshctl status`; it
 demotes nothing: relays are not part of the election or the state mesh (a
@@ -44,6 +46,7 @@ from .proto import FROM_RELAY, LOG_LEVELS, MAX_MESSAGE, TO_RELAY, live_fields, r
 
 ENGINE_MODULE = "meshd.relay.engine"
 QUERY_TIMEOUT_S = 3.0
+REPORT_S = 2.0               # the metrics' relay counts are at most this old (plus a scrape)
 
 
 class RelayUnavailable(Exception):
@@ -82,6 +85,8 @@ class RelayEngine:
         self.changed_at = trio.current_time()
         self.not_listening: dict[str, str] = {}    # relay -> why its socket is missing
         self.bound: dict[tuple, list] = {}          # _socket_key -> the daemon's own sockets
+        self.report: list[dict] = []                # the engine's last `relays` answer (metrics)
+        self.report_at: float | None = None
         self.supervisor = ChildSupervisor(
             "relay engine", module, ["--uid", str(cfg.relay_uid), "--gid", str(cfg.relay_gid)],
             FROM_RELAY, TO_RELAY, log=log, on_up=self._up, on_message=self._message,
@@ -89,7 +94,9 @@ class RelayEngine:
 
     async def run(self) -> None:
         try:
-            await self.supervisor.run()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_loop)
+                await self.supervisor.run()
         finally:
             for socks in self.bound.values():
                 for sock in socks:
@@ -168,6 +175,25 @@ class RelayEngine:
         if not box:
             raise RelayUnavailable(f"relay engine did not answer within {QUERY_TIMEOUT_S:g} s")
         return box[0]
+
+    async def _report_loop(self) -> None:
+        """The engine's counts every REPORT_S, for the metrics: a scrape reads
+        the last report and never waits for the engine."""
+        while True:
+            await trio.sleep(REPORT_S)
+            if self.channel is None:
+                continue
+            try:
+                answer = await self.query("relays")
+            except RelayUnavailable:
+                continue
+            self.report, self.report_at = answer["relays"], trio.current_time()
+
+    def metrics_rows(self, now: float) -> dict:
+        """For meshd/metrics/snapshot.py: the engine's state and its last report."""
+        return {"up": self.up, "starts": self.supervisor.starts,
+                "age_s": None if self.report_at is None else round(now - self.report_at, 3),
+                "rows": self.report}
 
     def status(self, now: float) -> dict:
         return {"up": self.up, "pid": self.supervisor.pid if self.up else None,
