@@ -288,6 +288,8 @@ class RelayEngine:
             rt.nursery.start_soon(self._session, rt, stream)
 
     async def _session(self, rt: RelayRuntime, stream) -> None:
+        import socket
+
         import trio
 
         from .interface import SessionVars
@@ -296,7 +298,7 @@ class RelayEngine:
         from .upstream import RelayUpstream
         try:
             peer = stream.socket.getpeername()
-            set_tcp_options(stream.socket, rt.tcp, stream.socket.family == 10)
+            set_tcp_options(stream.socket, rt.tcp, stream.socket.family == socket.AF_INET6)
         except OSError:
             await trio.aclose_forcefully(stream)
             return
