@@ -174,6 +174,24 @@ def test_tcp_and_tls_relays_follow_health_drain_and_fail_over(lab):
         assert rl.relay_row(1, "plain")["status"] == "disabled"
         assert md.meshctl(lab.run_dir, 1, "relay", "enable", "plain").returncode == 0
         assert rl.get(TCP_PORT) in {"web1", "web3"}
+        bad = md.meshctl(lab.run_dir, 1, "relay", "disable", "nope")
+        assert bad.returncode == 1 and 'no relay named "nope" (relays: plain, secure)' in bad.stderr
+
+        # An open session is listed with its client and backend.
+        held = ns_socket(lab.client, socket.AF_INET)
+        try:
+            held.settimeout(2)
+            held.connect((VIP, TCP_PORT))
+            held.sendall(b"GET / HTTP/1.0\r\n")              # half a request: the backend waits
+            deadline = time.monotonic() + 5
+            while not (rows := [r for r in rl.show(1, "sessions") if r["backend"]]):
+                assert time.monotonic() < deadline, "no session listed"
+                time.sleep(0.05)
+            (row,) = rows
+            assert row["relay"] == "plain" and row["client"].startswith("192.0.2.")
+            assert row["backend"].split(":")[0] in {WEB["web1"], WEB["web3"]} and row["bytes_in"] == 16
+        finally:
+            held.close()
 
         # Failover: fw2 listened all along (IP_FREEBIND) and serves once it holds the VIP.
         lab.procs.kill("meshd-fw1", signal.SIGTERM, wait=10)   # bows out, drops the VIP
