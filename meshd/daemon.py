@@ -510,6 +510,8 @@ class Daemon:
             if what == "relays":
                 for row in answer["relays"]:
                     row["enabled"] = self.relays.enabled(row["name"])
+                    if not row["listening"] and row["name"] in self.relays.not_listening:
+                        row["why"] = self.relays.not_listening[row["name"]]
                 known = {row["name"] for row in answer["relays"]}
                 for relay in self.config.health.relays:
                     if relay.name not in known:
