@@ -303,3 +303,27 @@ def test_engine_killed_is_restarted_and_keeps_its_listener():
 
 def test_tls_termination_verified_by_a_real_client(tmp_path):
     trio.run(_test_tls_termination_verified_by_a_real_client, tmp_path)
+
+
+async def _test_a_port_taken_is_named_and_the_engine_runs_the_rest():
+    port, b1 = free_port(), free_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", port))
+    taken.listen()
+    logs: list = []
+    try:
+        engine = await start_engine(config(port, [b1]), FakeHealth(), logs)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run)
+            await wait_up(engine)
+            assert engine.status(trio.current_time())["not_listening"] == {"www": "Address already in use"}
+            (row,) = (await engine.query("relays"))["relays"]
+            assert row["listening"] is False
+            assert [f for e, _, f in logs if e == "relay_listen_failed"][0]["port"] == port
+            nursery.cancel_scope.cancel()
+    finally:
+        taken.close()
+
+
+def test_a_port_taken_is_named_and_the_engine_runs_the_rest():
+    trio.run(_test_a_port_taken_is_named_and_the_engine_runs_the_rest)
