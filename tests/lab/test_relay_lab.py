@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 from meshlab import meshd_node as md
-from meshlab.lb import SORRY, VIP, WEB, LbRun, health_toml
+from meshlab.lb import SORRY, VIP, WEB, LbRun
 from meshlab.nsutil import ns_socket
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("meshd_ready")]
