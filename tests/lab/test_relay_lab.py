@@ -145,6 +145,8 @@ def test_tcp_and_tls_relays_follow_health_drain_and_fail_over(lab):
         web = set(WEB)
         for n in (1, 2):                                   # the backup's relay follows health too
             rl.wait_live(n, "plain", web, timeout=10)
+        # fw2 is BACKUP and does not hold the VIP, yet listens on it (IP_FREEBIND).
+        assert rl.relay_row(2, "plain")["listening"] and rl.relay_row(2, "secure")["listening"]
 
         # The relay engine runs as nobody, without capabilities, on both nodes.
         for n in (1, 2):
