@@ -10,6 +10,7 @@ the backends and both firewalls, and always tears them down.
 from __future__ import annotations
 
 import datetime
+import os
 import signal
 import socket
 import ssl
@@ -194,6 +195,19 @@ def test_tcp_and_tls_relays_follow_health_drain_and_fail_over(lab):
             assert row["backend"].split(":")[0] in {WEB["web1"], WEB["web3"]} and row["bytes_in"] == 16
         finally:
             held.close()
+
+        # The relay engine killed: restarted, the election untouched (no demotion, fw1 still master).
+        old = md.status(lab.run_dir, 1)["relay_engine"]
+        os.kill(old["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (now := md.status(lab.run_dir, 1)["relay_engine"])["pid"] in (None, old["pid"]) or not now["up"]:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.05)
+        assert now["starts"] == old["starts"] + 1
+        st = md.status(lab.run_dir, 1)
+        assert md.group_states(st) == {g: "MASTER" for g in rl.names}
+        assert all(v == 0 for v in st["demotions"].values()), st["demotions"]
+        assert rl.get(TCP_PORT) in {"web1", "web3"}
 
         # Failover: fw2 listened all along (IP_FREEBIND) and serves once it holds the VIP.
         lab.procs.kill("meshd-fw1", signal.SIGTERM, wait=10)   # bows out, drops the VIP
