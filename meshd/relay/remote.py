@@ -85,6 +85,7 @@ class RelayEngine:
         self.changed_at = trio.current_time()
         self.not_listening: dict[str, str] = {}    # relay -> why its socket is missing
         self.bound: dict[tuple, list] = {}          # _socket_key -> the daemon's own sockets
+        self.pems: dict[str, tuple] = {}            # relay -> (tls, backend_tls, PEMs last read)
         self.report: list[dict] = []                # the engine's last `relays` answer (metrics)
         self.report_at: float | None = None
         self.supervisor = ChildSupervisor(
@@ -256,10 +257,16 @@ class RelayEngine:
         for relay in self.cfg.relays:
             try:
                 pems = _read_pems(relay)
+                self.pems[relay.name] = (relay.tls, relay.backend_tls, pems)
             except OSError as e:
-                self.log("relay_tls_unreadable", level="error", relay=relay.name,
-                         file=e.filename, error=e.strerror or str(e))
-                continue
+                kept = self.pems.get(relay.name)
+                # The same files read before (a certificate being replaced, say): keep serving them.
+                usable = kept is not None and kept[:2] == (relay.tls, relay.backend_tls)
+                self.log("relay_tls_unreadable", level="error", relay=relay.name, file=e.filename,
+                         error=e.strerror or str(e), kept_previous=usable)
+                if not usable:
+                    continue
+                pems = kept[2]
             items.append(relay_fields(relay, *pems, disabled=not self.enabled(relay.name)))
         if not self.channel.send_nowait("relays", relays=items):
             self.log("relay_config_not_sent", level="error", relays=len(items))

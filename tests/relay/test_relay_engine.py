@@ -223,7 +223,8 @@ async def _test_tls_termination_verified_by_a_real_client(tmp_path):
     health.live = {"web": (("127.0.0.1", "127.0.0.1", b1, 1),)}
     async with trio.open_nursery() as nursery:
         await nursery.start(tagged_backend, b1, b"A:")
-        engine = await start_engine(cfg, health, [])
+        logs: list = []
+        engine = await start_engine(cfg, health, logs)
         nursery.start_soon(engine.run)
         await wait_up(engine)
         ctx = ssl.create_default_context(cafile=str(cert))
@@ -248,6 +249,14 @@ async def _test_tls_termination_verified_by_a_real_client(tmp_path):
             await trio.to_thread.run_sync(wrong_name)
         (row,) = (await engine.query("relays"))["relays"]
         assert row["tls"] and row["total"] == 2
+        # A reload while the key file is away (being replaced): the relay keeps what was read before.
+        key.rename(tmp_path / "away.key")
+        engine.reload(config(port, [b1], f'connect_timeout_ms = 400\ntls = {{ certificate = "{cert}", '
+                                         f'key = "{key}", min_version = "TLSv1.3" }}'))
+        assert [f["kept_previous"] for e, _, f in logs if e == "relay_tls_unreadable"] == [True]
+        await trio.sleep(0.1)
+        got, _, _ = await trio.to_thread.run_sync(client)
+        assert got == b"A:hello"
         nursery.cancel_scope.cancel()
 
 
