@@ -24,7 +24,7 @@ from meshlab.nsutil import ns_socket
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("meshd_ready")]
 
-TCP_PORT, TLS_PORT = 8080, 8443
+TCP_PORT, TLS_PORT, STICKY_PORT = 8080, 8443, 8081
 INTERVAL_MS, FALL = 300, 2
 DETECT_BOUND_S = 2 * (INTERVAL_MS + FALL * INTERVAL_MS + FALL * 300) / 1000 + 1.0
 
@@ -141,7 +141,8 @@ def tls_get(client_ns: str, cafile: str, timeout: float = 2.0) -> tuple[str, str
 def test_tcp_and_tls_relays_follow_health_drain_and_fail_over(lab):
     cert, key = certificate(lab.run_dir)
     relays = relay_toml("plain", TCP_PORT) + relay_toml(
-        "secure", TLS_PORT, f'tls = {{ certificate = "{cert}", key = "{key}" }}')
+        "secure", TLS_PORT, f'tls = {{ certificate = "{cert}", key = "{key}" }}') + relay_toml(
+        "sticky", STICKY_PORT, 'mode = "source-hash"')
     with RelayLab(lab, relays) as rl:
         web = set(WEB)
         for n in (1, 2):                                   # the backup's relay follows health too
@@ -178,7 +179,7 @@ def test_tcp_and_tls_relays_follow_health_drain_and_fail_over(lab):
         assert md.meshctl(lab.run_dir, 1, "relay", "enable", "plain").returncode == 0
         assert rl.get(TCP_PORT) in {"web1", "web3"}
         bad = md.meshctl(lab.run_dir, 1, "relay", "disable", "nope")
-        assert bad.returncode == 1 and 'no relay named "nope" (relays: plain, secure)' in bad.stderr
+        assert bad.returncode == 1 and 'no relay named "nope" (relays: plain, secure, sticky)' in bad.stderr
 
         # An open session is listed with its client and backend.
         held = ns_socket(lab.client, socket.AF_INET)
@@ -195,6 +196,10 @@ def test_tcp_and_tls_relays_follow_health_drain_and_fail_over(lab):
             assert row["backend"].split(":")[0] in {WEB["web1"], WEB["web3"]} and row["bytes_in"] == 16
         finally:
             held.close()
+
+        # source-hash: the one client address meets one backend, the same on every node.
+        sticky = {rl.get(STICKY_PORT) for _ in range(5)}
+        assert len(sticky) == 1 and sticky <= {"web1", "web3"}, sticky
 
         # The relay engine killed: restarted, the election untouched (no demotion, fw1 still master).
         old = md.status(lab.run_dir, 1)["relay_engine"]
@@ -219,4 +224,5 @@ def test_tcp_and_tls_relays_follow_health_drain_and_fail_over(lab):
         assert rl.relay_row(2, "plain")["total"] >= 6
         body, _ = tls_get(lab.client, cert)
         assert body in {"web1", "web3"}
+        assert {rl.get(STICKY_PORT) for _ in range(3)} == sticky     # fw2 hashes the client alike
         print(f"web2 out of the relay {detected:.2f} s after its kill")
