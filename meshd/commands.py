@@ -37,10 +37,12 @@ COMMANDS: dict[str, str] = {
     "commit": "inject the external cache (of one peer, or all) into the kernel now",
     "resync": "ask every peer for a full resend of its flows",
     "stats": "state mesh counters: events, frames, per-peer lag and loss, caches, last commit",
-    "show": "health: `summary` (redirects, tables, hosts and their status) or `hosts` (checks in detail)",
+    "show": "health: `summary` (redirects, tables, hosts and their status), `hosts` (checks in detail), "
+            "`relays` (listeners, sessions, per backend) or `sessions` (client, backend, age, bytes)",
     "host": "health: `enable` or `disable` a host NAME (disabled: drained, not checked)",
     "table": "health: `enable` or `disable` a table NAME",
     "redirect": "health: `enable` or `disable` a redirect NAME",
+    "relay": "relays: `enable` or `disable` a relay NAME (disabled: drained, open sessions go on)",
 }
 
 _MISSING = object()

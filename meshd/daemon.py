@@ -87,6 +87,7 @@ class Daemon:
         self.wire: WireEngine | None = None
         self.sync = None
         self.health = None
+        self.relays = None                   # meshd/relay/remote.py's RelayEngine, with [[health.relay]]
         self.nursery: trio.Nursery | None = None
         self.metrics: MetricsServer | None = None
         self._metrics_registry = None        # one collector for every endpoint a reload binds
@@ -175,6 +176,8 @@ class Daemon:
                 await self.sync.run(nursery)
             if self.health is not None:
                 await self.health.run(nursery)
+                if cfg.health.relays:
+                    self._start_relays(cfg)
             # The datagrams from the network are read by the wire engine: deaf
             # until it says hello (no backup's master-down runs meanwhile).
             self.wire = WireEngine(self.node, self.election, self.sync, self.dispatch,
@@ -196,6 +199,7 @@ class Daemon:
     def dispatch(self, actions: list) -> None:
         """Each action to its shell; events logged now."""
         status_changed = False
+        health_acted = False
         sync = self.sync
         for a in actions:
             if type(a) is SendFrame:                 # by far the most frequent
@@ -226,9 +230,19 @@ class Daemon:
                 sync.carry_out(a)
             elif isinstance(a, HEALTH_ACTIONS):
                 self.health.carry_out(a)
+                health_acted = True
+        if health_acted and self.relays is not None:
+            # In the same step as the redirects' SetBackends: relays follow table health at once.
+            self.relays.tables_changed()
         if status_changed:
             self.supervision.changed()
         self.timer.kick()
+
+    def _start_relays(self, cfg: Config) -> None:
+        """The relay engine (a child as relay_user), once there are relays."""
+        from .relay.remote import RelayEngine
+        self.relays = RelayEngine(lambda: self.node.health, cfg.health, log=self.log)
+        self.nursery.start_soon(self.relays.run)
 
     async def _commit(self, action) -> None:
         """A takeover's commit (on the group's executor): the state mesh's to carry out."""
@@ -256,7 +270,9 @@ class Daemon:
                                          version=__version__,
                                          kernel=sync.reader.stats() if sync is not None else None,
                                          commits=sync.commit_seconds if sync is not None else None,
-                                         paths=sync.path_counts() if sync is not None else None)
+                                         paths=sync.path_counts() if sync is not None else None,
+                                         relays=(self.relays.metrics_rows(trio.current_time())
+                                                 if self.relays is not None else None))
         except Exception as e:
             self.log("metrics_snapshot_failed", level="error", error=repr(e))
             raise SnapshotUnavailable(repr(e)) from None
@@ -388,6 +404,10 @@ class Daemon:
         if self.health is not None and new.node.run_as != old.node.run_as:
             self.health.set_script_user(new)
         self.dispatch(self.node.reconfigure(old, new, keys_changed(old, new), trio.current_time()))
+        if self.relays is not None and new.health != old.health:
+            self.relays.reload(new.health)
+        elif self.relays is None and new.health is not None and new.health.relays:
+            self._start_relays(new)
         self.election.reconfigure(old, new)
         if self.wire is not None:
             self.wire.keys_changed()
@@ -416,6 +436,8 @@ class Daemon:
         cmd = request.get("cmd")
         now = trio.current_time()
         election = self.node.election
+        if cmd == "relay" or (cmd == "show" and request.get("what") in ("relays", "sessions")):
+            return await self._relay_control(cmd, request)
         if cmd in HEALTH_COMMANDS:
             if self.health is None:
                 raise ControlError(f"{cmd}: health checks are not configured (no [health] section)")
@@ -431,6 +453,8 @@ class Daemon:
                       "wire_engine": self.wire.status(now) if self.wire is not None else None}
             if self.health is not None:
                 answer["check_engine"] = self.health.engine_status(now)
+            if self.relays is not None:
+                answer["relay_engine"] = self.relays.status(now)
             if self.sync is not None:
                 answer["state_mesh"] = self.node.sync.progress(now)
             return answer
@@ -471,3 +495,39 @@ class Daemon:
             self.dispatch(method(group, now))
             return {"group": group, "state": election.groups[group].state.value}
         raise unknown_command(cmd)
+
+    async def _relay_control(self, cmd: str, request: dict) -> dict:
+        """`show relays|sessions`, `relay enable|disable NAME`."""
+        from .relay.remote import RelayUnavailable
+        if self.relays is None:
+            raise ControlError(f"{cmd}: no relay is configured (no [[health.relay]])")
+        if cmd == "show":
+            what = request["what"]
+            try:
+                answer = await self.relays.query(what)
+            except RelayUnavailable as e:
+                raise ControlError(f"show {what}: {e}") from None
+            if what == "relays":
+                for row in answer["relays"]:
+                    row["enabled"] = self.relays.enabled(row["name"])
+                    if not row["listening"] and row["name"] in self.relays.not_listening:
+                        row["why"] = self.relays.not_listening[row["name"]]
+                known = {row["name"] for row in answer["relays"]}
+                for relay in self.config.health.relays:
+                    if relay.name not in known:
+                        answer["relays"].append({
+                            "name": relay.name, "address": relay.address, "port": relay.port,
+                            "protocol": relay.protocol, "status": "not running",
+                            "listening": False, "why": self.relays.not_listening.get(relay.name)})
+                return {"what": "relays", "rows": answer["relays"]}
+            return {"what": "sessions", "rows": answer["sessions"], "truncated": answer["truncated"]}
+        action = require(request, "action", str)
+        if action not in ("enable", "disable"):
+            raise ControlError(f'relay: "action" must be enable or disable, found {action!r}')
+        name = require(request, "name", str)
+        try:
+            self.relays.set_enabled(name, action == "enable")
+        except KeyError:
+            known = ", ".join(r.name for r in self.config.health.relays) or "none"
+            raise ControlError(f'relay {action}: no relay named "{name}" (relays: {known})') from None
+        return {"kind": "relay", "name": name, "enabled": action == "enable"}

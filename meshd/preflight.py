@@ -4,7 +4,8 @@ load_config() checks the file itself.  preflight() looks at the machine: the
 programs meshd will run (notify hooks, track scripts, health script checks),
 the configuration file and the directories of the key files and the control
 socket, the CA files the TLS
-checks will load, the interfaces the groups use.  Each
+checks will load, the relays' certificates and keys, the interfaces the
+groups use.  Each
 problem is a Finding; `meshd --check` prints them, and the daemon logs them
 at start without refusing to start (a hook fixed later works from then on).
 
@@ -76,6 +77,11 @@ def preflight(config: Config) -> list[Finding]:
                 programs += 1
             if table.check.ca_file:
                 found += _ca_file(f"{where}.ca_file", table.check.ca_file)
+        for i, relay in enumerate(config.health.relays):
+            if relay.tls is not None:
+                found += _certificate(f"health.relay[{i}].tls", relay.tls.certificate, relay.tls.key)
+            if relay.backend_tls is not None and relay.backend_tls.ca:
+                found += _ca_file(f"health.relay[{i}].backend_tls.ca", relay.backend_tls.ca)
     found += _secrets_and_file(config)
     for i, g in enumerate(config.groups):
         found += _interface(f"group[{i}].interface", g.interface,
@@ -283,6 +289,26 @@ def _ca_file(key: str, path: str) -> list[tuple[str, str, str]]:
     except ssl.SSLError as e:
         out.append(("error", key, f"{path} holds no certificate the TLS check can use: {e.reason or e}"))
     return out
+
+
+def _certificate(key: str, certificate: str, private_key: str) -> list[tuple[str, str, str]]:
+    """A relay's certificate and key: readable here (the daemon reads them for
+    the relay engine), and a pair that loads."""
+    for name, path in (("certificate", certificate), ("key", private_key)):
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                return [("error", f"{key}.{name}", f"{path} is not a regular file")]
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            return [("error", f"{key}.{name}", f"cannot read {path}: {e.strerror}")]
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certificate, private_key)
+    except ssl.SSLError as e:
+        return [("error", key, f"{certificate} and {private_key} do not load as a certificate "
+                 f"and its key: {e.reason or e}")]
+    return []
 
 
 # --------------------------------------------------------------- interfaces

@@ -22,6 +22,9 @@ What applies live, and why (Daemon.reload carries it out):
 * `[sync]` peers, filter, timers, commit mode and scope, event buffer: see
   NodeCore.reconfigure (node/core.py), SyncShell.reconfigure and the SyncCore reload methods.
 * `[health]` except its table and reset watcher: the node core reloads the health core (HealthShell.prepare_reload rebuilds the table first).
+* `[[health.relay]]` and `health.relay_user`: the relay engine gets the new
+  relays (RelayEngine.reload); a change of a listener or of the user
+  restarts the engine, ending its sessions (docs/relays.md, "Reload").
 * `node.name`: read where it is shown (status, logs).
 * `node.script_user`, `node.script_group` (and a change of that user's
   groups in the group database): every hook, track script or script check
@@ -299,9 +302,9 @@ def _plan_health(old: HealthConfig | None, new: HealthConfig | None, changes: li
         refuse("health.check_user", f"{_show(old.check_user)} -> {_show(new.check_user)}; "
                                     "the check engine drops to its user when it starts")
     for key, a, b in _fields_changed(old, new):
-        if key in ("check_uid", "check_gid"):
+        if key in ("check_uid", "check_gid", "relay_uid", "relay_gid"):
             continue
-        if key in ("hosts", "tables", "redirects"):
+        if key in ("hosts", "tables", "redirects", "relays"):
             changes.extend(f"health: {line}" for line in _named_changes(key[:-1], a, b))
         elif key != "nft_table":
             changes.append(f"health.{key}: {_show(a)} -> {_show(b)}")

@@ -52,6 +52,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "election core": ("meshd.election",),
         "sync core": ("meshd.sync",),
         "health core": ("meshd.health",),
+        # The relays' sans-I/O side: the handler contract, balancing, the engine's messages.
+        "relay core": ("meshd.relay",),
         "health checks": ("meshd.health.checks", "meshd.health.icmp", "meshd.health.scriptpool",
                           "meshd.health.engineproto"),
         # Starts, watches and restarts a child process (trio, no rules of its own).
@@ -77,6 +79,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "health shell": ("meshd.health.shell", "meshd.health.remote"),
         # The daemon's side of the wire engine: feeds the node core what it forwards.
         "wire shell": ("meshd.wire.remote",),
+        # The daemon's side of the relay engine: its listeners, its table health.
+        "relay shell": ("meshd.relay.remote", "meshd.relay.listeners"),
         "supervision": ("meshd.supervision",),
         "control server": ("meshd.control", "meshd.control.server", "meshd.control.protocol"),
         # The Prometheus endpoint: reads a snapshot of the node core and the shells' counts.
@@ -91,6 +95,9 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "check engine": ("meshd.health.engine",),
         # The wire engine child's (python -m meshd.wire.engine): the election's datagram parsing.
         "wire engine": ("meshd.wire.engine",),
+        # The relay engine child's (python -m meshd.relay.engine): sessions, TLS, splicing.
+        "relay engine": ("meshd.relay.engine", "meshd.relay.tcp", "meshd.relay.upstream",
+                         "meshd.relay.tls"),
         "meshctl": ("meshd.control.meshctl",),
     }),
 ]
@@ -99,7 +106,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
 # command names and the wire format, and the formatter of health answers.
 CLIENT = "meshd.control.meshctl"
 CLIENT_MAY_IMPORT = ("meshd", "meshd.config", "meshd.commands", "meshd.control.protocol",
-                     "meshd.health.report")
+                     "meshd.health.report", "meshd.relay.report")
 
 
 def _prefix_of(name: str, prefix: str) -> bool:

@@ -355,3 +355,58 @@ def test_present_interfaces_are_fine():
 def test_finding_text():
     assert str(Finding("error", "group[0].notify[0]", "x", "f.toml")) == "f.toml: group[0].notify[0]: x"
     assert str(Finding("warning", "k", "y", "f.toml")) == "warning: f.toml: k: y"
+
+
+def relay_config(cert, key):
+    text = f"""
+[node]
+id = 1
+[[cluster.keys]]
+id = 1
+secret_file = "k.key"
+[[group]]
+id = 1
+name = "lan"
+interface = "lo"
+addresses = ["192.0.2.1/24"]
+[[health.table]]
+name = "web"
+hosts = ["10.1.0.11"]
+port = 80
+check = {{ method = "tcp" }}
+[[health.relay]]
+name = "www"
+address = "192.0.2.1"
+port = 443
+table = "web"
+tls = {{ certificate = "{cert}", key = "{key}" }}
+"""
+    return parse_config(tomllib.loads(text), FILE, read_secrets=False)
+
+
+def write_pair(directory, stem):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.test")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{stem}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(directory / f"{stem}.pem"), str(directory / f"{stem}.key")
+
+
+def test_relay_certificate_and_key(tmp_path):
+    cert, key = write_pair(tmp_path, "www")
+    assert preflight(relay_config(cert, key)) == []
+    f = only(preflight(relay_config(cert, str(tmp_path / "nope.key"))))
+    assert (f.level, f.key) == ("error", "health.relay[0].tls.key")
+    assert f.message == f"cannot read {tmp_path}/nope.key: No such file or directory"
+    _other_cert, other_key = write_pair(tmp_path, "other")
+    f = only(preflight(relay_config(cert, other_key)))
+    assert f.key == "health.relay[0].tls" and "do not load as a certificate and its key" in f.message

@@ -178,8 +178,10 @@ def test_capabilities_are_the_ones_meshd_needs(service):
     # SETUID/SETGID: hooks and scripts start as [node] script_user (meshd/runas.py),
     # and the check engine drops to [health] check_user; KILL ends a hung engine
     # (another user's process).
+    # NET_BIND_SERVICE: the daemon binds relays' listeners below 1024 for the relay engine.
     assert set(one(service, "CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW",
-                                                                  "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
+                                                                  "CAP_SETUID", "CAP_SETGID", "CAP_KILL",
+                                                                  "CAP_NET_BIND_SERVICE"}
     assert "AmbientCapabilities" not in service      # root: the bounding set is already effective
     assert "User" not in service and "DynamicUser" not in service
     assert one(service, "NoNewPrivileges") == "yes"

@@ -11,7 +11,8 @@ documented in docs/health.md.  The shapes follow relayd.conf:
   with a backup table used while no host of the main one is up.
 
 Cross references are checked here, so the core never meets an unknown name.
-The `check` sub-table of a table is parsed in meshd/config/health_check.py.
+The `check` sub-table of a table is parsed in meshd/config/health_check.py,
+`[[health.relay]]` (layer-7 relays on the same tables) in meshd/config/relay.py.
 
 `check_user` is looked up in the user database (pwd) here, so that a user
 that does not exist is a configuration error like any other; it is the one
@@ -32,13 +33,15 @@ from typing import Any
 from ..health.checkspec import CheckSpec, CheckTarget
 from .health_check import parse_check
 from .reader import NAME_RE, Reader, describe, is_ip
+from .relay import HealthRelay, parse_relays
 from .users import engine_user
 
 NFT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 PROTOCOLS = ("tcp", "udp")
 MODES = ("round-robin", "random", "source-hash", "weighted")
 HEALTH_KEYS = {"max_in_flight", "rst_burst", "rst_window_ms", "nflog_group",
-               "keep_table_on_stop", "nft_table", "check_user", "host", "table", "redirect"}
+               "keep_table_on_stop", "nft_table", "check_user", "relay_user", "host", "table",
+               "redirect", "relay"}
 HOST_KEYS = {"name", "address", "weight", "disabled"}
 TABLE_KEYS = {"name", "hosts", "port", "check", "interval_ms", "fast_interval_ms",
               "down_interval_ms", "rise", "fall", "jitter_percent", "disabled"}
@@ -110,6 +113,10 @@ class HealthConfig:
     check_user: str = "nobody"        # as written: a name or a numeric uid
     check_uid: int = 65534            # the check engine's uid and gid (from the user database)
     check_gid: int = 65534
+    relays: tuple[HealthRelay, ...] = ()
+    relay_user: str = "nobody"        # the relay engine's user; default: check_user's
+    relay_uid: int = 65534
+    relay_gid: int = 65534
 
     def host(self, name: str) -> HealthHost | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -119,6 +126,9 @@ class HealthConfig:
 
     def redirect(self, name: str) -> HealthRedirect | None:
         return next((r for r in self.redirects if r.name == name), None)
+
+    def relay(self, name: str) -> HealthRelay | None:
+        return next((r for r in self.relays if r.name == name), None)
 
 
 # --------------------------------------------------------------------------
@@ -147,6 +157,10 @@ def parse_health(r: Reader, data: Any, followed_counters: set[str] | None) -> He
     tables = _parse_tables(r, _array(r, t, "table"), hosts, broken)
     redirects = _parse_redirects(r, _array(r, t, "redirect"), hosts, tables, broken,
                                  followed_counters)
+    kw["relays"] = tuple(parse_relays(
+        r, _array(r, t, "relay"), set(tables), {n for kind, n in broken if kind == "table"},
+        {(x.address, x.port): f"redirect {x.name}" for x in redirects if x.protocol == "tcp"}))
+    kw.update(_relay_user(r, t, kw))
     if any(v is None for v in kw.values()):
         return None
     return HealthConfig(tuple(hosts.values()), tuple(tables.values()), tuple(redirects), **kw)
@@ -158,6 +172,17 @@ def _check_user(r: Reader, t: dict) -> dict[str, Any]:
     if user is None:
         return {"check_user": None, "check_uid": None, "check_gid": None}
     return {"check_user": user[0], "check_uid": user[1], "check_gid": user[2]}
+
+
+def _relay_user(r: Reader, t: dict, kw: dict[str, Any]) -> dict[str, Any]:
+    """`relay_user`: the relay engine's user; absent, the check engine's."""
+    if "relay_user" not in t:
+        return {"relay_user": kw["check_user"], "relay_uid": kw["check_uid"],
+                "relay_gid": kw["check_gid"]}
+    user = engine_user(r, t, "health.relay_user", "relay engine")
+    if user is None:
+        return {"relay_user": None, "relay_uid": None, "relay_gid": None}
+    return {"relay_user": user[0], "relay_uid": user[1], "relay_gid": user[2]}
 
 
 def _array(r: Reader, t: dict, key: str) -> list:

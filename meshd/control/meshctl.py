@@ -10,7 +10,7 @@ within --timeout, connection lost, malformed answer).
 
 Must not: import the daemon, the shells or trio (tests/test_layers.py lets it
 import the configuration, `commands`, the control protocol and the health
-report formatter only), or decide anything the daemon answers: it sends one
+and relay report formatters only), or decide anything the daemon answers: it sends one
 request and prints what comes back.
 """
 
@@ -204,6 +204,18 @@ def format_status(answer: dict) -> str:
             out.append(f"wire engine: DOWN for {_ago(wire.get('since_s'))} "
                        f"({wire.get('down_reason') or 'unknown'}); the node hears no advert, "
                        "and its backups hold (no takeover) until it is back")
+    relay = answer.get("relay_engine")
+    if isinstance(relay, dict):
+        missing = relay.get("not_listening") or {}
+        tail = (", not listening: " + ", ".join(f"{n} ({why})" for n, why in sorted(missing.items()))
+                if missing else "")
+        if relay.get("up"):
+            out.append(f"relay engine: up for {_ago(relay.get('since_s'))}, pid {relay.get('pid')}, "
+                       f"uid {relay.get('uid')}, started {relay.get('starts', '?')} times{tail}")
+        else:
+            out.append(f"relay engine: DOWN for {_ago(relay.get('since_s'))} "
+                       f"({relay.get('down_reason') or 'unknown'}); relays refuse clients until it is "
+                       f"back (no demotion){tail}")
     guard = answer.get("flood_guard") or {}
     if guard.get("engaged"):
         out.append(f"flood guard: ENGAGED for {_ago(guard.get('engaged_s'))}, about "
@@ -349,11 +361,17 @@ def format_answer(cmd: str, answer: dict) -> str:
         return f"flushed {answer.get('what')}: {answer.get('removed', 0)} entries"
     if cmd == "resync":
         return "resync requested from peers " + ", ".join(str(p) for p in answer.get("peers", []))
+    if cmd == "show" and answer.get("what") in ("relays", "sessions"):
+        from ..relay.report import format_relays, format_sessions
+        rows = answer.get("rows") or []
+        if answer["what"] == "relays":
+            return format_relays(rows)
+        return format_sessions(rows, answer.get("truncated") or 0)
     if cmd == "show":
         from ..health.report import format_hosts, format_summary
         rows = answer.get("rows") or []
         return (format_hosts(rows) if answer.get("what") == "hosts" else format_summary(rows)).rstrip("\n")
-    if cmd in ("host", "table", "redirect"):
+    if cmd in ("host", "table", "redirect", "relay"):
         return f"{cmd} {answer.get('name')} is now {'enabled' if answer.get('enabled') else 'disabled'}"
     if cmd == "reload":
         applied = answer.get("applied") or []
@@ -447,7 +465,7 @@ def _parser() -> argparse.ArgumentParser:
             "enable": [("group", str, "group name")], "disable": [("group", str, "group name")]}
     choices = {"dump": ("cache", ("internal", "external")),
                "flush": ("what", ("internal", "external", "kernel")),
-               "show": ("what", ("summary", "hosts"))}
+               "show": ("what", ("summary", "hosts", "relays", "sessions"))}
     for cmd, summary in COMMANDS.items():
         p = sub.add_parser(cmd, help=summary, description=summary)
         for name, kind, text in args.get(cmd, []):
@@ -456,7 +474,7 @@ def _parser() -> argparse.ArgumentParser:
         if cmd in choices:
             name, allowed = choices[cmd]
             p.add_argument(name, choices=allowed)
-        if cmd in ("host", "table", "redirect"):
+        if cmd in ("host", "table", "redirect", "relay"):
             p.add_argument("action", choices=("enable", "disable"))
             p.add_argument("name", metavar="NAME", help=f"{cmd} name, as in the [health] configuration")
         if cmd in ("dump", "commit", "flush"):

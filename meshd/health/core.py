@@ -342,6 +342,15 @@ class HealthCore:
         up = len(self._live(name))
         return f"active ({up} hosts up)" if up else "empty"
 
+    def live_hosts(self, table: str) -> tuple[tuple[str, str, int, int], ...]:
+        """(host, address, port, weight) of the table's hosts that new connections
+        may go to now (up, host and table enabled), in table order: the list a
+        redirect on the table forwards to, which the relay engine follows too."""
+        if not self.enabled("table", table):
+            return ()
+        return tuple((m.host, m.address, m.port, m.weight) for m in self.table_members.get(table, ())
+                     if m.health.status is Status.UP and self.enabled("host", m.host))
+
     def pace_ms(self, m: Member) -> int | None:
         """The interval this host asks for now; None while it is not checked."""
         if not self._active(m):

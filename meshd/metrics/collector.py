@@ -94,6 +94,8 @@ def families(s: Snapshot) -> list[Metric]:
         out += _sync(s)
     if s.health is not None:
         out += _health(s)
+    if s.relays is not None:
+        out += _relays(s)
     return out
 
 
@@ -226,6 +228,42 @@ def _health(s: Snapshot) -> list[Metric]:
             redirect.add_metric((r.name, name), 1 if r.status == name else 0)
         backends.add_metric((r.name,), r.backends)
     return [status, availability, checks, latency, redirect, backends]
+
+
+def _relays(s: Snapshot) -> list[Metric]:
+    x = s.relays
+    out: list[Metric] = [
+        _gauge("meshd_relay_engine_up", "1 while the relay engine runs and answers.", int(x.engine_up)),
+        _counter("meshd_relay_engine_starts", "Starts of the relay engine since meshd started.", x.engine_starts),
+        _gauge("meshd_relay_report_age_seconds", "Age of the relay engine's last report (the relay "
+               "metrics are this old; -1: no report yet).", -1 if x.age_s is None else x.age_s),
+    ]
+    status = GaugeMetricFamily("meshd_relay_status", "1 for the relay's status, 0 for the others.",
+                               labels=("relay", "status"))
+    for r in x.relays:
+        for name in ("active", "backup", "down", "disabled", "unknown"):
+            status.add_metric((r.name, name), 1 if r.status == name else 0)
+    out.append(status)
+    rows = [((r.name,), r) for r in x.relays]
+    out.append(_labelled(GaugeMetricFamily, "meshd_relay_sessions", "Sessions open now.", ("relay",),
+                         [(k, r.sessions) for k, r in rows]))
+    out.append(_labelled(CounterMetricFamily, "meshd_relay_accepted", "Sessions accepted since the "
+                         "relay engine started.", ("relay",), [(k, r.total) for k, r in rows]))
+    for name, help_text, get in (
+            ("meshd_relay_refused", "Sessions that found no backend (or a drained relay).", lambda r: r.refused),
+            ("meshd_relay_errors", "Sessions ended by an error, and backend connects that failed.",
+             lambda r: r.errors)):
+        out.append(_labelled(CounterMetricFamily, name, help_text, ("relay",), [(k, get(r)) for k, r in rows]))
+    backend = [((r.name, host), b) for r in x.relays for host, *b in r.backends]
+    out.append(_labelled(GaugeMetricFamily, "meshd_relay_backend_sessions", "Sessions open now to the backend.",
+                         ("relay", "host"), [(k, b[0]) for k, b in backend]))
+    out.append(_labelled(CounterMetricFamily, "meshd_relay_backend_connects", "Sessions that reached the "
+                         "backend since the relay engine started.", ("relay", "host"),
+                         [(k, b[1]) for k, b in backend]))
+    out.append(_labelled(CounterMetricFamily, "meshd_relay_backend_connect_failures",
+                         "Connects to the backend that failed (refused, timed out, TLS).", ("relay", "host"),
+                         [(k, b[2]) for k, b in backend]))
+    return out
 
 
 # ------------------------------------------------------------------ helpers

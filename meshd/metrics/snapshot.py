@@ -100,6 +100,26 @@ class HealthSample:
 
 
 @dataclass(frozen=True)
+class RelaySample:
+    """One relay, as the relay engine last reported it (RelayEngine.metrics_rows)."""
+    name: str
+    status: str                                        # a RELAY_STATUSES value
+    sessions: int
+    total: int
+    refused: int
+    errors: int
+    backends: tuple[tuple[str, int, int, int], ...]    # (host, open, total, failed)
+
+
+@dataclass(frozen=True)
+class RelaysSample:
+    engine_up: bool
+    engine_starts: int
+    age_s: float | None                                # of the engine's report; None: none yet
+    relays: tuple[RelaySample, ...]
+
+
+@dataclass(frozen=True)
 class Snapshot:
     node_name: str
     node_id: int
@@ -112,6 +132,7 @@ class Snapshot:
     health: HealthSample | None
     split_brain: tuple[str, ...] = ()                  # groups with two masters now (node/cluster.py)
     split_brains: int = 0                              # confirmed since start
+    relays: RelaysSample | None = None                 # with [[health.relay]]
 
 
 GROUP_STATES = tuple(s.value for s in State)
@@ -119,11 +140,14 @@ HOST_STATUSES = ("up", "down", "unknown", "disabled")
 # The health core's words for a redirect, as a bounded label.
 REDIRECT_STATUSES = {"active": "active", "active (using backup table)": "backup",
                      "down": "down", "disabled": "disabled", None: "unknown"}
+RELAY_STATUSES = {"active": "active", "active (using backup table)": "backup",
+                  "down": "down", "disabled": "disabled"}
 
 
 def take(node, now: float, *, node_name: str, version: str, kernel: dict | None = None,
          commits: dict[str, Histogram] | None = None,
-         paths: dict[int, tuple[int, int]] | None = None) -> Snapshot:
+         paths: dict[int, tuple[int, int]] | None = None,
+         relays: dict | None = None) -> Snapshot:
     """Copy what is exported from a NodeCore at `now`.
 
     Args:
@@ -132,6 +156,9 @@ def take(node, now: float, *, node_name: str, version: str, kernel: dict | None 
         commits: the sync shell's commit durations by kind, with a state mesh.
         paths: the sync shell's (path in use, switches) of each peer with more
             than one path (SyncShell.path_counts).
+        relays: RelayEngine.metrics_rows(now), with relays: the engine's last
+            report (copied here; the engine is asked every few seconds, never
+            from a scrape).
     """
     election = node.election
     return Snapshot(
@@ -142,7 +169,19 @@ def take(node, now: float, *, node_name: str, version: str, kernel: dict | None 
         sync=None if node.sync is None else _sync(node.sync, now, kernel or {}, commits or {}, paths or {}),
         health=None if node.health is None else _health(node.health),
         split_brain=tuple(sorted(node.split_brain.confirmed)), split_brains=node.split_brain.count,
+        relays=None if relays is None else _relays(relays),
     )
+
+
+def _relays(report: dict) -> RelaysSample:
+    return RelaysSample(
+        engine_up=bool(report["up"]), engine_starts=int(report["starts"]), age_s=report["age_s"],
+        relays=tuple(RelaySample(r["name"], RELAY_STATUSES.get(r.get("status"), "unknown"),
+                                 r.get("sessions", 0), r.get("total", 0), r.get("refused", 0),
+                                 r.get("errors", 0),
+                                 tuple((b["host"], b["open"], b["total"], b["failed"])
+                                       for b in r.get("backends", ())))
+                     for r in report["rows"]))
 
 
 def _group(election, g, takeover: Histogram | None) -> GroupSample:

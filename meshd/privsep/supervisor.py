@@ -224,7 +224,8 @@ class ChildSupervisor:
         on_up(channel, hello): the child said hello; `channel` is how to talk to it.
         on_message(message): every later message.
         on_down(reason): it is gone (also when it never said hello).
-        extra_fds(): descriptors to pass, as {option name: socket}, opened anew for each start.
+        extra_fds(): descriptors to pass, as {option name: socket or list of sockets},
+            opened anew for each start.
         backoff: the restart rule (a fresh `Backoff()` by default).
         on_batch(): after each read's messages (see Channel.messages).
         max_size: the largest message the child may send.
@@ -291,9 +292,11 @@ class ChildSupervisor:
             extra = {}
         argv = [sys.executable, "-m", self.module, "--fd", str(child_sock.fileno()),
                 "--parent", str(os.getpid()), *self.args]
-        for option, s in extra.items():
+        # An option may carry one socket or a list (one `--option FD` each: a relay's listeners).
+        passed = [(option, s) for option, v in extra.items() for s in (v if isinstance(v, list) else [v])]
+        for option, s in passed:
             argv += [f"--{option}", str(s.fileno())]
-        fds = (child_sock.fileno(), *(s.fileno() for s in extra.values()))
+        fds = (child_sock.fileno(), *(s.fileno() for _, s in passed))
         try:
             # Popen here, in the event loop's own thread, not through
             # trio.lowlevel.open_process, which forks from a worker thread:
@@ -306,7 +309,7 @@ class ChildSupervisor:
             return f"cannot start: {e.strerror or e}"
         finally:
             child_sock.close()
-            for s in extra.values():
+            for _, s in passed:
                 s.close()
         pidfd = os.pidfd_open(proc.pid)
         self.pid = proc.pid

@@ -535,3 +535,51 @@ def test_commit_answer_names_the_expectations():
                                     "expectations": 1, "expectations_failed": 1,
                                     "expectation_errors": {"ENOENT": 1}})
     assert text == "committed 3 entries in 0.010 s, 0 failed; then 1 expectations, 1 failed (ENOENT 1)"
+
+
+# ------------------------------------------------------------------- relays
+
+RELAYS = {"ok": True, "what": "relays", "rows": [
+    {"name": "www", "address": "192.0.2.80", "port": 443, "protocol": "tcp", "tls": True,
+     "status": "active", "enabled": True, "listening": True, "sessions": 2, "total": 9,
+     "refused": 1, "errors": 0, "counters": [],
+     "backends": [{"host": "web1", "address": "10.1.0.11", "port": 80, "live": True,
+                   "open": 2, "total": 9, "failed": 0},
+                  {"host": "web2", "address": "10.1.0.12", "port": 80, "live": False,
+                   "open": 0, "total": 0, "failed": 4}]},
+    {"name": "dns", "address": "2001:db8::53", "port": 53, "protocol": "dns", "status": "not running",
+     "listening": False, "why": "Address already in use"}]}
+SESSIONS = {"ok": True, "what": "sessions", "truncated": 3, "rows": [
+    {"id": 7, "relay": "www", "client": "203.0.113.9:51234", "backend": "10.1.0.11:80",
+     "age_s": 12.44, "bytes_in": 2311, "bytes_out": 181220}]}
+
+
+def test_relay_commands_and_their_text(tmpdir_short, capsys):
+    path = os.path.join(tmpdir_short, "relay.sock")
+    drained = {"ok": True, "kind": "relay", "name": "www", "enabled": False}
+    with CannedServer(path, [RELAYS, SESSIONS, drained]) as server:
+        code, out, _ = run(capsys, "--socket", path, "show", "relays")
+        assert code == 0
+        lines = [line.split() for line in out.splitlines()]
+        assert lines[0] == ["Type", "Name", "Listener", "Status", "Now", "Total", "Refused", "Errors"]
+        assert lines[1] == ["relay", "www", "tcp+tls", "192.0.2.80:443", "active", "2", "9", "1", "0"]
+        assert lines[3][:4] == ["backend", "web2", "10.1.0.12:80", "not"]
+        assert "not running (not listening: Address already in use)" in out
+        assert "[2001:db8::53]:53" in out
+        code, out, _ = run(capsys, "--socket", path, "show", "sessions")
+        assert out.splitlines()[1].split() == ["7", "www", "203.0.113.9:51234", "10.1.0.11:80", "12.4s",
+                                               "2311", "181220"]
+        assert out.splitlines()[-1] == "... and 3 more sessions"
+        assert run(capsys, "--socket", path, "relay", "disable", "www")[:2] == (0, "relay www is now disabled\n")
+    assert server.requests == [{"cmd": "show", "what": "relays"}, {"cmd": "show", "what": "sessions"},
+                               {"cmd": "relay", "action": "disable", "name": "www"}]
+
+
+def test_status_shows_the_relay_engine():
+    base = {"node": "fw1", "node_id": 1, "groups": [], "demotions": {}}
+    up = meshctl.format_status({**base, "relay_engine": {"up": True, "pid": 42, "uid": 65534, "since_s": 5,
+                                                         "starts": 2, "not_listening": {"dns": "Address in use"}}})
+    assert "relay engine: up for" in up and "uid 65534, started 2 times, not listening: dns (Address in use)" in up
+    down = meshctl.format_status({**base, "relay_engine": {"up": False, "since_s": 1,
+                                                           "down_reason": "killed by SIGKILL"}})
+    assert "relay engine: DOWN for" in down and "(killed by SIGKILL); relays refuse clients" in down

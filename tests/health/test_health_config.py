@@ -401,7 +401,7 @@ def test_global_errors():
     text = BASE + '[health]\nmax_in_flight = 0\nnft_table = "meshd-lb"\nrst_burst = -1\nhosts = []\n'
     assert problems(text) == [
         ("meshd.toml: health.hosts: unknown key (known keys: check_user, host, keep_table_on_stop, "
-         "max_in_flight, nflog_group, nft_table, redirect, rst_burst, rst_window_ms, table)"),
+         "max_in_flight, nflog_group, nft_table, redirect, relay, relay_user, rst_burst, rst_window_ms, table)"),
         "meshd.toml: health.max_in_flight: expected an integer from 1 to 10000, found 0",
         "meshd.toml: health.rst_burst: expected an integer from 0 to 100000, found -1",
         ("meshd.toml: health.nft_table: expected an nftables name (a letter, then letters, digits or "

@@ -777,3 +777,22 @@ def test_the_latency_of_successful_checks_is_counted_per_host():
     c = h.latency.copy()
     assert c.count == 2 and abs(c.total - 0.204) < 1e-9
     assert h.checks == 4 and h.successes == 2
+
+
+# ------------------------------------------------------------------ relays' query
+
+def test_live_hosts_is_what_a_redirect_on_the_table_forwards_to():
+    """The relay engine follows HealthCore.live_hosts: it must agree with SetBackends."""
+    c = web_sim()
+    assert core(c).live_hosts("web") == ()                 # unknown is not up
+    c.run_until(1.0)
+    assert core(c).live_hosts("web") == (("web1", W1, 80, 1), ("web2", W2, 80, 1))
+    assert [h[1] for h in core(c).live_hosts("web")] == backend_addresses(c)
+    c.nodes[1].up[W1] = False
+    c.run_until(4.0)
+    assert [h[1] for h in core(c).live_hosts("web")] == backend_addresses(c) == [W2]
+    core(c).set_enabled("host", "web2", False, c.now)
+    assert core(c).live_hosts("web") == ()
+    core(c).set_enabled("host", "web2", True, c.now)
+    core(c).set_enabled("table", "web", False, c.now)
+    assert core(c).live_hosts("web") == () and core(c).live_hosts("nope") == ()

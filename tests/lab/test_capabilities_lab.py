@@ -1,7 +1,8 @@
 """meshd needs CAP_NET_ADMIN and CAP_NET_RAW, plus CAP_SETUID and CAP_SETGID to
 start its hooks and scripts as [node] script_user and for its check engine to
-drop to [health] check_user, and CAP_KILL to kill that engine when it hangs,
-and nothing else (systemd/meshd.service).
+drop to [health] check_user, CAP_KILL to kill that engine when it hangs, and
+CAP_NET_BIND_SERVICE to bind a relay's listener below 1024 for the relay
+engine, and nothing else (systemd/meshd.service).
 
 Both lab firewalls run meshd under setpriv(1) the way the unit runs it: root,
 the bounding set reduced to net_admin,net_raw,setuid,setgid,kill (so, as root,
@@ -33,11 +34,11 @@ from meshlab.topology import LAN_VIRTUAL, SERVER4, SRV_VIRTUAL, nsexec
 
 pytestmark = pytest.mark.lab
 
-CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN, CAP_NET_RAW = 5, 6, 7, 12, 13
+CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW = 5, 6, 7, 10, 12, 13
 UNIT_CAPABILITIES = ((1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
-                     | (1 << CAP_KILL))
+                     | (1 << CAP_KILL) | (1 << CAP_NET_BIND_SERVICE))
 # setuid, setgid: scripts as script_user, the check engine as check_user; kill ends a hung engine.
-DROP = ["setuid", "setgid", "kill"]
+DROP = ["setuid", "setgid", "kill", "net_bind_service"]
 UNIT_SET = ["net_admin", "net_raw", *DROP]
 FLOW_PORT = 7021
 HEALTH_PORT = 8080
@@ -61,6 +62,12 @@ check = {{ method = "icmp", timeout_ms = 500 }}
 name = "web"
 address = "{LAN_VIRTUAL[0].split("/")[0]}"
 port = {HEALTH_PORT}
+table = "servers"
+
+[[health.relay]]
+name = "tls"
+address = "{LAN_VIRTUAL[0].split("/")[0]}"
+port = 443
 table = "servers"
 """
 
@@ -127,6 +134,12 @@ def test_meshd_runs_whole_with_only_the_units_capabilities(meshd_ready, lab):
         engine = process_status(engines[-1]["pid"])
         assert int(engine["CapEff"], 16) == 0 and int(engine["CapPrm"], 16) == 0
         assert engine["Uid"].split()[0] != "0" and engine["NoNewPrivs"].strip() == "1"
+        # The relay's port 443 was bound by the daemon (net_bind_service) for the relay engine.
+        wait_for(f"fw{n}'s relay engine", lambda: (md.status(lab.run_dir, n).get("relay_engine") or {}).get("up"),
+                 10, lab)
+        relay = md.status(lab.run_dir, n)["relay_engine"]
+        assert relay["not_listening"] == {} and relay["uid"] != 0, relay
+        assert int(process_status(relay["pid"])["CapEff"], 16) == 0
 
     # The election: fw1 holds every virtual address, fw2 none; meshctl answers.
     for address in LAN_VIRTUAL + SRV_VIRTUAL:

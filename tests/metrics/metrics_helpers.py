@@ -81,7 +81,14 @@ def take(node: NodeCore, now: float) -> snapshot.Snapshot:
     commits = {kind: Histogram(COMMIT_BUCKETS) for kind in ("takeover", "operator", "continuous")}
     commits["takeover"].observe(0.002)
     return snapshot.take(node, now, node_name="fw1", version="0.1.0",
-                         kernel={"events": 42, "overruns": 1}, commits=commits)
+                         kernel={"events": 42, "overruns": 1}, commits=commits, relays=RELAYS)
+
+
+# What RelayEngine.metrics_rows returns: the engine up, one relay with a backend.
+RELAYS = {"up": True, "starts": 2, "age_s": 0.4, "rows": [
+    {"name": "www", "status": "active (using backup table)", "sessions": 3, "total": 40, "refused": 2,
+     "errors": 1, "backends": [{"host": "sorry1", "address": "10.1.0.99", "port": 80, "live": True,
+                                "open": 3, "total": 40, "failed": 1}]}]}
 
 
 def scrape(collector: MeshdCollector) -> dict:

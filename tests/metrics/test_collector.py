@@ -99,3 +99,18 @@ def test_the_path_to_a_peer_with_more_than_one(exported):
     g = scrape(MeshdCollector(lambda: with_paths))
     assert value(g, "meshd_sync_peer_path", peer="2") == 1
     assert value(g, "meshd_sync_peer_path_switches", "meshd_sync_peer_path_switches_total", peer="2") == 3
+
+
+def test_relays_as_the_relay_engine_last_reported_them(exported):
+    _node, f = exported
+    assert value(f, "meshd_relay_engine_up") == 1
+    assert value(f, "meshd_relay_engine_starts", "meshd_relay_engine_starts_total") == 2
+    assert value(f, "meshd_relay_report_age_seconds") == 0.4
+    assert value(f, "meshd_relay_status", relay="www", status="backup") == 1
+    assert value(f, "meshd_relay_status", relay="www", status="active") == 0
+    assert value(f, "meshd_relay_sessions", relay="www") == 3
+    assert value(f, "meshd_relay_accepted", "meshd_relay_accepted_total", relay="www") == 40
+    assert value(f, "meshd_relay_refused", "meshd_relay_refused_total", relay="www") == 2
+    assert value(f, "meshd_relay_backend_sessions", relay="www", host="sorry1") == 3
+    assert value(f, "meshd_relay_backend_connect_failures", "meshd_relay_backend_connect_failures_total",
+                 relay="www", host="sorry1") == 1
