@@ -186,6 +186,9 @@ class _Session:
         if not isinstance(event, h11.Request):
             raise _ClientGone
         self.stats.requests += 1
+        if event.method == b"CONNECT":
+            # A reverse proxy is no tunnel to wherever the client names.
+            await self._answer(405, "CONNECT is not relayed")
         # h11's limit only holds for a head that arrives in pieces; a whole one
         # that fits one read is parsed whatever its size.
         head_bytes = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import datetime
+import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +18,10 @@ from functools import partial
 import h11
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from meshd.relay.http import HttpStats, serve_http
 from meshd.relay.httpspec import HttpAction, HttpSpec
@@ -155,7 +162,8 @@ def closed_port() -> int:
 
 
 def relay_test(spec: HttpSpec = HttpSpec(), timeouts: Timeouts = Timeouts(idle_s=5.0),
-               upstream_kw: dict | None = None, limit_s: float = 10.0):
+               upstream_kw: dict | None = None, limit_s: float = 10.0,
+               tls: ssl.SSLContext | None = None):
     """Run `body(relay)` (an async test) against a backend and a relay on localhost."""
     def wrap(body):
         def test():
@@ -173,7 +181,8 @@ def relay_test(spec: HttpSpec = HttpSpec(), timeouts: Timeouts = Timeouts(idle_s
                         peer = stream.socket.getpeername()
                         here = stream.socket.getsockname()
                         vars_ = SessionVars(peer[0], peer[1], here[0], here[1], timeouts.idle_s)
-                        await serve_http(stream, spec, upstream, vars_, timeouts, stats)
+                        client = stream if tls is None else trio.SSLStream(stream, tls, server_side=True)
+                        await serve_http(client, spec, upstream, vars_, timeouts, stats)
 
                     (rl,) = await nursery.start(partial(trio.serve_tcp, session, 0, host=LOCAL))
                     relay = Relay(rl.socket.getsockname()[1], upstream, stats, backend)
@@ -561,3 +570,56 @@ def test_stats_as_dict_is_plain():
     stats.count_response(204)
     d = stats.as_dict()
     assert d["responses"] == {"2xx": 1} and json.loads(json.dumps(d)) == d
+
+
+def tls_contexts(directory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1: the relay's context and a client's that trusts it."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.example")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOCAL))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = directory / "relay.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(pem))
+    client = ssl.create_default_context(cadata=cert.public_bytes(serialization.Encoding.PEM).decode())
+    return server, client
+
+
+def test_over_tls_the_forwarded_proto_is_https(tmp_path):
+    server, client_ctx = tls_contexts(tmp_path)
+
+    @relay_test(HttpSpec(forwarded=True), tls=server)
+    async def check(relay):
+        stream = await trio.open_ssl_over_tcp_stream(LOCAL, relay.port, ssl_context=client_ctx)
+        client = RawClient(stream)
+        for _ in range(2):
+            echo = (await client.request()).echo()
+            assert sent(echo, "Forwarded") == ["for=127.0.0.1;by=127.0.0.1;proto=https"]
+        assert relay.stats.backend_connects == 1
+        await stream.aclose()
+    check()
+
+
+@relay_test()
+async def test_an_upgrade_is_not_relayed_and_the_connection_goes_on(relay):
+    client = await RawClient.open(relay)
+    answer = await client.request(headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")])
+    assert answer.status == 200 and sent(answer.echo(), "Upgrade") == []
+    assert (await client.request("GET", "/again")).echo()["n"] == 2
+
+
+@relay_test()
+async def test_connect_is_refused(relay):
+    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    await stream.send_all(b"CONNECT 10.0.0.1:22 HTTP/1.1\r\nHost: 10.0.0.1:22\r\n\r\n")
+    with trio.fail_after(3):
+        data = await stream.receive_some(65536)
+    assert data.startswith(b"HTTP/1.1 405 ")
+    assert relay.upstream.keys == []
