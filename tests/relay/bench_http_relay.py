@@ -8,11 +8,12 @@ talks to the backend straight), and an asyncio load generator with N
 keep-alive connections, each sending a request and waiting for its answer.
 
     python3 tests/relay/bench_http_relay.py [--target relay|haproxy|direct]
-        [--clients 50] [--seconds 5] [--body 100] [--profile] [--pyspy FILE.svg]
+        [--clients 50] [--seconds 5] [--body 100] [--profile] [--pyspy FILE.svg|FILE.txt]
         [--actions]
 
 --profile runs the relay under cProfile and prints where the time goes;
---pyspy records the relay with py-spy (a flame graph); --actions gives the
+--pyspy records the relay with py-spy (a flame graph, or collapsed
+stacks for a .txt); --actions gives the
 relay a typical list of request and response actions and X-Forwarded-For.
 The load generator is Python too: for HAProxy it is the bottleneck well
 before HAProxy is, so the HAProxy figure is a lower bound.
@@ -135,7 +136,7 @@ def run_relay(port: int, backend_port: int, with_actions: bool, profile_to: str 
 HAPROXY_CFG = """
 global
     nbthread 1
-    maxconn 10000
+    maxconn 4000
 defaults
     mode http
     timeout connect 5s
@@ -238,7 +239,8 @@ def main() -> None:
         port = relay_port
         wait_listening(port)
         if args.pyspy:
-            spy = subprocess.Popen(["py-spy", "record", "-o", args.pyspy, "-p", str(relay.pid),
+            fmt = ["-f", "raw"] if args.pyspy.endswith(".txt") else []
+            spy = subprocess.Popen(["py-spy", "record", *fmt, "-o", args.pyspy, "-p", str(relay.pid),
                                     "-d", str(int(args.seconds) + 1)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elif args.target == "haproxy":
