@@ -59,7 +59,7 @@ class HttpStats:
         self.responses: dict[str, int] = {}      # by status class: "2xx", "5xx", ...
         self.refused = 0            # an expect action answered 403 (request) or 502 (response)
         self.filtered = 0           # a filter action closed the connection
-        self.bad_requests = 0       # h11 could not parse the request, or over a limit
+        self.bad_requests = 0       # h11 could not parse it, over a limit, or CONNECT
         self.no_backend = 0         # 503
         self.backend_errors = 0     # 502: connect failed, or the backend broke the exchange
         self.timeouts = 0           # idle or session timeout
@@ -123,6 +123,7 @@ class _Session:
         self.backend: Backend | None = None
         self.backend_key: bytes | None = None
         self.tls = isinstance(client, trio.SSLStream)
+        self.answer_bytes = 0           # from the backend, for the request in flight
         self.idle = trio.CancelScope()
         self.waiting_on = "client"
 
@@ -207,10 +208,11 @@ class _Session:
         self.stats.requests += 1
         if event.method == b"CONNECT":
             # A reverse proxy is no tunnel to wherever the client names.
+            self.stats.bad_requests += 1
             await self._answer(405, "CONNECT is not relayed")
         # h11's limit only holds for a head that arrives in pieces; a whole one
         # that fits one read is parsed whatever its size.
-        head_bytes = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        head_bytes = _head_bytes(event.target, event.headers)
         if head_bytes > self.spec.max_header_bytes:
             self.stats.bad_requests += 1
             await self._answer(431, f"request head of {head_bytes} bytes over {self.spec.max_header_bytes}")
@@ -273,8 +275,6 @@ class _Session:
     # --- one exchange ------------------------------------------------------
 
     async def _exchange(self, event: h11.Request) -> None:
-        if self.front.they_are_waiting_for_100_continue:
-            await self._send_front(self.front.send(h11.InformationalResponse(status_code=100, headers=[])))
         request = HttpRequest(event.method, event.target, _end_to_end(event.headers.raw_items()))
         outcome = apply_request(self.spec.request, request, self.vars)
         for line in outcome.logs:
@@ -287,6 +287,8 @@ class _Session:
         if outcome.verdict is Verdict.REFUSE:
             self.stats.refused += 1
             await self._answer(outcome.status or 403, f"refused by {outcome.reason}")
+        if self.front.they_are_waiting_for_100_continue:
+            await self._send_front(self.front.send(h11.InformationalResponse(status_code=100, headers=[])))
         headers = self._forwarding(list(outcome.request.headers))
         try:
             await self._forward(event, outcome.request, headers, outcome.hash_key)
@@ -318,9 +320,8 @@ class _Session:
             await self._relay_response(event.method)
         except _BackendFailed as e:
             # A kept-alive connection the backend closed meanwhile: once more on a
-            # new one, if nothing of the answer went out and there is no body to replay.
-            if not (e.status == 502 and reused and bodiless
-                    and self.front.our_state is h11.SEND_RESPONSE):
+            # new one, if the backend sent nothing back and there is no body to replay.
+            if not (e.status == 502 and reused and bodiless and self.answer_bytes == 0):
                 raise
             await self._drop_backend()
             await self._backend_for(hash_key)
@@ -372,6 +373,7 @@ class _Session:
             data = await self.backend_stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             raise _BackendFailed(502, f"backend receive failed: {e!r}") from None
+        self.answer_bytes += len(data)
         self.back.receive_data(data)
 
     async def _send_request(self, request: HttpRequest, headers: list[tuple[bytes, bytes]]) -> None:
@@ -379,6 +381,7 @@ class _Session:
         what h11 has parsed into one send per read."""
         back = self.back
         assert back is not None
+        self.answer_bytes = 0
         try:
             out = back.send(h11.Request(method=request.method, target=request.target, headers=headers))
         except h11.LocalProtocolError as e:
@@ -450,6 +453,8 @@ class _Session:
                 return
 
     async def _response_head(self, event: h11.Response) -> bytes:
+        if _head_bytes(event.reason, event.headers) > self.spec.max_header_bytes:
+            raise _BackendFailed(502, f"response head over {self.spec.max_header_bytes} bytes")
         response = HttpResponse(event.status_code, _end_to_end(event.headers.raw_items()))
         outcome = apply_response(self.spec.response, response, self.vars)
         for line in outcome.logs:
@@ -483,6 +488,10 @@ def _end_to_end(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ..
             named.update(t.strip().lower() for t in value.split(b","))
     drop = HOP_BY_HOP | named
     return tuple((n, v) for n, v in raw if n.lower() not in drop)
+
+
+def _head_bytes(first_line: bytes, headers) -> int:
+    return len(first_line) + sum(len(n) + len(v) + 4 for n, v in headers)
 
 
 def _content_length(headers) -> int | None:

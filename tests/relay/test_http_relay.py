@@ -97,6 +97,8 @@ class EchoBackend:
             return False
         if target.startswith("/status/"):
             status, payload = int(target.split("/")[2]), b""
+        if target == "/fat-head":
+            headers += [(b"X-Pad-%d" % i, b"p" * 1000) for i in range(20)]
         if target.startswith("/big/"):
             payload = b"x" * int(target.split("/")[2])
         if target == "/early-hints":
@@ -622,4 +624,29 @@ async def test_connect_is_refused(relay):
     with trio.fail_after(3):
         data = await stream.receive_some(65536)
     assert data.startswith(b"HTTP/1.1 405 ")
-    assert relay.upstream.keys == []
+    assert relay.upstream.keys == [] and relay.stats.bad_requests == 1
+
+
+@relay_test()
+async def test_a_response_head_over_the_limit_is_502(relay):
+    client = await RawClient.open(relay)
+    assert (await client.request("GET", "/fat-head")).status == 502
+    assert relay.stats.backend_errors == 1
+
+
+@relay_test(HttpSpec(request=actions(("header", "expect", "Host", "www.example.com"))))
+async def test_a_refused_request_gets_no_100_continue(relay):
+    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    await stream.send_all(b"POST / HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 5\r\n"
+                          b"Expect: 100-continue\r\n\r\n")
+    with trio.fail_after(2):
+        data = await stream.receive_some(65536)
+    assert data.startswith(b"HTTP/1.1 403 ")
+
+
+@relay_test()
+async def test_garbage_on_a_kept_connection_is_not_sent_twice(relay):
+    client = await RawClient.open(relay)
+    assert (await client.request("GET", "/first")).status == 200
+    assert (await client.request("GET", "/garbage")).status == 502
+    assert relay.backend.connections == 1      # no retry: the backend did answer (badly)
