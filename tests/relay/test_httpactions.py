@@ -4,10 +4,12 @@ variables, case, repeats, encodings, and malformed input that must not raise."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.relay.httpactions import (HttpRequest, HttpResponse, Verdict, apply_request,
                                      apply_response, canonical_path)
-from meshd.relay.httpspec import HttpAction
+from meshd.relay.httpspec import REQUEST_OPS, HttpAction
 from meshd.relay.interface import SessionVars
 
 SESSION = SessionVars("192.0.2.7", 40123, "198.51.100.1", 80, 600.0)
@@ -299,3 +301,26 @@ def test_canonical_path():
     assert canonical_path("/../../x") == "/x"
     assert canonical_path("/%2e%2e/%2Fetc") == "/etc"
     assert canonical_path("/") == "/"
+
+
+# --- anything a client sends --------------------------------------------------
+
+_ACTION = st.builds(
+    lambda entity, op, key, value: HttpAction(entity, op, key, value),
+    st.sampled_from(list(REQUEST_OPS)), st.sampled_from(["append", "change", "remove", "expect",
+                                                          "filter", "hash", "log"]),
+    st.sampled_from(["*", "SID", "Host", "/a*", "[", "x=y", "*.example.com/*", "Cookie"]),
+    st.one_of(st.none(), st.sampled_from(["v", "$REMOTE_ADDR", "*", "[!", "%zz", "a;b,c"])))
+_BYTES = st.binary(max_size=40) | st.sampled_from([b"a=1; b", b";;=", b"%", b"%%2", b"\xff\xfe", b"a=b=c"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_ACTION, max_size=6), _BYTES,
+       st.lists(st.tuples(st.sampled_from([b"Host", b"Cookie", b"cookie", b"X-A", b"\xff"]), _BYTES),
+                max_size=5))
+def test_no_input_makes_the_actions_raise(actions_, target, headers):
+    actions_ = [a for a in actions_ if a.op in REQUEST_OPS[a.entity]]
+    out = apply_request(actions_, HttpRequest(b"GET", b"/" + target, tuple(headers)), SESSION)
+    assert out.verdict in Verdict
+    for name, value in out.request.headers:
+        assert b"\r" not in value and b"\n" not in value or (name, value) in headers
