@@ -25,7 +25,7 @@ for it does not stall on that order.
 
 Must not: pick a backend or open a socket itself (the Upstream does), raise
 out of serve_http for anything a client or a backend sends (it counts it,
-answers or closes, and returns), or read a clock other than trio's timeouts.
+answers or closes, and returns), buffer a body, or read a clock but trio's.
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ class _Session:
 
     async def _answer(self, status: int, why: str) -> None:
         """Answer the client with an error of the relay's own and end the session."""
+        self.idle.deadline = float("inf")     # the answer has a grace of its own
         self.stats.count_response(status)
         self.upstream.log("http answer", level="info", status=status, reason=why,
                           client=self.vars.remote_addr)
@@ -317,7 +318,7 @@ class _Session:
         bodiless = _content_length(event.headers) in (None, 0) and not _chunked(event.headers)
         try:
             await self._send_request(request, headers)
-            await self._relay_response(event.method)
+            await self._relay_response()
         except _BackendFailed as e:
             # A kept-alive connection the backend closed meanwhile: once more on a
             # new one, if the backend sent nothing back and there is no body to replay.
@@ -326,7 +327,7 @@ class _Session:
             await self._drop_backend()
             await self._backend_for(hash_key)
             await self._send_request(request, headers)
-            await self._relay_response(event.method)
+            await self._relay_response()
         back = self.back
         if back is not None and back.our_state is h11.DONE and back.their_state is h11.DONE:
             back.start_next_cycle()
@@ -409,7 +410,7 @@ class _Session:
                 await self._send_back(bytes(out))
                 return
 
-    async def _relay_response(self, method: bytes) -> None:
+    async def _relay_response(self) -> None:
         back = self.back
         assert back is not None
         out = b""

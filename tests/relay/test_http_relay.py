@@ -650,3 +650,16 @@ async def test_garbage_on_a_kept_connection_is_not_sent_twice(relay):
     assert (await client.request("GET", "/first")).status == 200
     assert (await client.request("GET", "/garbage")).status == 502
     assert relay.backend.connections == 1      # no retry: the backend did answer (badly)
+
+
+@relay_test()
+async def test_pipelined_requests_are_answered_in_order(relay):
+    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    await stream.send_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+    client = RawClient(stream)
+    client.conn.send(h11.Request(method="GET", target="/one", headers=[("Host", "a")]))
+    client.conn.send(h11.EndOfMessage())
+    assert (await client.response()).echo()["target"] == "/one"
+    client.conn.send(h11.Request(method="GET", target="/two", headers=[("Host", "a")]))
+    client.conn.send(h11.EndOfMessage())
+    assert (await client.response()).echo()["target"] == "/two"
