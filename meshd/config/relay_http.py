@@ -26,6 +26,8 @@ _VARIABLE_RE = re.compile(r"\$[A-Za-z_]+")
 # RFC 9110 token characters: what a header name written by an action may hold.
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _GLOB_CHARS = set("*?[")
+# Written by h11 from the message's own framing, whatever an action says.
+FRAMING_HEADERS = ("content-length", "transfer-encoding")
 # Bytes that would end a header line or a request target early.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -115,6 +117,9 @@ def _key_ok(r: Reader, where: str, entity: str, op: str, key: str) -> bool:
     if entity == "header" and writes and not _TOKEN_RE.match(key.replace("*", "a").replace("?", "a")):
         r.problem(where, f"expected a header name (letters, digits, !#$%&'*+.^_`|~-), found {describe(key)}")
         return False
+    if entity == "header" and writes and key.lower() in FRAMING_HEADERS:
+        r.problem(where, f"the relay frames each message itself: {key} cannot be written or removed")
+        return False
     if entity == "cookie" and any(c in key for c in "=; ,"):
         r.problem(where, f"a cookie name holds no '=', ';', ',' or space, found {describe(key)}")
         return False
@@ -128,6 +133,9 @@ def _value(r: Reader, where: str, op: str, value: Any) -> str | None | Any:
     """The action's value: text (append, change), a glob or None (expect,
     filter), None (remove, hash, log); `...` when it is wrong."""
     if op in WRITING_OPS:
+        if op == "append" and value == "":
+            r.problem(where, "expected the text to append, found an empty string")
+            return ...
         if not isinstance(value, str):
             r.problem(where, f"expected the text to write (a string, $VARIABLES allowed), "
                       f"found {describe(value)}")

@@ -46,6 +46,7 @@ RECEIVE_SIZE = 64 * 1024
 # side from them.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te",
                         b"trailer", b"upgrade", b"expect"})
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # How long an error answer may take to leave before the connection closes.
 ANSWER_GRACE_S = 1.0
 LINGER_BYTES = 64 * 1024
@@ -138,6 +139,12 @@ class _Session:
                         return
                     await self._exchange(request)
                 except (_ClientGone, _Answered):
+                    return
+                except h11.LocalProtocolError as e:
+                    # A message h11 will not write: a bug of the relay's, not the
+                    # peers'; this session ends, the relay goes on, the log says why.
+                    self.upstream.log("http internal error", level="err", error=str(e),
+                                      client=self.vars.remote_addr)
                     return
             if self.idle.cancelled_caught:
                 await self._idle_timeout()
@@ -290,7 +297,7 @@ class _Session:
             await self._answer(outcome.status or 403, f"refused by {outcome.reason}")
         if self.front.they_are_waiting_for_100_continue:
             await self._send_front(self.front.send(h11.InformationalResponse(status_code=100, headers=[])))
-        headers = self._forwarding(list(outcome.request.headers))
+        headers = self._forwarding(_framed_as(outcome.request.headers, event.headers))
         try:
             await self._forward(event, outcome.request, headers, outcome.hash_key)
         except _BackendFailed as e:
@@ -470,7 +477,7 @@ class _Session:
             self.stats.refused += 1
             await self._drop_backend()
             await self._answer(outcome.status or 502, f"response refused by {outcome.reason}")
-        headers = list(outcome.response.headers)
+        headers = _framed_as(outcome.response.headers, event.headers)
         if not self.spec.keep_alive:
             headers.append((b"Connection", b"close"))
         self.stats.count_response(event.status_code)
@@ -489,6 +496,15 @@ def _end_to_end(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ..
             named.update(t.strip().lower() for t in value.split(b","))
     drop = HOP_BY_HOP | named
     return tuple((n, v) for n, v in raw if n.lower() not in drop)
+
+
+def _framed_as(headers, parsed) -> list[tuple[bytes, bytes]]:
+    """The headers the actions left, with the framing of the message as h11
+    parsed it: an action (`{ header = "*", remove = true }`) must not change
+    how many body bytes h11 expects to send."""
+    out = [(n, v) for n, v in headers if n.lower() not in FRAMING]
+    out += [(n, v) for n, v in parsed if n in FRAMING]
+    return out
 
 
 def _head_bytes(first_line: bytes, headers) -> int:

@@ -663,3 +663,13 @@ async def test_pipelined_requests_are_answered_in_order(relay):
     client.conn.send(h11.Request(method="GET", target="/two", headers=[("Host", "a")]))
     client.conn.send(h11.EndOfMessage())
     assert (await client.response()).echo()["target"] == "/two"
+
+
+@relay_test(HttpSpec(request=actions(("header", "remove", "*"), ("header", "change", "Host", "h")),
+                     response=actions(("header", "remove", "*"))))
+async def test_actions_cannot_unframe_a_message(relay):
+    client = await RawClient.open(relay)
+    for framing in ([], [("Transfer-Encoding", "chunked")]):
+        answer = await client.request("POST", "/up", headers=framing, body=b"x" * 5000)
+        assert answer.status == 200 and answer.echo()["body_len"] == 5000
+        assert answer.header("Server") == [] and answer.header("Content-Length") != []
