@@ -194,6 +194,7 @@ def relay_test(spec: HttpSpec = HttpSpec(), timeouts: Timeouts = Timeouts(idle_s
                     except BaseException:
                         print("relay logs:", upstream.logs, "stats:", stats.as_dict())
                         raise
+                    assert not [e for e in upstream.logs if e[0] == "http internal error"], upstream.logs
                     nursery.cancel_scope.cancel()
             trio.run(main)
         test.__name__ = body.__name__
