@@ -217,6 +217,10 @@ class _Session:
             # A reverse proxy is no tunnel to wherever the client names.
             self.stats.bad_requests += 1
             await self._answer(405, "CONNECT is not relayed")
+        if sum(1 for name, _ in event.headers if name == b"host") > 1:
+            # RFC 9112 3.2; and a filter on the first would not see the backend's pick.
+            self.stats.bad_requests += 1
+            await self._answer(400, "more than one Host header")
         # h11's limit only holds for a head that arrives in pieces; a whole one
         # that fits one read is parsed whatever its size.
         head_bytes = _head_bytes(event.target, event.headers)

@@ -424,7 +424,9 @@ async def test_504_when_the_backend_stays_silent(relay):
     (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 20000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(20)) + b"\r\n", 431),
     (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n", 413),
-], ids=["not-http", "bad-header-line", "headers-too-large", "too-many-headers", "body-too-large"])
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+], ids=["not-http", "bad-header-line", "headers-too-large", "too-many-headers", "body-too-large",
+        "two-hosts"])
 def test_bad_requests_are_answered_and_closed(raw, status):
     @relay_test(HttpSpec(max_headers=10, max_body_bytes=4096))
     async def check(relay):
