@@ -4,6 +4,7 @@ name the file and the key path."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,15 @@ def test_sub_table_that_is_not_a_table():
     r = Reader("meshd.toml")
     assert parse_http(r, "on", PATH) is None
     assert r.problems and r.problems[0].startswith(f"meshd.toml: {PATH}: expected a table")
+
+
+def test_the_example_of_docs_relays_md_parses():
+    # docs/relays.md stays true to the parser: its first TOML block is read as written.
+    text = (Path(__file__).resolve().parents[2] / "docs" / "relays.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    data = tomllib.loads(block)
+    r = Reader("relays.md")
+    spec = parse_http(r, data["health"]["relay"][0]["http"], PATH)
+    assert r.problems == [] and spec.forwarded_for
+    assert [(a.entity, a.op) for a in spec.request] == [
+        ("header", "expect"), ("path", "filter"), ("header", "change"), ("cookie", "hash"), ("url", "log")]
