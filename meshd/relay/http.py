@@ -127,6 +127,7 @@ class _Session:
         self.answer_bytes = 0           # from the backend, for the request in flight
         self.idle = trio.CancelScope()
         self.waiting_on = "client"
+        self.reading_head = False
 
     async def run(self) -> None:
         while True:
@@ -174,7 +175,8 @@ class _Session:
     # --- the client side --------------------------------------------------
 
     async def _receive_front(self) -> None:
-        self._touch("client")
+        if not self.reading_head:
+            self._touch("client")
         try:
             data = await self.client.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -206,10 +208,16 @@ class _Session:
             return event
 
     async def _next_request(self) -> h11.Request | None:
+        # The whole head within one idle timeout, not one per byte: a client
+        # that trickles a byte at a time holds no session for long.
+        self._touch("client")
+        self.reading_head = True
         try:
             event = await self._front_event()
         except _ClientGone:
             return None
+        finally:
+            self.reading_head = False
         if not isinstance(event, h11.Request):
             raise _ClientGone
         self.stats.requests += 1

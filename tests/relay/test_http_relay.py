@@ -676,3 +676,20 @@ async def test_actions_cannot_unframe_a_message(relay):
         answer = await client.request("POST", "/up", headers=framing, body=b"x" * 5000)
         assert answer.status == 200 and answer.echo()["body_len"] == 5000
         assert answer.header("Server") == [] and answer.header("Content-Length") != []
+
+
+@relay_test(timeouts=Timeouts(idle_s=0.3))
+async def test_a_head_trickled_byte_by_byte_gets_one_idle_timeout(relay):
+    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    started = time.monotonic()
+    with trio.fail_after(3):
+        try:
+            for byte in b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"s" * 100:
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(0.05)
+        except trio.BrokenResourceError:
+            pass
+        while await stream.receive_some(65536):
+            pass
+    assert time.monotonic() - started < 1.0
+    assert relay.stats.timeouts == 1 and relay.upstream.keys == []
