@@ -63,7 +63,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "preflight": ("meshd.preflight",),
         "lifecycle": ("meshd.lifecycle",),      # the supervision's rules, without trio
         # The HTTP relay: its actions (sans-I/O) and its trio handler.
-        "http relay": ("meshd.relay.httpactions", "meshd.relay.http"),
+        "http relay": ("meshd.relay.httpactions", "meshd.relay.httpheaders", "meshd.relay.http"),
     }),
     ("node", {
         # The rules between the engines: composes the three cores.

@@ -30,23 +30,18 @@ answers or closes, and returns), buffer a body, or read a clock but trio's.
 
 from __future__ import annotations
 
-import ipaddress
 from http import HTTPStatus
 
 import h11
 import trio
 
 from .httpactions import HttpRequest, HttpResponse, Verdict, apply_request, apply_response
+from .httpheaders import (append_header, authority, content_length, end_to_end, forwarded_element,
+                          framed_as, has_chunked_body, head_bytes)
 from .httpspec import HttpSpec
 from .interface import Backend, NoBackend, SessionVars, Timeouts, Upstream
 
 RECEIVE_SIZE = 64 * 1024
-# Headers that describe one hop, not the message (RFC 9110 7.6.1); the
-# framing headers (Content-Length, Transfer-Encoding) stay: h11 frames each
-# side from them.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te",
-                        b"trailer", b"upgrade", b"expect"})
-FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # How long an error answer may take to leave before the connection closes.
 ANSWER_GRACE_S = 1.0
 LINGER_BYTES = 64 * 1024
@@ -231,14 +226,14 @@ class _Session:
             await self._answer(400, "more than one Host header")
         # h11's limit only holds for a head that arrives in pieces; a whole one
         # that fits one read is parsed whatever its size.
-        head_bytes = _head_bytes(event.target, event.headers)
-        if head_bytes > self.spec.max_header_bytes:
+        size = head_bytes(event.target, event.headers)
+        if size > self.spec.max_header_bytes:
             self.stats.bad_requests += 1
-            await self._answer(431, f"request head of {head_bytes} bytes over {self.spec.max_header_bytes}")
+            await self._answer(431, f"request head of {size} bytes over {self.spec.max_header_bytes}")
         if len(event.headers) > self.spec.max_headers:
             self.stats.bad_requests += 1
             await self._answer(431, f"more than {self.spec.max_headers} headers")
-        length = _content_length(event.headers)
+        length = content_length(event.headers)
         if self.spec.max_body_bytes and length is not None and length > self.spec.max_body_bytes:
             self.stats.bad_requests += 1
             await self._answer(413, f"body of {length} bytes over {self.spec.max_body_bytes}")
@@ -295,7 +290,7 @@ class _Session:
     # --- one exchange ------------------------------------------------------
 
     async def _exchange(self, event: h11.Request) -> None:
-        request = HttpRequest(event.method, event.target, _end_to_end(event.headers.raw_items()))
+        request = HttpRequest(event.method, event.target, end_to_end(event.headers.raw_items()))
         outcome = apply_request(self.spec.request, request, self.vars)
         for line in outcome.logs:
             self.upstream.log("http log", line=line)
@@ -309,7 +304,7 @@ class _Session:
             await self._answer(outcome.status or 403, f"refused by {outcome.reason}")
         if self.front.they_are_waiting_for_100_continue:
             await self._send_front(self.front.send(h11.InformationalResponse(status_code=100, headers=[])))
-        headers = self._forwarding(_framed_as(outcome.request.headers, event.headers))
+        headers = self._forwarding(framed_as(outcome.request.headers, event.headers))
         try:
             await self._forward(event, outcome.request, headers, outcome.hash_key)
         except _BackendFailed as e:
@@ -322,19 +317,18 @@ class _Session:
 
     def _forwarding(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if self.spec.forwarded_for:
-            _append_header(headers, b"X-Forwarded-For", self.vars.remote_addr.encode())
+            append_header(headers, b"X-Forwarded-For", self.vars.remote_addr.encode())
         if self.spec.forwarded:
-            element = (f"for={_node(self.vars.remote_addr)};by={_node(self.vars.server_addr)};"
-                       f"proto={'https' if self.tls else 'http'}")
-            _append_header(headers, b"Forwarded", element.encode())
+            element = forwarded_element(self.vars.remote_addr, self.vars.server_addr, self.tls)
+            append_header(headers, b"Forwarded", element.encode())
         return headers
 
     async def _forward(self, event: h11.Request, request: HttpRequest,
                        headers: list[tuple[bytes, bytes]], hash_key: bytes | None) -> None:
         reused = await self._backend_for(hash_key)
         if not any(n.lower() == b"host" for n, _ in headers) and self.backend is not None:
-            headers.append((b"Host", _authority(self.backend).encode()))
-        bodiless = _content_length(event.headers) in (None, 0) and not _chunked(event.headers)
+            headers.append((b"Host", authority(self.backend.address, self.backend.port).encode()))
+        bodiless = content_length(event.headers) in (None, 0) and not has_chunked_body(event.headers)
         try:
             await self._send_request(request, headers)
             await self._relay_response()
@@ -425,7 +419,7 @@ class _Session:
                     await self._send_back(bytes(out))
                     out.clear()
             elif isinstance(event, h11.EndOfMessage):
-                out += back.send(h11.EndOfMessage(headers=_end_to_end(event.headers.raw_items())))
+                out += back.send(h11.EndOfMessage(headers=end_to_end(event.headers.raw_items())))
                 await self._send_back(bytes(out))
                 return
 
@@ -460,7 +454,7 @@ class _Session:
                 if event.status_code == 101:
                     raise _BackendFailed(502, "backend switched protocols (upgrades are not relayed)")
                 out += self.front.send(h11.InformationalResponse(
-                    status_code=event.status_code, headers=_end_to_end(event.headers.raw_items()),
+                    status_code=event.status_code, headers=end_to_end(event.headers.raw_items()),
                     reason=event.reason))
             elif isinstance(event, h11.Response):
                 out += await self._response_head(event)
@@ -468,14 +462,14 @@ class _Session:
             elif isinstance(event, h11.Data):
                 out += self.front.send(event)
             elif isinstance(event, h11.EndOfMessage):
-                out += self.front.send(h11.EndOfMessage(headers=_end_to_end(event.headers.raw_items())))
+                out += self.front.send(h11.EndOfMessage(headers=end_to_end(event.headers.raw_items())))
                 await self._send_front(out)
                 return
 
     async def _response_head(self, event: h11.Response) -> bytes:
-        if _head_bytes(event.reason, event.headers) > self.spec.max_header_bytes:
+        if head_bytes(event.reason, event.headers) > self.spec.max_header_bytes:
             raise _BackendFailed(502, f"response head over {self.spec.max_header_bytes} bytes")
-        response = HttpResponse(event.status_code, _end_to_end(event.headers.raw_items()))
+        response = HttpResponse(event.status_code, end_to_end(event.headers.raw_items()))
         outcome = apply_response(self.spec.response, response, self.vars)
         for line in outcome.logs:
             self.upstream.log("http log", line=line)
@@ -489,77 +483,12 @@ class _Session:
             self.stats.refused += 1
             await self._drop_backend()
             await self._answer(outcome.status or 502, f"response refused by {outcome.reason}")
-        headers = _framed_as(outcome.response.headers, event.headers)
+        headers = framed_as(outcome.response.headers, event.headers)
         if not self.spec.keep_alive:
             headers.append((b"Connection", b"close"))
         self.stats.count_response(event.status_code)
         return self.front.send(h11.Response(status_code=event.status_code, headers=headers,
                                             reason=event.reason))
-
-
-# --- helpers -----------------------------------------------------------------
-
-def _end_to_end(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers without the hop-by-hop ones, and without those the
-    Connection header names."""
-    named = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            named.update(t.strip().lower() for t in value.split(b","))
-    drop = HOP_BY_HOP | named
-    return tuple((n, v) for n, v in raw if n.lower() not in drop)
-
-
-def _framed_as(headers, parsed) -> list[tuple[bytes, bytes]]:
-    """The headers the actions left, with the framing of the message as h11
-    parsed it: an action (`{ header = "*", remove = true }`) must not change
-    how many body bytes h11 expects to send."""
-    out = [(n, v) for n, v in headers if n.lower() not in FRAMING]
-    out += [(n, v) for n, v in parsed if n in FRAMING]
-    return out
-
-
-def _head_bytes(first_line: bytes, headers) -> int:
-    return len(first_line) + sum(len(n) + len(v) + 4 for n, v in headers)
-
-
-def _content_length(headers) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _chunked(headers) -> bool:
-    return any(name == b"transfer-encoding" for name, _ in headers)
-
-
-def _append_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
-    """Extend the last occurrence (`a, b`) or add the header."""
-    lowered = name.lower()
-    for i in range(len(headers) - 1, -1, -1):
-        if headers[i][0].lower() == lowered:
-            headers[i] = (headers[i][0], headers[i][1] + b", " + value)
-            return
-    headers.append((name, value))
-
-
-def _node(address: str) -> str:
-    """An RFC 7239 node: IPv6 in quotes and brackets."""
-    try:
-        if ipaddress.ip_address(address).version == 6:
-            return f'"[{address}]"'
-    except ValueError:
-        return f'"{address}"'
-    return address
-
-
-def _authority(backend: Backend) -> str:
-    host = f"[{backend.address}]" if ":" in backend.address else backend.address
-    return f"{host}:{backend.port}"
 
 
 def _phrase(status: int) -> str:
