@@ -47,6 +47,7 @@ LOG_VALUE_MAX = 256
 REFUSE_REQUEST_STATUS = 403
 REFUSE_RESPONSE_STATUS = 502
 _UNSAFE_IN_HEADER = re.compile(r"[\r\n\x00]")
+_UNSAFE_IN_HEADER_BYTES = re.compile(rb"[\r\n\x00]")
 # Characters a path or query value written by an action keeps as they are
 # (RFC 3986 pchar, and `%` so that an escape the operator wrote survives).
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
@@ -229,6 +230,12 @@ def _clean(text: str) -> str:
     return _UNSAFE_IN_HEADER.sub("", text)
 
 
+def _clean_bytes(value: bytes) -> bytes:
+    # A header value an action rewrites keeps none of these either, even
+    # from the input (h11 never passes them; these functions take any bytes).
+    return _UNSAFE_IN_HEADER_BYTES.sub(b"", value)
+
+
 def _apply(action: HttpAction, msg: _Message, session: SessionVars, direction: str) -> Verdict:
     value = None if action.value is None else session.expand(action.value)
     handler = _ENTITY_HANDLERS[action.entity]
@@ -260,7 +267,7 @@ def _header(action: HttpAction, value: str | None, msg: _Message, direction: str
         for i in range(len(msg.headers) - 1, -1, -1):
             name, old = msg.headers[i]
             if name.lower() == lowered:
-                msg.headers[i] = (name, old + b", " + written if old else written)
+                msg.headers[i] = (name, _clean_bytes(old) + b", " + written if old else written)
                 break
         else:
             msg.headers.append((key.encode(), written))
@@ -297,7 +304,7 @@ def _cookie_pairs(msg: _Message) -> list[tuple[str, str | None]]:
 
 def _set_cookies(msg: _Message, pairs: list[tuple[str, str | None]]) -> None:
     """One Cookie header where the first was, or none when no pair is left."""
-    text = "; ".join(n if v is None else f"{n}={v}" for n, v in pairs).encode()
+    text = _clean_bytes("; ".join(n if v is None else f"{n}={v}" for n, v in pairs).encode())
     out: list[tuple[bytes, bytes]] = []
     placed = False
     for name, raw in msg.headers:

@@ -153,6 +153,13 @@ class Relay:
     upstream: EchoUpstream
     stats: HttpStats
     backend: EchoBackend
+    clients: list = field(default_factory=list)
+
+    async def connect(self) -> trio.SocketStream:
+        """A client connection, closed when the test ends."""
+        stream = await trio.open_tcp_stream(LOCAL, self.port)
+        self.clients.append(stream)
+        return stream
 
 
 def closed_port() -> int:
@@ -194,6 +201,9 @@ def relay_test(spec: HttpSpec = HttpSpec(), timeouts: Timeouts = Timeouts(idle_s
                     except BaseException:
                         print("relay logs:", upstream.logs, "stats:", stats.as_dict())
                         raise
+                    finally:
+                        for stream in relay.clients:
+                            await trio.aclose_forcefully(stream)
                     assert not [e for e in upstream.logs if e[0] == "http internal error"], upstream.logs
                     nursery.cancel_scope.cancel()
             trio.run(main)
@@ -213,7 +223,7 @@ class RawClient:
 
     @classmethod
     async def open(cls, relay: Relay) -> "RawClient":
-        return cls(await trio.open_tcp_stream(LOCAL, relay.port))
+        return cls(await relay.connect())
 
     async def request(self, method: str = "GET", target: str = "/", headers=(), body: bytes = b""):
         hdrs = [("Host", "www.example.com"), *headers]
@@ -430,7 +440,7 @@ async def test_504_when_the_backend_stays_silent(relay):
 def test_bad_requests_are_answered_and_closed(raw, status):
     @relay_test(HttpSpec(max_headers=10, max_body_bytes=4096))
     async def check(relay):
-        stream = await trio.open_tcp_stream(LOCAL, relay.port)
+        stream = await relay.connect()
         await stream.send_all(raw)
         data = b""
         with trio.fail_after(3):
@@ -454,7 +464,7 @@ async def test_403_when_an_expect_refuses(relay):
     client = await RawClient.open(relay)
     assert (await client.request()).status == 200       # Host: www.example.com
     assert (await client.request()).status == 200
-    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    stream = await relay.connect()
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n")
     with trio.fail_after(3):
         data = await stream.receive_some(65536)
@@ -480,7 +490,7 @@ async def test_a_response_expect_refuses_with_502(relay):
 
 @relay_test()
 async def test_expect_100_continue_is_answered_by_the_relay(relay):
-    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    stream = await relay.connect()
     await stream.send_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
     with trio.fail_after(2):
         first = await stream.receive_some(65536)
@@ -534,7 +544,7 @@ async def test_a_kept_connection_the_backend_dropped_is_retried_once(relay):
 
 @relay_test()
 async def test_http10_client_gets_a_host_towards_the_backend(relay):
-    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    stream = await relay.connect()
     await stream.send_all(b"GET /old HTTP/1.0\r\n\r\n")
     data = b""
     with trio.fail_after(3):
@@ -602,7 +612,7 @@ def test_over_tls_the_forwarded_proto_is_https(tmp_path):
 
     @relay_test(HttpSpec(forwarded=True), tls=server)
     async def check(relay):
-        stream = await trio.open_ssl_over_tcp_stream(LOCAL, relay.port, ssl_context=client_ctx)
+        stream = trio.SSLStream(await relay.connect(), client_ctx, server_hostname=LOCAL)
         client = RawClient(stream)
         for _ in range(2):
             echo = (await client.request()).echo()
@@ -622,7 +632,7 @@ async def test_an_upgrade_is_not_relayed_and_the_connection_goes_on(relay):
 
 @relay_test()
 async def test_connect_is_refused(relay):
-    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    stream = await relay.connect()
     await stream.send_all(b"CONNECT 10.0.0.1:22 HTTP/1.1\r\nHost: 10.0.0.1:22\r\n\r\n")
     with trio.fail_after(3):
         data = await stream.receive_some(65536)
@@ -639,7 +649,7 @@ async def test_a_response_head_over_the_limit_is_502(relay):
 
 @relay_test(HttpSpec(request=actions(("header", "expect", "Host", "www.example.com"))))
 async def test_a_refused_request_gets_no_100_continue(relay):
-    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    stream = await relay.connect()
     await stream.send_all(b"POST / HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 5\r\n"
                           b"Expect: 100-continue\r\n\r\n")
     with trio.fail_after(2):
@@ -657,7 +667,7 @@ async def test_garbage_on_a_kept_connection_is_not_sent_twice(relay):
 
 @relay_test()
 async def test_pipelined_requests_are_answered_in_order(relay):
-    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    stream = await relay.connect()
     await stream.send_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
     client = RawClient(stream)
     client.conn.send(h11.Request(method="GET", target="/one", headers=[("Host", "a")]))
@@ -680,7 +690,7 @@ async def test_actions_cannot_unframe_a_message(relay):
 
 @relay_test(timeouts=Timeouts(idle_s=0.3))
 async def test_a_head_trickled_byte_by_byte_gets_one_idle_timeout(relay):
-    stream = await trio.open_tcp_stream(LOCAL, relay.port)
+    stream = await relay.connect()
     started = time.monotonic()
     with trio.fail_after(3):
         try:
