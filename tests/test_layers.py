@@ -43,6 +43,9 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
                        # privilege separation without I/O: messages, the drop, the back-off
                        "meshd.privsep", "meshd.privsep.imsg", "meshd.privsep.drop",
                        "meshd.privsep.backoff"),
+        # What a relay's protocol handler and the relay engine code against,
+        # and the HTTP relay's value types the configuration shares.
+        "relay interface": ("meshd.relay.interface", "meshd.relay.httpspec"),
     }),
     ("configuration", {
         "config": ("meshd.config",),
@@ -63,7 +66,9 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "lifecycle": ("meshd.lifecycle",),      # the supervision's rules, without trio
         # The relays' protocols: sans-I/O cores (dns) and their trio handlers
         # (dnsrelay), coded against meshd/relay/interface.py.
-        "relay protocols": ("meshd.relay",),
+        "relay protocols": ("meshd.relay.dns", "meshd.relay.dnsrelay"),
+        # The HTTP relay: its actions (sans-I/O) and its trio handler.
+        "http relay": ("meshd.relay.httpactions", "meshd.relay.httpheaders", "meshd.relay.http"),
     }),
     ("node", {
         # The rules between the engines: composes the three cores.
