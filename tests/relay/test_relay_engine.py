@@ -254,7 +254,7 @@ async def _test_tls_termination_verified_by_a_real_client(tmp_path):
         engine.reload(config(port, [b1], f'connect_timeout_ms = 400\ntls = {{ certificate = "{cert}", '
                                          f'key = "{key}", min_version = "TLSv1.3" }}'))
         assert [f["kept_previous"] for e, _, f in logs if e == "relay_tls_unreadable"] == [True]
-        await trio.sleep(0.1)
+        await engine.query("relays")
         got, _, _ = await trio.to_thread.run_sync(client)
         assert got == b"A:hello"
         nursery.cancel_scope.cancel()
@@ -336,3 +336,63 @@ async def _test_a_port_taken_is_named_and_the_engine_runs_the_rest():
 
 def test_a_port_taken_is_named_and_the_engine_runs_the_rest():
     trio.run(_test_a_port_taken_is_named_and_the_engine_runs_the_rest)
+
+
+async def tls_backend(port: int, cert, key, task_status=trio.TASK_STATUS_IGNORED):
+    """A TLS backend: answers "T:" and the server name the client asked for."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    names = []
+    ctx.sni_callback = lambda sock, name, _ctx: names.append(name)
+
+    async def handle(stream):
+        tls = trio.SSLStream(stream, ctx, server_side=True, https_compatible=True)
+        try:
+            await tls.do_handshake()
+            await tls.send_all(b"T:" + (names[-1] or "-").encode())
+            await tls.aclose()
+        except trio.BrokenResourceError:
+            pass
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _test_tls_towards_backends_verifies_ca_and_name(tmp_path):
+    port, b1 = free_port(), free_port()
+    cert, key = make_certificate(tmp_path)
+    health = FakeHealth()
+    health.live = {"web": (("127.0.0.1", "127.0.0.1", b1, 1),)}
+
+    async def through(backend_tls: str) -> bytes:
+        engine.reload(config(port, [b1], f"backend_tls = {backend_tls}"))
+        await engine.query("relays")      # answered after the engine applied the relays (one channel, in order)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        got = b""
+        with trio.fail_after(5):
+            async with stream:
+                try:
+                    while chunk := await stream.receive_some():
+                        got += chunk
+                except trio.BrokenResourceError:
+                    pass
+        return got
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tls_backend, b1, cert, key)
+        engine = await start_engine(config(port, [b1], 'backend_tls = { sni = "www.example.test" }'), health, [])
+        nursery.start_soon(engine.run)
+        await wait_up(engine)
+        assert await through('{ sni = "www.example.test" }') == b"T:www.example.test"
+        assert await through(f'{{ verify = true, ca = "{cert}", sni = "www.example.test" }}') == \
+            b"T:www.example.test"
+        # Verified against the wrong name, or without the CA: no session reaches the backend.
+        assert await through(f'{{ verify = true, ca = "{cert}", sni = "other.example.test" }}') == b""
+        assert await through('{ verify = true, sni = "www.example.test" }') == b""
+        (row,) = (await engine.query("relays"))["relays"]
+        assert row["errors"] >= 2
+        nursery.cancel_scope.cancel()
+
+
+def test_tls_towards_backends_verifies_ca_and_name(tmp_path):
+    trio.run(_test_tls_towards_backends_verifies_ca_and_name, tmp_path)
