@@ -5,6 +5,7 @@
     python3 tests/sync/bench_core.py events     # local events -> sealed frames, receive side
     python3 tests/sync/bench_core.py memory     # bytes per entry, internal and external caches
     python3 tests/sync/bench_core.py converge   # 50k entries at 20% and 50% loss, simulated time
+    python3 tests/sync/bench_core.py levers     # issue 14's levers that predate it, measured
 
 `events`: 100k NEW events (keys 13-40 bytes, attrs 80-250 bytes) through
 local_events in batches, as the ctnetlink reader delivers them; CPU time of
@@ -171,8 +172,94 @@ def bench_converge(entries: int = 50_000, rate: float = 25_000.0) -> None:
                 f"{sum(s['frames_sent'].values())} frames sent; sim CPU {cpu:.1f} s")
 
 
+def _best(fn, reps: int = 5) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def bench_levers(n: int = 60_000) -> None:
+    """Issue 14's levers that were in the design before it, each against its alternative.
+
+    key only: the hot path's decode (key, a few fields, attrs kept as bytes)
+    against the full decode of every attribute (parse.py, what `meshctl dump`
+    uses), on the captured kernel messages of proto/vectors/ctnetlink.json.
+    msgpack per frame: one packb of a frame's records against one per record.
+    cache: the per-record loops in C (meshd/_fastcache.c) against Python.
+    coalescing: NEW then DESTROY of a flow inside one batch costs no record.
+    """
+    import json
+
+    import msgpack
+
+    from meshd.kernel import ctnetlink as ct
+    from meshd.kernel.ctnetlink.parse import parse_entry
+    from meshd.sync import DESTROY
+    from meshd.sync import cache as cache_mod
+
+    vectors = json.loads((Path(__file__).resolve().parents[2] / "proto/vectors/ctnetlink.json").read_text())
+    msgs = [bytes.fromhex(v["hex"]) for v in vectors["vectors"] if v["name"].startswith(("ipv4", "ipv6", "snat"))]
+    msgs = (msgs * (n // len(msgs) + 1))[:n]
+    key_only = _best(lambda: [ct.decode_events(m) for m in msgs])
+    events = [ct.decode_events(m)[0] for m in msgs]
+    full = _best(lambda: [parse_entry(e.attrs) for e in events])
+    print(f"key only:     {key_only / n * 1e6:.2f} us/event (decode_events) vs {full / n * 1e6:.2f} "
+          f"(+ parse_entry of every attribute): the full decode costs {full / key_only:.1f}x the hot path's")
+
+    rng = random.Random(2)
+    keys, attrs = flows(n, rng)
+    records = list(zip(keys, attrs))
+    frames = [records[i:i + 6] for i in range(0, n, 6)]
+    packer = msgpack.Packer(use_bin_type=True)
+    per_frame = _best(lambda: [packer.pack((1, 2, 3, f, ())) for f in frames])
+    per_record = _best(lambda: [b"".join(packer.pack(r) for r in f) for f in frames])
+    print(f"msgpack:      {per_frame / n * 1e6:.2f} us/record with one packb per frame vs "
+          f"{per_record / n * 1e6:.2f} with one per record")
+
+    fast = cache_mod._accelerator()
+    recs = tuple(records)
+    gone = tuple((k, None) for k in keys)
+    for name, impl in (("C", fast), ("Python", None)):
+        if name == "C" and impl is None:
+            print("cache:        meshd._fastcache is not built")
+            continue
+
+        def run_ext():
+            c = ExternalCache()
+            c.fast = impl
+            for i in range(0, n, 6):
+                c.apply(recs[i:i + 6], 1 + i)
+            for i in range(0, n, 6):
+                c.apply(gone[i:i + 6], n + 1 + i)
+
+        def run_int():
+            c = InternalCache(1200)
+            c.fast = impl
+            for i in range(0, n, 64):
+                c.apply_events([(NEW, k, a) for k, a in records[i:i + 64]])
+            for i in range(0, n, 64):
+                c.apply_events([(DESTROY, k, None) for k, _a in records[i:i + 64]])
+
+        print(f"cache ({name}): external {_best(run_ext) / (2 * n) * 1e6:.2f} us/record, "
+              f"internal {_best(run_int) / (2 * n) * 1e6:.2f} us/event (NEW then DESTROY)")
+
+    sender = SyncCore(1, [2], KEYS, 1)
+    receiver = SyncCore(2, [1], KEYS, 1)
+    prove_each_other(sender, receiver, 0.0)
+    pairs = [[(NEW, k, a), (DESTROY, k, None)] for k, a in records[:10_000]]
+    before = sender.counters["records sent live"]
+    t = _best(lambda: [sender.local_events(b, 3.0) for b in pairs], reps=1)
+    print(f"coalescing:   10000 flows with NEW and DESTROY in one batch: "
+          f"{sender.counters['records sent live'] - before} records sent, {t / 10_000 * 1e6:.2f} us/flow")
+
+
 def main(argv: list[str]) -> int:
-    what = set(argv) or {"events", "memory", "converge"}
+    what = set(argv) or {"events", "memory", "converge", "levers"}
+    if "levers" in what:
+        bench_levers()
     if "events" in what:
         bench_events()
     if "memory" in what:
