@@ -357,12 +357,25 @@ class RelayEngine:
         backends = [{"host": k.host, "address": k.address, "port": k.port, "live": k in live,
                      "open": v.open, "total": v.total, "failed": v.failed}
                     for k, v in b.counts.items()][:1024]
-        counters = [{"name": str(k)[:64], "value": int(v)} for k, v in rt.stats.as_dict().items()
-                    if isinstance(v, int) and not isinstance(v, bool)][:256]
+        counters = counter_rows(rt.stats.as_dict())
         return {"name": c["name"], "address": c["address"], "port": c["port"], "protocol": c["protocol"],
                 "status": b.status(), "listening": rt.listening, "sessions": len(rt.sessions),
                 "total": rt.total, "refused": b.refused, "errors": rt.errors + rt.connect_errors,
                 "tls": rt.server_ssl is not None, "backends": backends, "counters": counters}
+
+
+def counter_rows(stats: dict) -> list[dict]:
+    """A protocol's counters as `show relays` rows; a counter by reason (a dict:
+    DNS `servfail`, HTTP `responses`) becomes one row per reason,
+    `servfail.timeout`, as docs/relays.md names them."""
+    rows = []
+    for name, value in stats.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for reason, count in items:
+            if isinstance(count, int) and not isinstance(count, bool):
+                full = str(name) if reason is None else f"{name}.{reason}"
+                rows.append({"name": full[:64], "value": count})
+    return rows[:256]
 
 
 def _local(sock) -> tuple[str, int]:

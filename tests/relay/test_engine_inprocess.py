@@ -156,3 +156,22 @@ def test_a_relay_whose_tls_does_not_load_is_refused_alone():
             assert eng.relays == {}
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_counters_by_reason_are_shown_one_row_per_reason():
+    from meshd.relay.dns import DnsStats
+    from meshd.relay.http import HttpStats
+    dns = DnsStats(queries=5, answers=3)
+    dns.count(dns.servfail, "no-backend")
+    dns.count(dns.servfail, "no-backend")
+    dns.count(dns.dropped_queries, "qdcount")
+    rows = {r["name"]: r["value"] for r in relay_engine.counter_rows(dns.as_dict())}
+    assert rows["queries"] == 5 and rows["answers"] == 3
+    assert rows["servfail.no-backend"] == 2 and rows["dropped_queries.qdcount"] == 1
+    assert not [n for n in rows if n in ("servfail", "dropped_queries", "dropped_answers")]
+    http = HttpStats()
+    http.count_response(200)
+    http.count_response(403)
+    http.count_response(204)
+    rows = {r["name"]: r["value"] for r in relay_engine.counter_rows(http.as_dict())}
+    assert rows["responses.2xx"] == 2 and rows["responses.4xx"] == 1 and "responses" not in rows
