@@ -237,6 +237,7 @@ def test_http_relay_actions_on_the_wire_tls_hash_keepalive_and_failover(lab):
         counters = relay_counters(rl.relay_row(1, "web"))
         assert counters["refused"] == 1 and counters["filtered"] == 3, counters
         assert counters["requests"] >= 9 and counters["backend_reuses"] >= 2, counters
+        assert counters["responses.4xx"] == 1 and counters["responses.2xx"] >= 8, counters
 
         # Nothing filtered or refused reached a backend.
         targets = [e["target"] for lines in logs.values() for e in drain(lines) if e["event"] == "request"]
@@ -334,9 +335,18 @@ def test_dns_relay_rewrites_ids_over_udp_and_tcp_and_follows_health(lab):
         answers = tcp_ask(lab.client, [(7, "after-tcp.lab.test")])
         assert a_address(answers[7]) == BACKENDS["web1"]
 
+        # Drained: SERVFAIL at once, with the client's id and question; then served again.
+        assert md.meshctl(lab.run_dir, 1, "relay", "disable", "dns").returncode == 0
+        answer = udp_ask(lab.client, 0x5151, "drained.lab.test")
+        assert message_id(answer) == 0x5151 and rcode(answer) == 2
+        assert question_of(answer)[0] == "drained.lab.test"
+        assert md.meshctl(lab.run_dir, 1, "relay", "enable", "dns").returncode == 0
+        assert rcode(udp_ask(lab.client, 0x5152, "enabled.lab.test")) == 0
+
         # `meshctl show relays` counts what went through fw1, and nothing on fw2.
         counters = relay_counters(rl.relay_row(1, "dns"))
-        assert counters["queries"] == counters["answers"] == 8 + 3 + 4 + 1, counters
+        assert counters["queries"] == 8 + 3 + 4 + 1 + 2, counters
+        assert counters["answers"] == 8 + 3 + 4 + 1 + 1 and counters["servfail.no-backend"] == 1, counters
         assert counters["tcp_connections"] == 2, counters
         assert relay_counters(rl.relay_row(2, "dns"))["queries"] == 0
         text = md.meshctl(lab.run_dir, 1, "show", "relays")
