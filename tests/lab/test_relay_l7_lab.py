@@ -5,10 +5,11 @@ namespace that say what reached them.
 
 HTTP: the echo backends (http_echo_backend.py) answer with the request they
 got, so every action is checked on the wire: headers appended, changed
-(with $REMOTE_ADDR, $SERVER_ADDR, ...), removed; expect, filter,
-X-Forwarded-For and Forwarded; a header removed from the response; hash
-stickiness on a cookie; keep-alive; TLS termination checked by a verifying
-client; and, after fw1's meshd is killed, fw2 serving.
+(with $REMOTE_ADDR, $SERVER_ADDR, ...), removed; cookies, query keys and a
+path changed or removed; a log line; expect, filter, X-Forwarded-For and
+Forwarded; a header removed from the response; hash stickiness on a cookie;
+keep-alive; TLS termination checked by a verifying client; and, after
+fw1's meshd is killed (SIGKILL), fw2 serving.
 
 DNS: two DNS backends (dns_backend.py) log the ids they see; queries over
 UDP and TCP come back with the client's id while the backends saw others; a
@@ -32,7 +33,7 @@ import pytest
 from meshlab import meshd_node as md
 from meshlab.lb import VIP, WEB
 from meshlab.nsutil import ns_socket
-from meshlab.topology import CLIENT4
+from meshlab.topology import CLIENT4, SRV4
 from meshlab.watch import JsonLines
 from test_relay_lab import FALL, INTERVAL_MS, RelayLab, certificate
 
@@ -86,6 +87,12 @@ WEB_ACTIONS = """{ forwarded_for = true, request = [
   { header = "X-Client", change = "$REMOTE_ADDR:$REMOTE_PORT" },
   { header = "X-Timeout", change = "$TIMEOUT" },
   { header = "X-Secret-*", remove = true },
+  { cookie = "tracking", remove = true },
+  { cookie = "theme", change = "dark" },
+  { query = "lang", change = "en" },
+  { query = "debug", remove = true },
+  { path = "/old/*", change = "/new/" },
+  { header = "X-Trace", log = true },
 ], response = [
   { header = "X-Internal-Token", remove = true },
 ] }"""
@@ -141,6 +148,19 @@ def drain(lines: JsonLines, settle: float = 0.2) -> list[dict]:
     return lines.events
 
 
+def wait_log_line(lab, n: int, what: str, text: str, timeout: float = 3.0) -> None:
+    """Until fw n's log has the relay engine's `what` line holding `text` (it
+    reaches the daemon's log through the engine's channel, after the answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [r.get("text", "") for r in md.log_events(lab.procs.get(md.MESHD_LOG.format(n=n)).log,
+                                                          "relay_engine_says") if r.get("what") == what]
+        if any(text in line for line in lines):
+            return
+        assert time.monotonic() < deadline, f"no {what!r} line with {text!r} in fw{n}'s log: {lines}"
+        time.sleep(0.05)
+
+
 def get_until_served(conn_factory, timeout: float = 5.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -173,7 +193,8 @@ def test_http_relay_actions_on_the_wire_tls_hash_keepalive_and_failover(lab):
                                               "X-Forwarded-For": "203.0.113.9"})
         client_addr = "%s:%d" % c.sock.getsockname()
         c.close()
-        assert response.status == 200 and echo["method"] == "GET" and echo["target"] == "/page?x=1"
+        assert response.status == 200 and echo["method"] == "GET" and echo["target"] == "/page?x=1&lang=en"
+        # (lang: a `change` adds the pair that is not there)
         assert header_values(echo, "Via") == ["1.0 client, 1.1 meshd"]
         assert header_values(echo, "X-Relay") == [f"{VIP}:{HTTP_PORT}"]
         assert header_values(echo, "X-Client") == [client_addr] and client_addr.startswith(CLIENT4 + ":")
@@ -184,6 +205,16 @@ def test_http_relay_actions_on_the_wire_tls_hash_keepalive_and_failover(lab):
         # The response action: the backend's X-Internal-Token never reaches the client.
         assert response.getheader("X-Internal-Token") is None and response.getheader("Server") == "echo"
         fw1_peer = echo["peer"].split(":")[0]
+        assert fw1_peer == f"{SRV4}.2"                  # fw1's own address on the server side
+
+        # Cookie, query and path actions; a log action's line in fw1's log.
+        c = plain()
+        _response, echo = c.echo("/old/page?lang=fr&debug=1&x=%41", {
+            "Cookie": "SID=s1; tracking=t1; theme=light", "X-Trace": "trace-123"})
+        c.close()
+        assert echo["target"] == "/new/?lang=en&x=%41", echo["target"]
+        assert header_values(echo, "Cookie") == ["SID=s1; theme=dark"]
+        wait_log_line(lab, 1, "http log", "request header X-Trace: trace-123")
 
         # expect: a request without the token is refused by the relay itself.
         c = plain()
@@ -236,19 +267,23 @@ def test_http_relay_actions_on_the_wire_tls_hash_keepalive_and_failover(lab):
         # The counters of `meshctl show relays`.
         counters = relay_counters(rl.relay_row(1, "web"))
         assert counters["refused"] == 1 and counters["filtered"] == 3, counters
-        assert counters["requests"] >= 9 and counters["backend_reuses"] >= 2, counters
-        assert counters["responses.4xx"] == 1 and counters["responses.2xx"] >= 8, counters
+        assert counters["requests"] >= 10 and counters["backend_reuses"] >= 2, counters
+        assert counters["responses.4xx"] == 1 and counters["responses.2xx"] >= 9, counters
 
         # Nothing filtered or refused reached a backend.
         targets = [e["target"] for lines in logs.values() for e in drain(lines) if e["event"] == "request"]
-        assert "/page?x=1" in targets and not [t for t in targets if "filtered" in t or "refused" in t]
+        assert "/page?x=1&lang=en" in targets and not [t for t in targets if "filtered" in t or "refused" in t]
 
         # fw1's meshd killed: fw2 takes the VIP and its relay (listening all along) serves.
+        t_kill = time.monotonic()
         lab.procs.kill("meshd-fw1", signal.SIGKILL)
         lab.wait_states({2: "MASTER"}, rl.names, timeout=10)
         _response, echo = get_until_served(plain)
-        assert echo["peer"].split(":")[0] != fw1_peer and header_values(echo, "Via") == ["1.1 meshd"]
+        served = time.monotonic() - t_kill
+        assert echo["peer"].split(":")[0] == f"{SRV4}.3" and header_values(echo, "Via") == ["1.1 meshd"]
         assert rl.relay_row(2, "web")["total"] >= 1
+        print(f"fw1's meshd killed: fw2's HTTP relay served {served:.2f} s later "
+              f"(backend saw {fw1_peer} before, {echo['peer'].split(':')[0]} after)")
 
 
 def dns_relay_toml() -> str:
