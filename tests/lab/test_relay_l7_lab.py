@@ -385,5 +385,9 @@ def test_dns_relay_rewrites_ids_over_udp_and_tcp_and_follows_health(lab):
         assert counters["tcp_connections"] == 2, counters
         assert relay_counters(rl.relay_row(2, "dns"))["queries"] == 0
         text = md.meshctl(lab.run_dir, 1, "show", "relays")
-        assert text.returncode == 0 and "dns" in text.stdout, text
+        rows = [line.split() for line in text.stdout.splitlines()]
+        assert text.returncode == 0 and ["relay", "dns", "dns", f"{VIP}:{DNS_PORT}", "active"] in [
+            r[:5] for r in rows], text.stdout
+        assert ["backend", "web1", f"{BACKENDS['web1']}:{DNS_PORT}", "live"] in [r[:4] for r in rows]
+        assert ["backend", "web2", f"{BACKENDS['web2']}:{DNS_PORT}", "not", "used"] in [r[:5] for r in rows]
         print(f"dns backend web2 out of the relay {detected:.2f} s after its kill")
