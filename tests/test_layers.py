@@ -42,10 +42,9 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
                        "meshd.floodguard",
                        # privilege separation without I/O: messages, the drop, the back-off
                        "meshd.privsep", "meshd.privsep.imsg", "meshd.privsep.drop",
-                       "meshd.privsep.backoff"),
-        # What a relay's protocol handler and the relay engine code against,
-        # and the HTTP relay's value types the configuration shares.
-        "relay interface": ("meshd.relay", "meshd.relay.interface", "meshd.relay.httpspec"),
+                       "meshd.privsep.backoff",
+                       # the HTTP relay's value types, shared by the configuration and the handler
+                       "meshd.relay.httpspec"),
     }),
     ("configuration", {
         "config": ("meshd.config",),
@@ -62,8 +61,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "reload plan": ("meshd.reload",),
         "preflight": ("meshd.preflight",),
         "lifecycle": ("meshd.lifecycle",),      # the supervision's rules, without trio
-        # The HTTP relay: its actions (sans-I/O) and its trio handler.
-        "http relay": ("meshd.relay.httpactions", "meshd.relay.httpheaders", "meshd.relay.http"),
+        # The relays' sans-I/O side: the handler contract, the HTTP actions and header rules.
+        "relay core": ("meshd.relay",),
     }),
     ("node", {
         # The rules between the engines: composes the three cores.
@@ -93,6 +92,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "check engine": ("meshd.health.engine",),
         # The wire engine child's (python -m meshd.wire.engine): the election's datagram parsing.
         "wire engine": ("meshd.wire.engine",),
+        # The relay engine child's: the protocol handlers it runs per session.
+        "relay engine": ("meshd.relay.http",),
         "meshctl": ("meshd.control.meshctl",),
     }),
 ]

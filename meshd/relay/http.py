@@ -66,9 +66,11 @@ class HttpStats:
         key = f"{status // 100}xx"
         self.responses[key] = self.responses.get(key, 0) + 1
 
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "responses": dict(self.responses),
-                "refused": self.refused, "filtered": self.filtered,
+    def as_dict(self) -> dict[str, int]:
+        """Flat name -> integer (what the engine's counters carry); the five
+        response classes always there, so the set of names does not change."""
+        classes = {f"responses_{c}xx": self.responses.get(f"{c}xx", 0) for c in range(1, 6)}
+        return {"requests": self.requests, **classes, "refused": self.refused, "filtered": self.filtered,
                 "bad_requests": self.bad_requests, "no_backend": self.no_backend,
                 "backend_errors": self.backend_errors, "timeouts": self.timeouts,
                 "backend_connects": self.backend_connects, "backend_reuses": self.backend_reuses}
