@@ -87,7 +87,7 @@ async def serve_http(client: trio.abc.Stream, spec: HttpSpec, upstream: Upstream
             await relay.run()
         if scope.cancelled_caught:
             stats.timeouts += 1
-            upstream.log("http session timeout", level="info", client=session.remote_addr)
+            upstream.log("http_session_timeout", level="info", client=session.remote_addr)
     finally:
         await relay.close()
 
@@ -141,7 +141,7 @@ class _Session:
                 except h11.LocalProtocolError as e:
                     # A message h11 will not write: a bug of the relay's, not the
                     # peers'; this session ends, the relay goes on, the log says why.
-                    self.upstream.log("http internal error", level="err", error=str(e),
+                    self.upstream.log("http_internal_error", level="error", error=str(e),
                                       client=self.vars.remote_addr)
                     return
             if self.idle.cancelled_caught:
@@ -254,7 +254,7 @@ class _Session:
         """Answer the client with an error of the relay's own and end the session."""
         self.idle.deadline = float("inf")     # the answer has a grace of its own
         self.stats.count_response(status)
-        self.upstream.log("http answer", level="info", status=status, reason=why,
+        self.upstream.log("http_answer", level="info", status=status, reason=why,
                           client=self.vars.remote_addr)
         if self.front.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             phrase = _phrase(status)
@@ -295,10 +295,10 @@ class _Session:
         request = HttpRequest(event.method, event.target, end_to_end(event.headers.raw_items()))
         outcome = apply_request(self.spec.request, request, self.vars)
         for line in outcome.logs:
-            self.upstream.log("http log", line=line)
+            self.upstream.log("http_log", line=line)
         if outcome.verdict is Verdict.CLOSE:
             self.stats.filtered += 1
-            self.upstream.log("http filter", level="notice", action=outcome.reason,
+            self.upstream.log("http_filter", level="warning", action=outcome.reason,
                               client=self.vars.remote_addr)
             raise _ClientGone
         if outcome.verdict is Verdict.REFUSE:
@@ -474,10 +474,10 @@ class _Session:
         response = HttpResponse(event.status_code, end_to_end(event.headers.raw_items()))
         outcome = apply_response(self.spec.response, response, self.vars)
         for line in outcome.logs:
-            self.upstream.log("http log", line=line)
+            self.upstream.log("http_log", line=line)
         if outcome.verdict is Verdict.CLOSE:
             self.stats.filtered += 1
-            self.upstream.log("http filter", level="notice", action=outcome.reason,
+            self.upstream.log("http_filter", level="warning", action=outcome.reason,
                               client=self.vars.remote_addr)
             await self._drop_backend()
             raise _ClientGone
