@@ -66,9 +66,11 @@ class HttpStats:
         key = f"{status // 100}xx"
         self.responses[key] = self.responses.get(key, 0) + 1
 
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "responses": dict(self.responses),
-                "refused": self.refused, "filtered": self.filtered,
+    def as_dict(self) -> dict[str, int]:
+        """Flat name -> integer (what the engine's counters carry); the five
+        response classes always there, so the set of names does not change."""
+        classes = {f"responses_{c}xx": self.responses.get(f"{c}xx", 0) for c in range(1, 6)}
+        return {"requests": self.requests, **classes, "refused": self.refused, "filtered": self.filtered,
                 "bad_requests": self.bad_requests, "no_backend": self.no_backend,
                 "backend_errors": self.backend_errors, "timeouts": self.timeouts,
                 "backend_connects": self.backend_connects, "backend_reuses": self.backend_reuses}
@@ -85,7 +87,7 @@ async def serve_http(client: trio.abc.Stream, spec: HttpSpec, upstream: Upstream
             await relay.run()
         if scope.cancelled_caught:
             stats.timeouts += 1
-            upstream.log("http session timeout", level="info", client=session.remote_addr)
+            upstream.log("http_session_timeout", level="info", client=session.remote_addr)
     finally:
         await relay.close()
 
@@ -139,7 +141,7 @@ class _Session:
                 except h11.LocalProtocolError as e:
                     # A message h11 will not write: a bug of the relay's, not the
                     # peers'; this session ends, the relay goes on, the log says why.
-                    self.upstream.log("http internal error", level="err", error=str(e),
+                    self.upstream.log("http_internal_error", level="error", error=str(e),
                                       client=self.vars.remote_addr)
                     return
             if self.idle.cancelled_caught:
@@ -252,7 +254,7 @@ class _Session:
         """Answer the client with an error of the relay's own and end the session."""
         self.idle.deadline = float("inf")     # the answer has a grace of its own
         self.stats.count_response(status)
-        self.upstream.log("http answer", level="info", status=status, reason=why,
+        self.upstream.log("http_answer", level="info", status=status, reason=why,
                           client=self.vars.remote_addr)
         if self.front.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             phrase = _phrase(status)
@@ -293,10 +295,10 @@ class _Session:
         request = HttpRequest(event.method, event.target, end_to_end(event.headers.raw_items()))
         outcome = apply_request(self.spec.request, request, self.vars)
         for line in outcome.logs:
-            self.upstream.log("http log", line=line)
+            self.upstream.log("http_log", line=line)
         if outcome.verdict is Verdict.CLOSE:
             self.stats.filtered += 1
-            self.upstream.log("http filter", level="notice", action=outcome.reason,
+            self.upstream.log("http_filter", level="warning", action=outcome.reason,
                               client=self.vars.remote_addr)
             raise _ClientGone
         if outcome.verdict is Verdict.REFUSE:
@@ -472,10 +474,10 @@ class _Session:
         response = HttpResponse(event.status_code, end_to_end(event.headers.raw_items()))
         outcome = apply_response(self.spec.response, response, self.vars)
         for line in outcome.logs:
-            self.upstream.log("http log", line=line)
+            self.upstream.log("http_log", line=line)
         if outcome.verdict is Verdict.CLOSE:
             self.stats.filtered += 1
-            self.upstream.log("http filter", level="notice", action=outcome.reason,
+            self.upstream.log("http_filter", level="warning", action=outcome.reason,
                               client=self.vars.remote_addr)
             await self._drop_backend()
             raise _ClientGone

@@ -61,7 +61,7 @@ class MemoryUpstream:
 
     def log(self, event, level="info", **fields):
         # The handler's last resort hides its own bugs from the caller: not from this test.
-        assert event != "http internal error", fields
+        assert event != "http_internal_error", fields
 
 
 def relay_once(request: bytes, answer: bytes, spec: HttpSpec = SPEC) -> HttpStats:
