@@ -365,8 +365,8 @@ class RelayEngine:
 
 
 def counter_rows(stats: dict) -> list[dict]:
-    """A protocol's counters as `show relays` rows; a counter by reason (a dict:
-    DNS `servfail`, HTTP `responses`) becomes one row per reason,
+    """A protocol's counters as `show relays` rows; a counter by reason (a dict,
+    as DNS `servfail` and `dropped_queries`) becomes one row per reason,
     `servfail.timeout`, as docs/relays.md names them."""
     rows = []
     for name, value in stats.items():

@@ -214,7 +214,7 @@ def test_http_relay_actions_on_the_wire_tls_hash_keepalive_and_failover(lab):
         c.close()
         assert echo["target"] == "/new/?lang=en&x=%41", echo["target"]
         assert header_values(echo, "Cookie") == ["SID=s1; theme=dark"]
-        wait_log_line(lab, 1, "http log", "request header X-Trace: trace-123")
+        wait_log_line(lab, 1, "http_log", "request header X-Trace: trace-123")
 
         # expect: a request without the token is refused by the relay itself.
         c = plain()
@@ -268,7 +268,7 @@ def test_http_relay_actions_on_the_wire_tls_hash_keepalive_and_failover(lab):
         counters = relay_counters(rl.relay_row(1, "web"))
         assert counters["refused"] == 1 and counters["filtered"] == 3, counters
         assert counters["requests"] >= 10 and counters["backend_reuses"] >= 2, counters
-        assert counters["responses.4xx"] == 1 and counters["responses.2xx"] >= 9, counters
+        assert counters["responses_4xx"] == 1 and counters["responses_2xx"] >= 9, counters
 
         # Nothing filtered or refused reached a backend.
         targets = [e["target"] for lines in logs.values() for e in drain(lines) if e["event"] == "request"]
