@@ -3,7 +3,7 @@ restart, overrun, three nodes, replayed/forged sync frames, dump and commit.
 
 Root only (tests/lab/conftest.py skips otherwise).  Bounds are generous: the
 point is behaviour and the order of magnitude on a loaded 2-core machine; the
-measured figures are printed (pytest -s -p no:xdist shows them).  On failure the daemons'
+measured figures are printed (pytest -s -n 0 shows them).  On failure the daemons'
 logs are in the report section "lab daemon logs".
 """
 
