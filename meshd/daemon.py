@@ -197,10 +197,15 @@ class Daemon:
         """Each action to its shell; events logged now."""
         status_changed = False
         sync = self.sync
+        frames: list = []       # consecutive SendFrames: one batch (one sendmmsg) for them all
         for a in actions:
             if type(a) is SendFrame:                 # by far the most frequent
-                sync.send(a)
-            elif isinstance(a, ELECTION_ACTIONS):
+                frames.append(a)
+                continue
+            if frames:
+                sync.send_frames(frames)
+                frames = []
+            if isinstance(a, ELECTION_ACTIONS):
                 self.election.submit(a)
             elif isinstance(a, StateChanged):
                 self.log("state", group=a.group, old=a.old.value, new=a.new.value, reason=a.reason,
@@ -226,6 +231,8 @@ class Daemon:
                 sync.carry_out(a)
             elif isinstance(a, HEALTH_ACTIONS):
                 self.health.carry_out(a)
+        if frames:
+            sync.send_frames(frames)
         if status_changed:
             self.supervision.changed()
         self.timer.kick()

@@ -1,0 +1,99 @@
+"""The sync socket's way out: a burst of datagrams in one sendmmsg, or one sendto each.
+
+Owns: the choice between the accelerator's sendmmsg (meshd.fastct, one
+system call for up to 64 datagrams) and a sendto loop (the pure-Python
+fallback, and any socket-like object without a file descriptor, as the
+shell's tests use), and the numeric addresses packed as sockaddrs, once each.
+
+Both ways send the datagrams in order, go on after a failure and report
+every failure with its position, so the shell's accounting (counted, logged,
+a path without a route switched) is the same whichever ran.
+
+Must not: decide where a frame goes (the shell and the path table do), count
+or log (the shell does), or raise for a datagram that could not go.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+from meshd import fastct
+
+_SOCKADDR_CACHE = 1024      # addresses packed and kept; peers and paths are far fewer
+
+
+class DatagramSender:
+    """Datagrams out of one UDP socket (the state mesh's).
+
+    Args:
+      sock: the socket (socket.socket for sendmmsg; anything with sendto
+        otherwise).
+      family: the socket's, for the packed addresses.
+      fast: the accelerator, or None for the sendto loop; default
+        meshd.fastct.FAST.
+    """
+
+    def __init__(self, sock, family: int, fast=...):
+        if fast is ...:
+            fast = fastct.FAST
+        self.sock = sock
+        self.family = family
+        self.fast = fast if isinstance(sock, socket.socket) else None
+        self._sockaddrs: dict[tuple[str, int], bytes | None] = {}
+        self.calls = 0              # system calls made (sendmmsg or sendto)
+
+    def send(self, datagrams: Sequence[tuple[bytes, str]], port: int) -> list[tuple[int, OSError]]:
+        """Send each (data, address) to address:port, in order; returns the failures.
+
+        A failure is (position in datagrams, the OSError a sendto raised or
+        would have raised); the datagrams after it still go.
+        """
+        if self.fast is None:
+            return self._send_each(datagrams, port, range(len(datagrams)))
+        packed = []
+        slow = []                   # positions of addresses sendmmsg cannot take (not numeric)
+        for i, (data, address) in enumerate(datagrams):
+            sa = self._sockaddr(address, port)
+            if sa is None:
+                slow.append(i)
+            else:
+                packed.append((i, data, sa))
+        failures: list[tuple[int, OSError]] = []
+        if packed:
+            self.calls += (len(packed) + 63) // 64
+            _sent, failed = self.fast.sendmmsg(self.sock.fileno(), [(d, sa) for _i, d, sa in packed])
+            if failed:
+                failures = [(packed[j][0], OSError(err, os.strerror(err))) for j, err in failed]
+        if slow:
+            failures += self._send_each(datagrams, port, slow)
+            failures.sort(key=lambda f: f[0])
+        return failures
+
+    def _send_each(self, datagrams, port: int, positions) -> list[tuple[int, OSError]]:
+        failures = []
+        sendto = self.sock.sendto
+        for i in positions:
+            data, address = datagrams[i]
+            self.calls += 1
+            try:
+                sendto(data, (address, port))
+            except OSError as e:
+                failures.append((i, e))
+        return failures
+
+    def _sockaddr(self, address: str, port: int) -> bytes | None:
+        key = (address, port)
+        try:
+            return self._sockaddrs[key]
+        except KeyError:
+            pass
+        try:
+            sa = fastct.pack_sockaddr(self.family, address, port)
+        except (OSError, UnicodeError, ValueError):
+            sa = None               # a name, or not of the family: sendto says what is wrong
+        if len(self._sockaddrs) >= _SOCKADDR_CACHE:
+            self._sockaddrs.clear()
+        self._sockaddrs[key] = sa
+        return sa
