@@ -22,9 +22,14 @@ PURE_ENV = "MESHD_PURE_PYTHON"
 
 
 def load() -> ModuleType | None:
-    """meshd._fastct bound to events.py's types, or None (not built, or forced off)."""
+    """The accelerator meshd runs with: accelerator(), or None when MESHD_PURE_PYTHON is set."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return None
+    return accelerator()
+
+
+def accelerator() -> ModuleType | None:
+    """meshd._fastct bound to events.py's types, or None when it is not built."""
     try:
         from meshd import _fastct
     except ImportError:

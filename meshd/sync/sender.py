@@ -52,24 +52,28 @@ class DatagramSender:
         """
         if self.fast is None:
             return self._send_each(datagrams, port, range(len(datagrams)))
-        packed = []
-        slow = []                   # positions of addresses sendmmsg cannot take (not numeric)
+        failures: list[tuple[int, OSError]] = []
+        run: list[tuple[int, bytes, bytes]] = []        # (position, data, sockaddr): one sendmmsg
         for i, (data, address) in enumerate(datagrams):
             sa = self._sockaddr(address, port)
-            if sa is None:
-                slow.append(i)
-            else:
-                packed.append((i, data, sa))
-        failures: list[tuple[int, OSError]] = []
-        if packed:
-            self.calls += (len(packed) + 63) // 64
-            _sent, failed = self.fast.sendmmsg(self.sock.fileno(), [(d, sa) for _i, d, sa in packed])
-            if failed:
-                failures = [(packed[j][0], OSError(err, os.strerror(err))) for j, err in failed]
-        if slow:
-            failures += self._send_each(datagrams, port, slow)
-            failures.sort(key=lambda f: f[0])
+            if sa is not None:
+                run.append((i, data, sa))
+                continue
+            # Not numeric (a name): sendto resolves it, or says what is wrong, in its turn.
+            if run:
+                failures += self._send_run(run)
+                run = []
+            failures += self._send_each(datagrams, port, (i,))
+        if run:
+            failures += self._send_run(run)
         return failures
+
+    def _send_run(self, run: list[tuple[int, bytes, bytes]]) -> list[tuple[int, OSError]]:
+        self.calls += (len(run) + 63) // 64
+        _sent, failed = self.fast.sendmmsg(self.sock.fileno(), [(d, sa) for _i, d, sa in run])
+        if not failed:
+            return []
+        return [(run[j][0], OSError(err, os.strerror(err))) for j, err in failed]
 
     def _send_each(self, datagrams, port: int, positions) -> list[tuple[int, OSError]]:
         failures = []

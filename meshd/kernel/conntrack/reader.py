@@ -97,6 +97,9 @@ class CtEventReader:
       log: log(event, level=..., **fields).
       fast: the accelerator module, or None for the pure-Python loop;
         default: meshd.fastct.FAST (None when not built or forced off).
+      sock: a datagram socket already open and non-blocking, used as it is
+        (no buffer size, groups or filter set): for the tests of the burst
+        loop, which need no root. The reader owns and closes it.
 
     NETLINK_NO_ENOBUFS is deliberately not set: a lost event must be known.
     Subscribing to the groups needs CAP_NET_ADMIN (the kernel says EPERM).
@@ -109,7 +112,8 @@ class CtEventReader:
     """
 
     def __init__(self, *, rcvbuf: int = DEFAULT_RCVBUF, own_portids: Iterable[int] = (),
-                 burst: int = 256, log: Log = _no_log, groups: int = GROUPS_ALL, fast=...):
+                 burst: int = 256, log: Log = _no_log, groups: int = GROUPS_ALL, fast=...,
+                 sock: socket.socket | None = None):
         self.log = log
         self.burst = burst
         self.own_portids: set[int] = set(own_portids)
@@ -122,15 +126,18 @@ class CtEventReader:
         self.decode_errors = 0
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
-        self.sock = _socket(rcvbuf, log, "ct_events")
-        try:
-            self.sock.setblocking(False)
-            self.sock.bind((0, groups))
-        except BaseException:
-            self.sock.close()
-            raise
         self.own_filter = False      # own events dropped by the kernel (a socket filter)
-        self._filter_own()
+        if sock is not None:
+            self.sock = sock
+        else:
+            self.sock = _socket(rcvbuf, log, "ct_events")
+            try:
+                self.sock.setblocking(False)
+                self.sock.bind((0, groups))
+            except BaseException:
+                self.sock.close()
+                raise
+            self._filter_own()
         if fast is ...:
             fast = fastct.FAST
         # 64 slots of _RECV_SIZE: 4 MiB of address space, of which only the
