@@ -17,6 +17,7 @@ import ctlab
 import pytest
 import trio
 
+from meshd import fastct
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel.conntrack import CtCommitter, CtEventReader, Overrun, dump_table
 from meshd.kernel.ctnetlink.netlink import _message
@@ -38,6 +39,18 @@ def ns():
         yield n
     finally:
         n.close()
+
+
+@pytest.fixture(params=["python", "c"])
+def reader_impl(request, monkeypatch):
+    """The reader's burst loop: recv_into and events.py, or the accelerator's recvmmsg and C."""
+    fast = None
+    if request.param == "c":
+        fast = fastct.accelerator()
+        if fast is None:
+            pytest.skip("meshd._fastct is not built")
+    monkeypatch.setattr(fastct, "FAST", fast)
+    return request.param
 
 
 @pytest.fixture
@@ -292,7 +305,7 @@ def _events(items: list) -> list:
     return [e for item in items if isinstance(item, list) for e in item]
 
 
-def test_reader_sees_real_flows(topo):
+def test_reader_sees_real_flows(topo, reader_impl):
     topo.fw.nft("table inet t {\n chain f {\n type filter hook forward priority 0;\n ct state established accept\n }\n}\n")
     with topo.fw.entered():
         reader = CtEventReader()
@@ -340,7 +353,7 @@ def test_reader_sees_real_flows(topo):
 
 
 @pytest.mark.parametrize("kernel_filter", [True, False], ids=["socket-filter", "portid-check"])
-def test_reader_skips_own_injections(ns, monkeypatch, kernel_filter):
+def test_reader_skips_own_injections(ns, monkeypatch, kernel_filter, reader_impl):
     if not kernel_filter:       # a kernel that refuses the filter: read_burst's check does it
         monkeypatch.setattr(CtEventReader, "_filter_own", lambda self: None)
     with ns.entered():
@@ -366,7 +379,7 @@ def test_reader_skips_own_injections(ns, monkeypatch, kernel_filter):
         assert reader.own_skipped == 500
 
 
-def test_reader_overrun_is_a_marker_not_a_crash(ns):
+def test_reader_overrun_is_a_marker_not_a_crash(ns, reader_impl):
     logged = []
     with ns.entered():
         reader = CtEventReader(rcvbuf=4096, log=lambda event, **f: logged.append(event))
@@ -410,12 +423,13 @@ def test_reader_overrun_is_a_marker_not_a_crash(ns):
     assert [e.l4proto for e in _events(after)] == [17, 17, 17]
 
 
-def test_reader_throughput(ns):
+def test_reader_throughput(ns, reader_impl):
     """50k real NEW events queued in the kernel, then read, decoded and delivered through run()."""
     n = 50_000
     with ns.entered():
         reader = CtEventReader(rcvbuf=64 << 20)
         committer = CtCommitter()
+    assert reader.implementation == reader_impl
 
     async def drain() -> float:
         send, recv = trio.open_memory_channel(64)
@@ -439,7 +453,7 @@ def test_reader_throughput(ns):
         reader.close()
         committer.close()
     assert reader.overruns == 0 and reader.events == n
-    print(f"event reader: {n} events in {seconds:.2f} s ({n / seconds:,.0f}/s, "
+    print(f"event reader ({reader_impl}): {n} events in {seconds:.2f} s ({n / seconds:,.0f}/s, "
           f"{reader.bursts} bursts of up to {reader.burst})")
 
 
