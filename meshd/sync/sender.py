@@ -22,6 +22,11 @@ from collections.abc import Sequence
 from meshd import fastct
 
 _SOCKADDR_CACHE = 1024      # addresses packed and kept; peers and paths are far fewer
+# Fewer datagrams than this go by sendto: the kernel's delivery of each
+# datagram (through the veth, in the sender's call) costs the same either way,
+# and for one or two the list sendmmsg takes costs more than the calls it
+# saves (docs/benchmarks.md, "Levers").
+SENDMMSG_FROM = 3
 
 
 class DatagramSender:
@@ -41,7 +46,7 @@ class DatagramSender:
         self.sock = sock
         self.family = family
         self.fast = fast if isinstance(sock, socket.socket) else None
-        self._sockaddrs: dict[tuple[str, int], bytes | None] = {}
+        self._packed: dict[int, dict[str, bytes]] = {}      # port -> address -> sockaddr or b""
         self.calls = 0              # system calls made (sendmmsg or sendto)
 
     def send(self, datagrams: Sequence[tuple[bytes, str]], port: int) -> list[tuple[int, OSError]]:
@@ -50,30 +55,45 @@ class DatagramSender:
         A failure is (position in datagrams, the OSError a sendto raised or
         would have raised); the datagrams after it still go.
         """
-        if self.fast is None:
-            return self._send_each(datagrams, port, range(len(datagrams)))
+        if self.fast is None or len(datagrams) < SENDMMSG_FROM:
+            failures = []
+            sendto = self.sock.sendto
+            self.calls += len(datagrams)
+            for i, (data, address) in enumerate(datagrams):
+                try:
+                    sendto(data, (address, port))
+                except OSError as e:
+                    failures.append((i, e))
+            return failures
+        packed = self._packed.get(port)
+        if packed is None or len(packed) >= _SOCKADDR_CACHE:
+            packed = self._packed[port] = {}
         failures: list[tuple[int, OSError]] = []
-        run: list[tuple[int, bytes, bytes]] = []        # (position, data, sockaddr): one sendmmsg
+        run: list[tuple[bytes, bytes]] = []      # (data, sockaddr): one sendmmsg ...
+        where: list[int] = []                    # ... of these positions
         for i, (data, address) in enumerate(datagrams):
-            sa = self._sockaddr(address, port)
-            if sa is not None:
-                run.append((i, data, sa))
+            sa = packed.get(address)
+            if sa is None:
+                sa = packed[address] = _pack(self.family, address, port)
+            if sa:
+                run.append((data, sa))
+                where.append(i)
                 continue
             # Not numeric (a name): sendto resolves it, or says what is wrong, in its turn.
             if run:
-                failures += self._send_run(run)
-                run = []
+                failures += self._send_run(run, where)
+                run, where = [], []
             failures += self._send_each(datagrams, port, (i,))
         if run:
-            failures += self._send_run(run)
+            failures += self._send_run(run, where)
         return failures
 
-    def _send_run(self, run: list[tuple[int, bytes, bytes]]) -> list[tuple[int, OSError]]:
+    def _send_run(self, run: list[tuple[bytes, bytes]], where: list[int]) -> list[tuple[int, OSError]]:
         self.calls += (len(run) + 63) // 64
-        _sent, failed = self.fast.sendmmsg(self.sock.fileno(), [(d, sa) for _i, d, sa in run])
+        _sent, failed = self.fast.sendmmsg(self.sock.fileno(), run)
         if not failed:
             return []
-        return [(run[j][0], OSError(err, os.strerror(err))) for j, err in failed]
+        return [(where[j], OSError(err, os.strerror(err))) for j, err in failed]
 
     def _send_each(self, datagrams, port: int, positions) -> list[tuple[int, OSError]]:
         failures = []
@@ -87,17 +107,10 @@ class DatagramSender:
                 failures.append((i, e))
         return failures
 
-    def _sockaddr(self, address: str, port: int) -> bytes | None:
-        key = (address, port)
-        try:
-            return self._sockaddrs[key]
-        except KeyError:
-            pass
-        try:
-            sa = fastct.pack_sockaddr(self.family, address, port)
-        except (OSError, UnicodeError, ValueError):
-            sa = None               # a name, or not of the family: sendto says what is wrong
-        if len(self._sockaddrs) >= _SOCKADDR_CACHE:
-            self._sockaddrs.clear()
-        self._sockaddrs[key] = sa
-        return sa
+
+def _pack(family: int, address: str, port: int) -> bytes:
+    """The sockaddr of a numeric address, or b"" (a name, or not of the family)."""
+    try:
+        return fastct.pack_sockaddr(family, address, port)
+    except (OSError, UnicodeError, ValueError):
+        return b""
