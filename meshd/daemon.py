@@ -23,7 +23,7 @@ from functools import partial
 
 import trio
 
-from . import __version__
+from . import __version__, fastct
 from .commands import ControlError, require, unknown_command
 from .config import Config, ConfigError, load_config
 from .control.server import serve_control
@@ -158,7 +158,7 @@ class Daemon:
         cfg = self.config
         self.log("started", node=cfg.node.name, node_id=cfg.node.id, epoch=self.node.election.epoch,
                  version=__version__, groups=",".join(g.name for g in cfg.groups),
-                 config=cfg.path)
+                 config=cfg.path, hot_path=fastct.implementation())
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             try:
