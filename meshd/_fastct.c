@@ -562,16 +562,19 @@ EventReader_read(EventReader *self, PyObject *args)
         if (self->next == self->received) {
             unsigned want = burst - datagrams < self->slots ? burst - datagrams : self->slots;
             int r;
-            do
+            int err;
+            do {
                 r = recvmmsg(self->fd, self->msgs, want, MSG_DONTWAIT | MSG_TRUNC, NULL);
-            while (r < 0 && errno == EINTR);
+                err = errno;
+            } while (r < 0 && err == EINTR);
             if (r < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                if (err == EAGAIN || err == EWOULDBLOCK)
                     break;
-                if (errno == ENOBUFS) {
+                if (err == ENOBUFS) {
                     status = READ_ENOBUFS;
                     break;
                 }
+                errno = err;
                 return PyErr_SetFromErrno(PyExc_OSError);
             }
             self->next = 0;
@@ -708,11 +711,12 @@ fastct_sendmmsg(PyObject *self, PyObject *args)
         unsigned done = 0;
         while (done < k) {
             int r = sendmmsg(fd, msgs + done, k - done, MSG_DONTWAIT);
-            if (r < 0 && errno == EINTR)
+            int err = errno;
+            if (r < 0 && err == EINTR)
                 continue;
             if (r < 0) {
                 /* the first of the rest failed (a full buffer, no route): note it, go on */
-                PyObject *f = Py_BuildValue("(ni)", base + done, errno);
+                PyObject *f = Py_BuildValue("(ni)", base + done, err);
                 if (f == NULL)
                     goto fail;
                 if (failures == NULL && (failures = PyList_New(0)) == NULL) {
