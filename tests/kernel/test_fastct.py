@@ -304,3 +304,18 @@ def test_pack_sockaddr():
     assert len(six) == 28 and six[-4:] == struct.pack("=I", lo)
     with pytest.raises(OSError):
         fastct.pack_sockaddr(socket.AF_INET, "::1", 1)
+
+
+@needs_fast
+def test_a_closed_reader_does_not_read_the_next_socket_with_its_number():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.setblocking(False)
+    reader = CtEventReader(sock=b, fast=FAST)
+    fd = b.fileno()
+    reader.close()
+    c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)     # c: the lowest free number, b's
+    with a, c, d:
+        d.send(UDP_NEW)
+        with pytest.raises(OSError):
+            reader.read_burst()
+        assert c.fileno() == fd and c.recv(65536) == UDP_NEW         # still there for its owner

@@ -283,6 +283,10 @@ class CtEventReader:
                 "decode_errors": self.decode_errors, "own_filtered_by_kernel": self.own_filter}
 
     def close(self) -> None:
+        # The batch reader knows the socket by its number, which the kernel
+        # hands out again once closed: forgotten first, so that a late
+        # read_burst fails on the closed socket rather than reads another.
+        self._batch = None
         close_socket(self.sock)
 
     def __enter__(self) -> Self:
