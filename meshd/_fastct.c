@@ -554,6 +554,10 @@ EventReader_read(EventReader *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "read: own must be a set or frozenset");
         return NULL;
     }
+    if (self->msgs == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "EventReader: not initialised");
+        return NULL;
+    }
     int check_own = PySet_GET_SIZE(own) > 0;
     unsigned datagrams = 0, skipped = 0;
     int status = READ_OK;

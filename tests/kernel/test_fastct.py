@@ -238,6 +238,8 @@ def test_batch_reader_keeps_what_follows_a_bad_datagram():
             r.read(1, [7], out)
     with pytest.raises(ValueError):
         FAST.EventReader(0, 0, 1 << 16)
+    with pytest.raises(RuntimeError):
+        FAST.EventReader.__new__(FAST.EventReader).read(1, set(), [])
 
 
 # --- the sender --------------------------------------------------------------------------------
