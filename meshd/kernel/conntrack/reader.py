@@ -140,9 +140,13 @@ class CtEventReader:
             self._filter_own()
         if fast is ...:
             fast = fastct.FAST
-        # 64 slots of _RECV_SIZE: 4 MiB of address space, of which only the
-        # pages the datagrams touch (about one each) ever get memory.
-        self._batch = None if fast is None else fast.EventReader(self.sock.fileno(), min(burst, 64), _RECV_SIZE)
+        try:
+            # 64 slots of _RECV_SIZE: 4 MiB of address space, of which only the
+            # pages the datagrams touch (about one each) ever get memory.
+            self._batch = None if fast is None else fast.EventReader(self.sock.fileno(), min(burst, 64), _RECV_SIZE)
+        except BaseException:
+            self.sock.close()
+            raise
         self.implementation = "python" if fast is None else "c"
 
     def set_rcvbuf(self, size: int) -> int:
