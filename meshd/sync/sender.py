@@ -48,6 +48,8 @@ class DatagramSender:
         self.fast = fast if isinstance(sock, socket.socket) else None
         self._packed: dict[int, dict[str, bytes]] = {}      # port -> address -> sockaddr or b""
         self.calls = 0              # system calls made (sendmmsg or sendto)
+        self.batches = 0            # send() calls: one per dispatch of frames
+        self.datagrams = 0
 
     def send(self, datagrams: Sequence[tuple[bytes, str]], port: int) -> list[tuple[int, OSError]]:
         """Send each (data, address) to address:port, in order; returns the failures.
@@ -55,6 +57,8 @@ class DatagramSender:
         A failure is (position in datagrams, the OSError a sendto raised or
         would have raised); the datagrams after it still go.
         """
+        self.batches += 1
+        self.datagrams += len(datagrams)
         if self.fast is None or len(datagrams) < SENDMMSG_FROM:
             failures = []
             sendto = self.sock.sendto
@@ -87,6 +91,10 @@ class DatagramSender:
         if run:
             failures += self._send_run(run, where)
         return failures
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "datagrams": self.datagrams, "calls": self.calls,
+                "implementation": "python" if self.fast is None else "c"}
 
     def _send_run(self, run: list[tuple[bytes, bytes]], where: list[int]) -> list[tuple[int, OSError]]:
         self.calls += (len(run) + 63) // 64

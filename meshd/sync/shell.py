@@ -601,6 +601,7 @@ class SyncShell:
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
                     "young": self.node.flows.young.stats() if self.node.flows.young is not None else None,
                     "send_errors": self.send_errors, "probe_errors": self.probe_errors,
+                    "sender": self._sender.stats() if self._sender is not None else None,
                     "paths": {pid: st for pid, st in self.paths.status(now).items() if pid in self._multipath},
                     "reject_log": self.reject_log.stats(),
                     "flood_guard": self.guard.status(now),
