@@ -36,9 +36,17 @@ FRAME = 1280                # bytes: a sync frame of the churn row (4.1 MB/s ove
 
 
 def messages(n: int) -> list[bytes]:
+    """The four kinds cycled: every message a change of shape for events.py's plans."""
     by_name = {v["name"]: bytes.fromhex(v["hex"]) for v in VECTORS}
     kinds = [by_name[name] for name in CHURN]
     return [kinds[i % len(kinds)] for i in range(n)]
+
+
+def churn_order(n: int, run: int = 250) -> list[bytes]:
+    """As the churn generator makes them: 250 NEWs, then 250 DESTROYs (a change of shape per run)."""
+    by_name = {v["name"]: bytes.fromhex(v["hex"]) for v in VECTORS}
+    new, gone = by_name["ipv4_udp_new"], by_name["destroy_expired"]
+    return [(new if (i // run) % 2 == 0 else gone) for i in range(n)]
 
 
 def timed(fn, repeat: int, per: int) -> list[float]:
@@ -188,6 +196,7 @@ def main() -> None:
     out = {"implementation": "c" if fast else "python only (meshd._fastct not built)"}
     if args.only in (None, "decode"):
         out["decode"] = decode(fast, msgs, args.repeat)
+        out["decode in the churn's order"] = decode(fast, churn_order(args.events), args.repeat)
     if args.only in (None, "read"):
         out["read"] = read(fast, msgs, args.repeat)
     if args.only in (None, "send"):
@@ -198,7 +207,8 @@ def main() -> None:
     print(f"accelerator: {out['implementation']}; {args.events} messages ({', '.join(CHURN)}), "
           f"{args.repeat} repeats; µs per event / datagram, min .. max")
     if "decode" in out:
-        show("decode (decode_into per datagram)", out["decode"])
+        show("decode (decode_into per datagram; four shapes cycled)", out["decode"])
+        show("decode (runs of 250 NEW, 250 DESTROY, as the churn)", out["decode in the churn's order"])
     if "read" in out:
         show("read (a full socket; read_burst = read + decode + counters)", out["read"])
     for n, r in out.get("send", {}).items():
