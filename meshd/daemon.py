@@ -23,7 +23,7 @@ from functools import partial
 
 import trio
 
-from . import __version__
+from . import __version__, fastct
 from .commands import ControlError, require, unknown_command
 from .config import Config, ConfigError, load_config
 from .control.server import serve_control
@@ -159,7 +159,7 @@ class Daemon:
         cfg = self.config
         self.log("started", node=cfg.node.name, node_id=cfg.node.id, epoch=self.node.election.epoch,
                  version=__version__, groups=",".join(g.name for g in cfg.groups),
-                 config=cfg.path)
+                 config=cfg.path, hot_path=fastct.implementation())
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             try:
@@ -201,10 +201,15 @@ class Daemon:
         status_changed = False
         health_acted = False
         sync = self.sync
+        frames: list = []       # consecutive SendFrames: one batch (one sendmmsg) for them all
         for a in actions:
             if type(a) is SendFrame:                 # by far the most frequent
-                sync.send(a)
-            elif isinstance(a, ELECTION_ACTIONS):
+                frames.append(a)
+                continue
+            if frames:
+                sync.send_frames(frames)
+                frames = []
+            if isinstance(a, ELECTION_ACTIONS):
                 self.election.submit(a)
             elif isinstance(a, StateChanged):
                 self.log("state", group=a.group, old=a.old.value, new=a.new.value, reason=a.reason,
@@ -231,6 +236,8 @@ class Daemon:
             elif isinstance(a, HEALTH_ACTIONS):
                 self.health.carry_out(a)
                 health_acted = True
+        if frames:
+            sync.send_frames(frames)
         if health_acted and self.relays is not None:
             # In the same step as the redirects' SetBackends: relays follow table health at once.
             self.relays.tables_changed()

@@ -60,7 +60,7 @@ pytestmark = pytest.mark.skipif(
 PROBE = r"""
 import importlib.metadata as md, json, sys, sysconfig
 from pip._vendor.packaging.requirements import Requirement
-import meshd, meshd.daemon, meshd.sync.shell, meshd.health.shell, meshd.node.core, meshd.kernel.nft
+import meshd, meshd.daemon, meshd.sync.shell, meshd.health.shell, meshd.node.core, meshd.kernel.nft, meshd.fastct
 dist = md.distribution("meshd")
 runtime = [r for r in map(Requirement, dist.requires or []) if r.marker is None or r.marker.evaluate({"extra": ""})]
 versions = {}
@@ -78,6 +78,7 @@ print(json.dumps({
                   for r in runtime},
     "extras": list(dist.metadata.get_all("Provides-Extra") or []),
     "module_dists": md.packages_distributions(),
+    "hot_path": meshd.fastct.implementation(),
 }))
 """
 
@@ -133,6 +134,16 @@ def venv_run(tree: Path, *argv: str, check: bool = True) -> subprocess.Completed
 def probe(installed):
     tree, _ = installed
     return json.loads(venv_run(tree, "python", "-c", PROBE).stdout)
+
+
+def test_the_wheel_carries_the_accelerator_where_it_can_be_built(probe):
+    """scripts/install builds the wheel with Debian's python3: with gcc and that
+    python's Python.h (python3-dev) the accelerator is compiled into it."""
+    include = subprocess.run(["/usr/bin/python3", "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if shutil.which("gcc") is None or not (Path(include) / "Python.h").exists():
+        pytest.skip("no gcc or no python3-dev: the wheel is pure Python here")
+    assert probe["hot_path"] == "c"
 
 
 def test_entry_points_run(installed):

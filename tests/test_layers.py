@@ -51,7 +51,8 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "config": ("meshd.config",),
     }),
     ("engines", {
-        "kernel": ("meshd.kernel", "meshd.sdnotify"),
+        # meshd.fastct: which conntrack hot path runs, the accelerator's or kernel/'s Python.
+        "kernel": ("meshd.kernel", "meshd.sdnotify", "meshd.fastct"),
         "election core": ("meshd.election",),
         "sync core": ("meshd.sync",),
         "health core": ("meshd.health",),
@@ -79,7 +80,7 @@ FLOORS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
     ("shells", {
         # It runs the notify hooks and the track scripts.
         "election shell": ("meshd.election.transport", "meshd.election.shell", "meshd.hooks", "meshd.track"),
-        "sync shell": ("meshd.sync.shell", "meshd.sync.mdns"),
+        "sync shell": ("meshd.sync.shell", "meshd.sync.mdns", "meshd.sync.sender"),
         # The daemon's side of the check engine: a runner like CheckRunner.
         "health shell": ("meshd.health.shell", "meshd.health.remote"),
         # The daemon's side of the wire engine: feeds the node core what it forwards.

@@ -35,8 +35,9 @@ ZERO_STAMP = bytes(STAMP_LEN)
 
 def _accelerator():
     """meshd._fastcache (the two loops below in C, built at install time) unless
-    MESHD_PURE_PYTHON=1 or it was not built; None: the Python loops."""
-    if os.environ.get("MESHD_PURE_PYTHON") == "1":
+    MESHD_PURE_PYTHON is set (as meshd/fastct.py reads it) or it was not built;
+    None: the Python loops."""
+    if os.environ.get("MESHD_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
         from .. import _fastcache

@@ -59,6 +59,7 @@ from ..node.actions import (
 from .actions import ExternalChanged, FrameRejected, PeerChanged, SendFrame, SyncState
 from .frames import FrameType
 from .paths import PathSwitch, PathTable
+from .sender import DatagramSender
 
 # What sendto says when no route leads to an address (its link is down here):
 # that path is down at once (paths.unreachable).
@@ -110,6 +111,7 @@ class SyncShell:
         # Kernel time of each commit, by kind (COMMIT_KINDS): meshd_sync_commit_duration_seconds.
         self.commit_seconds = {kind: Histogram(COMMIT_BUCKETS) for kind in COMMIT_KINDS}
         self.send_errors = 0
+        self._sender: DatagramSender | None = None     # made for the socket in use
         self.nursery: trio.Nursery | None = None
         self._apply_send, self._apply_receive = trio.open_memory_channel(math.inf)
         self._commit_lock = trio.Lock()
@@ -284,42 +286,62 @@ class SyncShell:
                      reason=a.reason)
 
     def send(self, frame: SendFrame) -> None:
-        """Send one frame: to the multicast group, to every peer, or to one peer.
+        """Send one frame (send_frames says how)."""
+        self.send_frames((frame,))
 
-        Never raises: a failed sendto is counted and logged (the 1st, 10th,
+    def send_frames(self, frames) -> None:
+        """Send frames, each to the multicast group, to every peer, or to one peer.
+
+        The datagrams of all of them go in one batch (one sendmmsg with the
+        accelerator, meshd/sync/sender.py), in order: each frame's to its
+        targets, then a heartbeat's probes. The targets are chosen before the
+        batch goes, so a path found without a route is left from the next
+        batch on.
+
+        Never raises: a failed send is counted and logged (the 1st, 10th,
         100th and every 1000th), since the reliability layer resends what a
         peer reports missing.
         """
-        for address in self._targets(frame.peer):
-            try:
-                self.sock._sock.sendto(frame.data, (address, self.sync.port))
-            except OSError as e:
-                # A full socket buffer or a down link: the reliability layer
-                # resends what the peer reports missing, so count and go on.
-                if e.errno in NO_ROUTE and address in self._path_at:
+        datagrams: list[tuple[bytes, str]] = []
+        probes_from = []            # (first probe's position, end) per heartbeat with probes
+        for frame in frames:
+            data = frame.data
+            for address in self._targets(frame.peer):
+                datagrams.append((data, address))
+            if self._multipath and data[1] == HEARTBEAT:
+                first = len(datagrams)
+                datagrams += [(data, address) for address in self._probe_targets(frame)]
+                probes_from.append((first, len(datagrams)))
+        if not datagrams:
+            return
+        sender = self._sender
+        if sender is None or sender.sock is not self.sock._sock:
+            sender = self._sender = DatagramSender(self.sock._sock, self.family)
+        for i, e in sender.send(datagrams, self.sync.port):
+            address = datagrams[i][1]
+            if any(a <= i < b for a, b in probes_from):
+                # A heartbeat over a path not in use: a path that is down, which
+                # the switch has said already: counted, not logged.
+                self.probe_errors += 1
+                if e.errno in NO_ROUTE:
                     self._no_route(address)
-                self.send_errors += 1
-                if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
-                    self.log("sync_send_failed", level="warning", peer=address,
-                             error=e.strerror or str(e), total=self.send_errors)
-        if self._multipath and frame.data[1] == HEARTBEAT:
-            self._probe(frame)
+                continue
+            # A full socket buffer or a down link: the reliability layer
+            # resends what the peer reports missing, so count and go on.
+            if e.errno in NO_ROUTE and address in self._path_at:
+                self._no_route(address)
+            self.send_errors += 1
+            if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
+                self.log("sync_send_failed", level="warning", peer=address,
+                         error=e.strerror or str(e), total=self.send_errors)
 
-    def _probe(self, frame: SendFrame) -> None:
+    def _probe_targets(self, frame: SendFrame) -> list[str]:
         """A heartbeat goes over every path to a peer, not only the one in use:
         that is how the peer judges the others (and a copy that arrives twice
-        is counted as a copy, sync/core.py).  A failure here is a path that is
-        down, which the switch has said already: counted, not logged."""
+        is counted as a copy, sync/core.py)."""
         peers = self._multipath if frame.peer is None else \
             (frame.peer,) if frame.peer in self._multipath else ()
-        for pid in peers:
-            for address in self.paths.others(pid):
-                try:
-                    self.sock._sock.sendto(frame.data, (address, self.sync.port))
-                except OSError as e:
-                    self.probe_errors += 1
-                    if e.errno in NO_ROUTE:
-                        self._no_route(address)
+        return [address for pid in peers for address in self.paths.others(pid)]
 
     def _no_route(self, address: str) -> None:
         pid, index = self._path_at[address]
@@ -579,6 +601,7 @@ class SyncShell:
                     "filter": self.node.flows.filter.stats.as_dict(), "last_commit": self.last_commit,
                     "young": self.node.flows.young.stats() if self.node.flows.young is not None else None,
                     "send_errors": self.send_errors, "probe_errors": self.probe_errors,
+                    "sender": self._sender.stats() if self._sender is not None else None,
                     "paths": {pid: st for pid, st in self.paths.status(now).items() if pid in self._multipath},
                     "reject_log": self.reject_log.stats(),
                     "flood_guard": self.guard.status(now),

@@ -24,6 +24,8 @@ from meshd.kernel.ctnetlink import (
     tuples,
 )
 
+pytestmark = pytest.mark.usefixtures("decoder")     # events.py and the accelerator (conftest.py)
+
 _VECTORS = Vectors("vectors")
 VECTORS, IDS = _VECTORS.items, _VECTORS.ids
 KINDS = {"NEW": ct.NEW, "UPDATE": ct.UPDATE, "DESTROY": ct.DESTROY}

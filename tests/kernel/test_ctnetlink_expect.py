@@ -17,6 +17,8 @@ from ctvectors import DATA, Vectors, raw
 
 from meshd.kernel import ctnetlink as ct
 
+pytestmark = pytest.mark.usefixtures("decoder")     # events.py and the accelerator (conftest.py)
+
 _VECTORS = Vectors("expect_vectors")
 VECTORS, IDS = _VECTORS.items, _VECTORS.ids
 KINDS = {"EXP_NEW": ct.EXP_NEW, "EXP_DESTROY": ct.EXP_DESTROY}

@@ -17,6 +17,7 @@ import ctlab
 import pytest
 import trio
 
+from meshd import fastct
 from meshd.kernel import ctnetlink as ct
 from meshd.kernel.conntrack import CtCommitter, CtEventReader, Overrun, dump_table
 from meshd.kernel.ctnetlink.netlink import _message
@@ -38,6 +39,19 @@ def ns():
         yield n
     finally:
         n.close()
+
+
+@pytest.fixture(params=["python", "c"])
+def hot_path(request, monkeypatch):
+    """The reader's burst loop and the dump's decode: recv_into and events.py, or the
+    accelerator's recvmmsg and C."""
+    fast = None
+    if request.param == "c":
+        fast = fastct.accelerator()
+        if fast is None:
+            pytest.skip("meshd._fastct is not built")
+    monkeypatch.setattr(fastct, "FAST", fast)
+    return request.param
 
 
 @pytest.fixture
@@ -242,7 +256,7 @@ def test_delete_and_flush(ns):
         assert ns.count() == 0
 
 
-def test_dump_table_20k(ns):
+def test_dump_table_20k(ns, hot_path):
     entries = [ctlab.entry(i, family=socket.AF_INET6 if i % 4 == 0 else socket.AF_INET, proto=(6, 17, 6, 1)[i % 4])
                for i in range(20000)]
     with ns.entered(), CtCommitter() as c:
@@ -253,7 +267,7 @@ def test_dump_table_20k(ns):
         v6 = dump_table(socket.AF_INET6)
     assert len(table) == 20000 and {e.key for e in table} == {key_of(a) for a in entries}
     assert all(e.kind == ct.NEW for e in table) and len(v6) == 5000
-    print(f"dump_table: 20000 entries in {seconds:.3f} s ({20000 / seconds:,.0f}/s)")
+    print(f"dump_table ({hot_path}): 20000 entries in {seconds:.3f} s ({20000 / seconds:,.0f}/s)")
 
 
 def test_commit_100k_rate(ns):
@@ -292,7 +306,7 @@ def _events(items: list) -> list:
     return [e for item in items if isinstance(item, list) for e in item]
 
 
-def test_reader_sees_real_flows(topo):
+def test_reader_sees_real_flows(topo, hot_path):
     topo.fw.nft("table inet t {\n chain f {\n type filter hook forward priority 0;\n ct state established accept\n }\n}\n")
     with topo.fw.entered():
         reader = CtEventReader()
@@ -340,7 +354,7 @@ def test_reader_sees_real_flows(topo):
 
 
 @pytest.mark.parametrize("kernel_filter", [True, False], ids=["socket-filter", "portid-check"])
-def test_reader_skips_own_injections(ns, monkeypatch, kernel_filter):
+def test_reader_skips_own_injections(ns, monkeypatch, kernel_filter, hot_path):
     if not kernel_filter:       # a kernel that refuses the filter: read_burst's check does it
         monkeypatch.setattr(CtEventReader, "_filter_own", lambda self: None)
     with ns.entered():
@@ -366,7 +380,7 @@ def test_reader_skips_own_injections(ns, monkeypatch, kernel_filter):
         assert reader.own_skipped == 500
 
 
-def test_reader_overrun_is_a_marker_not_a_crash(ns):
+def test_reader_overrun_is_a_marker_not_a_crash(ns, hot_path):
     logged = []
     with ns.entered():
         reader = CtEventReader(rcvbuf=4096, log=lambda event, **f: logged.append(event))
@@ -410,12 +424,13 @@ def test_reader_overrun_is_a_marker_not_a_crash(ns):
     assert [e.l4proto for e in _events(after)] == [17, 17, 17]
 
 
-def test_reader_throughput(ns):
+def test_reader_throughput(ns, hot_path):
     """50k real NEW events queued in the kernel, then read, decoded and delivered through run()."""
     n = 50_000
     with ns.entered():
         reader = CtEventReader(rcvbuf=64 << 20)
         committer = CtCommitter()
+    assert reader.implementation == hot_path
 
     async def drain() -> float:
         send, recv = trio.open_memory_channel(64)
@@ -439,7 +454,7 @@ def test_reader_throughput(ns):
         reader.close()
         committer.close()
     assert reader.overruns == 0 and reader.events == n
-    print(f"event reader: {n} events in {seconds:.2f} s ({n / seconds:,.0f}/s, "
+    print(f"event reader ({hot_path}): {n} events in {seconds:.2f} s ({n / seconds:,.0f}/s, "
           f"{reader.bursts} bursts of up to {reader.burst})")
 
 

@@ -4,6 +4,9 @@ every expectation. Blocking.
 Owns: the dump socket, the multi-part dump read to NLMSG_DONE, redoing a dump
 the kernel marked interrupted, and CtDumpError.
 
+The datagrams are decoded by the accelerator when meshd runs it (meshd.fastct:
+the same CtEvents as ctnetlink.decode_into, about 4x faster).
+
 Must not: be called on the trio loop (run it in a thread), diff or keep what
 it read (the caller does), or write to the table.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import errno
 import socket
 
+from meshd import fastct
 from meshd.kernel import ctnetlink as ct
 
 from .sockets import _RECV_SIZE, Log, _no_log, _socket, errno_name
@@ -41,6 +45,7 @@ def dump_expectations(family: int = ct.AF_UNSPEC, *, rcvbuf: int = 1 << 20, atte
 
 
 def _dump(encode, family: int, rcvbuf: int, attempts: int, log: Log, what: str, text: str) -> list:
+    decode_into = ct.decode_into if fastct.FAST is None else fastct.FAST.decode_into
     sock = _socket(rcvbuf, log, what)
     with sock:
         sock.bind((0, 0))
@@ -62,7 +67,7 @@ def _dump(encode, family: int, rcvbuf: int, attempts: int, log: Log, what: str, 
                 if n > len(buf):
                     raise CtDumpError(errno.EMSGSIZE, f"dump datagram of {n} bytes truncated")
                 try:
-                    r = ct.decode_into(bytes(view[:n]), events)
+                    r = decode_into(bytes(view[:n]), events)
                 except ct.CtNetlinkError as e:
                     raise CtDumpError(e.errno, f"{text} failed: {errno_name(e.errno)}") from None
                 except ct.CtDecodeError as e:

@@ -13,7 +13,7 @@ What each action does here, and where the real one is:
   `takeover_committed` is called; WaitApplied waits (polling each 1 ms, at
   most its limit) until the applier has nothing left; AddAddresses is
   followed by `addresses_added`.
-* SendFrame: sent at once (the sync shell's `send`, called from dispatch).
+* SendFrame: sent at once (the sync shell's `send_frames`, called from dispatch).
 * ExternalChanged: queued for the applier, which takes up to APPLY_BATCH
   changes, asks `kernel_changes` what goes into the kernel and writes it in
   chunks of APPLY_CHUNK, each taking its length / apply_rate seconds.
