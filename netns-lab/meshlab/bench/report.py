@@ -31,6 +31,8 @@ from .load import (
     LOSS_RATE,
     MEMORY_BIG,
     REPLICATION_ENTRIES,
+    RELAY_CLIENTS,
+    RELAY_POINT_S,
     REPLICATION_RATE,
 )
 from .rows import THREE_NODES_NOTE, build_rows, kinds_for_rows, median
@@ -50,7 +52,8 @@ def build_report(results: list[dict[str, Any]], *, rows: list[int], systems: lis
                      "gap_sizes": list(GAP_SIZES), "replication_entries": REPLICATION_ENTRIES,
                      "replication_rate": REPLICATION_RATE, "memory_entries": [REPLICATION_ENTRIES, MEMORY_BIG],
                      "loss_entries": LOSS_ENTRIES, "loss_rate": LOSS_RATE, "give_up_s": GIVE_UP_S,
-                     "meshd_commit_rows_3_to_7": CACHE_ONLY_COMMIT, "seconds": seconds,
+                     "meshd_commit_rows_3_to_7": CACHE_ONLY_COMMIT, "relay_clients": list(RELAY_CLIENTS),
+                     "relay_point_s": RELAY_POINT_S, "seconds": seconds,
                      "budget_s": budget_s, "repetitions_done": max((r["rep"] for r in results), default=0),
                      "skipped": skipped},
         "machine": machine_description(),
@@ -77,7 +80,7 @@ def _version(argv: list[str]) -> str | None:
 
 def machine_description() -> dict[str, Any]:
     """The machine the benchmark ran on: CPU, cores, memory, kernel, Python, the daemons'
-    versions, meshd's commit and the date (each None when it cannot be read)."""
+    versions (and the relay row's HAProxy, nginx, wrk), meshd's commit and the date (each None when it cannot be read)."""
     cpu = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -103,7 +106,8 @@ def machine_description() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
             "python": platform.python_version(), "keepalived": _version(["keepalived", "--version"]),
-            "conntrackd": _version(["conntrackd", "-v"]), "meshd_commit": commit,
+            "conntrackd": _version(["conntrackd", "-v"]), "haproxy": _version(["haproxy", "-v"]),
+            "nginx": _version(["nginx", "-v"]), "wrk": _version(["wrk", "--version"]), "meshd_commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
@@ -115,7 +119,7 @@ def format_value(v: float | None, unit: str) -> str:
         return "-"
     if unit == "ms" or unit == "bytes":
         return f"{v:,.0f}"
-    if unit in ("entries/s", "flows/s", "packets/s", "bytes/s", "flows", "drops"):
+    if unit in ("entries/s", "flows/s", "packets/s", "bytes/s", "flows", "drops", "requests/s", "µs"):
         return f"{v:,.0f}"
     if unit == "% of a core":
         return f"{v:.1f}"
@@ -187,6 +191,7 @@ def format_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], setting
     out += ["", "Machine:", ""]
     for key, label in (("cpu", "CPU"), ("cores", "cores"), ("memory", "memory"), ("kernel", "kernel"),
                        ("python", "Python"), ("keepalived", "keepalived"), ("conntrackd", "conntrackd"),
+                       ("haproxy", "HAProxy"), ("nginx", "nginx"), ("wrk", "wrk"),
                        ("meshd_commit", "meshd commit"), ("date", "date")):
         if machine.get(key) is not None:
             out.append(f"- {label}: {machine[key]}")
