@@ -17,7 +17,7 @@ if str(NETNS_LAB) not in sys.path:
 from meshlab.bench.load import RELAY_CLIENTS
 from meshlab.bench.plan import plan_phases
 from meshlab.bench.relayrun import point_key, profile_summary
-from meshlab.bench.report import format_table
+from meshlab.bench.report import format_relay_table, format_table
 from meshlab.bench.rows import DIRECT_NOTE, build_rows, kinds_for_rows
 from meshlab.relaysystems import BACKENDS, TLS_PORT, VIP, HaproxyRelay, MeshdRelay, write_certificate
 from meshlab.wrk import parse_wrk, wrk_argv
@@ -99,7 +99,7 @@ def test_relay_rows_ratio_targets_on_keep_alive_only():
     runs = [_relay_run("meshd", 0.1, **direct), _relay_run("reference", 1.0)]
     rows = build_rows(runs, ["meshd", "reference"], [9])
     assert {r["issue_row"] for r in rows} == {9}
-    assert len(rows) == 2 * 2 * len(RELAY_CLIENTS) * 3 + 4 + 2 * len(RELAY_CLIENTS)
+    assert len(rows) == 2 * 2 * len(RELAY_CLIENTS) * 4 + 2 * len(RELAY_CLIENTS)
     rps = _row(rows, "relay_ka_plain_c50_rps")
     assert (rps["meshd"], rps["reference"], rps["ratio"]) == (1000, 10000, 0.1)
     assert rps["unit"] == "requests/s" and rps["target"] == "ratio >= 0.5" and rps["met"] is False
@@ -123,6 +123,14 @@ def test_relay_rows_met_when_meshd_is_at_target_and_errors_are_carried():
     assert _row(rows, "relay_ka_plain_c200_p99")["met"] is True          # 1/0.6 = 1.67x
     text = format_table(rows)
     assert "HTTP relay, keep-alive, tls, 200 clients: p99 latency" in text and "5,000" in text
+    lines = format_relay_table(rows).splitlines()
+    assert lines[0].startswith("| load | clients | meshd req/s | HAProxy req/s | ratio |")
+    (line,) = [x for x in lines if x.startswith("| keep-alive, TLS | 200 |")]
+    # requests/s both, ratio, p50 ms both, p99 ms both, p99 ratio, CPU µs both, met
+    assert line.split(" | ")[2:] == ["6,000", "10,000", "0.60", "1.67", "1.00", "5.00", "3.00", "1.67", "83", "50",
+                                     "yes |"]
+    assert len(lines) == 2 + 2 * 2 * len(RELAY_CLIENTS)             # no direct rows in these runs
+    assert format_relay_table(build_rows([], ["meshd"], [1])) == ""
 
 
 def test_relay_row_is_one_run_per_system_and_only_its_kind():
@@ -132,14 +140,19 @@ def test_relay_row_is_one_run_per_system_and_only_its_kind():
 
 
 def test_profile_summary_shares_by_innermost_and_by_any_frame():
-    collapsed = ("main (engine.py:10);handle (http.py:50);next_event (h11/_connection.py:400) 6\n"
-                 "main (engine.py:10);handle (http.py:50);send (trio/_socket.py:20) 3\n"
-                 "main (engine.py:10);wait (trio/_core/_io_epoll.py:5) 1\n")
+    collapsed = ("main (/m/meshd/relay/engine.py:10);handle (/m/meshd/relay/http.py:50);"
+                 "next_event (/l/h11/_connection.py:400) 6\n"
+                 "main (/m/meshd/relay/engine.py:10);handle (/m/meshd/relay/http.py:50);"
+                 "send (/l/trio/_socket.py:20) 3\n"
+                 "main (/m/meshd/relay/engine.py:10);handle (/m/meshd/relay/http.py:50) 1\n"
+                 "garbage line\n")
     s = profile_summary(collapsed)
     assert s["samples"] == 10
-    assert s["self"][0] == ["next_event (_connection.py)", 0.6]
-    assert dict(map(tuple, s["inclusive"]))["handle (http.py)"] == 0.9
-    assert profile_summary("") == {"samples": 0, "self": [], "inclusive": []}
+    assert s["self"][0] == ["next_event (h11/_connection.py)", 0.6]
+    assert dict(map(tuple, s["inclusive"]))["handle (relay/http.py)"] == 1.0
+    assert "main (relay/engine.py)" not in dict(map(tuple, s["inclusive"]))        # the outermost frames
+    assert s["by_package"] == [["h11", 0.6], ["trio (its socket calls included)", 0.3], ["meshd.relay", 0.1]]
+    assert profile_summary("") == {"samples": 0, "self": [], "inclusive": [], "by_package": []}
 
 
 def test_both_systems_listen_alike_and_meshd_accepts_its_configuration(tmp_path):
