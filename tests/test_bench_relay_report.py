@@ -144,13 +144,14 @@ def test_profile_summary_shares_by_innermost_and_by_any_frame():
                  "next_event (/l/h11/_connection.py:400) 6\n"
                  "main (/m/meshd/relay/engine.py:10);handle (/m/meshd/relay/http.py:50);"
                  "send (/l/trio/_socket.py:20) 3\n"
-                 "main (/m/meshd/relay/engine.py:10);handle (/m/meshd/relay/http.py:50) 1\n"
+                 "main (meshd/relay/engine.py:10);handle (meshd/relay/http.py:50) 1\n"
                  "garbage line\n")
     s = profile_summary(collapsed)
     assert s["samples"] == 10
     assert s["self"][0] == ["next_event (h11/_connection.py)", 0.6]
     assert dict(map(tuple, s["inclusive"]))["handle (relay/http.py)"] == 1.0
     assert "main (relay/engine.py)" not in dict(map(tuple, s["inclusive"]))        # the outermost frames
+    # (py-spy's own short names, "meshd/relay/http.py", and --full-filenames' both count)
     assert s["by_package"] == [["h11", 0.6], ["trio (its socket calls included)", 0.3], ["meshd.relay", 0.1]]
     assert profile_summary("") == {"samples": 0, "self": [], "inclusive": [], "by_package": []}
 

@@ -74,8 +74,13 @@ def _point(lab: Lab, url: str, clients: int, new_connections: bool, pids: list[i
     return r
 
 
-PACKAGES = (("/h11/", "h11"), ("/trio/", "trio (its socket calls included)"), ("/meshd/relay/", "meshd.relay"),
-            ("/ssl.py", "ssl"))
+# py-spy names a file by its module path ("h11/_util.py"), or in full with --full-filenames.
+PACKAGES = (("h11/", "h11"), ("trio/", "trio (its socket calls included)"), ("meshd/relay/", "meshd.relay"),
+            ("ssl.py", "ssl"))
+
+
+def _package(path: str) -> str:
+    return next((label for key, label in PACKAGES if path.startswith(key) or f"/{key}" in path), "other")
 
 
 def _frame(text: str) -> tuple[str, str]:
@@ -103,13 +108,13 @@ def profile_summary(collapsed: str, top: int = 12) -> dict[str, Any]:
         total += n
         frames = [_frame(f) for f in stack.split(";")]
         own[frames[-1][0]] += n
-        package[next((label for key, label in PACKAGES if key in frames[-1][1]), "other")] += n
+        package[_package(frames[-1][1])] += n
         for f in {name for name, _ in frames}:
             incl[f] += n
     if not total:
         return {"samples": 0, "self": [], "inclusive": [], "by_package": []}
     share = lambda items: [[f, round(n / total, 3)] for f, n in items]       # noqa: E731
-    outer = ("<module>", "_run_module_as_main", "_run_code", "run (trio/_run.py)", "unrolled_run", "main (",
+    outer = ("<module>", "_run_module_as_main", "_run_code", "run (_core/_run.py)", "unrolled_run", "main (",
              "child_main")
     return {"samples": total, "self": share(own.most_common(top)),
             "inclusive": share([(f, n) for f, n in incl.most_common() if not f.startswith(outer)][:top]),
