@@ -146,6 +146,7 @@ def _profile(lab: Lab, pid: int, run_dir: str, seconds: float = RELAY_PROFILE_S)
 
 def run_relay(system, lab: Lab, procs: Procs, say: Callable[[str], None] = lambda s: None,
               clients: tuple[int, ...] = RELAY_CLIENTS, seconds: float = RELAY_POINT_S,
+              security: tuple[str, ...] = SECURITY, connections: tuple[str, ...] = CONNECTIONS,
               direct: bool | None = None, profile: bool | None = None) -> dict[str, Any]:
     """Row 9: the relay of `system.name` on fw1 under wrk from the client namespace.
 
@@ -169,11 +170,11 @@ def run_relay(system, lab: Lab, procs: Procs, say: Callable[[str], None] = lambd
         pids = relay.relay_pids()
         out["relay"] = relay.version()
         urls = {"plain": f"http://{VIP}:{PLAIN_PORT}/", "tls": f"https://{VIP}:{TLS_PORT}/"}
-        for sec in SECURITY:                  # a first TLS handshake, caches filled: not measured
+        for sec in security:                  # a first TLS handshake, caches filled: not measured
             run_wrk(lab.client, urls[sec], 10, RELAY_WARMUP_S, new_connections=False)
         errors = 0
-        for sec in SECURITY:
-            for conn in CONNECTIONS:
+        for sec in security:
+            for conn in connections:
                 for n in clients:
                     r = _point(lab, urls[sec], n, conn == "new", pids, seconds)
                     for metric, v in r.items():
@@ -190,7 +191,7 @@ def run_relay(system, lab: Lab, procs: Procs, say: Callable[[str], None] = lambd
             raise LabError(f"the relay process changed during the run ({pids} -> {relay.relay_pids()}): it restarted")
         if direct:
             url = f"http://{BACKENDS['web1']}:{BACKEND_PORT}/"
-            for conn in CONNECTIONS:
+            for conn in connections:
                 for n in clients:
                     r = _point(lab, url, n, conn == "new", [], seconds)
                     for metric, v in r.items():
