@@ -40,7 +40,9 @@ BACKENDS = {"web1": "198.51.100.11", "web2": "198.51.100.12"}
 BACKEND_PORT = 80
 CHECK_INTERVAL_MS = 500
 SERVER_NAME = "www.lab.test"
-BODY = "x" * 99 + "\n"               # 100 bytes, as tests/relay/bench_http_relay.py answers
+# 100 bytes, as tests/relay/bench_http_relay.py answers, naming the backend address that
+# answered ($server_addr, 13 characters for both) so the bench can see the round robin.
+BODY = "$server_addr " + "x" * 85 + "\n"
 TOOLS = {"haproxy": "haproxy", "nginx": "nginx-light", "wrk": "wrk"}     # binary -> Debian package
 HAPROXY_NAME, NGINX_NAME = "relay-haproxy-fw1", "relay-nginx"
 
@@ -75,6 +77,29 @@ def write_certificate(directory: str) -> dict[str, str]:
             f.write(data)
         os.chmod(paths[which], 0o600)
     return paths
+
+
+def backends_answering(lab: Lab, port: int = PLAIN_PORT, requests: int = 4, timeout: float = 2.0) -> list[str]:
+    """The backend address in the answer to each of `requests` new connections through the
+    relay on VIP:port (plain HTTP/1.1, Connection: close), in order."""
+    from .nsutil import ns_socket
+    seen = []
+    for _ in range(requests):
+        s = ns_socket(lab.client, 2)
+        try:
+            s.settimeout(timeout)
+            s.connect((VIP, port))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: www.lab.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        finally:
+            s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise LabError(f"the relay on {VIP}:{port} answered {head[:60]!r}, not 200")
+        seen.append(body.split(b" ", 1)[0].decode(errors="replace"))
+    return seen
 
 
 def _wait_tcp(lab: Lab, ns: str, address: str, port: int, timeout: float, what: str, proc=None) -> None:

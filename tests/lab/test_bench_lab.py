@@ -105,6 +105,7 @@ def test_relay_run_measures_meshd_tls_through_the_vip_and_leaves_nothing(meshd_r
         # a new connection per request costs the relay more than keep-alive (a TLS handshake each)
         assert r["new_tls_c2_cpu_us_per_req"] > r["ka_tls_c2_cpu_us_per_req"], r
         assert "ka_plain_c2_rps" not in r and "direct_ka_c2_rps" not in r
+        assert sorted(r["backends_seen"]) == sorted(list(BACKENDS.values()) * 2), r     # round robin
     finally:
         _reset(system, lab)
     assert {name: read_sysctl(topo.fw(1), name) for name in SYSCTLS} == before

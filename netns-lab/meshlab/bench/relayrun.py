@@ -24,8 +24,8 @@ from typing import Any
 
 from .. import scenarios as sc
 from ..procs import Procs
-from ..relaysystems import BACKEND_PORT, BACKENDS, PLAIN_PORT, TLS_PORT, VIP, NginxBackends, make_relay, \
-    write_certificate
+from ..relaysystems import BACKEND_PORT, BACKENDS, PLAIN_PORT, TLS_PORT, VIP, NginxBackends, backends_answering, \
+    make_relay, write_certificate
 from ..topology import Lab, LabError, nsexec
 from ..wrk import run_wrk
 from .load import RELAY_CLIENTS, RELAY_POINT_S, RELAY_PROFILE_S, RELAY_WARMUP_S
@@ -170,6 +170,11 @@ def run_relay(system, lab: Lab, procs: Procs, say: Callable[[str], None] = lambd
         pids = relay.relay_pids()
         out["relay"] = relay.version()
         urls = {"plain": f"http://{VIP}:{PLAIN_PORT}/", "tls": f"https://{VIP}:{TLS_PORT}/"}
+        # Round robin over both backends, as configured, before anything is measured.
+        out["backends_seen"] = backends_answering(lab)
+        if set(out["backends_seen"]) != set(BACKENDS.values()):
+            raise LabError(f"{system.name}'s relay answered from {out['backends_seen']}, not from every one of "
+                           f"{sorted(BACKENDS.values())}")
         for sec in security:                  # a first TLS handshake, caches filled: not measured
             run_wrk(lab.client, urls[sec], 10, RELAY_WARMUP_S, new_connections=False)
         errors = 0
