@@ -25,8 +25,10 @@ it did not start (every process is started under the caller's Procs and stopped 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
+import socket
 import time
 
 from . import meshd_node as md
@@ -85,7 +87,7 @@ def backends_answering(lab: Lab, port: int = PLAIN_PORT, requests: int = 4, time
     from .nsutil import ns_socket
     seen = []
     for _ in range(requests):
-        s = ns_socket(lab.client, 2)
+        s = ns_socket(lab.client, socket.AF_INET)
         try:
             s.settimeout(timeout)
             s.connect((VIP, port))
@@ -102,12 +104,12 @@ def backends_answering(lab: Lab, port: int = PLAIN_PORT, requests: int = 4, time
     return seen
 
 
-def _wait_tcp(lab: Lab, ns: str, address: str, port: int, timeout: float, what: str, proc=None) -> None:
+def _wait_tcp(ns: str, address: str, port: int, timeout: float, what: str, proc=None) -> None:
     """Until a TCP connect from namespace ns to address:port succeeds."""
     from .nsutil import ns_socket
     deadline = time.monotonic() + timeout
     while True:
-        s = ns_socket(ns, 2)
+        s = ns_socket(ns, socket.AF_INET)
         try:
             s.settimeout(0.5)
             s.connect((address, port))
@@ -175,7 +177,7 @@ class NginxBackends:
             f.write(NGINX_CONF.format(workers=self.workers, dir=d, listens=listens, body=BODY.replace("\n", "\\n")))
         proc = self.procs.start(NGINX_NAME, self.lab.server, [nginx, "-p", d, "-c", conf, "-e", f"{d}/nginx-error.log"])
         for a in BACKENDS.values():
-            _wait_tcp(self.lab, self.lab.server, a, BACKEND_PORT, 10, "nginx", proc)
+            _wait_tcp(self.lab.server, a, BACKEND_PORT, 10, "nginx", proc)
 
     def stop(self) -> None:
         if NGINX_NAME in self.procs.procs:
@@ -202,13 +204,13 @@ class MeshdRelay:
         relays = ""
         for name, port, tls in (("bench-plain", PLAIN_PORT, ""),
                                 ("bench-tls", TLS_PORT,
-                                 f'tls = {{ certificate = "{cert["cert"]}", key = "{cert["key"]}" }}\n')):
+                                 f'tls = {{ certificate = {json.dumps(cert["cert"])}, key = {json.dumps(cert["key"])} }}\n')):
             relays += (f'\n[[health.relay]]\nname = "{name}"\naddress = "{VIP}"\nport = {port}\n'
                        f'protocol = "http"\ntable = "web"\nmode = "roundrobin"\n{tls}')
-        return (f"[health]\n\n{hosts}\n[[health.table]]\nname = \"web\"\nhosts = {list(BACKENDS)!r}\n"
+        return (f"[health]\n\n{hosts}\n[[health.table]]\nname = \"web\"\nhosts = {json.dumps(list(BACKENDS))}\n"
                 f"port = {BACKEND_PORT}\ninterval_ms = {CHECK_INTERVAL_MS}\n"
                 f'check = {{ method = "http", path = "/health", code = 200, timeout_ms = 300 }}\n'
-                + relays).replace("'", '"')
+                + relays)
 
     def start(self, cert: dict[str, str], timeout: float = 20.0) -> None:
         ok, why = md.meshd_available()
@@ -238,7 +240,7 @@ class MeshdRelay:
             raise LabError(f"meshd fw1 reports no running relay engine: {engine}")
         return [int(engine["pid"])]
 
-    def version(self) -> str:
+    def describe(self) -> str:
         return "meshd relay engine (one process)"
 
     def stop(self) -> None:
@@ -303,7 +305,7 @@ class HaproxyRelay:
         proc = self.procs.start(HAPROXY_NAME, self.lab.fw(1), [haproxy, "-db", "-f", path])
         self.started = True
         for port in (PLAIN_PORT, TLS_PORT):
-            _wait_tcp(self.lab, self.lab.client, VIP, port, timeout, "haproxy", proc)
+            _wait_tcp(self.lab.client, VIP, port, timeout, "haproxy", proc)
         time.sleep(2 * CHECK_INTERVAL_MS / 1000)        # the first checks passed, as meshd waits for
 
     def relay_pids(self) -> list[int]:
@@ -312,7 +314,7 @@ class HaproxyRelay:
             raise LabError("haproxy is not running")
         return [proc.pid]
 
-    def version(self) -> str:
+    def describe(self) -> str:
         return "HAProxy, nbthread 1"
 
     def stop(self) -> None:

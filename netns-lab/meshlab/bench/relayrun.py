@@ -168,7 +168,7 @@ def run_relay(system, lab: Lab, procs: Procs, say: Callable[[str], None] = lambd
         relay.start(cert)
         out["start_s"] = round(time.monotonic() - t, 2)
         pids = relay.relay_pids()
-        out["relay"] = relay.version()
+        out["relay"] = relay.describe()
         urls = {"plain": f"http://{VIP}:{PLAIN_PORT}/", "tls": f"https://{VIP}:{TLS_PORT}/"}
         # Round robin over both backends, as configured, before anything is measured.
         out["backends_seen"] = backends_answering(lab)
