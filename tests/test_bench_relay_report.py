@@ -173,3 +173,39 @@ def test_both_systems_listen_alike_and_meshd_accepts_its_configuration(tmp_path)
     assert relays["bench-tls"].port == TLS_PORT and relays["bench-tls"].tls is not None
     assert relays["bench-plain"].tls is None
     assert {t.name: set(t.hosts) for t in config.health.tables} == {"web": set(BACKENDS)}
+
+
+def test_install_packages_denies_service_starts_and_keeps_a_policy_already_there(tmp_path, monkeypatch):
+    """apt-get is not run: subprocess.run is replaced by a recorder that checks what the real
+    install would meet (a policy-rc.d that denies every start)."""
+    import subprocess
+    from meshlab import reference
+    policy = tmp_path / "policy-rc.d"
+    installed: set[str] = set()
+    calls = []
+
+    def fake_run(argv, **kw):
+        calls.append((list(argv), policy.read_text() if policy.exists() else None))
+        installed.update(argv[5:])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(reference, "POLICY_RC_D", str(policy))
+    monkeypatch.setattr(reference.subprocess, "run", fake_run)
+    monkeypatch.setattr(reference.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(reference.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(reference, "binary", lambda b: "/usr/sbin/" + b if {"haproxy": "haproxy",
+                        "wrk": "wrk"}.get(b) in installed or b == "nginx" else None)
+    reference.install_packages({"haproxy": "haproxy", "nginx": "nginx-light", "wrk": "wrk"})
+    ((argv, seen_policy),) = calls
+    assert argv == ["apt-get", "install", "-y", "-q", "--no-install-recommends", "haproxy", "wrk"]
+    assert seen_policy is not None and "exit 101" in seen_policy       # no service may start
+    assert not policy.exists()                                         # ours, removed after
+
+    installed.clear()
+    calls.clear()
+    policy.write_text("#!/bin/sh\nexit 101\n# the machine's own\n")
+    reference.install_packages({"haproxy": "haproxy"})
+    assert len(calls) == 1 and policy.read_text().endswith("# the machine's own\n")   # left as it was
+    calls.clear()
+    reference.install_packages({"nginx": "nginx-light"})                # present: nothing to do
+    assert calls == []
