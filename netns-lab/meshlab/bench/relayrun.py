@@ -43,13 +43,13 @@ def point_key(conn: str, sec: str, clients: int, metric: str) -> str:
     return f"{conn}_{sec}_c{clients}_{metric}" if sec else f"direct_{conn}_c{clients}_{metric}"
 
 
-def _set_sysctls(lab: Lab, namespaces: list[str]) -> list[tuple[str, str, str]]:
-    old = []
+def _set_sysctls(namespaces: list[str], old: list[tuple[str, str, str]]) -> None:
+    """SYSCTLS in each namespace; `old` gets each value before it is changed (to restore,
+    also when a later one fails)."""
     for ns in namespaces:
         for name, value in SYSCTLS.items():
             old.append((ns, name, read_sysctl(ns, name)))
             subprocess.run(nsexec(ns, "sysctl", "-q", "-w", f"{name}={value}"), check=True, capture_output=True)
-    return old
 
 
 def _restore_sysctls(old: list[tuple[str, str, str]]) -> None:
@@ -161,8 +161,9 @@ def run_relay(system, lab: Lab, procs: Procs, say: Callable[[str], None] = lambd
     cert = write_certificate(procs.run_dir)
     backends = NginxBackends(procs, lab)
     relay = make_relay(system.name, procs, lab, system.advbase_ms)
-    old = _set_sysctls(lab, [lab.client, lab.fw(1)])
+    old: list[tuple[str, str, str]] = []
     try:
+        _set_sysctls([lab.client, lab.fw(1)], old)
         backends.start()
         t = time.monotonic()
         relay.start(cert)
