@@ -99,20 +99,37 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 def ensure_installed(timeout: float = 900.0) -> None:
     """apt-get install keepalived and conntrackd if their binaries are missing.
 
-    No service may start on the host: Debian's invoke-rc.d asks policy-rc.d, so
-    one that denies everything (exit 101) is put in place for the install when
-    there is none (and removed after).  Raises LabError with apt's output when
-    the install fails, or when a keepalived/conntrackd is running in the host's
-    network namespace afterwards (it is not stopped here: it may not be ours).
+    Raises LabError with apt's output when the install fails, or when a
+    keepalived/conntrackd is running in the host's network namespace afterwards
+    (it is not stopped here: it may not be ours).
     """
     missing = missing_binaries()
+    if not missing:
+        return
+    install_packages({b: PACKAGES[b] for b in missing}, timeout)
+    host = host_daemons()
+    if host:
+        raise LabError("after installing, these run in the host's network namespace (a service "
+                       f"started by the package?): {host}; stop them before benchmarking")
+
+
+def install_packages(packages: dict[str, str], timeout: float = 900.0) -> None:
+    """apt-get install the Debian packages of `packages` ({binary: package}) whose binary is
+    missing (the relay benchmark's haproxy, nginx and wrk use it too).
+
+    No service may start on the host: Debian's invoke-rc.d asks policy-rc.d, so one that
+    denies everything (exit 101) is put in place for the install when there is none (and
+    removed after; one already there is left as it is).  Raises LabError with apt's output
+    when the install fails or a binary is still missing after it.
+    """
+    missing = [b for b in packages if binary(b) is None]
     if not missing:
         return
     if os.geteuid() != 0:
         raise LabError(f"{', '.join(missing)} not installed, and installing needs root")
     if shutil.which("apt-get") is None:
         raise LabError(f"{', '.join(missing)} not installed and there is no apt-get to install them")
-    packages = [PACKAGES[b] for b in missing]
+    packages = sorted({packages[b] for b in missing})
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     placed_policy = False
     if not os.path.exists(POLICY_RC_D):
@@ -137,13 +154,9 @@ def ensure_installed(timeout: float = 900.0) -> None:
     finally:
         if placed_policy:
             os.unlink(POLICY_RC_D)
-    still = missing_binaries()
+    still = [b for b in missing if binary(b) is None]
     if still:
         raise LabError(f"apt-get installed {' '.join(packages)} but {', '.join(still)} is still missing")
-    host = host_daemons()
-    if host:
-        raise LabError("after installing, these run in the host's network namespace (a service "
-                       f"started by the package?): {host}; stop them before benchmarking")
 
 
 def host_daemons() -> dict[int, str]:

@@ -80,6 +80,40 @@ def test_loss_run_drops_replication_datagrams(meshd_ready, lab):
     assert sc.loss_dropped(lab.topo, 2) is None           # and it is gone
 
 
+def test_relay_run_measures_meshd_tls_through_the_vip_and_leaves_nothing(meshd_ready, lab):
+    """Row 9's run, cut to its TLS points at 2 clients for 1 s: meshd's HTTP relay terminating
+    TLS on the VIP to the nginx backends, every request answered 200 by a backend."""
+    from meshlab.bench.measure import read_sysctl
+    from meshlab.bench.relayrun import SYSCTLS, run_relay
+    from meshlab.relaysystems import BACKENDS, TOOLS
+    from meshlab.reference import binary
+    missing = [b for b in TOOLS if b != "haproxy" and binary(b) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (netns-lab/bench --rows 9 installs them)")
+    topo = lab.topo
+    before = {name: read_sysctl(topo.fw(1), name) for name in SYSCTLS}
+    system = MeshdSystem(lab.procs, topo)
+    try:
+        r = run_relay(system, topo, lab.procs, clients=(2,), seconds=1, security=("tls",), direct=False,
+                      profile=False)
+        print(r)
+        for conn in ("ka", "new"):
+            assert r[f"{conn}_tls_c2_requests"] > 0 and r[f"{conn}_tls_c2_errors"] == 0, r
+            assert r[f"{conn}_tls_c2_non_2xx"] == 0, r                 # every answer a backend's 200
+            assert 0 < r[f"{conn}_tls_c2_p50_us"] <= r[f"{conn}_tls_c2_p99_us"], r
+            assert r[f"{conn}_tls_c2_cpu_us_per_req"] > 0, r           # the relay engine did the work
+        # a new connection per request costs the relay more than keep-alive (a TLS handshake each)
+        assert r["new_tls_c2_cpu_us_per_req"] > r["ka_tls_c2_cpu_us_per_req"], r
+        assert "ka_plain_c2_rps" not in r and "direct_ka_c2_rps" not in r
+        assert sorted(r["backends_seen"]) == sorted(list(BACKENDS.values()) * 2), r     # round robin
+    finally:
+        _reset(system, lab)
+    assert {name: read_sysctl(topo.fw(1), name) for name in SYSCTLS} == before
+    held = {a.split("/")[0] for addrs in topo.addresses(topo.server).values() for a in addrs}
+    assert not held & set(BACKENDS.values())
+    assert [p for p in lab.procs.procs.values() if p.alive()] == []
+
+
 def test_benchmark_records_a_failed_run_goes_on_and_cleans_up(meshd_ready, monkeypatch):
     prefix = f"mb{os.getpid() % 10000}-"
     def broken(system, lab, procs, say):

@@ -35,8 +35,16 @@ CHURN_KEEP_EVERY = 100
 CHURN_PER_GENERATOR = 7_500          # new flows/s per generator process (two requests each)
 CHURN_SETTLE_S = 3.0                 # after the last deletion, before the copy is compared
 
+# Row 9 (issue 15): an HTTP relay on fw1 (meshd's relay engine, or HAProxy with one thread)
+# under wrk from the client namespace; every point of load lasts RELAY_POINT_S seconds.
+RELAY_CLIENTS = (1, 50, 200)         # concurrent clients (wrk connections)
+RELAY_POINT_S = 3.0
+RELAY_WARMUP_S = 1.0                 # per listener, before the first point
+RELAY_PROFILE_S = 5.0                # py-spy on meshd's relay engine under keep-alive load
+
 # Runs of each kind: run once per system (even in a full run) or once per repetition.
-ONCE_KINDS = ("mem500k", "loss20", "loss50", *CHURN_RATES)
+ONCE_KINDS = ("mem500k", "loss20", "loss50", *CHURN_RATES, "relay")
 REPEATED_KINDS = ("gap0", "gap100k", "gap200k", "repl", "three")
-KIND_ORDER = ("gap0", "gap100k", "gap200k", "repl", "mem500k", "loss20", "loss50", *CHURN_RATES, "three")
+KIND_ORDER = ("gap0", "gap100k", "gap200k", "repl", "mem500k", "loss20", "loss50", *CHURN_RATES, "relay",
+              "three")
 MESHD_ONLY_KINDS = ("three",)

@@ -2,7 +2,8 @@
 
 Owns: `build_report` (the JSON object: rows, settings, machine, runs, failed_runs,
 run_dir_kept, interrupted; docs/benchmarks.md lists its keys), `machine_description`,
-the text table (`format_table`), the markdown section (`format_markdown`), and the plot
+the text table (`format_table`), the markdown section (`format_markdown`, with row 9 also
+as one line per point of load: `format_relay_table`), and the plot
 of the flow gap against the table size (`gap_series`, `write_plot`, `ensure_matplotlib`).
 
 Must not: run or measure anything in the lab, or decide what a row holds or whether it
@@ -31,6 +32,8 @@ from .load import (
     LOSS_RATE,
     MEMORY_BIG,
     REPLICATION_ENTRIES,
+    RELAY_CLIENTS,
+    RELAY_POINT_S,
     REPLICATION_RATE,
 )
 from .rows import THREE_NODES_NOTE, build_rows, kinds_for_rows, median
@@ -50,7 +53,8 @@ def build_report(results: list[dict[str, Any]], *, rows: list[int], systems: lis
                      "gap_sizes": list(GAP_SIZES), "replication_entries": REPLICATION_ENTRIES,
                      "replication_rate": REPLICATION_RATE, "memory_entries": [REPLICATION_ENTRIES, MEMORY_BIG],
                      "loss_entries": LOSS_ENTRIES, "loss_rate": LOSS_RATE, "give_up_s": GIVE_UP_S,
-                     "meshd_commit_rows_3_to_7": CACHE_ONLY_COMMIT, "seconds": seconds,
+                     "meshd_commit_rows_3_to_7": CACHE_ONLY_COMMIT, "relay_clients": list(RELAY_CLIENTS),
+                     "relay_point_s": RELAY_POINT_S, "seconds": seconds,
                      "budget_s": budget_s, "repetitions_done": max((r["rep"] for r in results), default=0),
                      "skipped": skipped},
         "machine": machine_description(),
@@ -77,7 +81,7 @@ def _version(argv: list[str]) -> str | None:
 
 def machine_description() -> dict[str, Any]:
     """The machine the benchmark ran on: CPU, cores, memory, kernel, Python, the daemons'
-    versions, meshd's commit and the date (each None when it cannot be read)."""
+    versions (and the relay row's HAProxy, nginx, wrk), meshd's commit and the date (each None when it cannot be read)."""
     cpu = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -103,7 +107,8 @@ def machine_description() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
             "python": platform.python_version(), "keepalived": _version(["keepalived", "--version"]),
-            "conntrackd": _version(["conntrackd", "-v"]), "meshd_commit": commit,
+            "conntrackd": _version(["conntrackd", "-v"]), "haproxy": _version(["haproxy", "-v"]),
+            "nginx": _version(["nginx", "-v"]), "wrk": _version(["wrk", "--version"]), "meshd_commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
@@ -115,7 +120,7 @@ def format_value(v: float | None, unit: str) -> str:
         return "-"
     if unit == "ms" or unit == "bytes":
         return f"{v:,.0f}"
-    if unit in ("entries/s", "flows/s", "packets/s", "bytes/s", "flows", "drops"):
+    if unit in ("entries/s", "flows/s", "packets/s", "bytes/s", "flows", "drops", "requests/s", "µs"):
         return f"{v:,.0f}"
     if unit == "% of a core":
         return f"{v:.1f}"
@@ -174,6 +179,46 @@ def _footnotes(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+RELAY_HEADERS = ["load", "clients", "meshd req/s", "HAProxy req/s", "ratio", "meshd p50 ms", "HAProxy p50 ms",
+                 "meshd p99 ms", "HAProxy p99 ms", "p99 ratio", "meshd CPU µs/req", "HAProxy CPU µs/req",
+                 "target met"]
+
+
+def format_relay_table(rows: list[dict[str, Any]]) -> str:
+    """Row 9 as one markdown line per point of load (requests/s, p50, p99 and the relay's CPU per
+    request of both systems side by side, the ratios, whether the issue's targets are met); "" when the rows hold no row 9."""
+    by_key = {r["key"]: r for r in rows if r["issue_row"] == 9}
+    ms = lambda v: "-" if v is None else f"{v / 1000:.2f}" if v < 10_000 else f"{v / 1000:.0f}"   # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:,.0f}"                                            # noqa: E731
+    rat = lambda v: "-" if v is None else f"{v:.2f}"                                             # noqa: E731
+    lines = []
+    for sec in ("plain", "tls"):
+        for conn, what in (("ka", "keep-alive"), ("new", "new connection")):
+            for n in RELAY_CLIENTS:
+                key = f"relay_{conn}_{sec}_c{n}"
+                if f"{key}_rps" not in by_key:
+                    continue
+                rps, p50, p99 = by_key[f"{key}_rps"], by_key[f"{key}_p50"], by_key[f"{key}_p99"]
+                cpu = by_key.get(f"{key}_cpu") or {"meshd": None, "reference": None}
+                met = [m for m in (rps["met"], p99["met"]) if m is not None]
+                lines.append(f"| {what}, {sec.upper() if sec == 'tls' else sec} | {n} | {num(rps['meshd'])} | "
+                             f"{num(rps['reference'])} | {rat(rps['ratio'])} | {ms(p50['meshd'])} | "
+                             f"{ms(p50['reference'])} | {ms(p99['meshd'])} | {ms(p99['reference'])} | "
+                             f"{rat(p99['ratio'])} | {num(cpu['meshd'])} | {num(cpu['reference'])} | "
+                             f"{'-' if not met else ('yes' if all(met) else 'NO')} |")
+    if not lines:
+        return ""
+    head = ["| " + " | ".join(RELAY_HEADERS) + " |", "|" + "|".join("---" for _ in RELAY_HEADERS) + "|"]
+    direct = [by_key.get(f"relay_direct_{c}_c{n}_rps") for c in ("ka", "new") for n in RELAY_CLIENTS]
+    tail = []
+    if any(d and d["meshd"] is not None for d in direct):
+        tail = ["", "wrk straight to one backend (no relay), requests/s: keep-alive "
+                + " / ".join(num(d["meshd"] if d else None) for d in direct[:len(RELAY_CLIENTS)])
+                + ", new connection " + " / ".join(num(d["meshd"] if d else None) for d in direct[len(RELAY_CLIENTS):])
+                + f" (at {' / '.join(map(str, RELAY_CLIENTS))} clients)"]
+    return "\n".join(head + lines + tail) + "\n"
+
+
 def format_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], settings: dict[str, Any]) -> str:
     """The rows and the machine as a markdown section for docs/benchmarks.md."""
     out = [f"Run of {machine.get('date', '?')}: `netns-lab/bench {settings.get('argv', '')}`".rstrip(), "",
@@ -184,9 +229,13 @@ def format_markdown(rows: list[dict[str, Any]], machine: dict[str, Any], setting
     if notes:
         out.append("")
         out += [f"- {n}" for n in notes]
+    relay = format_relay_table(rows)
+    if relay:
+        out += ["", "Row 9, one line per point of load (ratio = meshd / HAProxy):", "", relay.rstrip("\n")]
     out += ["", "Machine:", ""]
     for key, label in (("cpu", "CPU"), ("cores", "cores"), ("memory", "memory"), ("kernel", "kernel"),
                        ("python", "Python"), ("keepalived", "keepalived"), ("conntrackd", "conntrackd"),
+                       ("haproxy", "HAProxy"), ("nginx", "nginx"), ("wrk", "wrk"),
                        ("meshd_commit", "meshd commit"), ("date", "date")):
         if machine.get(key) is not None:
             out.append(f"- {label}: {machine[key]}")

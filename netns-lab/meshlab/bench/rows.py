@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .load import CHURN_RATES, GIVE_UP_S, KIND_ORDER, ONCE_KINDS
+from .load import CHURN_RATES, GIVE_UP_S, KIND_ORDER, ONCE_KINDS, RELAY_CLIENTS
 
+DIRECT_NOTE = "the load generator straight to one backend, no relay (measured in meshd's run)"
 THREE_NODES_NOTE = ("no reference: conntrackd FTFW has one sequence stream and no node id in its "
                     "header, so it replicates between two nodes only")
 
@@ -68,6 +69,34 @@ class Row:
     reference_note: str | None = None
     # How the runs' values make the row's: the median, or (a highest rate reached) the maximum.
     aggregate: str = "median"
+
+
+def _relay_rows() -> tuple[Row, ...]:
+    """Row 9 (issue 15): per point of load (keep-alive or a new connection per request, plain
+    or TLS, 1/50/200 clients) requests/s, p50 and p99, the relay process's CPU per request;
+    wrk straight to a backend.  The issue's targets are on keep-alive: at least half
+    HAProxy's requests/s, p99 within twice HAProxy's."""
+    out = []
+    words = {"ka": "keep-alive", "new": "new connection per request"}
+    for sec in ("plain", "tls"):
+        for conn in ("ka", "new"):
+            for n in RELAY_CLIENTS:
+                key, what = f"{conn}_{sec}_c{n}", f"HTTP relay, {words[conn]}, {sec}, {n} client{'s' * (n > 1)}"
+                ka = conn == "ka"
+                out += [Row(9, f"relay_{key}_rps", f"{what}: requests/s", "requests/s", "relay", f"{key}_rps",
+                            Target("ratio", ">=", 0.5) if ka else None),
+                        Row(9, f"relay_{key}_p50", f"{what}: p50 latency", "µs", "relay", f"{key}_p50_us"),
+                        Row(9, f"relay_{key}_p99", f"{what}: p99 latency", "µs", "relay", f"{key}_p99_us",
+                            Target("ratio", "<=", 2.0) if ka else None),
+                        # (the figure a shared machine disturbs least: the relay's own CPU time)
+                        Row(9, f"relay_{key}_cpu", f"{what}: relay process CPU per request", "µs", "relay",
+                            f"{key}_cpu_us_per_req")]
+    for conn in ("ka", "new"):
+        for n in RELAY_CLIENTS:
+            out.append(Row(9, f"relay_direct_{conn}_c{n}_rps", f"wrk direct to a backend, {words[conn]}, {n} "
+                           f"client{'s' * (n > 1)}: requests/s", "requests/s", "relay", f"direct_{conn}_c{n}_rps",
+                           reference_note=DIRECT_NOTE))
+    return tuple(out)
 
 
 def _gap_growth(medians: dict[str, float | None]) -> float | None:
@@ -137,6 +166,7 @@ ROWS: tuple[Row, ...] = (
     )),
     Row(8, "churn_sustained", "highest churn rate sustained (no overrun, no flow lost or stale)", "flows/s",
         tuple(CHURN_RATES), "sustained_rate", Target("ratio", ">=", 1.0), aggregate="max"),
+    *_relay_rows(),
 )
 
 

@@ -4,7 +4,8 @@ Owns: `run_survival` (rows 1-2: live flows through fw1, fw1 killed, the takeover
 and the flows' gaps), `run_replication` (rows 3-5: injection, replication lag, daemon CPU,
 RSS per entry, the commit), `run_loss` (row 6), `run_three_nodes` (row 7), `run_churn`
 (row 8: a sustained churn of short flows, its CPU, sync traffic, overruns), `RUNS` (each
-kind of run: the firewalls its lab needs and the run with its load), and `describe_run`
+kind of run: the firewalls its lab needs and the run with its load; row 9's is
+`relayrun.run_relay`), and `describe_run`
 (a run's progress line).  A run starts its system, loads it, kills or measures, and
 returns a dict of metrics; it raises LabError when what it would measure cannot be trusted.
 
@@ -59,6 +60,7 @@ from .measure import (
     wait_flows_settled,
     wait_replicated,
 )
+from .relayrun import describe_relay_run, run_relay
 
 _nets = itertools.count()
 
@@ -306,6 +308,7 @@ RUNS: dict[str, tuple[int, Callable[..., dict[str, Any]]]] = {
     "three": (3, lambda s, lab, p, say: run_three_nodes(s, lab, p, say=say)),
     **{kind: (2, lambda s, lab, p, say, rate=rate: run_churn(s, lab, p, rate, say=say))
        for kind, rate in CHURN_RATES.items()},
+    "relay": (2, lambda s, lab, p, say: run_relay(s, lab, p, say=say)),
 }
 
 
@@ -327,6 +330,8 @@ def describe_run(kind: str, r: dict[str, Any]) -> str:
         return f"{r['replicated']}/{r['entries']} replicated, converge {conv}"
     if kind == "three":
         return f"lag {r['lag_s']:.2f} s, CPU {r['cpu_s']:.2f} s"
+    if kind == "relay":
+        return describe_relay_run(r)
     if kind.startswith("churn"):
         return (f"{r['rate']:,}/s reached, CPU {r['cpu_pct_fw1']} + {r['cpu_pct_fw2']} % of a core, "
                 f"{r['sync_packets_per_s']:,} packets/s on sync0, overruns {r['overruns']}, "

@@ -1,7 +1,7 @@
 """One benchmark: the runs of the plan on one lab, always cleaned up.
 
-Owns: `run_benchmark` (what `netns-lab/bench` calls: installs the reference when it is
-missing, runs the plan phase by phase within the time budget, records a failed run and
+Owns: `run_benchmark` (what `netns-lab/bench` calls: installs the reference, and for
+row 9 HAProxy, nginx and wrk, when they are missing, runs the plan phase by phase within the time budget, records a failed run and
 goes on, turns Ctrl-C into the report of what ran), `BenchSession` (one lab reused
 between runs, rebuilt only to change its node count or after a run that broke it; one
 Procs; the reset between runs: daemons stopped, firewalls reset, conntrack flushed), and
@@ -28,8 +28,10 @@ from ..systems import make_system, reference_module
 from ..topology import Lab, LabError
 from .load import MEMORY_BIG, REPLICATION_ENTRIES
 from .measure import read_sysctl
+from ..relaysystems import ensure_tools as ensure_relay_tools
 from .plan import fits_budget, plan_phases
 from .report import build_report
+from .rows import kinds_for_rows
 from .runs import RUNS, describe_run
 
 CONNTRACK_MAX = 1_200_000            # root namespace, while the benchmark runs
@@ -177,6 +179,11 @@ def run_benchmark(rows: list[int], systems: list[str], reps: int, prefix: str = 
                 ensure()                            # keepalived, conntrackd from Debian when missing
         except LabError as e:
             session.say(f"the reference cannot run ({e}); each of its runs will record that")
+    if "relay" in kinds_for_rows(rows):
+        try:
+            ensure_relay_tools()                   # haproxy, nginx-light, wrk from Debian when missing
+        except LabError as e:
+            session.say(f"the relay row cannot run ({e}); each of its runs will record that")
     phases = plan_phases(rows, systems, reps)
     results: list[dict[str, Any]] = []
     interrupted = False
