@@ -37,6 +37,7 @@ import sys
 from ..privsep.child import ChildLog, child_main, parser
 
 HANDSHAKE_S = 10.0          # a client's TLS handshake, at most
+ACCEPT_BURST = 64           # connections accepted per wake-up of a listener, then a checkpoint
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -272,20 +273,34 @@ class RelayEngine:
         await module.serve_dns_udp(tsock, rt.spec, RelayUpstream(rt, ""), rt.timeouts, rt.stats)
 
     async def _accept_loop(self, rt: RelayRuntime, sock) -> None:
+        """Accept what the backlog holds, up to ACCEPT_BURST per wake-up.
+
+        One accept per pass of trio's scheduler (trio.SocketListener) made the
+        200th of 200 clients arriving together wait some 200 passes: p99 over
+        a second in the bench's row 9, 76-144 ms with the burst."""
         import errno
 
         import trio
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        sock.setblocking(False)
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    rt.log("relay_accept_failed", "error", error=e.strerror)
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            rt.nursery.start_soon(self._session, rt, stream)
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(ACCEPT_BURST):
+                try:
+                    conn, _addr = sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                        continue        # that client gave up or was refused: the next one
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        rt.log("relay_accept_failed", "error", error=e.strerror)
+                        await trio.sleep(0.1)
+                        break
+                    raise
+                conn.setblocking(False)
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                rt.nursery.start_soon(self._session, rt, stream)
+            await trio.lowlevel.checkpoint()
 
     async def _session(self, rt: RelayRuntime, stream) -> None:
         import socket
