@@ -108,6 +108,10 @@ class RelayBalancer:
         c.open += 1
         c.total += 1
 
+    def datagram_sent(self, backend: Backend) -> None:
+        """A datagram exchange (DNS over UDP): in the backend's total, never open."""
+        self.counts.setdefault(backend, BackendCounts()).total += 1
+
     def closed(self, backend: Backend) -> None:
         c = self.counts.get(backend)
         if c is not None and c.open > 0:

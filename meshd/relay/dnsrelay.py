@@ -184,6 +184,8 @@ class _UdpRelay:
         except OSError:
             # The mapping stays: its timeout answers the client (or retries).
             self.stats.send_errors += 1
+        else:
+            self.upstream.datagram_sent(backend)
         return True
 
     def _backend_socket(self, backend: Backend) -> _Datagrams:

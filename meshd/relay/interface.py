@@ -74,6 +74,11 @@ class Upstream(Protocol):
         connect(), no connection. Raises NoBackend."""
         ...
 
+    def datagram_sent(self, backend: Backend) -> None:
+        """A query went to this backend by datagram: counted in its total
+        (`meshctl show relays`), as a connect() counts a session."""
+        ...
+
     def log(self, event: str, level: str = "info", **fields) -> None:
         """The relay's log (a `log` action, errors): bounded by the engine."""
         ...

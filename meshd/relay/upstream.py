@@ -95,6 +95,9 @@ class RelayUpstream:
     def pick_datagram(self, hash_key: bytes | None = None) -> Backend:
         return self.relay.balancer.pick(trio.current_time(), self.client, hash_key)
 
+    def datagram_sent(self, backend: Backend) -> None:
+        self.relay.balancer.datagram_sent(backend)
+
     def log(self, event: str, level: str = "info", **fields) -> None:
         self.relay.log(event, level, **fields)
 

@@ -384,6 +384,9 @@ def test_dns_relay_rewrites_ids_over_udp_and_tcp_and_follows_health(lab):
         assert counters["answers"] == 8 + 3 + 4 + 1 + 1 and counters["servfail.no-backend"] == 1, counters
         assert counters["tcp_connections"] == 2, counters
         assert relay_counters(rl.relay_row(2, "dns"))["queries"] == 0
+        # Each query forwarded counts in its backend's total, UDP ones too (TCP: a session each).
+        backend_totals = sum(b["total"] for b in rl.relay_row(1, "dns")["backends"])
+        assert backend_totals >= 8 + 4 + 1 + 2, rl.relay_row(1, "dns")["backends"]
         text = md.meshctl(lab.run_dir, 1, "show", "relays")
         rows = [line.split() for line in text.stdout.splitlines()]
         assert text.returncode == 0 and ["relay", "dns", "dns", f"{VIP}:{DNS_PORT}", "active"] in [

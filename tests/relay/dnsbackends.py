@@ -133,6 +133,7 @@ class LocalUpstream:
         self.connect_s = connect_s
         self.next = 0
         self.hash_keys: list[bytes | None] = []
+        self.sent: dict[str, int] = {}         # datagram_sent() per backend name
         self.address = "127.0.0.1"         # where the servers' UDP sockets are
         self.logs: list[tuple[str, str, dict]] = []
 
@@ -148,6 +149,9 @@ class LocalUpstream:
         self.hash_keys.append(hash_key)
         server = self._pick()
         return Backend(server.name, self.address, server.udp_port)
+
+    def datagram_sent(self, backend: Backend) -> None:
+        self.sent[backend.host] = self.sent.get(backend.host, 0) + 1
 
     async def connect(self, hash_key: bytes | None = None) -> tuple[trio.abc.Stream, Backend]:
         self.hash_keys.append(hash_key)

@@ -127,3 +127,11 @@ def test_a_backend_that_refused_a_connect_is_passed_over_until_its_hold_ends():
 def test_an_unknown_mode_is_a_bug_named_at_once():
     with pytest.raises(ValueError, match="mode must be one of"):
         RelayBalancer("www", "random", "web")
+
+
+def test_a_datagram_counts_in_its_backends_total_and_opens_nothing():
+    b = balancer()
+    backend = b.pick(0, "c")
+    b.datagram_sent(backend)
+    b.datagram_sent(backend)
+    assert b.counts[backend].total == 2 and b.counts[backend].open == 0 and b.open_sessions == 0

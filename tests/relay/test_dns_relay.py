@@ -122,6 +122,7 @@ def test_udp_answers_reach_the_client_with_its_id_and_the_backends_see_random_id
         assert len({(b - a) & 0xFFFF for a, b in zip(ns1_ids, ns1_ids[1:])}) > 5
         assert relay.upstream.hash_keys[0] == encode_name("www.example.org")
         assert (relay.stats.queries, relay.stats.answers, relay.stats.forwarded) == (20, 20, 20)
+        assert sorted(relay.upstream.sent.values()) == [10, 10]     # each query in its backend's total
     run(test)
 
 
