@@ -32,7 +32,7 @@ from typing import Any
 
 from ..health.checkspec import CheckSpec, CheckTarget
 from .health_check import parse_check
-from .reader import NAME_RE, Reader, describe, is_ip
+from .reader import NAME_RE, Reader, describe, is_ip, read_address
 from .relay import HealthRelay, parse_relays
 from .users import engine_user
 
@@ -208,17 +208,6 @@ def _name(r: Reader, t: dict, path: str, kind: str, seen: dict[str, str]) -> str
     return name
 
 
-def _address(r: Reader, t: dict, path: str) -> str | None:
-    text = r.get(t, path, "address", "str")
-    if text is None:
-        return None
-    try:
-        return ipaddress.ip_address(text).compressed
-    except ValueError:
-        r.problem(f"{path}.address", f"expected an IPv4 or IPv6 address (no prefix length), "
-                  f"found {describe(text)}")
-        return None
-
 
 def _parse_hosts(r: Reader, items: list, broken: set[tuple[str, str]]) -> dict[str, HealthHost]:
     hosts: dict[str, HealthHost] = {}
@@ -232,7 +221,7 @@ def _parse_hosts(r: Reader, items: list, broken: set[tuple[str, str]]) -> dict[s
             # A name that reads as an address would shadow the bare-address form in tables.
             r.problem(f"{path}.name", f"\"{name}\" is an address; give the host a name such as \"web1\"")
             name = None
-        address = _address(r, t, path)
+        address = read_address(r, t, path)
         weight = r.get(t, path, "weight", "int", default=1, lo=1, hi=1000)
         disabled = r.get(t, path, "disabled", "bool", default=False)
         if address is not None:
@@ -326,7 +315,7 @@ def _parse_redirects(r: Reader, items: list, hosts: dict[str, HealthHost],
             r.problem(f"{path}.name", f"\"{name}\": a redirect name may not contain '.' "
                       "(it names nftables sets)")
             name = None
-        address = _address(r, t, path)
+        address = read_address(r, t, path)
         port = r.get(t, path, "port", "int", lo=1, hi=65535)
         kw: dict[str, Any] = {}
         kw["protocol"] = r.choice(t, path, "protocol", PROTOCOLS, "tcp")

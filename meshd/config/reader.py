@@ -108,3 +108,16 @@ def is_ip(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def read_address(r: Reader, t: dict, path: str, key: str = "address") -> str | None:
+    """t[key] as a canonical IPv4 / IPv6 address text (no prefix length), or None (a problem said)."""
+    text = r.get(t, path, key, "str")
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        r.problem(f"{path}.{key}", f"expected an IPv4 or IPv6 address (no prefix length), "
+                  f"found {describe(text)}")
+        return None

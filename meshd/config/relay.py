@@ -21,14 +21,13 @@ relay engine: only the parsers of the protocol sub-tables.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from .reader import NAME_RE, Reader, describe
+from .reader import NAME_RE, Reader, describe, read_address
 
 PROTOCOLS = ("tcp", "http", "dns")
 MODES = ("roundrobin", "loadbalance", "hash", "source-hash")
@@ -162,7 +161,7 @@ def _parse_relay(r: Reader, item: Any, path: str, names: dict[str, str], tables:
         r.problem(f"{path}.name", f"duplicate relay name \"{name}\" (also {names[name]})")
     elif name is not None:
         names[name] = path
-    address = _address(r, t, path)
+    address = read_address(r, t, path)
     port = r.get(t, path, "port", "int", lo=1, hi=65535)
     protocol = r.choice(t, path, "protocol", PROTOCOLS, "tcp")
     mode = r.choice(t, path, "mode", MODES, "roundrobin")
@@ -214,17 +213,6 @@ def _protocol_table(r: Reader, t: dict, path: str, protocol: str) -> tuple[Any, 
     raw = None if data is None else msgpack.packb(data, use_bin_type=True)
     return spec, raw
 
-
-def _address(r: Reader, t: dict, path: str) -> str | None:
-    text = r.get(t, path, "address", "str")
-    if text is None:
-        return None
-    try:
-        return ipaddress.ip_address(text).compressed
-    except ValueError:
-        r.problem(f"{path}.address", f"expected an IPv4 or IPv6 address (no prefix length), "
-                  f"found {describe(text)}")
-        return None
 
 
 def _table_ref(r: Reader, t: dict, path: str, key: str, tables: set[str], broken: set[str],
