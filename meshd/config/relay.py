@@ -191,6 +191,12 @@ def _parse_relay(r: Reader, item: Any, path: str, names: dict[str, str], tables:
     spec, raw = None, None
     if protocol is not None:
         spec, raw = _protocol_table(r, t, path, protocol)
+    if protocol == "http" and spec is not None and mode != "hash" \
+            and any(a.op == "hash" for a in spec.request):
+        # The value would be ignored by the balancing, and every new value
+        # would still cost the client's kept backend connection.
+        r.problem(f"{path}.mode", f"the http `hash` action feeds mode hash only; this relay's mode "
+                  f"is {mode}: set mode = \"hash\" or drop the action")
     if len(r.problems) > before:
         return None
     return HealthRelay(name, address, port, table, protocol=protocol, backup_table=backup, mode=mode,

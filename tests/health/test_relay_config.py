@@ -180,6 +180,15 @@ def test_dns_takes_no_tls_and_protocol_tables_match_the_protocol():
     assert any("health.relay[0].http: only with protocol http (this relay is tcp)" in p for p in found)
 
 
+def test_an_http_hash_action_needs_mode_hash():
+    feeding = 'protocol = "http"\nhttp = { request = [ { cookie = "SID", hash = true } ] }\n'
+    found = problems(BASE + RELAY + feeding)
+    assert any('health.relay[0].mode: the http `hash` action feeds mode hash only; this relay\'s mode '
+               'is roundrobin' in p for p in found), found
+    (relay,) = parse(BASE + RELAY + feeding + 'mode = "hash"\n').health.relays
+    assert relay.mode == "hash"
+
+
 @pytest.mark.parametrize("protocol", ["http", "dns"])
 def test_a_protocol_without_its_module_is_refused_with_a_clear_word(protocol):
     if protocol_parser(protocol) is not None:
