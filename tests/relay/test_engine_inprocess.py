@@ -12,19 +12,9 @@ import trio
 from meshd.config import parse_config
 from meshd.relay import engine as relay_engine
 from meshd.relay.proto import TO_RELAY, relay_fields
+from relayconf import NODE_TOML
 
-TOML = """
-[node]
-id = 1
-[[cluster.keys]]
-id = 1
-secret_file = "k1.key"
-[[group]]
-id = 1
-name = "lan"
-interface = "eth0"
-addresses = ["192.0.2.1/24"]
-[[health.table]]
+TOML = NODE_TOML + """[[health.table]]
 name = "web"
 hosts = ["127.0.0.1"]
 port = 80

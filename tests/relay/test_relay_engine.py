@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from meshd.config import parse_config
+from relayconf import NODE_TOML
 
 RELAY_USER = "nobody" if os.geteuid() == 0 else str(os.getuid())
 
@@ -40,18 +41,7 @@ class FakeHealth:
 
 def config(port: int, backend_ports: list[int], extra: str = "", sorry_port: int | None = None):
     user = f'relay_user = "{RELAY_USER}"' if not RELAY_USER.isdigit() else f"relay_user = {RELAY_USER}"
-    text = f"""
-[node]
-id = 1
-[[cluster.keys]]
-id = 1
-secret_file = "k1.key"
-[[group]]
-id = 1
-name = "lan"
-interface = "eth0"
-addresses = ["192.0.2.1/24"]
-[health]
+    text = NODE_TOML + f"""[health]
 {user}
 [[health.table]]
 name = "web"

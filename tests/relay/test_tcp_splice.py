@@ -13,6 +13,7 @@ from meshd.privsep.imsg import Decoder
 from meshd.relay.interface import Backend, NoBackend, SessionVars, Timeouts
 from meshd.relay.proto import FROM_RELAY, TO_RELAY, live_fields, relay_fields
 from meshd.relay.tcp import CountingStream, TcpStats, serve_tcp, splice
+from relayconf import NODE_TOML
 
 
 def run(fn, *args):
@@ -135,18 +136,7 @@ def test_counting_stream_counts_what_the_client_sent_and_got():
     run(main)
 
 
-RELAY_TOML = """
-[node]
-id = 1
-[[cluster.keys]]
-id = 1
-secret_file = "k1.key"
-[[group]]
-id = 1
-name = "lan"
-interface = "eth0"
-addresses = ["192.0.2.1/24"]
-[[health.table]]
+RELAY_TOML = NODE_TOML + """[[health.table]]
 name = "web"
 hosts = ["10.1.0.11"]
 port = 80
