@@ -294,12 +294,7 @@ class _Session:
     async def _exchange(self, event: h11.Request) -> None:
         request = HttpRequest(event.method, event.target, end_to_end(event.headers.raw_items()))
         outcome = apply_request(self.spec.request, request, self.vars)
-        for line in outcome.logs:
-            self.upstream.log("http_log", line=line)
-        if outcome.verdict is Verdict.CLOSE:
-            self.stats.filtered += 1
-            self.upstream.log("http_filter", level="warning", action=outcome.reason,
-                              client=self.vars.remote_addr)
+        if self._logged_and_filtered(outcome):
             raise _ClientGone
         if outcome.verdict is Verdict.REFUSE:
             self.stats.refused += 1
@@ -316,6 +311,16 @@ class _Session:
             else:
                 self.stats.backend_errors += 1
             await self._answer(e.status, str(e))
+
+    def _logged_and_filtered(self, outcome) -> bool:
+        """The actions' log lines written; whether a `filter` closes the connection."""
+        for line in outcome.logs:
+            self.upstream.log("http_log", line=line)
+        if outcome.verdict is not Verdict.CLOSE:
+            return False
+        self.stats.filtered += 1
+        self.upstream.log("http_filter", level="warning", action=outcome.reason, client=self.vars.remote_addr)
+        return True
 
     def _forwarding(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if self.spec.forwarded_for:
@@ -473,12 +478,7 @@ class _Session:
             raise _BackendFailed(502, f"response head over {self.spec.max_header_bytes} bytes")
         response = HttpResponse(event.status_code, end_to_end(event.headers.raw_items()))
         outcome = apply_response(self.spec.response, response, self.vars)
-        for line in outcome.logs:
-            self.upstream.log("http_log", line=line)
-        if outcome.verdict is Verdict.CLOSE:
-            self.stats.filtered += 1
-            self.upstream.log("http_filter", level="warning", action=outcome.reason,
-                              client=self.vars.remote_addr)
+        if self._logged_and_filtered(outcome):
             await self._drop_backend()
             raise _ClientGone
         if outcome.verdict is Verdict.REFUSE:

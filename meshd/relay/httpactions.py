@@ -250,16 +250,29 @@ def _judge(action: HttpAction, value: str | None, found: list[tuple[str, str]]) 
     return Verdict.CLOSE if hit else Verdict.PASS
 
 
+READ_OPS = ("expect", "filter", "hash", "log")
+
+
+def _read(action: HttpAction, value: str | None, msg: _Message, direction: str, entity: str,
+          found: list[tuple[str, str]]) -> Verdict:
+    """The ops that only read (expect, filter, hash, log), on the (name, value)
+    pairs of the entity that the action's key matched."""
+    op = action.op
+    if op in ("expect", "filter"):
+        return _judge(action, value, found)
+    if op == "hash":
+        msg.fed += [v.encode() for _, v in found]
+    else:
+        for name, v in found:
+            msg.log(direction, entity, name, v)
+    return Verdict.PASS
+
+
 def _header(action: HttpAction, value: str | None, msg: _Message, direction: str) -> Verdict:
     op, key = action.op, action.key
-    if op in ("expect", "filter"):
-        return _judge(action, value, msg.header_values(key))
-    if op == "hash":
-        msg.fed += [v.encode() for _, v in msg.header_values(key)]
-    elif op == "log":
-        for name, v in msg.header_values(key):
-            msg.log(direction, "header", name, v)
-    elif op == "remove":
+    if op in READ_OPS:
+        return _read(action, value, msg, direction, "header", msg.header_values(key))
+    if op == "remove":
         msg.headers = [(n, v) for n, v in msg.headers if not _matches(key, _text(n), fold=True)]
     elif op == "append":
         written = _clean(value or "").encode()
@@ -324,14 +337,9 @@ def _cookie(action: HttpAction, value: str | None, msg: _Message, direction: str
     op, key = action.op, action.key
     pairs = _cookie_pairs(msg)
     found = [(n, v or "") for n, v in pairs if _matches(key, n)]
-    if op in ("expect", "filter"):
-        return _judge(action, value, found)
-    if op == "hash":
-        msg.fed += [v.encode() for _, v in found]
-    elif op == "log":
-        for n, v in found:
-            msg.log(direction, "cookie", n, v)
-    elif op == "remove":
+    if op in READ_OPS:
+        return _read(action, value, msg, direction, "cookie", found)
+    if op == "remove":
         if found:
             _set_cookies(msg, [(n, v) for n, v in pairs if not _matches(key, n)])
     elif op == "append":
@@ -379,14 +387,9 @@ def _query(action: HttpAction, value: str | None, msg: _Message, direction: str)
     _prefix, path, query = msg.parts()
     pairs = _query_pairs(query)
     found = [(k, v) for _, k, v in pairs if _matches(key, k)]
-    if op in ("expect", "filter"):
-        return _judge(action, value, found)
-    if op == "hash":
-        msg.fed += [v.encode() for _, v in found]
-    elif op == "log":
-        for k, v in found:
-            msg.log(direction, "query", k, v)
-    elif op == "remove":
+    if op in READ_OPS:
+        return _read(action, value, msg, direction, "query", found)
+    if op == "remove":
         if found:
             kept = [raw for raw, k, _ in pairs if not _matches(key, k)]
             msg.set_parts(path, "&".join(kept) if kept else None)
